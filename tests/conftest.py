@@ -1,0 +1,108 @@
+"""Shared test fixtures: the real fixture vmcore and prerequisite checks.
+
+A missing prerequisite skips a test locally (with the reason) and fails it
+under CI=true, where everything must be present.
+"""
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE_NAME = "vmcore-6.1-cloud-512M"
+CACHE = Path(os.environ.get("KDUMP_SAVER_FIXTURE_CACHE", "/var/tmp/kdump-saver-fixtures"))
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip locally, fail under CI=true, when a prerequisite is missing."""
+    if condition:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"prerequisite missing under CI: {why}")
+    pytest.skip(f"prerequisite missing: {why}")
+
+
+def require_program(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    require(path is not None, f"{name} is not installed (bash tests/setup.sh installs it)")
+    return path  # type: ignore[return-value]
+
+
+def shared_dir() -> Path:
+    env = os.environ.get("KDUMP_SAVER_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def fixture_vmcore() -> Path:
+    """The fixture vmcore, decompressed once into a cache and verified."""
+    xz = shared_dir() / "fixtures" / f"{FIXTURE_NAME}.elf.xz"
+    require(xz.exists(), f"fixture {xz} not found (set KDUMP_SAVER_SHARED)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    out = CACHE / f"{FIXTURE_NAME}.elf"
+    if not out.exists() or out.stat().st_size != 410_705_920:
+        tmp = out.with_suffix(".tmp")
+        with lzma.open(xz) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        tmp.rename(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fixture_dmesg() -> Path:
+    return shared_dir() / "fixtures" / f"{FIXTURE_NAME}.dmesg.txt"
+
+
+@pytest.fixture(scope="session")
+def makedumpfile() -> str:
+    return require_program("makedumpfile")
+
+
+@pytest.fixture(scope="session")
+def reference_dumps(fixture_vmcore: Path, makedumpfile: str) -> "ReferenceDumps":
+    """makedumpfile's own output for the fixture, made once and cached."""
+    return ReferenceDumps(fixture_vmcore, makedumpfile)
+
+
+class ReferenceDumps:
+    """Direct makedumpfile output for (format flag, dump level), cached on disk."""
+
+    def __init__(self, vmcore: Path, makedumpfile: str) -> None:
+        self.vmcore = vmcore
+        self.makedumpfile = makedumpfile
+        self.dir = CACHE / "reference"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def direct(self, flag: str, level: int) -> Path:
+        out = self.dir / f"direct{flag}-d{level}"
+        if not out.exists():
+            tmp = out.with_suffix(".tmp")
+            tmp.unlink(missing_ok=True)
+            subprocess.run([self.makedumpfile, flag, "-d", str(level), str(self.vmcore), str(tmp)],
+                           check=True, capture_output=True)
+            tmp.rename(out)
+        return out
+
+    def flattened(self, flag: str, level: int) -> Path:
+        out = self.dir / f"flat{flag}-d{level}"
+        if not out.exists():
+            tmp = out.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                subprocess.run([self.makedumpfile, "-F", flag, "-d", str(level), str(self.vmcore)],
+                               check=True, stdout=f, stderr=subprocess.DEVNULL)
+            tmp.rename(out)
+        return out
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

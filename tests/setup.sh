@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh Debian 12 machine (as root):
+# Debian packages, then a virtual environment in .venv with kdump-saver.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+packages=(
+  makedumpfile liblzo2-dev lz4 xz-utils python3-venv
+  openssh-server openssh-client samba smbclient vsftpd curl
+  iproute2 kexec-tools
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[test]"
+echo "setup: done ($(.venv/bin/python --version), $(makedumpfile -v 2>&1 | head -1))"

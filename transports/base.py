@@ -1,0 +1,164 @@
+"""The surface every transport offers to the saver.
+
+A transport is connected to one target URL.  Every path it takes is relative
+to the URL's base directory and uses ``/`` as separator; the transport maps it
+onto the server.  Errors the administrator must read are raised as
+:class:`TransportError` with a message that names the target in its masked
+form and never contains a password or key.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import dataclass, field
+from typing import BinaryIO, List, Optional, Tuple
+
+from capture.errors import KdumpError
+from capture.targeturl import TargetURL
+
+
+class TransportError(KdumpError):
+    """A failure on the target, worded for the console (no secrets)."""
+
+
+class NoSpaceError(TransportError):
+    """The target has no room left for what must be written."""
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """What a transport needs from the configuration besides the URL."""
+
+    net_timeout: int = 30
+    """Seconds to keep retrying the connection (KDUMP_NET_TIMEOUT; 0: try once)."""
+    host_key: str = ""
+    """KDUMP_HOST_KEY: ``TYPE BASE64`` of the server, ``*`` to disable checks."""
+    known_hosts: Optional[str] = None
+    """known_hosts file recorded when the initrd was built."""
+    ssh_identity: Tuple[str, ...] = ()
+    """Private key files (KDUMP_SSH_IDENTITY), tried in order."""
+    ca_file: Optional[str] = None
+    """CA bundle for ftps (KDUMP_CA_FILE); the system store when unset."""
+    mount_options: str = ""
+    """Extra mount options for nfs (KDUMP_NFS_OPTIONS)."""
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """One name in a directory listing."""
+
+    name: str
+    is_dir: bool
+
+
+class DumpFile(abc.ABC):
+    """A new file on the target, written as a stream.
+
+    ``seekable`` says whether :meth:`pwrite` works; when it does the saver
+    writes the real file at its offsets, otherwise it appends the flattened
+    stream.  ``close`` makes the data durable (fsync or the server's
+    equivalent) and raises on failure; ``abort`` is for the error path and
+    never raises.
+    """
+
+    seekable: bool = False
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None:
+        """Append ``data`` after everything written with ``write`` so far."""
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        """Write ``data`` at ``offset``; only when ``seekable``."""
+        raise TransportError("this target cannot write at an offset")
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush, make durable and close."""
+
+    def abort(self) -> None:
+        """Close after a failure: best effort, never raises."""
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the error path must not mask the cause
+            pass
+
+
+class Transport(abc.ABC):
+    """A connection to one target directory."""
+
+    def __init__(self, url: TargetURL, options: TransportOptions) -> None:
+        self.url = url
+        self.options = options
+
+    def __enter__(self) -> "Transport":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Connect and make sure the base directory exists (created 0700 if
+        missing), retrying until ``options.net_timeout`` has passed."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection; never raises."""
+
+    @abc.abstractmethod
+    def mkdir(self, path: str) -> None:
+        """Create one directory, mode 0700; :class:`FileExistsError` if it exists."""
+
+    @abc.abstractmethod
+    def create(self, path: str) -> DumpFile:
+        """Create a new file of mode 0600 for writing (replacing one of that name)."""
+
+    @abc.abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Rename ``src`` to ``dst``, replacing ``dst`` if it exists."""
+
+    @abc.abstractmethod
+    def listdir(self, path: str = "") -> List[DirEntry]:
+        """The names in a directory (without ``.`` and ``..``)."""
+
+    @abc.abstractmethod
+    def read_small(self, path: str, limit: int = 65536) -> Optional[bytes]:
+        """At most ``limit`` bytes of a small file, ``None`` when it does not exist."""
+
+    @abc.abstractmethod
+    def remove_tree(self, path: str) -> None:
+        """Delete a directory and everything in it."""
+
+    @abc.abstractmethod
+    def free_space(self) -> Optional[int]:
+        """Bytes available to us in the base directory, ``None`` when the
+        server cannot tell."""
+
+    def open_read(self, path: str) -> BinaryIO:
+        """A file object reading a file back; only needed for seekable targets."""
+        raise TransportError("this target cannot read files back")
+
+    def write_small(self, path: str, data: bytes) -> None:
+        """Replace a small file (README, marker) in one step: write a
+        temporary name, then rename over ``path``."""
+        tmp = path + ".tmp"
+        f = self.create(tmp)
+        try:
+            f.write(data)
+            f.close()
+        except BaseException:
+            f.abort()
+            raise
+        self.rename(tmp, path)
+
+    def sha256(self, path: str) -> str:
+        """The sha256 of a file as stored on the target."""
+        digest = hashlib.sha256()
+        with self.open_read(path) as f:
+            while True:
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                digest.update(block)
+        return digest.hexdigest()
