@@ -1,0 +1,337 @@
+"""makedumpfile's flattened format (``makedumpfile -F``): reading and reassembling.
+
+The flattened format is what makedumpfile writes to a pipe: a 4096-byte header
+starting with the NUL-padded signature ``makedumpfile`` followed by two
+big-endian int64 (type = 1, version = 1), then records of two big-endian int64
+``(offset, size)`` each followed by ``size`` bytes that belong at ``offset`` of
+the real dump file.  Records come in any order (makedumpfile rewrites headers
+and interleaves page descriptors with page data).  A record with offset and
+size both -1 ends the stream.
+
+:class:`FlatReader` reads such a stream strictly sequentially (it works on a
+pipe), :func:`reassemble` rebuilds the real file like ``makedumpfile -R`` does,
+and :class:`FlatIndex` maps a flattened *file* so the real file's bytes can be
+read at random offsets without rebuilding it.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+from array import array
+from typing import BinaryIO, Callable, Iterator, Optional, Tuple
+
+from capture.errors import DumpFormatError, KdumpError
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = b"makedumpfile"
+HEADER_SIZE = 4096
+TYPE_FLAT_HEADER = 1
+RECORD_HEADER = struct.Struct(">qq")
+END_MARKER = -1
+#: data is handed out in pieces of at most this many bytes
+CHUNK_SIZE = 1 << 20
+#: a record claiming more than this is treated as corruption
+MAX_RECORD_SIZE = 1 << 40
+
+RawSink = Callable[[bytes], None]
+
+
+def check_header(header: bytes, name: str = "input") -> None:
+    """Raise DumpFormatError unless ``header`` (the first bytes of a stream) is a flattened header."""
+    if len(header) < 32 or header[:16] != SIGNATURE.ljust(16, b"\0"):
+        raise DumpFormatError(f"{name}: not a flattened makedumpfile stream (no 'makedumpfile' signature)")
+    htype, version = struct.unpack(">qq", header[16:32])
+    if htype != TYPE_FLAT_HEADER:
+        raise DumpFormatError(f"{name}: not a flattened makedumpfile stream (header type {htype}, expected 1)")
+    if version < 1:
+        raise DumpFormatError(f"{name}: not a flattened makedumpfile stream (header version {version})")
+
+
+def is_flattened(header: bytes) -> bool:
+    """True when ``header`` starts like a flattened makedumpfile stream."""
+    try:
+        check_header(header)
+    except DumpFormatError:
+        return False
+    return True
+
+
+def _check_record(offset: int, size: int, stream_pos: int, name: str) -> None:
+    if offset < 0 or size < 0:
+        raise DumpFormatError(
+            f"{name}: corrupt flattened record at stream offset {stream_pos}: "
+            f"offset {offset}, size {size}")
+    if size > MAX_RECORD_SIZE:
+        raise DumpFormatError(
+            f"{name}: corrupt flattened record at stream offset {stream_pos}: "
+            f"size {size} is absurd (more than 1 TiB)")
+    if offset > (1 << 62):
+        raise DumpFormatError(
+            f"{name}: corrupt flattened record at stream offset {stream_pos}: offset {offset} is absurd")
+
+
+class FlatReader:
+    """Sequential reader of a flattened makedumpfile stream.
+
+    Reads ``stream`` (anything with ``read``; a pipe is fine, nothing seeks)
+    and yields ``(offset, data)`` pieces of the real file via :meth:`records`,
+    each ``data`` at most :data:`CHUNK_SIZE` bytes (large records are split,
+    offsets adjusted).  ``data`` is an immutable ``bytes`` object.
+
+    If ``raw_sink`` is given, every byte read from ``stream`` (the header,
+    each record header, each piece of data) is passed to it, in stream order,
+    before the corresponding piece is yielded; concatenated, the sink sees
+    exactly the input consumed so far.
+
+    Errors (:class:`DumpFormatError`): a stream that is not flattened, a
+    corrupt record header, and a stream ending before the end marker (the
+    message names the stream offset where it ended).
+    """
+
+    def __init__(self, stream: BinaryIO, raw_sink: Optional[RawSink] = None, name: str = "input") -> None:
+        self._stream = stream
+        self._sink = raw_sink
+        self._name = name
+        #: True once the end marker (offset = size = -1) was read
+        self.complete = False
+        #: bytes consumed from the stream so far
+        self.bytes_read = 0
+        #: number of records read (not counting the end marker)
+        self.record_count = 0
+        #: end of the real file as far as known: max(offset + size) over records read
+        self.file_size = 0
+        self._started = False
+
+    def _read(self, size: int) -> bytes:
+        """Read up to ``size`` bytes, fewer only at end of stream; feed the sink."""
+        data = self._stream.read(size)
+        if data is None:
+            data = b""
+        if len(data) < size and data:
+            parts = bytearray(data)
+            while len(parts) < size:
+                more = self._stream.read(size - len(parts))
+                if not more:
+                    break
+                parts += more
+            data = bytes(parts)
+        if data:
+            self.bytes_read += len(data)
+            if self._sink is not None:
+                self._sink(data)
+        return data
+
+    def _truncated(self, what: str) -> DumpFormatError:
+        return DumpFormatError(
+            f"{self._name}: flattened stream truncated at stream offset {self.bytes_read} "
+            f"({what}; no end marker)")
+
+    def read_header(self) -> None:
+        """Read and validate the 4096-byte stream header (done by :meth:`records` if not yet)."""
+        if self._started:
+            return
+        self._started = True
+        header = self._read(HEADER_SIZE)
+        if not header:
+            raise DumpFormatError(f"{self._name}: not a flattened makedumpfile stream (empty input)")
+        signature = SIGNATURE.ljust(16, b"\0")
+        seen = min(len(header), 16)
+        if header[:seen] != signature[:seen]:
+            raise DumpFormatError(f"{self._name}: not a flattened makedumpfile stream (no 'makedumpfile' signature)")
+        if len(header) >= 32:
+            check_header(header, self._name)
+        if len(header) < HEADER_SIZE:
+            raise self._truncated("inside the 4096-byte header")
+
+    def records(self) -> Iterator[Tuple[int, bytes]]:
+        """Yield ``(offset, data)`` until the end marker; see the class documentation."""
+        self.read_header()
+        rec = RECORD_HEADER
+        while True:
+            pos = self.bytes_read
+            head = self._read(16)
+            if len(head) < 16:
+                raise self._truncated("expected a record header")
+            offset, size = rec.unpack(head)
+            if offset == END_MARKER and size == END_MARKER:
+                self.complete = True
+                return
+            _check_record(offset, size, pos, self._name)
+            self.record_count += 1
+            end = offset + size
+            if end > self.file_size:
+                self.file_size = end
+            record_offset = offset
+            left = size
+            while left:
+                want = left if left < CHUNK_SIZE else CHUNK_SIZE
+                data = self._read(want)
+                if data:
+                    yield offset, data
+                if len(data) < want:
+                    raise self._truncated(f"inside the {size}-byte record for offset {record_offset}")
+                offset += want
+                left -= want
+
+    def drain(self) -> None:
+        """Consume the rest of the stream (records are discarded)."""
+        for _ in self.records():
+            pass
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: str, out: str) -> None:
+    """Rename ``tmp`` to ``out`` without ever replacing an existing ``out``."""
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise KdumpError(f"{out} already exists; not overwriting it (the result is in {tmp})") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(out):
+            raise KdumpError(f"{out} already exists; not overwriting it (the result is in {tmp})") from None
+        os.rename(tmp, out)
+    else:
+        os.unlink(tmp)
+    _fsync_dir(out)
+
+
+def reassemble(flat_path: str, out_path: str) -> int:
+    """Rebuild the real dump file from the flattened file ``flat_path``, like ``makedumpfile -R``.
+
+    Writes ``OUT.incomplete`` (mode 0600), fsyncs it and renames it to
+    ``out_path`` only when the end marker was reached.  An existing
+    ``out_path`` is never overwritten (:class:`KdumpError`).  A corrupt or
+    truncated input raises :class:`DumpFormatError` and leaves the partial
+    ``OUT.incomplete`` behind (the message says so).  Returns the size of the
+    rebuilt file.
+    """
+    if os.path.lexists(out_path):
+        raise KdumpError(f"{out_path} already exists; not overwriting it")
+    tmp = out_path + ".incomplete"
+    try:
+        src = open(flat_path, "rb", buffering=CHUNK_SIZE)
+    except OSError as exc:
+        raise KdumpError(f"cannot open {flat_path}: {exc.strerror}") from None
+    with src:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise KdumpError(f"cannot create {tmp}: {exc.strerror}") from None
+        try:
+            os.fchmod(fd, 0o600)
+            reader = FlatReader(src, name=flat_path)
+            try:
+                for offset, data in reader.records():
+                    view = memoryview(data)
+                    while view:
+                        written = os.pwrite(fd, view, offset)
+                        view = view[written:]
+                        offset += written
+            except DumpFormatError as exc:
+                raise DumpFormatError(f"{exc}; the partial result stays in {tmp}") from None
+            except OSError as exc:
+                raise KdumpError(f"cannot write {tmp}: {exc.strerror}") from None
+            # a trailing record may be a hole that pwrite never extended to
+            if os.fstat(fd).st_size < reader.file_size:
+                os.ftruncate(fd, reader.file_size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _publish(tmp, out_path)
+    log.debug("reassembled %s (%d records) into %s, %d bytes",
+              flat_path, reader.record_count, out_path, reader.file_size)
+    return reader.file_size
+
+
+class FlatIndex:
+    """Random access to the real file inside a flattened *file* (seekable), without rebuilding it.
+
+    :meth:`open` scans the record headers once, seeking over the data.  Later
+    records win where records overlap, as when the real file is rebuilt.
+    ``complete`` tells whether the end marker was found; ``truncated_at`` is
+    the stream offset where an unfinished stream ends (None when complete).
+    """
+
+    def __init__(self, path: str, complete: bool, truncated_at: Optional[int], file_size: int,
+                 record_count: int, starts: array, ends: array, positions: array) -> None:
+        self.path = path
+        self.complete = complete
+        self.truncated_at = truncated_at
+        #: max(offset + size) over all records: the rebuilt file's size
+        self.file_size = file_size
+        self.record_count = record_count
+        self._starts = starts
+        self._ends = ends
+        self._positions = positions
+
+    @classmethod
+    def open(cls, path: str) -> "FlatIndex":
+        starts, ends, positions = array("q"), array("q"), array("q")
+        complete = False
+        truncated_at: Optional[int] = None
+        file_size = 0
+        with open(path, "rb") as f:
+            total = os.fstat(f.fileno()).st_size
+            header = f.read(HEADER_SIZE)
+            check_header(header, path)
+            if len(header) < HEADER_SIZE:
+                truncated_at = len(header)
+            pos = HEADER_SIZE
+            while truncated_at is None:
+                head = f.read(16)
+                if len(head) < 16:
+                    truncated_at = pos
+                    break
+                offset, size = RECORD_HEADER.unpack(head)
+                if offset == END_MARKER and size == END_MARKER:
+                    complete = True
+                    break
+                _check_record(offset, size, pos, path)
+                data_pos = pos + 16
+                available = min(size, max(0, total - data_pos))
+                if available:
+                    starts.append(offset)
+                    ends.append(offset + available)
+                    positions.append(data_pos)
+                    file_size = max(file_size, offset + available)
+                if available < size:
+                    truncated_at = total
+                    break
+                pos = data_pos + size
+                f.seek(pos)
+        return cls(path, complete, truncated_at, file_size, len(starts), starts, ends, positions)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """The real file's bytes at ``offset`` (holes read as zeros; short at the end of the file)."""
+        size = max(0, min(size, self.file_size - offset))
+        buf = bytearray(size)
+        if not size:
+            return bytes(buf)
+        end = offset + size
+        with open(self.path, "rb") as f:
+            # apply records in stream order so later records overwrite earlier ones
+            for i in range(len(self._starts)):
+                s, e = self._starts[i], self._ends[i]
+                if e <= offset or s >= end:
+                    continue
+                lo, hi = max(s, offset), min(e, end)
+                f.seek(self._positions[i] + (lo - s))
+                buf[lo - offset:hi - offset] = f.read(hi - lo)
+        return bytes(buf)
