@@ -1,0 +1,181 @@
+"""Running makedumpfile: what to ask of it, and the stream it produces.
+
+Every format except ``raw`` and ``none`` is produced as makedumpfile's
+flattened stream (``-F``) on a pipe, so every target receives one stream;
+the saver rebuilds the real file from it where the target can write at an
+offset.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from capture.config import Config
+from capture.errors import KdumpError
+from capture.progress import Progress, pump_stderr
+
+log = logging.getLogger(__name__)
+
+FORMAT_FLAGS = {"compressed": "-c", "lzo": "-l", "snappy": "-p", "zstd": "-z", "elf": "-E"}
+THREADS_SAFE_FROM = (1, 7, 8)
+"""makedumpfile before 1.7.8 can corrupt dumps written with --num-threads."""
+
+
+class CollectorError(KdumpError):
+    """makedumpfile failed or is unusable."""
+
+
+@dataclass(frozen=True)
+class Makedumpfile:
+    """The makedumpfile binary and what it was built with."""
+
+    path: str
+    version: Tuple[int, ...]
+    features: Dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def version_text(self) -> str:
+        return ".".join(map(str, self.version))
+
+    def supports(self, fmt: str) -> bool:
+        """Whether this build can write ``fmt`` (snappy and zstd are optional)."""
+        if fmt in ("snappy", "zstd", "lzo"):
+            return self.features.get(fmt, False)
+        return True
+
+
+def probe(binary: str = "makedumpfile") -> Makedumpfile:
+    """Find makedumpfile and read its version and compiled-in compressors."""
+    path = shutil.which(binary)
+    if path is None:
+        raise CollectorError(f"{binary} not found on PATH; it is needed to filter the dump")
+    try:
+        out = subprocess.run([path, "-v"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CollectorError(f"cannot run {path} -v: {exc}") from None
+    text = out.stdout + out.stderr
+    m = re.search(r"version\s+(\d+(?:\.\d+)*)", text)
+    if not m:
+        raise CollectorError(f"cannot read the version of {path}: {text.strip()[:200]!r}")
+    features = {name: state == "enabled"
+                for name, state in re.findall(r"^(lzo|snappy|zstd)\s+(enabled|disabled)", text, re.M)}
+    return Makedumpfile(path, tuple(int(x) for x in m.group(1).split(".")), features)
+
+
+@dataclass(frozen=True)
+class DumpPlan:
+    """What the saver will produce, decided before anything is written."""
+
+    requested_format: str
+    format: str
+    dump_level: int
+    threads: int
+    notes: Tuple[str, ...] = ()
+    """Decisions the administrator should read (fallbacks, thread limits)."""
+
+
+def plan(config: Config, mdf: Optional[Makedumpfile], cpus_online: Optional[int] = None) -> DumpPlan:
+    """Choose the format and thread count for ``config`` on this makedumpfile."""
+    notes: List[str] = []
+    fmt = config.dumpformat
+    if fmt in FORMAT_FLAGS and mdf is not None and not mdf.supports(fmt):
+        fallback = "lzo" if mdf.supports("lzo") else "compressed"
+        notes.append(f"makedumpfile {mdf.version_text} was built without {fmt}; using {fallback} instead")
+        fmt = fallback
+    threads = 1
+    if fmt in FORMAT_FLAGS and fmt != "elf" and mdf is not None:
+        online = cpus_online or os.cpu_count() or 1
+        wanted = online if config.cpus == 0 else min(config.cpus, online)
+        if wanted > 1 and mdf.version < THREADS_SAFE_FROM:
+            notes.append(f"makedumpfile {mdf.version_text} can corrupt dumps with --num-threads "
+                         f"(fixed in 1.7.8); using one thread instead of {wanted}")
+        elif wanted > 1:
+            threads = wanted
+    return DumpPlan(config.dumpformat, fmt, config.dumplevel, threads, tuple(notes))
+
+
+def command(mdf: Makedumpfile, dump: DumpPlan, vmcore: str, extra_options: str = "") -> List[str]:
+    """The makedumpfile command writing ``dump`` as a flattened stream to stdout."""
+    cmd = [mdf.path, "-F", FORMAT_FLAGS[dump.format], "-d", str(dump.dump_level)]
+    if dump.threads > 1:
+        cmd += ["--num-threads", str(dump.threads)]
+    try:
+        cmd += shlex.split(extra_options)
+    except ValueError as exc:
+        raise CollectorError(f"MAKEDUMPFILE_OPTIONS={extra_options!r} cannot be split: {exc}") from None
+    cmd.append(vmcore)
+    return cmd
+
+
+class Collection:
+    """A running makedumpfile: read the flattened stream from ``stdout``,
+    then call :meth:`finish`, which raises with makedumpfile's last messages
+    when it failed."""
+
+    def __init__(self, cmd: List[str], progress: Progress) -> None:
+        log.info("running %s", " ".join(shlex.quote(c) for c in cmd))
+        self.cmd = cmd
+        self.progress = progress
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, bufsize=0)
+        except OSError as exc:
+            raise CollectorError(f"cannot start {cmd[0]}: {exc}") from None
+        self.stdout = self.proc.stdout
+        self._stderr_thread = pump_stderr(self.proc.stderr, progress)
+
+    def finish(self) -> None:
+        """Wait for makedumpfile; raise :class:`CollectorError` unless it succeeded."""
+        status = self.proc.wait()
+        self._stderr_thread.join(timeout=10)
+        if status != 0:
+            last = "; ".join(list(self.progress.messages)[-6:]) or "no messages"
+            meaning = {1: "failed", 2: "the vmcore and its VMCOREINFO do not match"}.get(status, "failed")
+            raise CollectorError(f"makedumpfile {meaning} (exit status {status}): {last}")
+        for line in self.progress.messages:
+            if "not supported" in line or "warning" in line.lower():
+                log.info("makedumpfile: %s", line)
+
+    def abort(self) -> None:
+        """Stop makedumpfile after a failure on our side; never raises."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self._stderr_thread.join(timeout=2)
+
+
+def dump_dmesg(mdf: Makedumpfile, vmcore: str) -> bytes:
+    """The crashed kernel's log, extracted with ``makedumpfile --dump-dmesg``."""
+    with tempfile.TemporaryDirectory(prefix="kdump-saver-") as tmp:
+        out = os.path.join(tmp, "dmesg.txt")
+        try:
+            res = subprocess.run([mdf.path, "--dump-dmesg", vmcore, out], stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CollectorError(f"makedumpfile --dump-dmesg could not run: {exc}") from None
+        if res.returncode != 0 or not os.path.exists(out):
+            tail = " ".join((res.stdout + res.stderr).split()[-40:])
+            raise CollectorError(
+                f"makedumpfile --dump-dmesg failed (exit status {res.returncode}): {tail}")
+        with open(out, "rb") as f:
+            return f.read()
+
+
+def panic_line(dmesg: bytes) -> Optional[str]:
+    """The line that says why the kernel died, if the log has one."""
+    text = dmesg.decode("utf-8", "replace")
+    for pattern in (r"Kernel panic - not syncing:.*", r"BUG: .*", r"Oops: .*", r"general protection fault.*"):
+        m = re.search(pattern, text)
+        if m:
+            return m.group(0).strip()
+    return None
