@@ -1,0 +1,669 @@
+"""The cifs target (``cifs://`` or ``smb://``): a share on an SMB2 server, via pysmb.
+
+URL form: ``cifs://[[DOMAIN;]user[:password]@]host[:port]/SHARE/path``; the
+domain may also be written ``DOMAIN\\user`` (``%5C`` in a URL).  No user means
+a guest session.  The connection is SMB2 over direct TCP (port 445 unless the
+URL gives one); no kernel cifs module is needed.
+
+pysmb's public calls open and close the remote file for every call, report
+failures as text, cannot replace a file by renaming and have no call for the
+free space.  So this module drives pysmb's SMB2 session (negotiation,
+authentication, signing, message framing: the ``_sendSMBMessage`` /
+``pending_requests`` machinery every pysmb call uses) with the standard SMB2
+requests itself ([MS-SMB2] 2.2.13 CREATE, 2.2.17 FLUSH, 2.2.19 READ,
+2.2.21 WRITE, 2.2.37 QUERY_INFO, 2.2.39 SET_INFO):
+
+* a dump file is one open handle; writes at offsets are coalesced in memory
+  into large contiguous runs and sent in chunks of the server's maximum write
+  size; ``close`` sends FLUSH (the server's fsync) before CLOSE;
+* ``rename`` uses FileRenameInformation with ReplaceIfExists;
+* ``free_space`` asks FileFsFullSizeInformation (caller-available units).
+
+Every failure carries the NT status, mapped to a clear :class:`TransportError`
+(:class:`NoSpaceError` for a full disk or quota).  File modes are the
+server's business (its ``create mask`` / ``directory mask``): SMB has no
+mode bits to send.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import socket
+import struct
+import time
+from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
+
+from capture.targeturl import TargetURL
+from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
+
+log = logging.getLogger(__name__)
+
+# NT status codes ([MS-ERREF] 2.3.1) this module tells apart.
+STATUS_SUCCESS = 0
+STATUS_END_OF_FILE = 0xC0000011
+STATUS_ACCESS_DENIED = 0xC0000022
+STATUS_OBJECT_NAME_INVALID = 0xC0000033
+STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
+STATUS_OBJECT_NAME_COLLISION = 0xC0000035
+STATUS_OBJECT_PATH_NOT_FOUND = 0xC000003A
+STATUS_SHARING_VIOLATION = 0xC0000043
+STATUS_QUOTA_EXCEEDED = 0xC0000044
+STATUS_DISK_FULL = 0xC000007F
+STATUS_MEDIA_WRITE_PROTECTED = 0xC00000A2
+STATUS_FILE_IS_A_DIRECTORY = 0xC00000BA
+STATUS_BAD_NETWORK_NAME = 0xC00000CC
+STATUS_NOT_A_DIRECTORY = 0xC0000103
+STATUS_NETWORK_SESSION_EXPIRED = 0xC000035C
+
+_STATUS_TEXT = {
+    STATUS_ACCESS_DENIED: "permission denied",
+    STATUS_OBJECT_NAME_INVALID: "invalid name",
+    STATUS_OBJECT_NAME_NOT_FOUND: "no such file",
+    STATUS_OBJECT_NAME_COLLISION: "already exists",
+    STATUS_OBJECT_PATH_NOT_FOUND: "no such directory",
+    STATUS_SHARING_VIOLATION: "in use by another client",
+    STATUS_QUOTA_EXCEEDED: "quota exceeded",
+    STATUS_DISK_FULL: "no space left on the server",
+    STATUS_MEDIA_WRITE_PROTECTED: "read-only share",
+    STATUS_FILE_IS_A_DIRECTORY: "is a directory",
+    STATUS_BAD_NETWORK_NAME: "no such share",
+    STATUS_NOT_A_DIRECTORY: "not a directory",
+}
+_NOT_FOUND = (STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_PATH_NOT_FOUND)
+
+# [MS-SMB2] / [MS-FSCC] constants used below.
+_SMB2_INFO_FILE = 0x01
+_SMB2_INFO_FILESYSTEM = 0x02
+_FILE_RENAME_INFORMATION = 10
+_FILE_DISPOSITION_INFORMATION = 13
+_FILE_END_OF_FILE_INFORMATION = 20
+_FILE_FS_FULL_SIZE_INFORMATION = 7
+_FILE_READ_DATA = 0x1
+_FILE_WRITE_DATA = 0x2
+_FILE_APPEND_DATA = 0x4
+_FILE_READ_ATTRIBUTES = 0x80
+_FILE_WRITE_ATTRIBUTES = 0x100
+_FILE_LIST_DIRECTORY = 0x1
+_DELETE = 0x10000
+_SYNCHRONIZE = 0x100000
+_SHARE_ALL = 0x7
+_FILE_OPEN = 1
+_FILE_CREATE = 2
+_FILE_OVERWRITE_IF = 5
+_FILE_DIRECTORY_FILE = 0x1
+_FILE_NON_DIRECTORY_FILE = 0x40
+_FILE_ATTRIBUTE_NORMAL = 0x80
+_SEC_IMPERSONATE = 2
+
+#: bytes kept in memory before coalesced writes are sent
+WRITE_CACHE = 16 << 20
+#: at most this many separate runs are cached
+MAX_RUNS = 8
+#: bytes fetched per round trip by :meth:`CifsTransport.open_read`
+READ_BLOCK = 4 << 20
+
+
+class SmbStatusError(Exception):
+    """An SMB2 reply with a failure status (internal; mapped to TransportError)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"NT status 0x{status:08X}")
+        self.status = status
+
+
+def parse_user(user: str) -> Tuple[str, str]:
+    """Split ``DOMAIN;user`` or ``DOMAIN\\user`` into (domain, user)."""
+    for sep in (";", "\\"):
+        if sep in user:
+            domain, name = user.split(sep, 1)
+            return domain, name
+    return "", user
+
+
+def split_share(url_path: str) -> Tuple[str, str]:
+    """(share, base path inside the share, ``/``-separated without leading slash)."""
+    parts = [p for p in url_path.split("/") if p]
+    if not parts:
+        raise TransportError("a cifs target needs a share: cifs://host/SHARE/path")
+    return parts[0], "/".join(parts[1:])
+
+
+def describe(status: int) -> str:
+    """Words for an NT status, with the code."""
+    text = _STATUS_TEXT.get(status)
+    return f"{text} (NT status 0x{status:08X})" if text else f"NT status 0x{status:08X}"
+
+
+def _status_error(what: str, status: int) -> TransportError:
+    cls = NoSpaceError if status in (STATUS_DISK_FULL, STATUS_QUOTA_EXCEEDED) else TransportError
+    return cls(f"{what}: {describe(status)}")
+
+
+class _FlushRequest:
+    """SMB2 FLUSH ([MS-SMB2] 2.2.17); pysmb has the command code but no structure."""
+
+    def __init__(self, fid: bytes) -> None:
+        self.fid = fid
+
+    def initMessage(self, message) -> None:  # noqa: N802 - pysmb's protocol
+        from smb.smb2_constants import SMB2_COM_FLUSH
+        message.payload = self
+        message.command = SMB2_COM_FLUSH
+
+    def prepare(self, message) -> None:
+        message.data = struct.pack("<HHI16s", 24, 0, 0, self.fid)
+
+    def decode(self, message) -> None:
+        pass
+
+
+class SmbSession:
+    """One authenticated SMB2 session and tree, with synchronous requests."""
+
+    def __init__(self, conn, share: str, timeout: float) -> None:
+        self.conn = conn
+        self.share = share
+        self.timeout = timeout
+        self.tid = 0
+
+    def call(self, payload, tid: Optional[int] = None):
+        """Send one SMB2 request and return the reply message (any status)."""
+        from smb.base import _PendingRequest
+        from smb.smb2_structs import SMB2Message
+
+        conn = self.conn
+        message = SMB2Message(payload)
+        message.tid = self.tid if tid is None else tid
+        replies: list = []
+
+        def got(reply, **_kw) -> None:
+            replies.append(reply)
+
+        def failed(exc) -> None:
+            raise exc
+
+        conn._sendSMBMessage(message)
+        conn.pending_requests[message.mid] = _PendingRequest(
+            message.mid, time.time() + self.timeout, got, failed)
+        deadline = time.monotonic() + self.timeout
+        while not replies:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no reply from the server")
+            conn._pollForNetBIOSPacket(self.timeout)
+        return replies[0]
+
+    def check(self, payload) -> object:
+        reply = self.call(payload)
+        if reply.status != STATUS_SUCCESS:
+            raise SmbStatusError(reply.status)
+        return reply
+
+    def tree_connect(self, host: str) -> None:
+        from smb.smb2_structs import SMB2TreeConnectRequest
+
+        reply = self.call(SMB2TreeConnectRequest(rf"\\{host}\{self.share}"), tid=0)
+        if reply.status != STATUS_SUCCESS:
+            raise SmbStatusError(reply.status)
+        self.tid = reply.tid
+        self.conn.connected_trees[self.share] = reply.tid
+
+    def open(self, path: str, access: int, disposition: int, options: int) -> bytes:
+        from smb.smb2_structs import SMB2CreateRequest
+
+        reply = self.check(SMB2CreateRequest(
+            path.replace("/", "\\"), file_attributes=_FILE_ATTRIBUTE_NORMAL if options & _FILE_NON_DIRECTORY_FILE else 0,
+            access_mask=access | _SYNCHRONIZE, share_access=_SHARE_ALL, create_disp=disposition,
+            create_options=options, impersonation=_SEC_IMPERSONATE))
+        return reply.payload.fid
+
+    def close_handle(self, fid: bytes) -> None:
+        from smb.smb2_structs import SMB2CloseRequest
+
+        self.check(SMB2CloseRequest(fid))
+
+    def write(self, fid: bytes, data: memoryview, offset: int) -> None:
+        from smb.smb2_structs import SMB2WriteRequest
+
+        chunk = max(4096, self.conn.max_write_size or 65536)
+        for start in range(0, len(data), chunk):
+            piece = bytes(data[start:start + chunk])
+            reply = self.check(SMB2WriteRequest(fid, piece, offset + start))
+            if reply.payload.count != len(piece):
+                raise SmbStatusError(STATUS_DISK_FULL)
+
+    def read(self, fid: bytes, offset: int, length: int) -> bytes:
+        from smb.smb2_structs import SMB2ReadRequest
+
+        out = bytearray()
+        chunk = max(4096, self.conn.max_read_size or 65536)
+        while len(out) < length:
+            want = min(chunk, length - len(out))
+            reply = self.call(SMB2ReadRequest(fid, offset + len(out), want))
+            if reply.status == STATUS_END_OF_FILE:
+                break
+            if reply.status != STATUS_SUCCESS:
+                raise SmbStatusError(reply.status)
+            if not reply.payload.data:
+                break
+            out += reply.payload.data
+            if len(reply.payload.data) < want:
+                break
+        return bytes(out)
+
+    def flush(self, fid: bytes) -> None:
+        self.check(_FlushRequest(fid))
+
+    def set_info(self, fid: bytes, info_class: int, data: bytes) -> None:
+        from smb.smb2_structs import SMB2SetInfoRequest
+
+        self.check(SMB2SetInfoRequest(fid, additional_info=0, info_type=_SMB2_INFO_FILE,
+                                      file_info_class=info_class, data=data))
+
+    def query_fs(self, fid: bytes, info_class: int) -> bytes:
+        from smb.smb2_structs import SMB2QueryInfoRequest
+
+        reply = self.check(SMB2QueryInfoRequest(fid, flags=0, additional_info=0, info_type=_SMB2_INFO_FILESYSTEM,
+                                                file_info_class=info_class, input_buf=b"", output_buf_len=4096))
+        return reply.payload.data
+
+
+class SmbFile(DumpFile):
+    """A file on the share, open for writing until :meth:`close`.
+
+    Writes are kept in up to :data:`MAX_RUNS` contiguous runs totalling at
+    most :data:`WRITE_CACHE` bytes, then sent in offset order; a write that
+    overlaps a cached run sends that run first, so the server sees the same
+    result as unbuffered writes in call order.
+    """
+
+    seekable = True
+
+    def __init__(self, transport: "CifsTransport", fid: bytes, path: str) -> None:
+        self._t = transport
+        self._fid: Optional[bytes] = fid
+        self._path = path
+        self._pos = 0
+        self._runs: Dict[int, bytearray] = {}
+        self._cached = 0
+
+    def write(self, data: bytes) -> None:
+        self.pwrite(data, self._pos)
+        self._pos += len(data)
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        if self._fid is None:
+            raise TransportError(f"{self._path} on {self._t.url.masked()} is already closed")
+        if not data:
+            return
+        end = offset + len(data)
+        for start, run in list(self._runs.items()):
+            run_end = start + len(run)
+            if run_end == offset:
+                run += data
+                self._cached += len(data)
+                break
+            if start < end and offset < run_end:
+                self._send_run(start)
+        else:
+            self._runs[offset] = bytearray(data)
+            self._cached += len(data)
+        if self._cached >= WRITE_CACHE or len(self._runs) > MAX_RUNS:
+            self._send_all()
+
+    def _send_run(self, start: int) -> None:
+        run = self._runs.pop(start)
+        self._cached -= len(run)
+        self._t._io(f"cannot write {self._path}", lambda: self._t.session.write(self._fid, memoryview(run), start))
+
+    def _send_all(self) -> None:
+        for start in sorted(self._runs):
+            self._send_run(start)
+
+    def close(self) -> None:
+        if self._fid is None:
+            return
+        try:
+            self._send_all()
+            self._t._io(f"cannot flush {self._path}", lambda: self._t.session.flush(self._fid))
+        finally:
+            fid, self._fid = self._fid, None
+            self._runs.clear()
+            self._t._close_quietly(fid)
+
+    def abort(self) -> None:
+        if self._fid is None:
+            return
+        fid, self._fid = self._fid, None
+        self._runs.clear()
+        self._t._close_quietly(fid)
+
+
+class SmbReader(io.RawIOBase):
+    """Reads a file back through one open handle, :data:`READ_BLOCK` per request."""
+
+    def __init__(self, transport: "CifsTransport", fid: bytes, path: str) -> None:
+        super().__init__()
+        self._t = transport
+        self._fid = fid
+        self._path = path
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        out = bytearray()
+        want = size if size is not None and size >= 0 else 1 << 62
+        while len(out) < want:
+            n = min(READ_BLOCK, want - len(out))
+            block = self._t._io(f"cannot read {self._path}",
+                                lambda: self._t.session.read(self._fid, self._pos, n))
+            if not block:
+                break
+            out += block
+            self._pos += len(block)
+        return bytes(out)
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._t._close_quietly(self._fid)
+        super().close()
+
+
+class CifsTransport(Transport):
+    """A directory inside an SMB2 share."""
+
+    def __init__(self, url: TargetURL, options: TransportOptions) -> None:
+        super().__init__(url, options)
+        self.share, self.base = split_share(url.path)
+        self.domain, self.user = parse_user(url.user)
+        self.conn = None
+        self.session: Optional[SmbSession] = None
+        self.io_timeout = float(max(30, options.net_timeout))
+
+    # -- helpers -------------------------------------------------------
+
+    def _remote(self, path: str) -> str:
+        parts = [p for p in path.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise TransportError(f"refusing path outside the target: {path!r}")
+        return "/".join(([self.base] if self.base else []) + parts)
+
+    def _where(self, remote: str) -> str:
+        return f"{self.share}/{remote}" if remote else self.share
+
+    def _io(self, what: str, action: Callable[[], object]):
+        """Run ``action``; turn SMB and connection failures into TransportError."""
+        from smb.base import NotConnectedError, NotReadyError, SMBTimeout
+
+        if self.session is None:
+            raise TransportError(f"{what} on {self.url.masked()}: not connected")
+        try:
+            return action()
+        except SmbStatusError as exc:
+            if exc.status in (STATUS_NETWORK_SESSION_EXPIRED,):
+                raise TransportError(f"{what} on {self.url.masked()}: the session expired") from None
+            raise _status_error(f"{what} on {self.url.masked()}", exc.status) from None
+        except (NotConnectedError, NotReadyError, ConnectionError, BrokenPipeError) as exc:
+            self._drop()
+            raise TransportError(f"{what} on {self.url.masked()}: the connection was lost"
+                                 f" ({type(exc).__name__})") from None
+        except (SMBTimeout, TimeoutError, socket.timeout):
+            self._drop()
+            raise TransportError(f"{what} on {self.url.masked()}: the server did not answer "
+                                 f"within {self.io_timeout:.0f} s") from None
+        except OSError as exc:
+            self._drop()
+            raise TransportError(f"{what} on {self.url.masked()}: {exc.strerror or exc}") from None
+
+    def _drop(self) -> None:
+        conn, self.conn, self.session = self.conn, None, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - already failing
+                pass
+
+    def _close_quietly(self, fid: bytes) -> None:
+        if self.session is None:
+            return
+        try:
+            self.session.close_handle(fid)
+        except Exception as exc:  # noqa: BLE001 - best effort on the error path
+            log.debug("closing a handle on %s failed: %s", self.url.masked(), type(exc).__name__)
+
+    def _with_handle(self, what: str, remote: str, access: int, disposition: int, options: int,
+                     use: Callable[[bytes], object]):
+        def run():
+            fid = self.session.open(remote, access, disposition, options)
+            try:
+                return use(fid)
+            finally:
+                self.session.close_handle(fid)
+        return self._io(what, run)
+
+    # -- connection ----------------------------------------------------
+
+    def _connect_once(self) -> None:
+        from smb.SMBConnection import SMBConnection
+
+        conn = SMBConnection(self.user, self.url.password, "KDUMPSAVER", self.url.host,
+                             domain=self.domain, use_ntlm_v2=True, is_direct_tcp=True)
+        try:
+            ok = conn.connect(self.url.host, self.url.effective_port, timeout=min(self.io_timeout, 10))
+        except BaseException:
+            conn.close()
+            raise
+        if not ok:
+            conn.close()
+            who = f"{self.domain}\\{self.user}" if self.domain else (self.user or "guest")
+            raise TransportError(f"{self.url.masked()}: the server refused the login of {who} "
+                                 "(wrong user or password?)")
+        if not conn.isUsingSMB2:
+            conn.close()
+            raise TransportError(f"{self.url.masked()}: the server does not speak SMB2")
+        self.conn = conn
+        session = SmbSession(conn, self.share, self.io_timeout)
+        try:
+            session.tree_connect(self.url.host)
+        except SmbStatusError as exc:
+            self._drop()
+            if exc.status == STATUS_BAD_NETWORK_NAME:
+                raise TransportError(f"{self.url.masked()}: the server has no share named {self.share!r}") from None
+            raise _status_error(f"{self.url.masked()}: cannot connect to share {self.share!r}", exc.status) from None
+        self.session = session
+
+    def connect(self) -> None:
+        from smb.base import NotConnectedError, SMBTimeout
+
+        deadline = time.monotonic() + max(0, self.options.net_timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._connect_once()
+                break
+            except TransportError:
+                raise
+            except (OSError, NotConnectedError, SMBTimeout, Exception) as exc:  # noqa: BLE001
+                self._drop()
+                reason = _network_reason(exc)
+                if time.monotonic() >= deadline:
+                    tried = f" (tried {attempt} times for {self.options.net_timeout} s)" if attempt > 1 else ""
+                    raise TransportError(f"cannot connect to {self.url.masked()}: {reason}{tried}") from None
+                log.info("cannot connect to %s yet: %s; retrying", self.url.masked(), reason)
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        self._ensure_base()
+
+    def _ensure_base(self) -> None:
+        parts = [p for p in self.base.split("/") if p]
+        for i in range(1, len(parts) + 1):
+            remote = "/".join(parts[:i])
+            try:
+                self._mkdir_remote(remote)
+            except FileExistsError:
+                pass
+        if parts and not self._is_dir(self.base):
+            raise TransportError(f"{self.url.masked()}: {self._where(self.base)} is not a directory")
+
+    def _is_dir(self, remote: str) -> bool:
+        try:
+            self._with_handle(f"cannot open {self._where(remote)}", remote, _FILE_READ_ATTRIBUTES, _FILE_OPEN, _FILE_DIRECTORY_FILE,
+                              lambda fid: None)
+            return True
+        except TransportError:
+            return False
+
+    def close(self) -> None:
+        self._drop()
+
+    # -- the Transport surface ----------------------------------------
+
+    def _mkdir_remote(self, remote: str) -> None:
+        def run():
+            fid = self.session.open(remote, _FILE_LIST_DIRECTORY | _FILE_READ_ATTRIBUTES, _FILE_CREATE,
+                                    _FILE_DIRECTORY_FILE)
+            self.session.close_handle(fid)
+        try:
+            self._io(f"cannot create directory {self._where(remote)}", lambda: _raw(run))
+        except _RawStatus as exc:
+            if exc.status == STATUS_OBJECT_NAME_COLLISION:
+                raise FileExistsError(errno.EEXIST, "exists", self._where(remote)) from None
+            raise _status_error(f"cannot create directory {self._where(remote)} on {self.url.masked()}",
+                                exc.status) from None
+
+    def mkdir(self, path: str) -> None:
+        self._mkdir_remote(self._remote(path))
+
+    def create(self, path: str) -> SmbFile:
+        remote = self._remote(path)
+        fid = self._io(f"cannot create {self._where(remote)}", lambda: self.session.open(
+            remote, _FILE_WRITE_DATA | _FILE_APPEND_DATA | _FILE_READ_DATA | _FILE_READ_ATTRIBUTES
+            | _FILE_WRITE_ATTRIBUTES, _FILE_OVERWRITE_IF, _FILE_NON_DIRECTORY_FILE))
+        return SmbFile(self, fid, self._where(remote))
+
+    def rename(self, src: str, dst: str) -> None:
+        rsrc, rdst = self._remote(src), self._remote(dst)
+        target = rdst.replace("/", "\\").encode("utf-16-le")
+        # FileRenameInformation: ReplaceIfExists, 7 reserved, RootDirectory (8), length, name
+        info = struct.pack("<B7xQI", 1, 0, len(target)) + target
+        self._with_handle(f"cannot rename {self._where(rsrc)} to {self._where(rdst)}", rsrc, _DELETE | _FILE_READ_ATTRIBUTES,
+                          _FILE_OPEN, 0,
+                          lambda fid: self.session.set_info(fid, _FILE_RENAME_INFORMATION, info))
+
+    def listdir(self, path: str = "") -> List[DirEntry]:
+        from smb.smb_structs import OperationFailure
+
+        remote = self._remote(path)
+
+        def run():
+            try:
+                return self.conn.listPath(self.share, "/" + remote, timeout=self.io_timeout)
+            except OperationFailure as exc:
+                raise SmbStatusError(_failure_status(exc)) from None
+        entries = self._io(f"cannot list {self._where(remote)}", run)
+        return [DirEntry(e.filename, bool(e.isDirectory)) for e in entries if e.filename not in (".", "..")]
+
+    def read_small(self, path: str, limit: int = 65536) -> Optional[bytes]:
+        remote = self._remote(path)
+
+        def run():
+            fid = self.session.open(remote, _FILE_READ_DATA | _FILE_READ_ATTRIBUTES, _FILE_OPEN,
+                                    _FILE_NON_DIRECTORY_FILE)
+            try:
+                return self.session.read(fid, 0, limit)
+            finally:
+                self.session.close_handle(fid)
+        try:
+            return self._io(f"cannot read {self._where(remote)}", lambda: _raw(run))
+        except _RawStatus as exc:
+            if exc.status in _NOT_FOUND:
+                return None
+            raise _status_error(f"cannot read {self._where(remote)} on {self.url.masked()}", exc.status) from None
+
+    def remove_tree(self, path: str) -> None:
+        if not [p for p in path.split("/") if p]:
+            raise TransportError(f"refusing to delete the base directory of {self.url.masked()}")
+        self._remove(self._remote(path), path)
+
+    def _remove(self, remote: str, rel: str) -> None:
+        for entry in self.listdir(rel):
+            child_rel = f"{rel}/{entry.name}"
+            if entry.is_dir:
+                self._remove(f"{remote}/{entry.name}", child_rel)
+            else:
+                self._delete(f"{remote}/{entry.name}", _FILE_NON_DIRECTORY_FILE)
+        self._delete(remote, _FILE_DIRECTORY_FILE)
+
+    def _delete(self, remote: str, kind: int) -> None:
+        # FileDispositionInformation: DeletePending = 1; deleted at close
+        self._with_handle(f"cannot delete {self._where(remote)}", remote, _DELETE | _FILE_READ_ATTRIBUTES, _FILE_OPEN, kind,
+                          lambda fid: self.session.set_info(fid, _FILE_DISPOSITION_INFORMATION, b"\x01"))
+
+    def free_space(self) -> Optional[int]:
+        """Bytes available to this user, from FileFsFullSizeInformation."""
+        def query(fid: bytes) -> bytes:
+            return self.session.query_fs(fid, _FILE_FS_FULL_SIZE_INFORMATION)
+        try:
+            data = self._with_handle(f"cannot query the free space of {self._where(self.base)}", self.base, _FILE_READ_ATTRIBUTES,
+                                     _FILE_OPEN, _FILE_DIRECTORY_FILE, query)
+        except NoSpaceError:
+            raise
+        except TransportError as exc:
+            log.warning("free space on %s unknown: %s", self.url.masked(), exc)
+            return None
+        if len(data) < 32:
+            return None
+        _total, caller_avail, _actual, sectors_per_unit, bytes_per_sector = struct.unpack("<QQQII", data[:32])
+        return caller_avail * sectors_per_unit * bytes_per_sector
+
+    def open_read(self, path: str) -> BinaryIO:
+        remote = self._remote(path)
+        fid = self._io(f"cannot read {self._where(remote)}", lambda: self.session.open(
+            remote, _FILE_READ_DATA | _FILE_READ_ATTRIBUTES, _FILE_OPEN, _FILE_NON_DIRECTORY_FILE))
+        return io.BufferedReader(SmbReader(self, fid, self._where(remote)), buffer_size=READ_BLOCK)
+
+
+class _RawStatus(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _raw(run: Callable[[], object]):
+    """Run ``run``, passing an NT status up as :class:`_RawStatus` for the caller to interpret."""
+    try:
+        return run()
+    except SmbStatusError as exc:
+        raise _RawStatus(exc.status) from None
+
+
+def _failure_status(exc) -> int:
+    for message in reversed(getattr(exc, "smb_messages", [])):
+        if getattr(message, "status", 0):
+            return message.status
+    return STATUS_ACCESS_DENIED
+
+
+def _network_reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server running?)"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "no answer (timed out)"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host name"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"the connection failed ({type(exc).__name__})"
+
+
+def open_target(url: TargetURL, options: TransportOptions) -> CifsTransport:
+    transport = CifsTransport(url, options)
+    transport.connect()
+    return transport
