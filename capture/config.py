@@ -1,13 +1,35 @@
 """The kdump configuration (/etc/sysconfig/kdump), typed and validated.
 
 INTERFACE PINNED: the field names below are used by the saver, the
-transports and the initrd builder.  Parsing and validation live in
-:func:`load` / :func:`parse_text` (to be completed).
+transports and the initrd builder.
+
+:func:`load` / :func:`parse_text` read SUSE's file format (shell variable
+assignments, see :mod:`capture.sysconfig`) without ever executing it, check
+every KDUMP_* option and return a :class:`Config`.  All bad values of a file
+are reported together in one :class:`~capture.errors.ConfigError`, one line
+each: ``FILE:LINE: KEY="VALUE": what is allowed``.  Unknown KDUMP_* keys are
+logged as warnings; other shell variables are ignored.  :func:`render` shows
+the effective configuration with secrets masked; :func:`serialize` writes it
+back, complete and unmasked, in the same syntax.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
+import difflib
+import logging
+import math
+import os
+import re
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from fractions import Fraction
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from capture import sysconfig, targeturl
+from capture.errors import ConfigError, URLError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/etc/sysconfig/kdump"
 INITRD_PATH = "/etc/kdump-saver/kdump.conf"
@@ -62,3 +84,429 @@ class Config:
     hostname: str = ""                          # KDUMP_HOSTNAME: production hostname, recorded at initrd build
     known_hosts: str = ""                       # KDUMP_KNOWN_HOSTS: known_hosts file recorded at initrd build
     source: Optional[str] = None                # the file this was read from
+
+
+BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "on": True,
+                 "false": False, "no": False, "0": False, "off": False}
+DUMP_FORMATS = ("none", "elf", "compressed", "lzo", "snappy", "zstd", "raw")
+NET_MODES = ("static", "dhcp", "dhcp4", "dhcp6", "auto6")
+HOST_KEY_TYPES = (
+    "ssh-ed25519", "ssh-ed448", "ssh-rsa", "ssh-dss",
+    "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+IFNAMSIZ = 16
+"""The kernel's limit for interface names, including the terminating NUL."""
+
+_MASK = "***"
+
+
+class _Invalid(Exception):
+    """A value that is not allowed; the message says what is."""
+
+
+# --- converters: text of the file -> typed value (raise _Invalid) ---------------------------------
+
+def _text(value: str) -> str:
+    return value
+
+
+def _boolean(value: str) -> bool:
+    word = value.strip().lower()
+    if word not in BOOLEAN_WORDS:
+        raise _Invalid("must be a boolean: true/false, yes/no, 1/0 or on/off (any case)")
+    return BOOLEAN_WORDS[word]
+
+
+def _integer(minimum: int, maximum: Optional[int] = None, meaning: str = "") -> Callable[[str], int]:
+    if maximum is None:
+        allowed = f"must be an integer, {minimum} or more"
+    else:
+        allowed = f"must be an integer from {minimum} to {maximum}"
+    if meaning:
+        allowed += f" ({meaning})"
+
+    def convert(value: str) -> int:
+        text = value.strip()
+        if not re.fullmatch(r"-?[0-9]+", text):
+            raise _Invalid(allowed)
+        number = int(text)
+        if number < minimum or (maximum is not None and number > maximum):
+            raise _Invalid(allowed)
+        return number
+    return convert
+
+
+def _dumpformat(value: str) -> str:
+    word = value.strip().lower()
+    if word not in DUMP_FORMATS:
+        raise _Invalid("must be one of " + ", ".join(DUMP_FORMATS) + " (any case)")
+    return word
+
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:([KMGT])(?:i?B)?)?", re.IGNORECASE)
+_SIZE_FACTOR_MB = {"": Fraction(1), "K": Fraction(1, 1024), "M": Fraction(1),
+                   "G": Fraction(1024), "T": Fraction(1024 * 1024)}
+
+
+def _size_mb(value: str) -> int:
+    match = _SIZE.fullmatch(value.strip())
+    if not match:
+        raise _Invalid("must be a size in MB (like 64), or with a unit K, M, G or T (like 512K, 2G); "
+                       "0 or more")
+    megabytes = Fraction(match.group(1)) * _SIZE_FACTOR_MB[(match.group(2) or "").upper()]
+    return math.ceil(megabytes)
+
+
+_NETCONFIG_ALLOWED = ('must be "auto", "auto:force", "" (no network) or IFACE:MODE[:force] with MODE one of '
+                      + ", ".join(NET_MODES))
+
+
+def interface_name_problem(name: str) -> Optional[str]:
+    """Why the kernel would refuse ``name`` as a network interface name, or None if it is valid."""
+    if not name:
+        return "the interface name is empty"
+    if len(name.encode()) >= IFNAMSIZ:
+        return f"interface name {name!r} is longer than {IFNAMSIZ - 1} characters"
+    if name in (".", ".."):
+        return f"{name!r} is not a valid interface name"
+    for c in name:
+        if c in "/:" or c.isspace() or c == "\0":
+            return f"interface name {name!r} contains {c!r}"
+    return None
+
+
+def _netconfig(value: str) -> NetConfig:
+    text = value.strip()
+    if text == "" or text.lower() == "none":
+        return NetConfig(mode="none")
+    parts = text.split(":")
+    force = False
+    if len(parts) > 1 and parts[-1].lower() == "force":
+        force = True
+        parts = parts[:-1]
+    if len(parts) == 1 and parts[0].lower() == "auto":
+        return NetConfig(mode="auto", force=force)
+    if len(parts) != 2:
+        raise _Invalid(_NETCONFIG_ALLOWED)
+    interface, mode = parts[0], parts[1].lower()
+    if mode not in NET_MODES:
+        raise _Invalid(f"unknown mode {parts[1]!r}; {_NETCONFIG_ALLOWED}")
+    problem = interface_name_problem(interface)
+    if problem:
+        raise _Invalid(f"{problem}; {_NETCONFIG_ALLOWED}")
+    return NetConfig(mode=mode, interface=interface, force=force)
+
+
+def format_netconfig(net: NetConfig) -> str:
+    """``net`` as written in KDUMP_NETCONFIG."""
+    if net.mode == "none":
+        text = ""
+    elif net.mode == "auto":
+        text = "auto"
+    else:
+        text = f"{net.interface}:{net.mode}"
+    return text + (":force" if net.force else "")
+
+
+def _word_list(value: str) -> Tuple[str, ...]:
+    return tuple(value.split())
+
+
+_HOST_KEY_ALLOWED = ('must be empty (the key is taken from root\'s known_hosts when the initrd is built), '
+                     '"*" (no host key check) or "TYPE BASE64KEY" like "ssh-ed25519 AAAAC3Nza..."')
+
+
+def _host_key(value: str) -> str:
+    words = value.split()
+    if not words:
+        return ""
+    if words == ["*"]:
+        return "*"
+    if len(words) != 2:
+        raise _Invalid(_HOST_KEY_ALLOWED)
+    key_type, data = words
+    if key_type not in HOST_KEY_TYPES:
+        raise _Invalid(f"unknown key type {key_type!r} (known: {', '.join(HOST_KEY_TYPES)}); {_HOST_KEY_ALLOWED}")
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise _Invalid(f"the key is not valid base64; {_HOST_KEY_ALLOWED}") from None
+    length = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    embedded = blob[4:4 + length] if 0 <= length <= len(blob) - 4 else b""
+    if embedded != key_type.encode():
+        found = embedded.decode("ascii", "replace") if embedded else "no key type"
+        raise _Invalid(f"the key data holds {found!r}, not a {key_type} key; {_HOST_KEY_ALLOWED}")
+    return f"{key_type} {data}"
+
+
+def _savedir(value: str) -> str:
+    text = value.strip()
+    try:
+        targeturl.parse(text)
+    except URLError as exc:
+        raise _Invalid(_url_problem(text, exc)) from None
+    return text
+
+
+def _url_password(text: str) -> Optional[Tuple[str, str, str]]:
+    """(``scheme://user``, password, ``host/path``) if ``text`` looks like it carries a password.
+
+    Deliberately generous (the last ``@`` ends the user part), so that even a
+    malformed URL never shows its password."""
+    if "://" not in text:
+        return None
+    scheme, rest = text.split("://", 1)
+    at = rest.rfind("@")
+    if at < 0 or ":" not in rest[:at]:
+        return None
+    user, password = rest[:at].split(":", 1)
+    return f"{scheme}://{user}", password, rest[at + 1:]
+
+
+def mask_url(text: str) -> str:
+    """``text`` (a KDUMP_SAVEDIR value, valid or not) with any password replaced by ``***``."""
+    try:
+        return targeturl.parse(text).masked()
+    except URLError:
+        pass
+    parts = _url_password(text)
+    if parts is None:
+        return text
+    return f"{parts[0]}:{_MASK}@{parts[2]}"
+
+
+def _url_problem(text: str, error: URLError) -> str:
+    """The message for a bad URL, computed without the password so it cannot leak."""
+    if _url_password(text) is None:
+        return str(error)
+    masked = mask_url(text)
+    try:
+        targeturl.parse(masked)
+    except URLError as masked_error:
+        return str(masked_error)
+    return ("the user or password part cannot be read; percent-encode '/', '?', '#', '@' and ':' "
+            "in user names and passwords (like %2F for '/')")
+
+
+def _absolute_path(value: str) -> str:
+    text = value.strip()
+    if text and not text.startswith("/"):
+        raise _Invalid("must be empty or an absolute path")
+    return text
+
+
+def _hostname(value: str) -> str:
+    text = value.strip()
+    if text and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", text):
+        raise _Invalid("must be empty or a host name of at most 64 letters, digits, '.', '-' and '_'")
+    return text
+
+
+def _mount_options(value: str) -> str:
+    text = value.strip()
+    if any(c.isspace() for c in text):
+        raise _Invalid("must be comma-separated mount options without spaces, like \"vers=4.2,proto=tcp\"")
+    return text
+
+
+# --- the option table ------------------------------------------------------------------------------
+
+def _format_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, NetConfig):
+        return format_netconfig(value)
+    if isinstance(value, tuple):
+        return " ".join(value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One KEY of the file: the Config field it fills and how its text is read."""
+
+    key: str
+    field: str
+    convert: Callable[[str], Any] = _text
+    empty_is_default: bool = False   # KEY="" means the default (numbers, booleans, formats)
+    secret: bool = False
+
+
+OPTIONS: Tuple[Option, ...] = (
+    Option("KDUMP_SAVEDIR", "savedir", _savedir, empty_is_default=True),
+    Option("KDUMP_DUMPLEVEL", "dumplevel", _integer(0, 31, "makedumpfile -d bits"), empty_is_default=True),
+    Option("KDUMP_DUMPFORMAT", "dumpformat", _dumpformat, empty_is_default=True),
+    Option("KDUMP_KEEP_OLD_DUMPS", "keep_old_dumps",
+           _integer(-1, None, "0 keeps all, N keeps N old dumps, -1 deletes all old dumps"), empty_is_default=True),
+    Option("KDUMP_FREE_DISK_SIZE", "free_disk_size", _size_mb, empty_is_default=True),
+    Option("KDUMP_NETCONFIG", "netconfig", _netconfig),
+    Option("KDUMP_NET_TIMEOUT", "net_timeout", _integer(0, None, "seconds, 0 = do not wait"), empty_is_default=True),
+    Option("KDUMP_IMMEDIATE_REBOOT", "immediate_reboot", _boolean, empty_is_default=True),
+    Option("KDUMP_CONTINUE_ON_ERROR", "continue_on_error", _boolean, empty_is_default=True),
+    Option("KDUMP_CPUS", "cpus", _integer(0, None, "0 = all"), empty_is_default=True),
+    Option("KDUMP_VERBOSE", "verbose", _integer(0, 15, "a bitmask of 1, 2, 4 and 8"), empty_is_default=True),
+    Option("KDUMP_PRESCRIPT", "prescript"),
+    Option("KDUMP_POSTSCRIPT", "postscript"),
+    Option("KDUMP_TRANSFER", "transfer"),
+    Option("KDUMP_REQUIRED_PROGRAMS", "required_programs", _word_list),
+    Option("KDUMP_SSH_IDENTITY", "ssh_identity", _word_list),
+    Option("KDUMP_HOST_KEY", "host_key", _host_key),
+    Option("KDUMP_COMMANDLINE", "commandline"),
+    Option("KDUMP_COMMANDLINE_APPEND", "commandline_append"),
+    Option("KDUMP_KERNELVER", "kernelver"),
+    Option("KEXEC_OPTIONS", "kexec_options"),
+    Option("MAKEDUMPFILE_OPTIONS", "makedumpfile_options"),
+    Option("KDUMP_CRASHKERNEL", "crashkernel"),
+    Option("KDUMP_AUTO_RESIZE", "auto_resize", _boolean, empty_is_default=True),
+    Option("KDUMP_NOTIFICATION_TO", "notification_to"),
+    Option("KDUMP_NOTIFICATION_CC", "notification_cc"),
+    Option("KDUMP_SMTP_SERVER", "smtp_server"),
+    Option("KDUMP_SMTP_USER", "smtp_user"),
+    Option("KDUMP_SMTP_PASSWORD", "smtp_password", secret=True),
+    Option("KDUMP_CA_FILE", "ca_file", _absolute_path),
+    Option("KDUMP_NFS_OPTIONS", "nfs_options", _mount_options),
+    Option("KDUMP_HOSTNAME", "hostname", _hostname),
+    Option("KDUMP_KNOWN_HOSTS", "known_hosts", _absolute_path),
+)
+OPTIONS_BY_KEY: Dict[str, Option] = {option.key: option for option in OPTIONS}
+
+DEPRECATED = {"KDUMP_COPY_KERNEL": "it is deprecated and ignored (the kernel is not copied next to the dump)"}
+"""Keys older SUSE versions knew, which are accepted with a warning."""
+UNSUPPORTED_FEATURES = {
+    "KDUMP_FADUMP": "firmware-assisted dump (POWER) is not supported by kdump-saver; ignored",
+    "KDUMP_FADUMP_SHELL": "firmware-assisted dump (POWER) is not supported by kdump-saver; ignored",
+}
+"""SUSE booleans for features kdump-saver lacks: a warning only when they are switched on."""
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def load(path: Optional[str] = None) -> Config:
+    """Read the configuration from ``path``.
+
+    Without a path: :data:`DEFAULT_PATH` if it exists, else :data:`INITRD_PATH`
+    if it exists, else the defaults.  A given path that is missing or
+    unreadable, and any bad value, raise :class:`ConfigError`."""
+    if path is None:
+        for candidate in (DEFAULT_PATH, INITRD_PATH):
+            if os.path.exists(candidate):
+                path = candidate
+                break
+        else:
+            log.debug("neither %s nor %s exists; using the defaults", DEFAULT_PATH, INITRD_PATH)
+            return Config()
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror or exc}") from None
+    return parse_text(data.decode("utf-8", "surrogateescape"), path)
+
+
+def parse_text(text: str, filename: str = "<string>") -> Config:
+    """Read a configuration from the text of a file; ``filename`` names it in messages.
+
+    ``Config.source`` is ``filename``, or None for the default ``"<string>"``.
+    Raises :class:`ConfigError` listing every bad line and value."""
+    parsed = sysconfig.parse(text)
+    errors: List[Tuple[int, str]] = [(p.line, f"{filename}:{p.line}: {p.message}") for p in parsed.problems]
+    effective: Dict[str, sysconfig.Assignment] = {}
+    for assignment in parsed.assignments:
+        earlier = effective.pop(assignment.key, None)
+        if earlier is not None and assignment.key in OPTIONS_BY_KEY:
+            log.warning("%s:%d: %s is set again (first on line %d); the last value counts, as in a shell",
+                        filename, assignment.line, assignment.key, earlier.line)
+        effective[assignment.key] = assignment
+    for name, line in parsed.exported_names:
+        log.debug("%s:%d: 'export %s' has no value; ignored", filename, line, name)
+
+    values: Dict[str, Any] = {}
+    for key, assignment in sorted(effective.items(), key=lambda item: item[1].line):
+        option = OPTIONS_BY_KEY.get(key)
+        if option is None:
+            _other_key(assignment, filename)
+            continue
+        if assignment.expands:
+            log.warning("%s:%d: %s contains %s; kdump-saver takes the value literally and never runs it, "
+                        "but a shell reading this file would expand it",
+                        filename, assignment.line, key, " and ".join(repr(e) for e in assignment.expands))
+        try:
+            values[option.field] = _convert(option, assignment, filename)
+        except _Invalid as exc:
+            shown = _MASK if option.secret else (mask_url(assignment.value) if key == "KDUMP_SAVEDIR"
+                                                 else assignment.value)
+            errors.append((assignment.line,
+                           f"{filename}:{assignment.line}: {key}={sysconfig.quote(shown)}: {exc}"))
+    if errors:
+        errors.sort(key=lambda item: item[0])
+        count = f"{len(errors)} error" + ("s" if len(errors) > 1 else "")
+        raise ConfigError(f"{filename}: {count} in the configuration:\n" + "\n".join(e for _, e in errors))
+    return Config(**values, source=None if filename == "<string>" else filename)
+
+
+def _convert(option: Option, assignment: sysconfig.Assignment, filename: str) -> Any:
+    value = assignment.value
+    if "\0" in value:
+        raise _Invalid("contains a NUL byte")
+    if any("\udc80" <= c <= "\udcff" for c in value):
+        raise _Invalid("contains bytes that are not UTF-8")
+    if option.empty_is_default and not value.strip():
+        default = getattr(Config(), option.field)
+        level = logging.INFO if option.key == "KDUMP_SAVEDIR" else logging.DEBUG
+        log.log(level, "%s:%d: %s is empty; using the default %s",
+                filename, assignment.line, option.key, sysconfig.quote(_format_text(default)))
+        return default
+    return option.convert(value)
+
+
+def _other_key(assignment: sysconfig.Assignment, filename: str) -> None:
+    key = assignment.key
+    where = f"{filename}:{assignment.line}"
+    if key in DEPRECATED:
+        if assignment.value.strip():
+            log.warning("%s: %s: %s", where, key, DEPRECATED[key])
+        return
+    if key in UNSUPPORTED_FEATURES:
+        if BOOLEAN_WORDS.get(assignment.value.strip().lower(), bool(assignment.value.strip())):
+            log.warning("%s: %s: %s", where, key, UNSUPPORTED_FEATURES[key])
+        return
+    if key.upper().startswith("KDUMP_"):
+        close = difflib.get_close_matches(key.upper(), OPTIONS_BY_KEY, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        log.warning("%s: unknown option %s, ignored%s", where, key, hint)
+        return
+    log.debug("%s: %s is not a kdump option; ignored", where, key)
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+def render(config: Config) -> str:
+    """The effective configuration for people: one ``KEY="value"`` line per
+    option, with the savedir password and KDUMP_SMTP_PASSWORD shown as ``***``."""
+    lines = []
+    for option in OPTIONS:
+        text = _format_text(getattr(config, option.field))
+        if option.key == "KDUMP_SAVEDIR":
+            text = mask_url(text)
+        elif option.secret and text:
+            text = _MASK
+        lines.append(f"{option.key}={sysconfig.quote(text)}")
+    return "\n".join(lines) + "\n"
+
+
+def serialize(config: Config) -> str:
+    """Every option of ``config``, unmasked, in the file syntax; :func:`parse_text` reads back an
+    equal Config (apart from ``source``).  Raises :class:`ConfigError` if a value cannot be
+    written so (e.g. a list item with a space)."""
+    lines = ["# kdump-saver configuration, normalized (every option, defaults included)"]
+    for option in OPTIONS:
+        lines.append(f"{option.key}={sysconfig.quote(_format_text(getattr(config, option.field)))}")
+    text = "\n".join(lines) + "\n"
+    readback = dataclasses.replace(parse_text(text, "<serialized configuration>"), source=config.source)
+    if readback != config:
+        wrong = [option.key for option in OPTIONS
+                 if getattr(readback, option.field) != getattr(config, option.field)]
+        raise ConfigError("the configuration cannot be written to a file and read back unchanged: "
+                          + ", ".join(wrong))
+    return text
