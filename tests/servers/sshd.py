@@ -1,0 +1,262 @@
+"""A real OpenSSH sshd on 127.0.0.1 for tests, and the Unix users it serves.
+
+:class:`SSHD` runs ``sshd -D -f CONFIG`` (as root) with its own host keys,
+pid file, authorized_keys directory and an unprivileged port, optionally
+without the sftp subsystem.  :class:`TestUsers` creates local accounts (a key
+user and a password user) and removes them again.  Passwords are generated,
+given to ``chpasswd`` on stdin and never printed.
+
+The pytest fixtures at the end are session-scoped; import them into a test
+module (``from servers.sshd import ssh_users, sshd_sftp, sshd_nosftp``).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+
+from conftest import require, require_program
+
+#: client key types generated for the key user
+CLIENT_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ssh_keygen(path: Path, key_type: str, bits: Optional[int] = None) -> str:
+    """Make an unencrypted key pair; return the public key line ``TYPE BASE64``."""
+    cmd = ["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", "", "-f", str(path)]
+    if bits:
+        cmd[4:4] = ["-b", str(bits)]
+    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+    fields = path.with_name(path.name + ".pub").read_text().split()
+    return f"{fields[0]} {fields[1]}"
+
+
+@dataclass
+class User:
+    """A local account for the tests; ``password`` is empty for the key user."""
+
+    name: str
+    home: Path
+    uid: int
+    gid: int
+    password: str = ""
+    keys: Optional[Dict[str, Path]] = None
+
+    def make_dir(self, parent: Path, name: str, mode: int = 0o755) -> Path:
+        """A directory owned by this user (for the user's targets)."""
+        path = parent / name
+        path.mkdir(mode=mode)
+        os.chown(path, self.uid, self.gid)
+        path.chmod(mode)
+        return path
+
+
+class TestUsers:
+    """A key user and a password user, created with useradd, removed with userdel."""
+
+    __test__ = False
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        suffix = secrets.token_hex(3)
+        self.names = [f"kdk{suffix}", f"kdp{suffix}"]
+        self.key_user: Optional[User] = None
+        self.password_user: Optional[User] = None
+
+    def create(self) -> None:
+        require_program("useradd")
+        key_name, pw_name = self.names
+        self.key_user = self._add(key_name)
+        # an account with "!" is locked for sshd without PAM: "*" means no password, keys only
+        subprocess.run(["usermod", "-p", "*", key_name], check=True)
+        keydir = self.workdir / "client-keys"
+        keydir.mkdir(mode=0o700, exist_ok=True)
+        self.key_user.keys = {}
+        lines = []
+        for key_type in CLIENT_KEY_TYPES:
+            path = keydir / f"id_{key_type}"
+            lines.append(ssh_keygen(path, key_type, 2048 if key_type == "rsa" else None))
+            self.key_user.keys[key_type] = path
+        authdir = self.workdir / "authorized_keys"
+        authdir.mkdir(exist_ok=True)
+        (authdir / key_name).write_text("\n".join(lines) + "\n")
+        self.password_user = self._add(pw_name)
+        self.password_user.password = secrets.token_urlsafe(18)
+        subprocess.run(["chpasswd"], input=f"{pw_name}:{self.password_user.password}\n", text=True,
+                       check=True)
+
+    def _add(self, name: str) -> User:
+        home = self.workdir / "home" / name
+        home.parent.mkdir(exist_ok=True)
+        subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", name], check=True)
+        import pwd
+        entry = pwd.getpwnam(name)
+        home.mkdir()
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+        return User(name, home, entry.pw_uid, entry.pw_gid)
+
+    def remove(self) -> None:
+        for name in self.names:
+            subprocess.run(["userdel", "-f", name], stderr=subprocess.DEVNULL, check=False)
+
+
+class SSHD:
+    """An OpenSSH server on 127.0.0.1 with its own configuration.
+
+    ``host_keys`` maps key type (``ed25519``, ``rsa``) to the public line
+    ``TYPE BASE64``.  ``sftp=False`` leaves out the sftp subsystem.
+    """
+
+    def __init__(self, workdir: Path, users: List[str], sftp: bool = True) -> None:
+        self.workdir = workdir
+        self.users = users
+        self.sftp = sftp
+        self.port = 0
+        self.proc: Optional[subprocess.Popen] = None
+        self.host_keys: Dict[str, str] = {}
+        self.config = workdir / "sshd_config"
+        self.log = workdir / "sshd.log"
+
+    def start(self) -> "SSHD":
+        sshd = require_program("sshd")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        if not self.host_keys:
+            for key_type in ("ed25519", "rsa"):
+                self.host_keys[key_type] = ssh_keygen(self.workdir / f"host_{key_type}", key_type,
+                                                      2048 if key_type == "rsa" else None)
+        self.port = free_port()
+        lines = [
+            f"Port {self.port}",
+            "ListenAddress 127.0.0.1",
+            *(f"HostKey {self.workdir / f'host_{t}'}" for t in self.host_keys),
+            f"PidFile {self.workdir / 'sshd.pid'}",
+            f"AuthorizedKeysFile {self.workdir.parent / 'authorized_keys'}/%u",
+            "StrictModes no",
+            "UsePAM no",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication yes",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin no",
+            f"AllowUsers {' '.join(self.users)}",
+            "MaxStartups 50",
+            "MaxSessions 50",
+            "LogLevel VERBOSE",
+        ]
+        if self.sftp:
+            lines.append("Subsystem sftp internal-sftp")
+        self.config.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {self.log.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start listening within 10 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill_sessions()
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def session_pids(self) -> List[int]:
+        """The sshd processes serving connections (children of the listener)."""
+        if self.proc is None:
+            return []
+        children = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                children.append(int(entry))
+        return children
+
+    def kill_sessions(self) -> int:
+        """Cut every open connection by killing its sshd process; how many."""
+        pids = self.session_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(pids)
+
+    def known_hosts_line(self, key_type: str = "ed25519") -> str:
+        return f"[127.0.0.1]:{self.port} {self.host_keys[key_type]}"
+
+    def write_known_hosts(self, path: Path, key_types: tuple = ("ed25519",)) -> Path:
+        path.write_text("".join(self.known_hosts_line(t) + "\n" for t in key_types))
+        return path
+
+    def url(self, scheme: str, user: str, path: str, password: str = "") -> str:
+        """A target URL for this server (password percent-encoded)."""
+        from urllib.parse import quote
+        userinfo = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
+        return f"{scheme}://{userinfo}@127.0.0.1:{self.port}{quote(path)}"
+
+
+@pytest.fixture(scope="session")
+def ssh_workdir() -> Iterator[Path]:
+    """A directory every test user can traverse (pytest's own is 0700)."""
+    require(os.geteuid() == 0, "the sshd tests create Unix users and run sshd: they need root")
+    path = Path(tempfile.mkdtemp(prefix="kdump-sshd-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ssh_users(ssh_workdir: Path) -> Iterator[TestUsers]:
+    users = TestUsers(ssh_workdir)
+    try:
+        users.create()
+        yield users
+    finally:
+        users.remove()
+
+
+@pytest.fixture(scope="session")
+def sshd_sftp(ssh_workdir: Path, ssh_users: TestUsers) -> Iterator[SSHD]:
+    server = SSHD(ssh_workdir / "sshd-sftp", ssh_users.names, sftp=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd_nosftp(ssh_workdir: Path, ssh_users: TestUsers) -> Iterator[SSHD]:
+    server = SSHD(ssh_workdir / "sshd-nosftp", ssh_users.names, sftp=False).start()
+    yield server
+    server.stop()

@@ -1,0 +1,444 @@
+"""sftp:// (alias scp://): the dump over the SSH file transfer protocol.
+
+Files are written at their offsets (``DumpFile.seekable``), so the server
+receives a standard vmcore.  Writes are pipelined: up to
+:data:`MAX_OUTSTANDING` write requests are in flight, each as large as the
+server allows (``limits@openssh.com``, else 32 KiB), contiguous small writes
+are merged, and ``close`` waits for every acknowledgement, then asks the
+server to fsync (``fsync@openssh.com``) where it can.  Free space comes from
+``statvfs@openssh.com``; ``None`` when the server does not offer it.
+Connection, host key checking and authentication: :mod:`transports.sshauth`.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import stat
+from typing import BinaryIO, Dict, List, Optional, Tuple
+
+import paramiko
+from paramiko.sftp import (CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_HANDLE, CMD_OPEN, CMD_STATUS,
+                           CMD_VERSION, CMD_WRITE, SFTP_FLAG_CREATE, SFTP_FLAG_TRUNC, SFTP_FLAG_WRITE,
+                           SFTP_OK, SFTPError, int64)
+
+from capture.targeturl import TargetURL
+from transports import sshauth
+from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
+
+log = logging.getLogger(__name__)
+
+#: Write requests in flight per file before waiting for an acknowledgement.
+MAX_OUTSTANDING = 64
+#: Request size when the server does not announce its limits (every server takes it).
+DEFAULT_REQUEST_SIZE = 32 * 1024
+#: The largest request we send even if the server would take more.
+MAX_REQUEST_SIZE = 255 * 1024
+#: Below this many free bytes after a failed write, the failure is a full disk.
+NEARLY_FULL = 1024 * 1024
+
+_SFTP_FAILURE = 4
+_SFTP_NO_SUCH_FILE = 2
+_SFTP_PERMISSION_DENIED = 3
+_NETWORK_ERRORS = (OSError, EOFError, paramiko.SSHException)
+
+
+def open_target(url: TargetURL, options: TransportOptions) -> "SFTPTransport":
+    transport = SFTPTransport(url, options)
+    transport.connect()
+    return transport
+
+
+class _Client(paramiko.SFTPClient):
+    """paramiko's client, remembering the extensions the server announces."""
+
+    extensions: Dict[str, bytes]
+
+    def _send_version(self) -> int:
+        msg = paramiko.Message()
+        msg.add_int(3)
+        self._send_packet(paramiko.sftp.CMD_INIT, msg)
+        t, data = self._read_packet()
+        if t != CMD_VERSION:
+            raise SFTPError("Incompatible sftp protocol")
+        reply = paramiko.Message(data)
+        version = reply.get_int()
+        self.extensions = {}
+        while True:
+            name = reply.get_string()
+            if not name:
+                break
+            self.extensions[name.decode("utf-8", "replace")] = reply.get_string()
+        return version
+
+    def extended(self, name: str, *args: object) -> paramiko.Message:
+        """Send an extended request; the reply message (status already checked)."""
+        t, msg = self._request(CMD_EXTENDED, name, *args)
+        if t not in (CMD_EXTENDED_REPLY, CMD_STATUS):
+            raise SFTPError(f"unexpected reply to {name}")
+        return msg
+
+
+class SFTPTransport(Transport):
+    """A target directory on an SFTP server."""
+
+    def __init__(self, url: TargetURL, options: TransportOptions) -> None:
+        super().__init__(url, options)
+        self._conn: Optional[sshauth.SSHConnection] = None
+        self._sftp: Optional[_Client] = None
+        self.request_size = DEFAULT_REQUEST_SIZE
+        self.read_size = DEFAULT_REQUEST_SIZE
+
+    # -- connection -------------------------------------------------------
+
+    def connect(self) -> None:
+        self._conn = sshauth.connect(self.url, self.options)
+        try:
+            channel = self._conn.open_session()
+            try:
+                channel.invoke_subsystem("sftp")
+                self._sftp = _Client(channel)
+            except _NETWORK_ERRORS as exc:
+                raise TransportError(
+                    f"{self.url.masked()}: the server offers no sftp subsystem "
+                    f"({sshauth.describe(exc)}); use an ssh:// target for servers without sftp") from None
+            self._read_limits()
+            self._make_base()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_limits(self) -> None:
+        if "limits@openssh.com" not in self.sftp.extensions:
+            return
+        msg = self._extended("limits@openssh.com")
+        _packet, max_read, max_write = msg.get_int64(), msg.get_int64(), msg.get_int64()
+        if max_write:
+            self.request_size = min(max_write, MAX_REQUEST_SIZE)
+        if max_read:
+            self.read_size = min(max_read, MAX_REQUEST_SIZE)
+        log.debug("%s: sftp requests of %d bytes (write), %d (read)", self.url.masked(),
+                  self.request_size, self.read_size)
+
+    def _make_base(self) -> None:
+        base = self.url.path
+        attrs = self._stat(base)
+        if attrs is not None:
+            if not stat.S_ISDIR(attrs.st_mode or 0):
+                raise TransportError(f"{self.url.masked()}: {base} exists and is not a directory")
+            return
+        current = ""
+        for part in [p for p in base.split("/") if p]:
+            current += "/" + part
+            if self._stat(current) is not None:
+                continue
+            try:
+                self.sftp.mkdir(current, 0o700)
+            except _NETWORK_ERRORS as exc:
+                if self._stat(current) is None:
+                    raise self._error(f"cannot create the directory {current}", exc) from None
+            log.info("%s: created %s", self.url.masked(), current)
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:  # noqa: BLE001 - close never raises
+                pass
+            self._sftp = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def sftp(self) -> _Client:
+        if self._sftp is None:
+            raise TransportError(f"{self.url.masked()}: not connected")
+        return self._sftp
+
+    def _path(self, rel: str) -> str:
+        return sshauth.remote_path(self.url.path, rel)
+
+    # -- operations -------------------------------------------------------
+
+    def mkdir(self, path: str) -> None:
+        full = self._path(path)
+        try:
+            self.sftp.mkdir(full, 0o700)
+        except _NETWORK_ERRORS as exc:
+            if isinstance(exc, OSError) and self._stat(full) is not None:
+                raise FileExistsError(errno.EEXIST, "exists", path) from None
+            raise self._error(f"cannot create the directory {path!r}", exc) from None
+
+    def create(self, path: str) -> DumpFile:
+        full = self._path(path)
+        attrs = paramiko.SFTPAttributes()
+        attrs.st_mode = 0o600
+        try:
+            t, msg = self.sftp._request(CMD_OPEN, full, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC,
+                                        attrs)
+            if t != CMD_HANDLE:
+                raise SFTPError("expected a handle")
+            handle = msg.get_binary()
+            # an existing file keeps its mode on open: make it 0600 like a new one
+            self.sftp._request(paramiko.sftp.CMD_FSETSTAT, handle, attrs)
+        except _NETWORK_ERRORS as exc:
+            raise self._error(f"cannot create {path!r}", exc) from None
+        return SFTPDumpFile(self, path, handle)
+
+    def rename(self, src: str, dst: str) -> None:
+        old, new = self._path(src), self._path(dst)
+        try:
+            if "posix-rename@openssh.com" in self.sftp.extensions:
+                self._extended("posix-rename@openssh.com", old, new)
+            else:
+                if self._stat(new) is not None:
+                    self.sftp.remove(new)
+                self.sftp.rename(old, new)
+        except _NETWORK_ERRORS as exc:
+            raise self._error(f"cannot rename {src!r} to {dst!r}", exc) from None
+
+    def listdir(self, path: str = "") -> List[DirEntry]:
+        try:
+            entries = self.sftp.listdir_attr(self._path(path))
+        except _NETWORK_ERRORS as exc:
+            raise self._error(f"cannot list {path or 'the target directory'!r}", exc) from None
+        return [DirEntry(e.filename, stat.S_ISDIR(e.st_mode or 0)) for e in entries
+                if e.filename not in (".", "..")]
+
+    def read_small(self, path: str, limit: int = 65536) -> Optional[bytes]:
+        try:
+            with self.sftp.open(self._path(path), "rb") as f:
+                chunks: List[bytes] = []
+                size = 0
+                while size < limit:
+                    block = f.read(limit - size)
+                    if not block:
+                        break
+                    chunks.append(block)
+                    size += len(block)
+                return b"".join(chunks)
+        except _NETWORK_ERRORS as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
+                return None
+            raise self._error(f"cannot read {path!r}", exc) from None
+
+    def remove_tree(self, path: str) -> None:
+        full = self._path(path)
+        if full == self.url.path:
+            raise TransportError(f"{self.url.masked()}: refusing to remove the target directory itself")
+        try:
+            if stat.S_ISLNK(self.sftp.lstat(full).st_mode or 0):
+                raise TransportError(f"{self.url.masked()}: refusing to delete {path!r}: a symbolic link")
+            self._remove_tree(full)
+        except _NETWORK_ERRORS as exc:
+            raise self._error(f"cannot remove {path!r}", exc) from None
+
+    def _remove_tree(self, full: str) -> None:
+        for entry in self.sftp.listdir_attr(full):
+            if entry.filename in (".", ".."):
+                continue
+            child = full + "/" + entry.filename
+            if stat.S_ISDIR(entry.st_mode or 0):
+                self._remove_tree(child)
+            else:
+                self.sftp.remove(child)
+        self.sftp.rmdir(full)
+
+    def free_space(self) -> Optional[int]:
+        if "statvfs@openssh.com" not in self.sftp.extensions:
+            return None
+        try:
+            msg = self._extended("statvfs@openssh.com", self.url.path)
+        except TransportError as exc:
+            log.warning("%s", exc)
+            return None
+        _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
+        return frsize * bavail
+
+    def open_read(self, path: str) -> BinaryIO:
+        try:
+            f = self.sftp.open(self._path(path), "rb")
+            f.MAX_REQUEST_SIZE = self.read_size
+            f.prefetch(max_concurrent_requests=MAX_OUTSTANDING)
+        except _NETWORK_ERRORS as exc:
+            raise self._error(f"cannot read {path!r}", exc) from None
+        return _Reader(f, self, path)  # type: ignore[return-value]
+
+    # -- helpers ----------------------------------------------------------
+
+    def _stat(self, full: str) -> Optional[paramiko.SFTPAttributes]:
+        try:
+            return self.sftp.stat(full)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise self._error(f"cannot look at {full}", exc) from None
+        except (EOFError, paramiko.SSHException) as exc:
+            raise self._error(f"cannot look at {full}", exc) from None
+
+    def _extended(self, name: str, *args: object) -> paramiko.Message:
+        try:
+            return self.sftp.extended(name, *args)
+        except _NETWORK_ERRORS as exc:
+            raise self._error(name, exc) from None
+
+    def _error(self, what: str, exc: BaseException) -> TransportError:
+        """A :class:`TransportError` for a failed request, secret-free."""
+        if isinstance(exc, OSError) and exc.errno == errno.EACCES:
+            reason = "permission denied"
+        elif isinstance(exc, OSError) and exc.errno == errno.ENOENT:
+            reason = "no such file or directory"
+        elif isinstance(exc, (EOFError, paramiko.SSHException, socket.timeout)) or str(exc) == "Socket is closed":
+            reason = f"the connection was lost ({sshauth.describe(exc)})"
+        elif isinstance(exc, OSError) and exc.errno is None:
+            reason = f"the server says: {str(exc)[:200]}"
+        else:
+            reason = sshauth.describe(exc)
+        return TransportError(f"{self.url.masked()}: {what}: {reason}")
+
+    def _write_error(self, name: str, code: Optional[int], text: str) -> TransportError:
+        if code == _SFTP_FAILURE:
+            try:
+                free = self.free_space()
+            except TransportError:
+                free = None
+            if free is not None and free < NEARLY_FULL:
+                return NoSpaceError(f"{self.url.masked()}: the server's disk is full while writing {name!r} "
+                                    f"({free} bytes left)")
+        if code == _SFTP_PERMISSION_DENIED:
+            return TransportError(f"{self.url.masked()}: writing {name!r}: permission denied")
+        return TransportError(f"{self.url.masked()}: writing {name!r} failed: the server says: {text[:200]}")
+
+
+class SFTPDumpFile(DumpFile):
+    """A remote file written at offsets with pipelined write requests."""
+
+    seekable = True
+
+    def __init__(self, owner: SFTPTransport, name: str, handle: bytes) -> None:
+        self._owner = owner
+        self._sftp = owner.sftp
+        self._name = name
+        self._handle = handle
+        self._size = owner.request_size
+        self._append_at = 0
+        self._buf = bytearray()
+        self._buf_at = 0
+        self._in_flight = 0
+        self._failure: Optional[Tuple[int, str]] = None
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        self.pwrite(data, self._append_at)
+        self._append_at += len(data)
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        if self._closed:
+            raise TransportError(f"{self._owner.url.masked()}: {self._name!r} is already closed")
+        if self._buf and offset == self._buf_at + len(self._buf) and len(self._buf) + len(data) <= self._size:
+            self._buf += data
+            return
+        self._flush()
+        if len(data) >= self._size:
+            self._send(memoryview(data), offset)
+        else:
+            self._buf += data
+            self._buf_at = offset
+
+    def _flush(self) -> None:
+        if self._buf:
+            data, self._buf = self._buf, bytearray()
+            self._send(memoryview(data), self._buf_at)
+
+    def _send(self, data: memoryview, offset: int) -> None:
+        try:
+            for start in range(0, len(data), self._size):
+                self._raise_failure()
+                chunk = bytes(data[start:start + self._size])
+                self._sftp._async_request(self, CMD_WRITE, self._handle, int64(offset + start), chunk)
+                self._in_flight += 1
+                while self._in_flight >= MAX_OUTSTANDING:
+                    self._sftp._read_response()
+        except _NETWORK_ERRORS as exc:
+            raise self._owner._error(f"writing {self._name!r}", exc) from None
+        self._raise_failure()
+
+    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
+        """Called by paramiko for each acknowledgement of our writes."""
+        self._in_flight -= 1
+        if self._failure is not None:
+            return
+        if t != CMD_STATUS:
+            self._failure = (-1, "unexpected reply to a write")
+            return
+        code = msg.get_int()
+        if code != SFTP_OK:
+            self._failure = (code, msg.get_text())
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            code, text = self._failure
+            self._abort_quietly()
+            raise self._owner._write_error(self._name, code, text)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._flush()
+            while self._in_flight > 0:
+                self._sftp._read_response()
+            self._raise_failure()
+            if "fsync@openssh.com" in self._sftp.extensions:
+                try:
+                    self._sftp.extended("fsync@openssh.com", self._handle)
+                except OSError as exc:
+                    self._abort_quietly()
+                    raise self._owner._write_error(self._name, _SFTP_FAILURE, str(exc)) from None
+            self._closed = True
+            self._sftp._request(CMD_CLOSE, self._handle)
+        except _NETWORK_ERRORS as exc:
+            self._closed = True
+            raise self._owner._error(f"finishing {self._name!r}", exc) from None
+
+    def abort(self) -> None:
+        self._abort_quietly()
+
+    def _abort_quietly(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._buf = bytearray()
+        try:
+            self._sftp._request(CMD_CLOSE, self._handle)
+        except Exception:  # noqa: BLE001 - the error path must not mask the cause
+            pass
+
+
+class _Reader:
+    """A prefetching remote file whose errors are :class:`TransportError`."""
+
+    def __init__(self, f: paramiko.SFTPFile, owner: SFTPTransport, name: str) -> None:
+        self._f = f
+        self._owner = owner
+        self._name = name
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._f.read(size)
+        except _NETWORK_ERRORS as exc:
+            raise self._owner._error(f"reading {self._name!r}", exc) from None
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        except Exception:  # noqa: BLE001 - close never raises
+            pass
+
+    def __enter__(self) -> "_Reader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -1,0 +1,384 @@
+"""One authenticated SSH connection for the sftp and ssh transports.
+
+The contract, shared by both schemes:
+
+* The server's host key is checked before a single byte of the dump leaves:
+  against ``options.host_key`` (KDUMP_HOST_KEY, ``TYPE BASE64``), else the
+  entries for the host in ``options.known_hosts`` (recorded when the initrd
+  was built), else root's ``~/.ssh/known_hosts``.  ``*`` switches the check
+  off with a loud warning.  An unknown or different key ends the connection
+  with a :class:`TransportError` naming the host and the fingerprint seen.
+* Authentication tries the private keys of ``options.ssh_identity`` in order
+  (default: ``~/.ssh/id_ed25519``, ``id_ecdsa``, ``id_rsa`` when present),
+  then the password of the URL.
+* Connecting retries failures of the network (refused, unreachable, no
+  banner yet) until ``options.net_timeout`` seconds have passed; 0 means a
+  single try.  Refused authentication and a wrong host key are final.
+* Messages never contain a password or private key material; paramiko's
+  exceptions are reworded, never passed through.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import hashlib
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import paramiko
+
+from capture.targeturl import TargetURL
+from transports.base import TransportError, TransportOptions
+
+log = logging.getLogger(__name__)
+
+#: Our receive window per channel and the largest packet we accept: large,
+#: so that reading back streams without waiting for window adjustments.
+WINDOW_SIZE = 16 * 1024 * 1024
+MAX_PACKET_SIZE = 256 * 1024
+#: Seconds a single connection attempt may take (TCP connect, banner, key exchange).
+ATTEMPT_TIMEOUT = 15.0
+#: Seconds without progress on an open connection before giving up.
+IO_TIMEOUT = 120.0
+#: Ciphers, fastest first; all of them are also offered by OpenSSH.
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+#: host key type as written in known_hosts -> signature algorithms that prove it
+_KEY_ALGORITHMS = {
+    "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"),
+    "ssh-ed25519": ("ssh-ed25519",),
+    "ecdsa-sha2-nistp256": ("ecdsa-sha2-nistp256",),
+    "ecdsa-sha2-nistp384": ("ecdsa-sha2-nistp384",),
+    "ecdsa-sha2-nistp521": ("ecdsa-sha2-nistp521",),
+}
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """The OpenSSH form ``SHA256:...`` of a public key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def host_label(url: TargetURL) -> str:
+    """``host:port`` as shown in messages."""
+    return f"{url.host_for_url}:{url.effective_port}"
+
+
+@dataclass(frozen=True)
+class ExpectedKey:
+    """A public host key the server must present: its type and blob."""
+
+    key_type: str
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class HostKeyPolicy:
+    """Which host keys are acceptable for one target.
+
+    ``check_disabled`` is set by KDUMP_HOST_KEY=``*``; otherwise ``expected``
+    lists the acceptable keys (possibly none: then every key is refused) and
+    ``source`` says where they came from, for messages.
+    """
+
+    check_disabled: bool
+    expected: Tuple[ExpectedKey, ...]
+    source: str
+
+    @classmethod
+    def from_options(cls, url: TargetURL, options: TransportOptions) -> "HostKeyPolicy":
+        value = options.host_key.strip()
+        if value == "*":
+            return cls(True, (), "KDUMP_HOST_KEY=*")
+        if value:
+            return cls(False, (_parse_host_key(value),), "KDUMP_HOST_KEY")
+        path = options.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+        return cls(False, tuple(_known_hosts_keys(path, url)), path)
+
+    def key_algorithms(self) -> Tuple[str, ...]:
+        """Host key algorithms to offer, so the server shows a key we know."""
+        algorithms: List[str] = []
+        for key in self.expected:
+            for name in _KEY_ALGORITHMS.get(key.key_type, (key.key_type,)):
+                if name not in algorithms:
+                    algorithms.append(name)
+        return tuple(algorithms)
+
+    def verify(self, url: TargetURL, key: paramiko.PKey) -> None:
+        """Accept ``key`` or raise :class:`TransportError` (nothing sent yet)."""
+        seen = f"{key.get_name()} {fingerprint(key)}"
+        if self.check_disabled:
+            log.warning("HOST KEY CHECKING IS OFF (KDUMP_HOST_KEY=*): sending the dump to whoever "
+                        "answers at %s, which presented %s", host_label(url), seen)
+            return
+        for expected in self.expected:
+            if expected.key_type == key.get_name() and expected.blob == key.asbytes():
+                log.info("host key of %s verified (%s, from %s)", host_label(url), seen, self.source)
+                return
+        if not self.expected:
+            raise TransportError(
+                f"refusing to send to {url.masked()}: the host key of {host_label(url)} is unknown "
+                f"(server presented {seen}); no key for this host in {self.source}; set "
+                "KDUMP_HOST_KEY to the server's key or record it in known_hosts before building the initrd")
+        raise TransportError(
+            f"refusing to send to {url.masked()}: the host key of {host_label(url)} does not match "
+            f"the one in {self.source} (server presented {seen}); the server was reinstalled or "
+            "someone is intercepting the connection")
+
+
+def _parse_host_key(value: str) -> ExpectedKey:
+    fields = value.split()
+    if len(fields) < 2:
+        raise TransportError(f"KDUMP_HOST_KEY must be 'TYPE BASE64' (like 'ssh-ed25519 AAAA...') or '*', "
+                             f"not {value[:40]!r}")
+    key_type, data = fields[0], fields[1]
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise TransportError(f"KDUMP_HOST_KEY: the key after {key_type!r} is not valid base64") from None
+    return ExpectedKey(key_type, blob)
+
+
+def _known_hosts_keys(path: str, url: TargetURL) -> List[ExpectedKey]:
+    if not os.path.exists(path):
+        return []
+    try:
+        keys = paramiko.HostKeys(path)
+    except (OSError, paramiko.SSHException) as exc:
+        raise TransportError(f"cannot read the known_hosts file {path}: {_describe(exc)}") from None
+    names = [url.host] if url.effective_port == 22 else []
+    names.append(f"[{url.host}]:{url.effective_port}")
+    found: List[ExpectedKey] = []
+    for name in names:
+        entry = keys.lookup(name)
+        if not entry:
+            continue
+        for key_type in entry.keys():
+            found.append(ExpectedKey(key_type, entry[key_type].asbytes()))
+    return found
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A private key loaded for authentication; ``path`` is for messages."""
+
+    path: str
+    key: paramiko.PKey
+
+
+def identity_paths(options: TransportOptions) -> Tuple[Tuple[str, ...], bool]:
+    """The key files to try and whether they were named explicitly."""
+    if options.ssh_identity:
+        return tuple(options.ssh_identity), True
+    home = os.path.expanduser("~/.ssh")
+    return tuple(os.path.join(home, name) for name in DEFAULT_IDENTITIES), False
+
+
+def load_identities(options: TransportOptions) -> List[Identity]:
+    """Load the private keys; a key named in KDUMP_SSH_IDENTITY that cannot be
+    used is an error, a missing default key is not."""
+    paths, explicit = identity_paths(options)
+    loaded: List[Identity] = []
+    for path in paths:
+        if not os.path.exists(path):
+            if explicit:
+                raise TransportError(f"KDUMP_SSH_IDENTITY: the key file {path} does not exist")
+            continue
+        key = _load_key(path)
+        if key is None:
+            if explicit:
+                raise TransportError(f"KDUMP_SSH_IDENTITY: {path} is not an unencrypted ed25519, "
+                                     "ecdsa or rsa private key")
+            log.warning("ignoring %s: not an unencrypted ed25519, ecdsa or rsa private key", path)
+            continue
+        loaded.append(Identity(path, key))
+    return loaded
+
+
+def _load_key(path: str) -> Optional[paramiko.PKey]:
+    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return cls.from_private_key_file(path)
+        except (paramiko.SSHException, ValueError, OSError, TypeError, IndexError):
+            continue
+    return None
+
+
+class SSHConnection:
+    """A connected, verified and authenticated paramiko transport."""
+
+    def __init__(self, url: TargetURL, transport: paramiko.Transport) -> None:
+        self.url = url
+        self.transport = transport
+
+    def open_session(self) -> paramiko.Channel:
+        """A new session channel with our window sizes and the I/O timeout."""
+        try:
+            channel = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE,
+                                                  timeout=IO_TIMEOUT)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise TransportError(f"{self.url.masked()}: cannot open a session: {describe(exc)}") from None
+        channel.settimeout(IO_TIMEOUT)
+        return channel
+
+    def close(self) -> None:
+        try:
+            self.transport.close()
+        except Exception:  # noqa: BLE001 - close never raises
+            pass
+
+
+def connect(url: TargetURL, options: TransportOptions) -> SSHConnection:
+    """Connect, check the host key and authenticate, retrying network
+    failures until ``options.net_timeout`` has passed."""
+    policy = HostKeyPolicy.from_options(url, options)
+    identities = load_identities(options)
+    user = url.user or _local_user()
+    if not identities and not url.password:
+        paths, _ = identity_paths(options)
+        raise TransportError(f"{url.masked()}: no way to log in as {user}: none of the keys "
+                             f"{', '.join(paths)} exists and the URL has no password")
+    deadline = time.monotonic() + max(0, options.net_timeout)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            transport = _handshake(url, policy)
+        except _Retryable as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                waited = f" (tried {attempt} times over {options.net_timeout} s)" if attempt > 1 else ""
+                raise TransportError(f"cannot connect to {url.masked()}: {exc.reason}{waited}") from None
+            log.info("%s: %s; retrying (%d s left)", host_label(url), exc.reason, int(remaining))
+            time.sleep(min(1.0 + attempt * 0.5, 3.0, remaining))
+            continue
+        try:
+            _authenticate(url, transport, user, identities)
+        except BaseException:
+            transport.close()
+            raise
+        return SSHConnection(url, transport)
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _handshake(url: TargetURL, policy: HostKeyPolicy) -> paramiko.Transport:
+    port = url.effective_port or 22
+    try:
+        sock = socket.create_connection((url.host, port), timeout=ATTEMPT_TIMEOUT)
+    except socket.gaierror as exc:
+        raise _Retryable(f"cannot resolve host {url.host!r} ({exc.strerror or exc})") from None
+    except OSError as exc:
+        raise _Retryable(_socket_reason(exc, url)) from None
+    sock.settimeout(IO_TIMEOUT)
+    transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
+                                   default_max_packet_size=MAX_PACKET_SIZE)
+    try:
+        transport.banner_timeout = ATTEMPT_TIMEOUT
+        transport.handshake_timeout = ATTEMPT_TIMEOUT
+        transport.auth_timeout = ATTEMPT_TIMEOUT
+        security = transport.get_security_options()
+        security.ciphers = tuple(c for c in CIPHERS if c in security.ciphers) + tuple(
+            c for c in security.ciphers if c not in CIPHERS)
+        wanted = [a for a in policy.key_algorithms() if a in security.key_types]
+        if wanted:
+            security.key_types = tuple(wanted)
+        try:
+            transport.start_client(timeout=ATTEMPT_TIMEOUT)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise _Retryable(f"SSH handshake with {host_label(url)} failed: {describe(exc)}") from None
+        key = transport.get_remote_server_key()
+        policy.verify(url, key)
+        return transport
+    except BaseException:
+        transport.close()
+        raise
+
+
+def _authenticate(url: TargetURL, transport: paramiko.Transport, user: str,
+                  identities: Sequence[Identity]) -> None:
+    tried: List[str] = []
+    for identity in identities:
+        tried.append(f"key {identity.path} ({fingerprint(identity.key)})")
+        try:
+            transport.auth_publickey(user, identity.key)
+        except paramiko.AuthenticationException:
+            continue
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise TransportError(f"{url.masked()}: connection lost while logging in: {describe(exc)}") from None
+        if transport.is_authenticated():
+            log.info("logged in to %s as %s with %s", host_label(url), user, identity.path)
+            return
+    if url.password:
+        tried.append("the password from the URL")
+        try:
+            transport.auth_password(user, url.password)
+        except paramiko.AuthenticationException:
+            pass
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise TransportError(f"{url.masked()}: connection lost while logging in: {describe(exc)}") from None
+        if transport.is_authenticated():
+            log.info("logged in to %s as %s with the URL's password", host_label(url), user)
+            return
+    raise TransportError(f"{url.masked()}: the server refused the login as {user!r} "
+                         f"(tried {', '.join(tried)})")
+
+
+def _socket_reason(exc: OSError, url: TargetURL) -> str:
+    if isinstance(exc, socket.timeout):
+        return f"no answer from {host_label(url)} within {int(ATTEMPT_TIMEOUT)} s"
+    if exc.errno == errno.ECONNREFUSED:
+        return f"connection refused by {host_label(url)} (no SSH server listening on that port)"
+    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return f"{host_label(url)} is unreachable ({os.strerror(exc.errno)}; is the network up?)"
+    return f"{host_label(url)}: {exc.strerror or exc}"
+
+
+def _local_user() -> str:
+    try:
+        import pwd
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return "root"
+
+
+def describe(exc: BaseException) -> str:
+    """A short, secret-free description of a network or paramiko error."""
+    return _describe(exc)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, EOFError):
+        return "the server closed the connection"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno)
+    if isinstance(exc, paramiko.ChannelException):
+        return f"the server refused a channel ({exc.text})"
+    if isinstance(exc, paramiko.SSHException):
+        # paramiko's texts name protocol steps, never credentials; keep only the first line
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return text[:200]
+    return type(exc).__name__
+
+
+def remote_path(base: str, rel: str) -> str:
+    """``rel`` (relative, ``/``-separated) joined to the absolute ``base``;
+    ``..`` and NUL are refused so that nothing escapes the target directory."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts or "\0" in rel:
+        raise TransportError(f"refusing the path {rel!r}: it must stay inside the target directory")
+    if not parts:
+        return base
+    return base.rstrip("/") + "/" + "/".join(parts)
