@@ -1,0 +1,335 @@
+"""ssh://: the dump through shell commands, for servers without sftp.
+
+Every operation is one exec channel running a small POSIX shell command on
+the server (the account's login shell must understand ``sh`` syntax), with
+every path quoted by :func:`shlex.quote`, so names with spaces, quotes or
+``$(...)`` arrive literally and run nothing.  A file is created under
+``umask 077`` and streamed into one long-running ``cat > PATH`` channel
+(``DumpFile.seekable`` is False: the saver sends the flattened stream);
+``close`` ends the stream, waits for ``cat`` and a ``sync`` and reports what
+the server said.  Free space comes from ``df -Pk``; ``None`` when that fails.
+Connection, host key checking and authentication: :mod:`transports.sshauth`.
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+import socket
+from dataclasses import dataclass
+from typing import BinaryIO, List, Optional
+
+import paramiko
+
+from capture.targeturl import TargetURL
+from transports import sshauth
+from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
+
+log = logging.getLogger(__name__)
+
+_NETWORK_ERRORS = (OSError, EOFError, paramiko.SSHException)
+#: exit codes our scripts use to answer a question (not failures)
+_EXISTS = 17
+_MISSING = 18
+_IS_LINK = 19
+#: every command starts with this: messages in English, nothing secret in the environment
+_PREFIX = "LC_ALL=C; export LC_ALL; "
+_LIST = ('cd -- {p} || exit 1; for f in .* *; do '
+         'case $f in .|..) continue;; esac; '
+         '[ -e "$f" ] || [ -L "$f" ] || continue; '
+         'if [ -d "$f" ] && [ ! -L "$f" ]; then printf "d%s\\0" "$f"; else printf "f%s\\0" "$f"; fi; done')
+
+
+def open_target(url: TargetURL, options: TransportOptions) -> "SSHTransport":
+    transport = SSHTransport(url, options)
+    transport.connect()
+    return transport
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a remote command returned; ``status`` is -1 when the connection ended without one."""
+
+    status: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def message(self) -> str:
+        """The last line the command wrote to stderr, for error messages."""
+        lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
+        if lines:
+            return lines[-1][:300]
+        if self.status == -1:
+            return "the connection ended before the command finished"
+        return f"exit status {self.status}"
+
+
+def _is_no_space(text: str) -> bool:
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+class SSHTransport(Transport):
+    """A target directory on a server reached with remote commands."""
+
+    def __init__(self, url: TargetURL, options: TransportOptions) -> None:
+        super().__init__(url, options)
+        self._conn: Optional[sshauth.SSHConnection] = None
+
+    def connect(self) -> None:
+        self._conn = sshauth.connect(self.url, self.options)
+        try:
+            base = shlex.quote(self.url.path)
+            result = self.run(f"umask 077 && mkdir -p -- {base} && cd -- {base} && test -w . || "
+                              f"{{ echo 'the directory is not writable' >&2; exit 1; }}")
+            if result.status != 0:
+                raise TransportError(f"{self.url.masked()}: cannot use the target directory: {result.message}")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def connection(self) -> sshauth.SSHConnection:
+        if self._conn is None:
+            raise TransportError(f"{self.url.masked()}: not connected")
+        return self._conn
+
+    def _q(self, rel: str) -> str:
+        return shlex.quote(sshauth.remote_path(self.url.path, rel))
+
+    def exec(self, command: str) -> paramiko.Channel:
+        """A channel running ``command`` (after the common prefix)."""
+        channel = self.connection.open_session()
+        try:
+            channel.exec_command(_PREFIX + command)
+        except _NETWORK_ERRORS as exc:
+            channel.close()
+            raise self._lost("running a command", exc) from None
+        return channel
+
+    def run(self, command: str, limit: Optional[int] = None) -> Result:
+        """Run ``command`` and collect its output (stdout up to ``limit`` bytes)."""
+        channel = self.exec(command)
+        try:
+            out = bytearray()
+            while True:
+                block = channel.recv(1 << 20)
+                if not block:
+                    break
+                if limit is None or len(out) < limit:
+                    out += block
+            err = b""
+            while True:
+                block = channel.recv_stderr(1 << 16)
+                if not block:
+                    break
+                err += block
+            status = _wait_status(channel)
+        except _NETWORK_ERRORS as exc:
+            raise self._lost("running a command", exc) from None
+        finally:
+            channel.close()
+        return Result(status, bytes(out if limit is None else out[:limit]), err.decode("utf-8", "replace"))
+
+    def _lost(self, what: str, exc: BaseException) -> TransportError:
+        return TransportError(f"{self.url.masked()}: {what}: the connection was lost ({sshauth.describe(exc)})")
+
+    def _fail(self, what: str, result: Result) -> TransportError:
+        cls = NoSpaceError if _is_no_space(result.stderr) else TransportError
+        return cls(f"{self.url.masked()}: {what}: {result.message}")
+
+    # -- operations -------------------------------------------------------
+
+    def mkdir(self, path: str) -> None:
+        p = self._q(path)
+        result = self.run(f"if [ -e {p} ] || [ -L {p} ]; then exit {_EXISTS}; fi; umask 077 && mkdir -- {p}")
+        if result.status == _EXISTS:
+            raise FileExistsError(17, "exists", path)
+        if result.status != 0:
+            raise self._fail(f"cannot create the directory {path!r}", result)
+
+    def create(self, path: str) -> DumpFile:
+        p = self._q(path)
+        # a separate step first, so that a bad directory or permission shows here, not at close
+        result = self.run(f"umask 077 && rm -f -- {p} && : > {p}")
+        if result.status != 0:
+            raise self._fail(f"cannot create {path!r}", result)
+        channel = self.exec(f"umask 077 && cat > {p} && {{ sync -- {p} 2>/dev/null || sync; }}")
+        return StreamFile(self, path, channel)
+
+    def rename(self, src: str, dst: str) -> None:
+        result = self.run(f"mv -f -- {self._q(src)} {self._q(dst)}")
+        if result.status != 0:
+            raise self._fail(f"cannot rename {src!r} to {dst!r}", result)
+
+    def listdir(self, path: str = "") -> List[DirEntry]:
+        result = self.run(_LIST.format(p=self._q(path)))
+        if result.status != 0:
+            raise self._fail(f"cannot list {path or 'the target directory'!r}", result)
+        entries = []
+        for item in result.stdout.split(b"\0"):
+            if item:
+                entries.append(DirEntry(item[1:].decode("utf-8", "surrogateescape"), item[:1] == b"d"))
+        return entries
+
+    def read_small(self, path: str, limit: int = 65536) -> Optional[bytes]:
+        p = self._q(path)
+        result = self.run(f"if [ -e {p} ]; then head -c {int(limit)} -- {p}; else exit {_MISSING}; fi",
+                          limit=limit)
+        if result.status == _MISSING:
+            return None
+        if result.status != 0:
+            raise self._fail(f"cannot read {path!r}", result)
+        return result.stdout
+
+    def remove_tree(self, path: str) -> None:
+        p = self._q(path)
+        if sshauth.remote_path(self.url.path, path) == self.url.path:
+            raise TransportError(f"{self.url.masked()}: refusing to remove the target directory itself")
+        result = self.run(f"if [ -L {p} ]; then exit {_IS_LINK}; fi; "
+                          f"if [ ! -e {p} ]; then echo 'no such file or directory' >&2; exit 1; fi; rm -rf -- {p}")
+        if result.status == _IS_LINK:
+            raise TransportError(f"{self.url.masked()}: refusing to delete {path!r}: a symbolic link")
+        if result.status != 0:
+            raise self._fail(f"cannot delete {path!r}", result)
+
+    def free_space(self) -> Optional[int]:
+        try:
+            result = self.run(f"df -Pk -- {shlex.quote(self.url.path)}")
+        except TransportError as exc:
+            log.warning("%s", exc)
+            return None
+        if result.status != 0:
+            log.info("%s: df failed (%s); free space unknown", self.url.masked(), result.message)
+            return None
+        lines = result.stdout.decode("utf-8", "replace").strip().splitlines()
+        try:
+            return int(lines[-1].split()[3]) * 1024
+        except (IndexError, ValueError):
+            log.info("%s: cannot parse the output of df; free space unknown", self.url.masked())
+            return None
+
+    def open_read(self, path: str) -> BinaryIO:
+        channel = self.exec(f"cat -- {self._q(path)}")
+        return _Reader(self, path, channel)  # type: ignore[return-value]
+
+
+def _wait_status(channel: paramiko.Channel) -> int:
+    if not channel.status_event.wait(sshauth.IO_TIMEOUT):
+        raise socket.timeout("no exit status")
+    return channel.exit_status
+
+
+class StreamFile(DumpFile):
+    """The input of a remote ``cat > PATH``: append-only."""
+
+    seekable = False
+
+    def __init__(self, owner: SSHTransport, name: str, channel: paramiko.Channel) -> None:
+        self._owner = owner
+        self._name = name
+        self._channel = channel
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            raise TransportError(f"{self._owner.url.masked()}: {self._name!r} is already closed")
+        try:
+            self._channel.sendall(data)
+        except _NETWORK_ERRORS as exc:
+            raise self._failure(exc) from None
+
+    def close(self) -> None:
+        if self._done:
+            return
+        try:
+            self._channel.shutdown_write()
+            status = _wait_status(self._channel)
+        except _NETWORK_ERRORS as exc:
+            raise self._failure(exc) from None
+        if status != 0:
+            raise self._failure(None)
+        self._done = True
+        self._channel.close()
+
+    def _failure(self, exc: Optional[BaseException]) -> TransportError:
+        """Why the stream broke, from the remote command's stderr when it said something."""
+        self._done = True
+        err = b""
+        try:
+            if self._channel.status_event.wait(2):
+                while self._channel.recv_stderr_ready():
+                    err += self._channel.recv_stderr(1 << 16)
+            status = self._channel.exit_status if self._channel.exit_status_ready() else -1
+        except Exception:  # noqa: BLE001 - a broken connection: report what we know
+            status = -1
+        self._channel.close()
+        result = Result(status, b"", err.decode("utf-8", "replace"))
+        if status == -1 and not result.stderr.strip():
+            return self._owner._lost(f"writing {self._name!r}", exc or EOFError())
+        return self._owner._fail(f"writing {self._name!r}", result)
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            try:
+                self._channel.close()
+            except Exception:  # noqa: BLE001 - the error path must not mask the cause
+                pass
+
+
+class _Reader:
+    """The output of a remote ``cat -- PATH``; a failure is a :class:`TransportError`."""
+
+    def __init__(self, owner: SSHTransport, name: str, channel: paramiko.Channel) -> None:
+        self._owner = owner
+        self._name = name
+        self._channel = channel
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            if size is None or size < 0:
+                chunks = []
+                while True:
+                    block = self._channel.recv(1 << 20)
+                    if not block:
+                        break
+                    chunks.append(block)
+                data = b"".join(chunks)
+            else:
+                data = self._channel.recv(size) if size else b""
+                while data and len(data) < size:
+                    more = self._channel.recv(size - len(data))
+                    if not more:
+                        break
+                    data += more
+            if not data and size != 0:
+                self._check_status()
+            return data
+        except _NETWORK_ERRORS as exc:
+            raise self._owner._lost(f"reading {self._name!r}", exc) from None
+
+    def _check_status(self) -> None:
+        status = _wait_status(self._channel)
+        if status != 0:
+            err = b""
+            while self._channel.recv_stderr_ready():
+                err += self._channel.recv_stderr(1 << 16)
+            raise self._owner._fail(f"cannot read {self._name!r}",
+                                    Result(status, b"", err.decode("utf-8", "replace")))
+
+    def close(self) -> None:
+        try:
+            self._channel.close()
+        except Exception:  # noqa: BLE001 - close never raises
+            pass
+
+    def __enter__(self) -> "_Reader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
