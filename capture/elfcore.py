@@ -11,7 +11,7 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 from capture.errors import DumpFormatError, KdumpError
 
@@ -77,20 +77,55 @@ def split_utsname(raw: bytes) -> Dict[str, str]:
     return out
 
 
-def file_reader(path: str) -> Tuple[ReadAt, int]:
-    """A :data:`ReadAt` over a regular file, and the file's size."""
-    try:
-        size = os.stat(path).st_size
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise KdumpError(f"cannot open {path}: {exc.strerror}") from None
+class NotACoreError(DumpFormatError):
+    """An ELF file that is not a core dump at all (a program, a library, ...)."""
 
-    def read_at(offset: int, length: int) -> bytes:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(length)
-    return read_at, size
+    def __init__(self, message: str, e_type: int) -> None:
+        super().__init__(message)
+        self.e_type = e_type
+
+
+class FileReader:
+    """A :data:`ReadAt` over a regular file (``pread`` on a held descriptor); close it when done."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._fd: Optional[int] = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise KdumpError(f"cannot open {path}: {exc.strerror}") from None
+        st = os.fstat(self._fd)
+        #: the file's size in bytes
+        self.size = st.st_size
+
+    def __call__(self, offset: int, length: int) -> bytes:
+        if self._fd is None:
+            raise ValueError(f"{self.path} is closed")
+        if length <= 0:
+            return b""
+        parts = []
+        while length > 0:
+            try:
+                data = os.pread(self._fd, min(length, 1 << 30), offset)
+            except OSError as exc:
+                raise KdumpError(f"cannot read {self.path}: {exc.strerror}") from None
+            if not data:
+                break
+            parts.append(data)
+            offset += len(data)
+            length -= len(data)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "FileReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ElfCore:
@@ -110,6 +145,7 @@ class ElfCore:
         self.little_endian = little_endian
         self.segments = segments
         self.notes = notes
+        self._closer: Optional[Callable[[], None]] = None
         self.vmcoreinfo: Dict[str, str] = {}
         for note in notes:
             if note.name == "VMCOREINFO":
@@ -118,8 +154,26 @@ class ElfCore:
 
     @classmethod
     def open(cls, path: str) -> "ElfCore":
-        read_at, size = file_reader(path)
-        return cls.from_reader(read_at, size, path)
+        """Parse the ELF core at ``path``; the file stays open for :meth:`read_virtual` until :meth:`close`."""
+        reader = FileReader(path)
+        try:
+            core = cls.from_reader(reader, reader.size, path)
+        except BaseException:
+            reader.close()
+            raise
+        core._closer = reader.close
+        return core
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+            self._closer = None
+
+    def __enter__(self) -> "ElfCore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def from_reader(cls, read_at: ReadAt, size: Optional[int], name: str) -> "ElfCore":
@@ -138,7 +192,7 @@ class ElfCore:
         (e_type, e_machine, _version, _entry, e_phoff, e_shoff, _flags, _ehsize, e_phentsize, e_phnum,
          e_shentsize, _shnum, _shstrndx) = struct.unpack_from(bo + "HHIQQQIHHHHHH", ehdr, 16)
         if e_type != ET_CORE:
-            raise DumpFormatError(f"{name} is an ELF file but not a core dump (e_type {e_type})")
+            raise NotACoreError(f"{name} is an ELF file but not a core dump (e_type {e_type})", e_type)
         machine = MACHINES.get(e_machine, f"unknown (e_machine {e_machine})")
         if machine == "ppc64" and little:
             machine = "ppc64le"

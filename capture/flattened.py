@@ -261,77 +261,77 @@ def reassemble(flat_path: str, out_path: str) -> int:
 
 
 class FlatIndex:
-    """Random access to the real file inside a flattened *file* (seekable), without rebuilding it.
+    """Random access to the real file inside a flattened stream that can itself be read at any offset.
 
-    :meth:`open` scans the record headers once, seeking over the data.  Later
+    :meth:`scan` reads the record headers once (skipping over the data) from
+    ``stream_read_at(offset, size)``, a reader of the flattened stream's bytes;
+    :meth:`read_at` then reads the real file without rebuilding it.  Later
     records win where records overlap, as when the real file is rebuilt.
     ``complete`` tells whether the end marker was found; ``truncated_at`` is
     the stream offset where an unfinished stream ends (None when complete).
     """
 
-    def __init__(self, path: str, complete: bool, truncated_at: Optional[int], file_size: int,
-                 record_count: int, starts: array, ends: array, positions: array) -> None:
-        self.path = path
-        self.complete = complete
-        self.truncated_at = truncated_at
-        #: max(offset + size) over all records: the rebuilt file's size
-        self.file_size = file_size
-        self.record_count = record_count
-        self._starts = starts
-        self._ends = ends
-        self._positions = positions
+    def __init__(self, name: str, stream_read_at: Callable[[int, int], bytes]) -> None:
+        self.name = name
+        self._stream_read_at = stream_read_at
+        self.complete = False
+        self.truncated_at: Optional[int] = None
+        #: max(offset + size) over the records present: the rebuilt file's size
+        self.file_size = 0
+        self.record_count = 0
+        self._starts = array("q")
+        self._ends = array("q")
+        self._positions = array("q")
 
     @classmethod
-    def open(cls, path: str) -> "FlatIndex":
-        starts, ends, positions = array("q"), array("q"), array("q")
-        complete = False
-        truncated_at: Optional[int] = None
-        file_size = 0
-        with open(path, "rb") as f:
-            total = os.fstat(f.fileno()).st_size
-            header = f.read(HEADER_SIZE)
-            check_header(header, path)
-            if len(header) < HEADER_SIZE:
-                truncated_at = len(header)
-            pos = HEADER_SIZE
-            while truncated_at is None:
-                head = f.read(16)
-                if len(head) < 16:
-                    truncated_at = pos
-                    break
-                offset, size = RECORD_HEADER.unpack(head)
-                if offset == END_MARKER and size == END_MARKER:
-                    complete = True
-                    break
-                _check_record(offset, size, pos, path)
-                data_pos = pos + 16
-                available = min(size, max(0, total - data_pos))
-                if available:
-                    starts.append(offset)
-                    ends.append(offset + available)
-                    positions.append(data_pos)
-                    file_size = max(file_size, offset + available)
-                if available < size:
-                    truncated_at = total
-                    break
-                pos = data_pos + size
-                f.seek(pos)
-        return cls(path, complete, truncated_at, file_size, len(starts), starts, ends, positions)
+    def scan(cls, stream_read_at: Callable[[int, int], bytes], stream_size: Optional[int],
+             name: str) -> "FlatIndex":
+        """Index the flattened stream; ``stream_size`` None means: read until the data ends."""
+        index = cls(name, stream_read_at)
+        header = stream_read_at(0, HEADER_SIZE)
+        check_header(header, name)
+        if len(header) < HEADER_SIZE:
+            index.truncated_at = len(header)
+            return index
+        pos = HEADER_SIZE
+        while True:
+            head = stream_read_at(pos, 16)
+            if len(head) < 16:
+                index.truncated_at = pos + len(head)
+                return index
+            offset, size = RECORD_HEADER.unpack(head)
+            if offset == END_MARKER and size == END_MARKER:
+                index.complete = True
+                return index
+            _check_record(offset, size, pos, name)
+            data_pos = pos + 16
+            if stream_size is not None:
+                available = min(size, max(0, stream_size - data_pos))
+            elif size and len(stream_read_at(data_pos + size - 1, 1)) < 1:
+                available = 0
+            else:
+                available = size
+            if available:
+                index._starts.append(offset)
+                index._ends.append(offset + available)
+                index._positions.append(data_pos)
+                index.file_size = max(index.file_size, offset + available)
+            index.record_count += 1
+            if available < size:
+                index.truncated_at = data_pos + available
+                return index
+            pos = data_pos + size
 
     def read_at(self, offset: int, size: int) -> bytes:
         """The real file's bytes at ``offset`` (holes read as zeros; short at the end of the file)."""
         size = max(0, min(size, self.file_size - offset))
         buf = bytearray(size)
-        if not size:
-            return bytes(buf)
         end = offset + size
-        with open(self.path, "rb") as f:
-            # apply records in stream order so later records overwrite earlier ones
-            for i in range(len(self._starts)):
-                s, e = self._starts[i], self._ends[i]
-                if e <= offset or s >= end:
-                    continue
-                lo, hi = max(s, offset), min(e, end)
-                f.seek(self._positions[i] + (lo - s))
-                buf[lo - offset:hi - offset] = f.read(hi - lo)
+        for i in range(len(self._starts)):
+            s, e = self._starts[i], self._ends[i]
+            if e <= offset or s >= end:
+                continue
+            lo, hi = max(s, offset), min(e, end)
+            data = self._stream_read_at(self._positions[i] + (lo - s), hi - lo)
+            buf[lo - offset:lo - offset + len(data)] = data
         return bytes(buf)
