@@ -131,9 +131,14 @@ class Collection:
         self.stdout = self.proc.stdout
         self._stderr_thread = pump_stderr(self.proc.stderr, progress)
 
-    def finish(self) -> None:
-        """Wait for makedumpfile; raise :class:`CollectorError` unless it succeeded."""
-        status = self.proc.wait()
+    def finish(self, timeout: Optional[float] = None) -> None:
+        """Wait for makedumpfile (killing it after ``timeout`` seconds); raise
+        :class:`CollectorError` unless it succeeded."""
+        try:
+            status = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.abort()
+            status = self.proc.returncode
         self._stderr_thread.join(timeout=10)
         if status != 0:
             last = "; ".join(list(self.progress.messages)[-6:]) or "no messages"

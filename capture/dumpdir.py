@@ -126,8 +126,7 @@ class DumpFacts:
             ("sha256", self.sha256),
             ("free space", self.free_space),
         ]
-        width = max(len(k) for k, _ in rows)
-        lines = [f"{k + ':':<{width + 1}} {v}" for k, v in rows if v]
+        lines = [f"{k}: {v}" for k, v in rows if v]
         if self.notes:
             lines.append("")
             lines += [f"note: {n}" for n in self.notes]

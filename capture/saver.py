@@ -142,6 +142,9 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: co
             try:
                 writer = rebuild_flattened if out.seekable else store_flattened
                 written = writer(run.stdout, out, guard, progress)
+            except DumpFormatError:
+                run.finish(timeout=10)  # makedumpfile's own failure explains a broken stream best
+                raise
             except BaseException:
                 run.abort()
                 raise

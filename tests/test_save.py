@@ -1,0 +1,166 @@
+"""The core save on the real fixture vmcore, to a local directory."""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import lz4.frame
+import pytest
+
+from capture.config import Config
+from capture.errors import KdumpError
+from capture.saver import save
+from conftest import REPO, sha256_of
+
+CLI = [sys.executable, "-m", "capture.cli"]
+PANIC = "Kernel panic - not syncing: sysrq triggered crash"
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + list(args), cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def only_dir(root: Path) -> Path:
+    dirs = [p for p in root.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+@pytest.mark.parametrize("fmt,flag", [("compressed", "-c"), ("lzo", "-l"), ("elf", "-E")])
+@pytest.mark.parametrize("level", [0, 1, 31])
+def test_saved_vmcore_equals_direct_makedumpfile_output(tmp_path, fixture_vmcore, reference_dumps,
+                                                        fmt, flag, level):
+    result = save(Config(dumpformat=fmt, dumplevel=level), vmcore=str(fixture_vmcore),
+                  savedir=str(tmp_path))
+    saved = tmp_path / result.directory / "vmcore"
+    assert sha256_of(saved) == sha256_of(reference_dumps.direct(flag, level))
+    readme = (tmp_path / result.directory / "README.txt").read_text()
+    assert "vmcore status: saved successfully" in readme
+    assert f"sha256: {sha256_of(saved)}" in readme
+
+
+def test_dmesg_of_saved_vmcore_has_the_panic(tmp_path, fixture_vmcore, makedumpfile):
+    result = save(Config(dumpformat="lzo", dumplevel=31), vmcore=str(fixture_vmcore), savedir=str(tmp_path))
+    out = tmp_path / "dmesg-again.txt"
+    subprocess.run([makedumpfile, "--dump-dmesg", str(tmp_path / result.directory / "vmcore"), str(out)],
+                   check=True, capture_output=True)
+    assert PANIC in out.read_text()
+    assert out.read_bytes() == (tmp_path / result.directory / "dmesg.txt").read_bytes()
+
+
+def test_directory_layout_modes_and_readme(tmp_path, fixture_vmcore, fixture_dmesg):
+    result = save(Config(dumpformat="lzo"), vmcore=str(fixture_vmcore), savedir=str(tmp_path))
+    d = tmp_path / result.directory
+    assert d.name == "2026-11-26-06-51"  # CRASHTIME 1795675891 in UTC, local target: no host
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    names = sorted(p.name for p in d.iterdir())
+    assert names == [".kdump-saver", "README.txt", "dmesg.txt", "vmcore"]
+    for p in d.iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    assert (d / "dmesg.txt").read_bytes() == fixture_dmesg.read_bytes()
+    readme = (d / "README.txt").read_text()
+    for expected in ("kernel release: 6.1.0-56-cloud-amd64", "crash time: 2026-11-26 06:51:31 UTC",
+                     f"panic: {PANIC}", "dump level: 31", "kdump-compressed (lzo)",
+                     "memory size:", "saved: vmcore 21738267 bytes", "duration:",
+                     f"crash /usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64 {d}/vmcore"):
+        assert expected in readme, expected
+    assert "INCOMPLETE" not in readme
+
+
+def test_second_dump_in_the_same_minute_gets_a_suffix(tmp_path, fixture_vmcore):
+    first = save(Config(dumpformat="lzo"), vmcore=str(fixture_vmcore), savedir=str(tmp_path))
+    before = sha256_of(tmp_path / first.directory / "vmcore")
+    second = save(Config(dumpformat="lzo"), vmcore=str(fixture_vmcore), savedir=str(tmp_path))
+    assert second.directory == first.directory + ".2"
+    assert sha256_of(tmp_path / first.directory / "vmcore") == before
+
+
+@pytest.mark.parametrize("fmt", ["snappy", "zstd"])
+def test_format_missing_from_makedumpfile_falls_back_to_lzo(tmp_path, fixture_vmcore, reference_dumps,
+                                                            makedumpfile, fmt):
+    built = subprocess.run([makedumpfile, "-v"], capture_output=True, text=True).stdout
+    if f"{fmt}\tenabled" in built:
+        pytest.skip(f"this makedumpfile has {fmt}: no fallback to test")
+    result = save(Config(dumpformat=fmt, dumplevel=31), vmcore=str(fixture_vmcore), savedir=str(tmp_path))
+    d = tmp_path / result.directory
+    assert sha256_of(d / "vmcore") == sha256_of(reference_dumps.direct("-l", 31))
+    readme = (d / "README.txt").read_text()
+    assert f"built without {fmt}; using lzo instead" in readme
+
+
+def test_raw_format_is_an_lz4_frame_of_the_vmcore(tmp_path, fixture_vmcore):
+    result = save(Config(dumpformat="raw"), vmcore=str(fixture_vmcore), savedir=str(tmp_path))
+    packed = tmp_path / result.directory / "vmcore.lz4"
+    digest = hashlib.sha256()
+    with lz4.frame.open(packed, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    assert digest.hexdigest() == sha256_of(fixture_vmcore)
+    assert packed.stat().st_size < fixture_vmcore.stat().st_size // 2
+
+
+def test_format_none_saves_the_kernel_log_only(tmp_path, fixture_vmcore, fixture_dmesg):
+    result = save(Config(dumpformat="none"), vmcore=str(fixture_vmcore), savedir=str(tmp_path))
+    d = tmp_path / result.directory
+    assert sorted(p.name for p in d.iterdir()) == [".kdump-saver", "README.txt", "dmesg.txt"]
+    assert (d / "dmesg.txt").read_bytes() == fixture_dmesg.read_bytes()
+    assert "saved successfully" in (d / "README.txt").read_text()
+
+
+def test_cli_save_with_a_suse_config(tmp_path, fixture_vmcore, reference_dumps):
+    conf = tmp_path / "kdump"
+    target = tmp_path / "crash dumps"
+    conf.write_text('## Path: System/Kernel/Kdump\n'
+                    f'KDUMP_SAVEDIR="file://{target.as_posix().replace(" ", "%20")}"\n'
+                    'KDUMP_DUMPLEVEL="31"\nKDUMP_DUMPFORMAT="lzo"\nKDUMP_KEEP_OLD_DUMPS="5"\n')
+    res = run_cli("save", "--config", str(conf), "--vmcore", str(fixture_vmcore))
+    assert res.returncode == 0, res.stderr
+    assert "dump saved" in res.stderr and "progress:" in res.stderr
+    d = only_dir(target)
+    assert sha256_of(d / "vmcore") == sha256_of(reference_dumps.direct("-l", 31))
+
+
+def test_makedumpfile_failure_leaves_a_visibly_incomplete_dump(tmp_path, fixture_vmcore):
+    good = save(Config(dumpformat="lzo"), vmcore=str(fixture_vmcore), savedir=str(tmp_path))
+    good_hash = sha256_of(tmp_path / good.directory / "vmcore")
+    with pytest.raises(KdumpError) as err:
+        save(Config(dumpformat="lzo", keep_old_dumps=-1, makedumpfile_options="--no-such-option"),
+             vmcore=str(fixture_vmcore), savedir=str(tmp_path))
+    assert "makedumpfile failed (exit status 1)" in str(err.value)
+    failed = tmp_path / (good.directory + ".2")
+    assert not (failed / "vmcore").exists()
+    readme = (failed / "README.txt").read_text()
+    assert readme.startswith("THIS DUMP IS INCOMPLETE.")
+    assert "vmcore status: INCOMPLETE: makedumpfile failed" in readme
+    # retention deletes nothing after a failure
+    assert sha256_of(tmp_path / good.directory / "vmcore") == good_hash
+
+
+def test_truncated_vmcore_is_refused_before_anything_is_written(tmp_path, fixture_vmcore):
+    cut = tmp_path / "vmcore.cut"
+    with open(fixture_vmcore, "rb") as src, open(cut, "wb") as dst:
+        dst.write(src.read(8 << 20))
+    target = tmp_path / "target"
+    res = run_cli("save", "--vmcore", str(cut), "--savedir", str(target))
+    assert res.returncode == 1
+    assert "is truncated" in res.stderr and "Traceback" not in res.stderr
+    assert not target.exists() or not any(target.iterdir())
+
+
+def test_a_file_that_is_not_a_vmcore_is_refused(tmp_path):
+    junk = tmp_path / "notes.txt"
+    junk.write_text("this is not a kernel dump\n" * 100)
+    res = run_cli("save", "--vmcore", str(junk), "--savedir", str(tmp_path / "target"))
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr and str(junk) in res.stderr
+
+
+def test_bad_target_url_is_a_clear_error(tmp_path, fixture_vmcore):
+    res = run_cli("save", "--vmcore", str(fixture_vmcore), "--savedir", "sftp://root:hunter2@[::1/x")
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr and "hunter2" not in res.stderr
