@@ -472,8 +472,9 @@ def _other_key(assignment: sysconfig.Assignment, filename: str) -> None:
             log.warning("%s: %s: %s", where, key, UNSUPPORTED_FEATURES[key])
         return
     if key.upper().startswith("KDUMP_"):
-        close = difflib.get_close_matches(key.upper(), OPTIONS_BY_KEY, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
+        suffixes = {k[len("KDUMP_"):]: k for k in OPTIONS_BY_KEY if k.startswith("KDUMP_")}
+        close = difflib.get_close_matches(key.upper()[len("KDUMP_"):], suffixes, n=1, cutoff=0.75)
+        hint = f"; did you mean {suffixes[close[0]]}?" if close else ""
         log.warning("%s: unknown option %s, ignored%s", where, key, hint)
         return
     log.debug("%s: %s is not a kdump option; ignored", where, key)
