@@ -1,0 +1,487 @@
+"""The ftp and ftps targets, with :mod:`ftplib`.
+
+URL form: ``ftp://[user[:password]@]host[:port]/path`` (anonymous without a
+user) and ``ftps://`` for explicit TLS (AUTH TLS, then PROT P so the data
+connections are encrypted as well).  For ftps the server certificate must
+verify against ``options.ca_file`` or the system store, and must name the
+host of the URL.
+
+The path is taken relative to the directory the server puts us in after the
+login, as curl and SUSE's kdump do (for a chrooted or anonymous user that is
+the same as absolute).  Missing directories are created.
+
+Files are written in passive mode through one STOR data connection kept open
+for the whole file, so :class:`FtpFile` is append-only
+(``seekable = False``).  A file's name is only final after
+:meth:`FtpTransport.rename` (RNFR/RNTO), which the saver calls at the end.
+
+Modes: after MKD and STOR the transport asks for 0700 / 0600 with
+``SITE CHMOD``; servers that do not know it keep their own umask.
+
+Free space: FTP has no standard way to ask.  ``AVBL`` (a draft extension a
+few servers offer) is tried once; otherwise :meth:`free_space` is ``None``.
+"""
+from __future__ import annotations
+
+import errno
+import ftplib
+import io
+import logging
+import posixpath
+import socket
+import ssl
+import time
+from typing import BinaryIO, Callable, List, Optional
+
+from capture.targeturl import TargetURL
+from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
+
+log = logging.getLogger(__name__)
+
+#: bytes collected before they are sent on the data connection
+SEND_BLOCK = 1 << 20
+#: seconds a single network operation may block once connected
+IO_TIMEOUT = 60
+
+
+def _reply_code(exc: BaseException) -> str:
+    text = str(exc)
+    return text[:3] if text[:3].isdigit() else ""
+
+
+def _net_reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server running?)"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "no answer (timed out)"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host name"
+    if isinstance(exc, EOFError):
+        return "the server closed the connection"
+    if isinstance(exc, ftplib.Error):
+        return f"the server answered {str(exc).strip()!r}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"the connection failed ({type(exc).__name__})"
+
+
+class FtpFile(DumpFile):
+    """One STOR in progress; ``close`` waits for the server's final reply."""
+
+    seekable = False
+
+    def __init__(self, transport: "FtpTransport", sock: socket.socket, remote: str) -> None:
+        self._t = transport
+        self._sock: Optional[socket.socket] = sock
+        self._remote = remote
+        self._buf = bytearray()
+
+    def write(self, data: bytes) -> None:
+        if self._sock is None:
+            raise TransportError(f"{self._remote} on {self._t.url.masked()} is already closed")
+        self._buf += data
+        if len(self._buf) >= SEND_BLOCK:
+            self._send()
+
+    def _send(self) -> None:
+        if not self._buf:
+            return
+        try:
+            self._sock.sendall(self._buf)
+        except (OSError, ssl.SSLError) as exc:
+            self._fail(exc)
+        self._buf.clear()
+
+    def _fail(self, exc: BaseException) -> None:
+        """The data connection broke: ask the control connection why, then raise."""
+        sock, self._sock = self._sock, None
+        _close_socket(sock)
+        reply = self._t._final_reply(timeout=5)
+        self._t._drop()
+        raise self._t._store_error(self._remote, reply, exc) from None
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        self._send()
+        sock, self._sock = self._sock, None
+        try:
+            if isinstance(sock, ssl.SSLSocket):
+                sock.unwrap()
+        except (OSError, ssl.SSLError, ValueError):
+            pass
+        _close_socket(sock)
+        reply = self._t._final_reply(timeout=IO_TIMEOUT)
+        if reply is None or not reply.startswith("2"):
+            self._t._drop()
+            raise self._t._store_error(self._remote, reply, None)
+        self._t._site_chmod("600", self._remote)
+
+    def abort(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        _close_socket(sock)
+        # the server's reply to the broken STOR is of no interest; a fresh
+        # control connection is simpler than resynchronising this one
+        self._t._drop()
+
+
+def _close_socket(sock: Optional[socket.socket]) -> None:
+    if sock is None:
+        return
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class FtpTransport(Transport):
+    """A directory on an FTP server (``ftp``) or on one demanding TLS (``ftps``)."""
+
+    def __init__(self, url: TargetURL, options: TransportOptions) -> None:
+        super().__init__(url, options)
+        self.tls = url.scheme == "ftps"
+        self.conn: Optional[ftplib.FTP] = None
+        self.base = ""
+        self._avbl: Optional[bool] = None
+        self._mlsd: Optional[bool] = None
+
+    # -- connection ----------------------------------------------------
+
+    def _tls_context(self) -> ssl.SSLContext:
+        try:
+            ctx = ssl.create_default_context(cafile=self.options.ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(f"cannot read the CA file {self.options.ca_file} (KDUMP_CA_FILE): "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from None
+        ctx.check_hostname = True
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def _login(self) -> ftplib.FTP:
+        """One connection attempt; network failures pass up, refusals become TransportError."""
+        timeout = IO_TIMEOUT
+        conn: ftplib.FTP
+        if self.tls:
+            conn = ftplib.FTP_TLS(context=self._tls_context(), timeout=timeout)
+        else:
+            conn = ftplib.FTP(timeout=timeout)
+        conn.connect(self.url.host, self.url.effective_port, timeout=min(timeout, 10))
+        try:
+            if self.tls:
+                try:
+                    conn.auth()
+                except ssl.SSLCertVerificationError as exc:
+                    raise TransportError(
+                        f"{self.url.masked()}: the server certificate does not verify: "
+                        f"{exc.verify_message or exc.reason}"
+                        f" (CA: {self.options.ca_file or 'the system store'})") from None
+                except ftplib.error_perm as exc:
+                    raise TransportError(f"{self.url.masked()}: the server refuses TLS (AUTH TLS: "
+                                         f"{str(exc).strip()})") from None
+            try:
+                if self.url.user:
+                    conn.login(self.url.user, self.url.password)
+                else:
+                    conn.login()
+            except ftplib.error_perm as exc:
+                who = self.url.user or "anonymous"
+                raise TransportError(f"{self.url.masked()}: the server refused the login of {who}: "
+                                     f"{str(exc).strip()}") from None
+            if self.tls:
+                conn.prot_p()
+            conn.set_pasv(True)
+            conn.voidcmd("TYPE I")
+            return conn
+        except BaseException:
+            _quit(conn)
+            raise
+
+    def connect(self) -> None:
+        deadline = time.monotonic() + max(0, self.options.net_timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self.conn = self._login()
+                break
+            except TransportError:
+                raise
+            except (OSError, EOFError, ftplib.Error, ssl.SSLError) as exc:
+                reason = _net_reason(exc)
+                if time.monotonic() >= deadline:
+                    tried = f" (tried {attempt} times for {self.options.net_timeout} s)" if attempt > 1 else ""
+                    raise TransportError(f"cannot connect to {self.url.masked()}: {reason}{tried}") from None
+                log.info("cannot connect to %s yet: %s; retrying", self.url.masked(), reason)
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        home = self._cmd("cannot ask the login directory", lambda c: c.pwd())
+        self.base = posixpath.normpath(posixpath.join(home or "/", self.url.path.lstrip("/")))
+        self._ensure_base()
+
+    def _ensure_base(self) -> None:
+        parts = [p for p in self.base.split("/") if p]
+        for i in range(1, len(parts) + 1):
+            path = "/" + "/".join(parts[:i])
+            if self._is_dir(path):
+                continue
+            try:
+                self._mkd(path)
+            except FileExistsError:
+                pass
+        if not self._is_dir(self.base):
+            raise TransportError(f"{self.url.masked()}: {self.base} is not a directory on the server")
+
+    def _ctl(self) -> ftplib.FTP:
+        """The control connection; a lost one is replaced (one attempt)."""
+        if self.conn is None:
+            try:
+                self.conn = self._login()
+            except TransportError:
+                raise
+            except (OSError, EOFError, ftplib.Error, ssl.SSLError) as exc:
+                raise TransportError(f"cannot reconnect to {self.url.masked()}: {_net_reason(exc)}") from None
+        return self.conn
+
+    def _drop(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            _quit(conn)
+
+    def _cmd(self, what: str, action: Callable[[ftplib.FTP], object]):
+        """Run ``action`` on the control connection; map failures to TransportError."""
+        conn = self._ctl()
+        try:
+            return action(conn)
+        except ftplib.error_perm as exc:
+            code = _reply_code(exc)
+            cls = NoSpaceError if code in ("552",) else TransportError
+            raise cls(f"{what} on {self.url.masked()}: the server answered {str(exc).strip()!r}") from None
+        except ftplib.error_temp as exc:
+            cls = NoSpaceError if _reply_code(exc) == "452" else TransportError
+            raise cls(f"{what} on {self.url.masked()}: the server answered {str(exc).strip()!r}") from None
+        except (OSError, EOFError, ftplib.Error, ssl.SSLError) as exc:
+            self._drop()
+            raise TransportError(f"{what} on {self.url.masked()}: {_net_reason(exc)}") from None
+
+    def _abs(self, path: str) -> str:
+        parts = [p for p in path.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise TransportError(f"refusing path outside the target: {path!r}")
+        return posixpath.join(self.base, *parts) if parts else self.base
+
+    def _is_dir(self, abs_path: str) -> bool:
+        conn = self._ctl()
+        try:
+            conn.cwd(abs_path)
+            return True
+        except ftplib.error_perm:
+            return False
+        except (OSError, EOFError, ftplib.Error, ssl.SSLError) as exc:
+            self._drop()
+            raise TransportError(f"cannot look at {abs_path} on {self.url.masked()}: {_net_reason(exc)}") from None
+
+    def _site_chmod(self, mode: str, abs_path: str) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            conn.sendcmd(f"SITE CHMOD {mode} {abs_path}")
+        except ftplib.Error:
+            log.debug("%s: SITE CHMOD not available", self.url.masked())
+        except (OSError, EOFError):
+            self._drop()
+
+    def _mkd(self, abs_path: str) -> None:
+        conn = self._ctl()
+        try:
+            conn.mkd(abs_path)
+        except ftplib.error_perm as exc:
+            if self._is_dir(abs_path):
+                raise FileExistsError(errno.EEXIST, "exists", abs_path) from None
+            raise TransportError(f"cannot create directory {abs_path} on {self.url.masked()}: "
+                                 f"the server answered {str(exc).strip()!r}") from None
+        except (OSError, EOFError, ftplib.Error, ssl.SSLError) as exc:
+            self._drop()
+            raise TransportError(f"cannot create directory {abs_path} on {self.url.masked()}: "
+                                 f"{_net_reason(exc)}") from None
+        self._site_chmod("700", abs_path)
+
+    # -- STOR support --------------------------------------------------
+
+    def _final_reply(self, timeout: float) -> Optional[str]:
+        """The server's reply that ends a STOR, or None when it does not come."""
+        conn = self.conn
+        if conn is None or conn.sock is None:
+            return None
+        try:
+            conn.sock.settimeout(timeout)
+            return conn.getresp()
+        except ftplib.Error as exc:
+            return str(exc).strip()
+        except (OSError, EOFError, ssl.SSLError):
+            return None
+        finally:
+            if conn.sock is not None:
+                try:
+                    conn.sock.settimeout(IO_TIMEOUT)
+                except OSError:
+                    pass
+
+    def _store_error(self, remote: str, reply: Optional[str], exc: Optional[BaseException]) -> TransportError:
+        where = f"{remote} on {self.url.masked()}"
+        if reply:
+            code = reply[:3]
+            # 452/552: no storage; vsftpd says 451 "Failure writing to local file" for ENOSPC
+            if code in ("452", "552"):
+                return NoSpaceError(f"cannot write {where}: the server is out of space ({reply!r})")
+            if code == "451":
+                return NoSpaceError(f"cannot write {where}: the server failed to store the data "
+                                    f"({reply!r}; most likely its disk is full)")
+            return TransportError(f"cannot write {where}: the server answered {reply!r}")
+        cause = _net_reason(exc) if exc is not None else "no final answer from the server"
+        return TransportError(f"cannot write {where}: the connection was lost ({cause})")
+
+    # -- the Transport surface ----------------------------------------
+
+    def mkdir(self, path: str) -> None:
+        self._mkd(self._abs(path))
+
+    def create(self, path: str) -> FtpFile:
+        remote = self._abs(path)
+        sock = self._cmd(f"cannot create {remote}", lambda c: c.transfercmd(f"STOR {remote}"))
+        return FtpFile(self, sock, remote)
+
+    def rename(self, src: str, dst: str) -> None:
+        asrc, adst = self._abs(src), self._abs(dst)
+        try:
+            self._cmd(f"cannot rename {asrc} to {adst}", lambda c: c.rename(asrc, adst))
+        except NoSpaceError:
+            raise
+        except TransportError:
+            # some servers refuse to replace: delete the old one and retry once
+            if self.conn is None or self._size(adst) is None:
+                raise
+            self._cmd(f"cannot delete {adst}", lambda c: c.delete(adst))
+            self._cmd(f"cannot rename {asrc} to {adst}", lambda c: c.rename(asrc, adst))
+
+    def listdir(self, path: str = "") -> List[DirEntry]:
+        where = self._abs(path)
+        try:
+            if self._mlsd is not False:
+                facts = list(self._ctl().mlsd(where, facts=["type"]))
+                self._mlsd = True
+                return [DirEntry(name, f.get("type", "").lower() == "dir") for name, f in facts
+                        if f.get("type", "").lower() not in ("cdir", "pdir") and name not in (".", "..")]
+        except ftplib.error_perm as exc:
+            if self._mlsd or not _reply_code(exc).startswith("50"):
+                raise TransportError(f"cannot list {where} on {self.url.masked()}: "
+                                     f"the server answered {str(exc).strip()!r}") from None
+            self._mlsd = False
+        except (OSError, EOFError, ftplib.Error, ssl.SSLError) as exc:
+            self._drop()
+            raise TransportError(f"cannot list {where} on {self.url.masked()}: {_net_reason(exc)}") from None
+        if not self._is_dir(where):
+            raise TransportError(f"cannot list {where} on {self.url.masked()}: not a directory")
+        lines: List[str] = []
+        self._cmd(f"cannot list {where}", lambda c: c.retrlines(f"LIST -a {where}", lines.append))
+        return [e for e in (_parse_list_line(line) for line in lines) if e is not None]
+
+    def _size(self, abs_path: str) -> Optional[int]:
+        conn = self._ctl()
+        try:
+            return conn.size(abs_path)
+        except ftplib.error_perm:
+            return None
+        except (OSError, EOFError, ftplib.Error, ssl.SSLError) as exc:
+            self._drop()
+            raise TransportError(f"cannot look at {abs_path} on {self.url.masked()}: {_net_reason(exc)}") from None
+
+    def read_small(self, path: str, limit: int = 65536) -> Optional[bytes]:
+        remote = self._abs(path)
+        if self._size(remote) is None:
+            return None
+        out = bytearray()
+        self._cmd(f"cannot read {remote}", lambda c: c.retrbinary(f"RETR {remote}", out.extend))
+        return bytes(out[:limit])
+
+    def open_read(self, path: str) -> BinaryIO:
+        """The whole file, fetched with one RETR into memory (only small files or tests)."""
+        remote = self._abs(path)
+        out = bytearray()
+        self._cmd(f"cannot read {remote}", lambda c: c.retrbinary(f"RETR {remote}", out.extend))
+        return io.BytesIO(bytes(out))
+
+    def remove_tree(self, path: str) -> None:
+        if not [p for p in path.split("/") if p]:
+            raise TransportError(f"refusing to delete the base directory of {self.url.masked()}")
+        self._remove(path)
+
+    def _remove(self, path: str) -> None:
+        for entry in self.listdir(path):
+            child = f"{path}/{entry.name}"
+            if entry.is_dir:
+                self._remove(child)
+            else:
+                target = self._abs(child)
+                self._cmd(f"cannot delete {target}", lambda c: c.delete(target))
+        target = self._abs(path)
+        self._cmd(f"cannot delete {target}", lambda c: c.rmd(target))
+
+    def free_space(self) -> Optional[int]:
+        """``AVBL`` when the server has it, else None (FTP has no standard way)."""
+        if self._avbl is False:
+            return None
+        conn = self._ctl()
+        try:
+            reply = conn.sendcmd(f"AVBL {self.base}")
+        except ftplib.Error:
+            self._avbl = False
+            return None
+        except (OSError, EOFError, ssl.SSLError):
+            self._drop()
+            return None
+        fields = reply.split()
+        if reply.startswith("213") and len(fields) >= 2 and fields[1].isdigit():
+            self._avbl = True
+            return int(fields[1])
+        self._avbl = False
+        return None
+
+
+def _parse_list_line(line: str) -> Optional[DirEntry]:
+    """One line of a Unix-style ``LIST`` answer."""
+    fields = line.split(None, 8)
+    if len(fields) < 9 or fields[0][:1] not in ("d", "-", "l"):
+        return None
+    name = fields[8]
+    if fields[0][0] == "l" and " -> " in name:
+        name = name.split(" -> ", 1)[0]
+    if name in (".", ".."):
+        return None
+    return DirEntry(name, fields[0][0] == "d")
+
+
+def _quit(conn: ftplib.FTP) -> None:
+    try:
+        conn.quit()
+    except Exception:  # noqa: BLE001 - closing anyway
+        pass
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def open_target(url: TargetURL, options: TransportOptions) -> FtpTransport:
+    transport = FtpTransport(url, options)
+    transport.connect()
+    return transport
