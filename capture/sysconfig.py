@@ -166,6 +166,12 @@ def _statement(reader: _Reader, result: ParsedFile) -> None:
             exported.append((name.group(0), line))
             continue
         word, _ = _word(reader)
+        if found and not exporting:
+            key = found[-1].key
+            raise _SyntaxError(
+                line,
+                f"the value of {key} continues after an unquoted space, and a shell would run the rest "
+                f"as a command; put the whole value in quotes: {key}=\"...\"")
         if word == "=" or (reader.peek() in _BLANK and _next_word_starts_with_equals(reader)):
             raise _SyntaxError(line, f"'{_shorten(word)} =': no spaces are allowed around '=' (write KEY=\"value\")")
         raise _SyntaxError(

@@ -372,8 +372,9 @@ def test_line_numbers_count_multiline_values() -> None:
 SYNTAX_ERRORS = [
     ('KDUMP_DUMPLEVEL = 31', "no spaces are allowed around '='"),
     ('KDUMP_DUMPLEVEL =31', "no spaces are allowed around '='"),
-    ('KDUMP_SAVEDIR=/var/crash dir', "'dir' is not a KEY=value assignment"),
-    ('KDUMP_SAVEDIR= /var/crash', "'/var/crash' is not a KEY=value assignment"),
+    ('KDUMP_SAVEDIR=/var/crash dir', "the value of KDUMP_SAVEDIR continues after an unquoted space"),
+    ('KDUMP_SAVEDIR= /var/crash', "the value of KDUMP_SAVEDIR continues after an unquoted space"),
+    ('KDUMP_CPUS=1 KDUMP_DUMPLEVEL=3 x', "the value of KDUMP_DUMPLEVEL continues after an unquoted space"),
     ('rm -rf /tmp/never', "'rm' is not a KEY=value assignment"),
     ('KDUMP_PRESCRIPT=a|b', "unquoted '|'"),
     ('KDUMP_PRESCRIPT=a&&b', "unquoted '&'"),
@@ -389,6 +390,12 @@ def test_syntax_errors_name_file_and_line(line: str, message: str) -> None:
     error = config_error(f"# header\n{line}\nKDUMP_CPUS=1\n", "/etc/sysconfig/kdump")
     assert f"/etc/sysconfig/kdump:2: " in error
     assert message in error
+
+
+def test_syntax_errors_do_not_show_the_rest_of_a_password() -> None:
+    error = config_error("KDUMP_SMTP_PASSWORD=first half-of-secret\n")
+    assert "half-of-secret" not in error
+    assert "/etc/sysconfig/kdump:1: the value of KDUMP_SMTP_PASSWORD continues after an unquoted space" in error
 
 
 def test_statement_with_syntax_error_sets_nothing() -> None:
