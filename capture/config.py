@@ -399,9 +399,24 @@ def load(path: Optional[str] = None) -> Config:
     try:
         with open(path, "rb") as stream:
             data = stream.read()
+            mode = os.fstat(stream.fileno()).st_mode
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror or exc}") from None
-    return parse_text(data.decode("utf-8", "surrogateescape"), path)
+    loaded = parse_text(data.decode("utf-8", "surrogateescape"), path)
+    if mode & 0o077 and has_password(loaded):
+        log.warning("%s holds a password but other users may read it (mode %04o); run: chmod 600 %s",
+                    path, mode & 0o7777, path)
+    return loaded
+
+
+def has_password(config: Config) -> bool:
+    """Whether ``config`` holds a secret: a password in KDUMP_SAVEDIR or KDUMP_SMTP_PASSWORD."""
+    if config.smtp_password:
+        return True
+    try:
+        return bool(targeturl.parse(config.savedir).password)
+    except URLError:
+        return _url_password(config.savedir) is not None
 
 
 def parse_text(text: str, filename: str = "<string>") -> Config:

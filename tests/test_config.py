@@ -266,6 +266,7 @@ def config_error(text: str, filename: str = "/etc/sysconfig/kdump") -> str:
 
 def test_suse_style_file_reads_unchanged_without_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = write(tmp_path, SUSE_STYLE)
+    path.chmod(0o600)     # it holds the SMTP password
     with caplog.at_level(logging.WARNING):
         loaded = config.load(str(path))
     assert loaded == dataclasses.replace(SUSE_EXPECTED, source=str(path))
@@ -643,6 +644,26 @@ def test_load_of_a_missing_or_unreadable_file_is_an_error(tmp_path: Path) -> Non
         config.load(str(tmp_path / "nothere"))
     with pytest.raises(ConfigError, match="cannot read the configuration: Is a directory"):
         config.load(str(tmp_path))
+
+
+def test_load_warns_when_a_file_with_a_password_is_readable_by_others(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path, 'KDUMP_SAVEDIR="ftp://u:Ft9-Secret@127.0.0.1/d"\n')
+    for mode, warned in ((0o644, True), (0o640, True), (0o600, False)):
+        path.chmod(mode)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            config.load(str(path))
+        messages = [r.getMessage() for r in caplog.records]
+        assert (f"{path} holds a password but other users may read it (mode {mode:04o}); "
+                f"run: chmod 600 {path}" in messages) == warned, messages
+        assert not any("Ft9-Secret" in m for m in messages)
+    path.write_text('KDUMP_SAVEDIR="ftp://u@127.0.0.1/d"\n')
+    path.chmod(0o644)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        config.load(str(path))
+    assert caplog.records == []
 
 
 # --- render and serialize --------------------------------------------------------------------------
