@@ -456,8 +456,17 @@ def parse_text(text: str, filename: str = "<string>") -> Config:
     if errors:
         errors.sort(key=lambda item: item[0])
         count = f"{len(errors)} error" + ("s" if len(errors) > 1 else "")
-        raise ConfigError(f"{filename}: {count} in the configuration:\n" + "\n".join(e for _, e in errors))
+        raise ConfigError(_printable(f"{filename}: {count} in the configuration:") + "\n"
+                          + "\n".join(_printable(e) for _, e in errors))
     return Config(**values, source=None if filename == "<string>" else filename)
+
+
+def _printable(text: str) -> str:
+    """``text`` for a one-line message: bytes that were not UTF-8 as ``\\xNN``, control characters escaped."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _convert(option: Option, assignment: sysconfig.Assignment, filename: str) -> Any:

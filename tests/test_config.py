@@ -583,8 +583,17 @@ def test_non_utf8_bytes_only_matter_in_values(tmp_path: Path) -> None:
     path.write_bytes(b"# Kommentar mit \xfc (latin-1)\nKDUMP_DUMPLEVEL=1\n")
     assert config.load(str(path)).dumplevel == 1
     path.write_bytes(b"KDUMP_CPUS=1\nKDUMP_PRESCRIPT=\"gr\xfc\xdfe\"\n")
-    with pytest.raises(ConfigError, match=r":2: KDUMP_PRESCRIPT=.*not UTF-8"):
+    with pytest.raises(ConfigError) as info:
         config.load(str(path))
+    assert f'{path}:2: KDUMP_PRESCRIPT="gr\\xfc\\xdfe": contains bytes that are not UTF-8' in str(info.value)
+    str(info.value).encode("utf-8")     # printable on a UTF-8 console
+
+
+def test_error_lines_stay_one_line_each() -> None:
+    error = config_error('KDUMP_DUMPLEVEL="3\n1"\nKDUMP_CPUS="\t-1"\n')
+    assert error.splitlines()[1:] == [
+        '/etc/sysconfig/kdump:1: KDUMP_DUMPLEVEL="3\\n1": must be an integer from 0 to 31 (makedumpfile -d bits)',
+        '/etc/sysconfig/kdump:3: KDUMP_CPUS="\\t-1": must be an integer, 0 or more (0 = all)']
 
 
 # --- keys: unknown, deprecated, not ours -----------------------------------------------------------
