@@ -26,6 +26,7 @@ from typing import Dict, Iterator, List, Optional
 import pytest
 
 from conftest import require, require_program
+from transports.base import TransportOptions
 
 #: client key types generated for the key user
 CLIENT_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
@@ -134,7 +135,7 @@ class SSHD:
         self.config = workdir / "sshd_config"
         self.log = workdir / "sshd.log"
 
-    def start(self) -> "SSHD":
+    def start(self, port: int = 0) -> "SSHD":
         sshd = require_program("sshd")
         self.workdir.mkdir(parents=True, exist_ok=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
@@ -142,7 +143,7 @@ class SSHD:
             for key_type in ("ed25519", "rsa"):
                 self.host_keys[key_type] = ssh_keygen(self.workdir / f"host_{key_type}", key_type,
                                                       2048 if key_type == "rsa" else None)
-        self.port = free_port()
+        self.port = port or free_port()
         lines = [
             f"Port {self.port}",
             "ListenAddress 127.0.0.1",
@@ -188,10 +189,10 @@ class SSHD:
         self.proc = None
 
     def session_pids(self) -> List[int]:
-        """The sshd processes serving connections (children of the listener)."""
+        """The sshd processes serving connections: every descendant of the listener."""
         if self.proc is None:
             return []
-        children = []
+        parent_of: Dict[int, int] = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -200,9 +201,15 @@ class SSHD:
                     fields = f.read().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == self.proc.pid:
-                children.append(int(entry))
-        return children
+            parent_of[int(entry)] = int(fields[1])
+        found: List[int] = []
+        wanted = {self.proc.pid}
+        while True:
+            new = [pid for pid, ppid in parent_of.items() if ppid in wanted and pid not in found]
+            if not new:
+                return found
+            found.extend(new)
+            wanted.update(new)
 
     def kill_sessions(self) -> int:
         """Cut every open connection by killing its sshd process; how many."""
@@ -228,6 +235,74 @@ class SSHD:
         return f"{scheme}://{userinfo}@127.0.0.1:{self.port}{quote(path)}"
 
 
+class SSHLab:
+    """The users and servers of a test session, with helpers to build targets."""
+
+    __test__ = False
+
+    def __init__(self, workdir: Path, users: TestUsers) -> None:
+        self.workdir = workdir
+        self.users = users
+        self._count = 0
+        self._mounts: List[Path] = []
+
+    @property
+    def key_user(self) -> User:
+        assert self.users.key_user is not None
+        return self.users.key_user
+
+    @property
+    def password_user(self) -> User:
+        assert self.users.password_user is not None
+        return self.users.password_user
+
+    def fresh_dir(self, user: User, mode: int = 0o755) -> Path:
+        """A new empty directory owned by ``user``."""
+        self._count += 1
+        return user.make_dir(self.workdir, f"t{self._count:03d}", mode)
+
+    def root_dir(self) -> Path:
+        """A new directory owned by root that the test users cannot write to."""
+        self._count += 1
+        path = self.workdir / f"t{self._count:03d}-ro"
+        path.mkdir(mode=0o755)
+        return path
+
+    def small_fs(self, user: User, size_kib: int) -> Path:
+        """A tmpfs of ``size_kib`` KiB owned by ``user``, unmounted at the end."""
+        self._count += 1
+        path = self.workdir / f"t{self._count:03d}-fs"
+        path.mkdir()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0755", "tmpfs", str(path)],
+                                 capture_output=True, text=True)
+        require(mounted.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {mounted.stderr.strip()}")
+        self._mounts.append(path)
+        os.chown(path, user.uid, user.gid)
+        return path
+
+    def known_hosts(self, server: SSHD, key_types: tuple = ("ed25519",)) -> Path:
+        self._count += 1
+        return server.write_known_hosts(self.workdir / f"known_hosts.{self._count}", key_types)
+
+    def key_options(self, server: SSHD, key_type: str = "ed25519", **changes: object) -> TransportOptions:
+        """Options for the key user: the server's known_hosts entry and one client key."""
+        values: Dict[str, object] = dict(known_hosts=str(self.known_hosts(server)),
+                                         ssh_identity=(str(self.key_user.keys[key_type]),), net_timeout=0)
+        values.update(changes)
+        return TransportOptions(**values)  # type: ignore[arg-type]
+
+    def password_options(self, server: SSHD, **changes: object) -> TransportOptions:
+        """Options for the password user: no usable key file, so the URL's password is used."""
+        values: Dict[str, object] = dict(known_hosts=str(self.known_hosts(server)),
+                                         ssh_identity=(), net_timeout=0)
+        values.update(changes)
+        return TransportOptions(**values)  # type: ignore[arg-type]
+
+    def cleanup(self) -> None:
+        for path in self._mounts:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 @pytest.fixture(scope="session")
 def ssh_workdir() -> Iterator[Path]:
     """A directory every test user can traverse (pytest's own is 0700)."""
@@ -246,6 +321,13 @@ def ssh_users(ssh_workdir: Path) -> Iterator[TestUsers]:
         yield users
     finally:
         users.remove()
+
+
+@pytest.fixture(scope="session")
+def ssh_lab(ssh_workdir: Path, ssh_users: TestUsers) -> Iterator[SSHLab]:
+    lab = SSHLab(ssh_workdir, ssh_users)
+    yield lab
+    lab.cleanup()
 
 
 @pytest.fixture(scope="session")

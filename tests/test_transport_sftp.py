@@ -1,0 +1,333 @@
+"""The sftp transport against a real OpenSSH sshd on 127.0.0.1.
+
+Everything is checked on the server's side through the local file system
+(the server runs on this machine), so the tests see what really arrived.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from capture.config import Config
+from capture.errors import KdumpError
+from capture.saver import save
+from capture.targeturl import parse
+from servers.sshd import SSHD, SSHLab, ssh_keygen, ssh_lab, ssh_users, ssh_workdir, sshd_nosftp, sshd_sftp  # noqa: F401
+from transports import open_target
+from transports.base import NoSpaceError, TransportError
+
+MiB = 1 << 20
+
+
+def fingerprint_of(pub_line: str, tmp: Path) -> str:
+    """The SHA256 fingerprint as OpenSSH's ssh-keygen computes it."""
+    pub = tmp / "key.pub"
+    pub.write_text(pub_line + "\n")
+    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True).stdout
+    return out.split()[1]
+
+
+def sftp_target(lab: SSHLab, server: SSHD, path: Path, **changes: object):
+    user = lab.key_user
+    return open_target(parse(server.url("sftp", user.name, str(path))), lab.key_options(server, **changes))
+
+
+def test_operations_arrive_on_the_server(ssh_lab: SSHLab, sshd_sftp: SSHD, fixture_vmcore: Path) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / "crash" / "dumps"
+    with sftp_target(ssh_lab, sshd_sftp, base) as t:
+        assert stat.S_IMODE(base.stat().st_mode) == 0o700, "connect() creates the base directory 0700"
+        assert stat.S_IMODE(base.parent.stat().st_mode) == 0o700
+        t.mkdir("d1")
+        assert stat.S_IMODE((base / "d1").stat().st_mode) == 0o700
+        with pytest.raises(FileExistsError):
+            t.mkdir("d1")
+
+        # out-of-order writes at offsets, with a hole, like a rebuilt vmcore
+        with open(fixture_vmcore, "rb") as src:
+            pieces = [(off, src.read(MiB + 4096)) for off in range(0, 24 * MiB, MiB + 4096)]
+        random.Random(7).shuffle(pieces)
+        hole_at = 40 * MiB
+        f = t.create("d1/vmcore.incomplete")
+        assert f.seekable
+        for off, data in pieces:
+            f.pwrite(data, off)
+        for i in range(0, 4096, 512):  # small contiguous writes are merged, still land at their offsets
+            f.pwrite(b"%512d" % i, hole_at + i)
+        f.close()
+        expected = bytearray(hole_at + 4096)
+        for off, data in pieces:
+            expected[off:off + len(data)] = data
+        for i in range(0, 4096, 512):
+            expected[hole_at + i:hole_at + i + 512] = b"%512d" % i
+        remote = base / "d1" / "vmcore.incomplete"
+        assert stat.S_IMODE(remote.stat().st_mode) == 0o600
+        assert hashlib.sha256(remote.read_bytes()).hexdigest() == hashlib.sha256(expected).hexdigest()
+        assert t.sha256("d1/vmcore.incomplete") == hashlib.sha256(expected).hexdigest()
+
+        t.write_small("d1/README.txt", b"first")
+        t.write_small("d1/README.txt", b"second")  # rename replaces
+        t.rename("d1/vmcore.incomplete", "d1/vmcore")
+        assert sorted((e.name, e.is_dir) for e in t.listdir()) == [("d1", True)]
+        assert sorted((e.name, e.is_dir) for e in t.listdir("d1")) == [("README.txt", False), ("vmcore", False)]
+        assert t.read_small("d1/README.txt") == b"second"
+        assert t.read_small("d1/vmcore", limit=4) == b"\x7fELF"
+        assert t.read_small("d1/missing") is None
+
+        st = os.statvfs(base)
+        free = t.free_space()
+        assert free is not None and abs(free - st.f_bavail * st.f_frsize) < 256 * MiB
+
+        t.remove_tree("d1")
+        assert t.listdir() == [] and not (base / "d1").exists()
+        with pytest.raises(TransportError, match="no such file"):
+            t.create("nodir/file")
+
+
+def test_existing_file_is_replaced_with_mode_0600(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    old = base / "f"
+    old.write_bytes(b"x" * 10000)
+    os.chown(old, ssh_lab.key_user.uid, ssh_lab.key_user.gid)
+    old.chmod(0o644)
+    with sftp_target(ssh_lab, sshd_sftp, base) as t:
+        f = t.create("f")
+        f.write(b"new")
+        f.close()
+    assert old.read_bytes() == b"new" and stat.S_IMODE(old.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("key_type", ["ed25519", "ecdsa", "rsa"])
+def test_every_key_type_logs_in(ssh_lab: SSHLab, sshd_sftp: SSHD, key_type: str) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / "k"
+    with sftp_target(ssh_lab, sshd_sftp, base, key_type=key_type) as t:
+        t.write_small("x", key_type.encode())
+    assert (base / "x").read_bytes() == key_type.encode()
+
+
+def test_default_identity_is_roots_id_key(ssh_lab: SSHLab, sshd_sftp: SSHD, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    key = home / ".ssh" / "id_ecdsa"
+    key.write_bytes(ssh_lab.key_user.keys["ecdsa"].read_bytes())
+    key.chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    with sftp_target(ssh_lab, sshd_sftp, base, ssh_identity=()) as t:
+        assert t.listdir() == []
+    with pytest.raises(TransportError, match="KDUMP_SSH_IDENTITY.*does not exist"):
+        sftp_target(ssh_lab, sshd_sftp, base, ssh_identity=(str(home / "nonexistent"),))
+
+
+def test_password_login_and_no_secret_anywhere(ssh_lab: SSHLab, sshd_sftp: SSHD,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    user = ssh_lab.password_user
+    base = ssh_lab.fresh_dir(user) / "pw"
+    url = parse(sshd_sftp.url("sftp", user.name, str(base), user.password))
+    with open_target(url, ssh_lab.password_options(sshd_sftp)) as t:
+        t.write_small("x", b"ok")
+    assert (base / "x").read_bytes() == b"ok"
+    wrong = parse(sshd_sftp.url("sftp", user.name, str(base), "not-" + user.password))
+    with pytest.raises(TransportError) as err:
+        open_target(wrong, ssh_lab.password_options(sshd_sftp))
+    message = str(err.value)
+    assert "refused the login" in message and user.name in message
+    assert user.password not in message and "Traceback" not in message
+    assert user.password not in caplog.text
+
+
+def test_host_key_from_option_and_from_rsa_known_hosts(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    with sftp_target(ssh_lab, sshd_sftp, base, host_key=sshd_sftp.host_keys["ed25519"], known_hosts=None) as t:
+        t.mkdir("a")
+    # only the server's RSA key is known: the connection must ask for that key
+    kh = ssh_lab.known_hosts(sshd_sftp, ("rsa",))
+    with sftp_target(ssh_lab, sshd_sftp, base, known_hosts=str(kh)) as t:
+        t.mkdir("b")
+    assert sorted(os.listdir(base)) == ["a", "b"]
+
+
+@pytest.mark.parametrize("case", ["wrong key", "unknown host"])
+def test_bad_host_key_refuses_before_sending(ssh_lab: SSHLab, sshd_sftp: SSHD, tmp_path: Path, case: str) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / "never"
+    if case == "wrong key":
+        other = ssh_keygen(tmp_path / "other", "ed25519")
+        changes = dict(host_key=other)
+    else:
+        (tmp_path / "empty_known_hosts").write_text("")
+        changes = dict(known_hosts=str(tmp_path / "empty_known_hosts"))
+    log_before = sshd_sftp.log.read_text().count("Accepted ")
+    with pytest.raises(TransportError) as err:
+        sftp_target(ssh_lab, sshd_sftp, base, **changes)
+    message = str(err.value)
+    seen = fingerprint_of(sshd_sftp.host_keys["ed25519"], tmp_path)
+    assert f"127.0.0.1:{sshd_sftp.port}" in message and seen in message
+    assert ("does not match" if case == "wrong key" else "unknown") in message
+    if case == "wrong key":
+        assert changes["host_key"].split()[1] not in message
+    assert not base.exists(), "nothing may be created on a server with the wrong key"
+    time.sleep(0.2)
+    assert sshd_sftp.log.read_text().count("Accepted ") == log_before, "no login may happen"
+
+
+def test_host_key_check_off_warns(ssh_lab: SSHLab, sshd_sftp: SSHD, caplog: pytest.LogCaptureFixture) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    with caplog.at_level(logging.WARNING):
+        with sftp_target(ssh_lab, sshd_sftp, base, host_key="*", known_hosts=None) as t:
+            t.mkdir("a")
+    assert any(r.levelno == logging.WARNING and "HOST KEY CHECKING IS OFF" in r.getMessage() for r in caplog.records)
+
+
+def test_hostile_path_arrives_literally(ssh_lab: SSHLab, sshd_sftp: SSHD, tmp_path: Path) -> None:
+    canary = ssh_lab.key_user.home / "pwned"
+    name = "a dir 'q' \"dq\" $(cd;touch pwned) `cd;touch pwned`;x"
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / name
+    with sftp_target(ssh_lab, sshd_sftp, base) as t:
+        t.mkdir(name)
+        t.write_small(f"{name}/{name}", b"literal")
+        assert [e.name for e in t.listdir()] == [name]
+    assert (base / name / name).read_bytes() == b"literal"
+    assert not canary.exists()
+
+
+def test_server_down_is_a_clear_error_and_retries(ssh_lab: SSHLab, ssh_users) -> None:
+    server = SSHD(ssh_lab.workdir / "sshd-restarted-sftp", ssh_users.names).start()
+    port = server.port
+    server.stop()
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    with pytest.raises(TransportError) as err:
+        sftp_target(ssh_lab, server, base)
+    assert "connection refused" in str(err.value) and f"127.0.0.1:{port}" in str(err.value)
+    with pytest.raises(TransportError, match=r"tried [2-9] times"):
+        sftp_target(ssh_lab, server, base, net_timeout=2)
+
+    # the server comes up while we retry: the save goes through
+    threading.Timer(1.5, lambda: server.start(port)).start()
+    try:
+        with sftp_target(ssh_lab, server, base / "late", net_timeout=20) as t:
+            t.write_small("x", b"late")
+        assert (base / "late" / "x").read_bytes() == b"late"
+    finally:
+        time.sleep(0.1)
+        server.stop()
+
+
+def test_connection_cut_during_transfer(ssh_lab: SSHLab, sshd_sftp: SSHD, fixture_vmcore: Path) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    block = fixture_vmcore.open("rb").read(4 * MiB)
+    t = sftp_target(ssh_lab, sshd_sftp, base)
+    try:
+        f = t.create("vmcore.incomplete")
+        f.pwrite(block, 0)
+        assert sshd_sftp.kill_sessions() >= 1
+        with pytest.raises(TransportError) as err:
+            for i in range(1, 64):
+                f.pwrite(block, i * len(block))
+            f.close()
+        f.abort()
+    finally:
+        t.close()
+    message = str(err.value)
+    assert "connection was lost" in message and "Traceback" not in message
+    assert (base / "vmcore.incomplete").stat().st_size < 64 * len(block)
+
+
+def test_read_only_directory(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:
+    ro = ssh_lab.root_dir()
+    with sftp_target(ssh_lab, sshd_sftp, ro) as t:
+        with pytest.raises(TransportError, match="permission denied"):
+            t.create("vmcore")
+        with pytest.raises(TransportError, match="permission denied"):
+            t.mkdir("d")
+    with pytest.raises(TransportError, match=r"cannot create the directory .*: permission denied"):
+        sftp_target(ssh_lab, sshd_sftp, ro / "sub")
+    assert os.listdir(ro) == []
+
+
+def test_full_disk_is_no_space_error(ssh_lab: SSHLab, sshd_sftp: SSHD, fixture_vmcore: Path) -> None:
+    fs = ssh_lab.small_fs(ssh_lab.key_user, 512)
+    data = fixture_vmcore.open("rb").read(2 * MiB)
+    with sftp_target(ssh_lab, sshd_sftp, fs) as t:
+        assert t.free_space() == 512 * 1024
+        f = t.create("vmcore")
+        with pytest.raises(NoSpaceError, match="disk is full"):
+            f.pwrite(data, 0)
+            f.close()
+        f.abort()
+
+
+def test_server_without_sftp_subsystem(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> None:
+    with pytest.raises(TransportError, match="no sftp subsystem.*ssh://"):
+        sftp_target(ssh_lab, sshd_nosftp, ssh_lab.fresh_dir(ssh_lab.key_user))
+
+
+# -- the saver through this transport ----------------------------------------
+
+def saver_config(ssh_lab: SSHLab, server: SSHD, **changes: object) -> Config:
+    options = ssh_lab.key_options(server)
+    values = dict(dumpformat="lzo", dumplevel=31, net_timeout=0, known_hosts=options.known_hosts,
+                  ssh_identity=options.ssh_identity, free_disk_size=1)
+    values.update(changes)
+    return Config(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def file_target_result(fixture_vmcore: Path, tmp_path_factory: pytest.TempPathFactory, makedumpfile: str) -> Path:
+    """The dump directory the saver writes to a local directory (the reference)."""
+    out = tmp_path_factory.mktemp("file-target")
+    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=1), vmcore=str(fixture_vmcore),
+                  savedir=str(out))
+    return out / result.directory
+
+
+def test_saver_writes_the_same_vmcore_as_the_file_target(ssh_lab: SSHLab, sshd_sftp: SSHD, fixture_vmcore: Path,
+                                                         file_target_result: Path) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / "crash"
+    url = sshd_sftp.url("sftp", ssh_lab.key_user.name, str(base))
+    result = save(saver_config(ssh_lab, sshd_sftp), vmcore=str(fixture_vmcore), savedir=url)
+    saved = base / result.directory
+    assert sorted(os.listdir(saved)) == sorted(os.listdir(file_target_result))
+    assert (saved / "vmcore").read_bytes() == (file_target_result / "vmcore").read_bytes()
+    assert (saved / "dmesg.txt").read_bytes() == (file_target_result / "dmesg.txt").read_bytes()
+    readme = (saved / "README.txt").read_text()
+    assert "saved successfully" in readme and ssh_lab.key_user.name in readme
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE((saved / n).stat().st_mode) == 0o600 for n in os.listdir(saved))
+
+
+def test_saver_with_the_connection_cut_leaves_nothing_complete(ssh_lab: SSHLab, sshd_sftp: SSHD,
+                                                               fixture_vmcore: Path, makedumpfile: str) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    url = sshd_sftp.url("sftp", ssh_lab.key_user.name, str(base))
+    stop = threading.Event()
+
+    def cut_when_streaming() -> None:
+        while not stop.is_set():
+            partial = list(base.glob("*/vmcore.incomplete"))
+            if partial and partial[0].stat().st_size > MiB:
+                sshd_sftp.kill_sessions()
+                return
+            time.sleep(0.01)
+
+    cutter = threading.Thread(target=cut_when_streaming)
+    cutter.start()
+    try:
+        with pytest.raises(KdumpError) as err:
+            save(saver_config(ssh_lab, sshd_sftp), vmcore=str(fixture_vmcore), savedir=url)
+    finally:
+        stop.set()
+        cutter.join()
+    assert "connection was lost" in str(err.value)
+    (saved,) = base.iterdir()
+    assert not (saved / "vmcore").exists()
+    assert "vmcore status: saved successfully" not in (saved / "README.txt").read_text()
