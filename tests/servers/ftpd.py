@@ -6,8 +6,8 @@ temporary folder and a free port chosen at start.
 
 * The local user :data:`USER` (a system account created once, shell
   ``/bin/sh`` because Debian's PAM stack for vsftpd requires a listed shell)
-  logs in with a random password set on each start through ``chpasswd``'s
-  stdin and locked again at stop.  Its login directory is :attr:`home`.
+  logs in with a random password (one per test process) set through
+  ``chpasswd``'s stdin, and locked again when the process exits.  Its login directory is :attr:`home`.
 * Anonymous logins land in :attr:`anon_root` (read-only); its ``pub``
   directory allows uploads, directory creation and renames.
 * With ``tls=True`` the server demands explicit TLS (AUTH TLS, PROT P) for
@@ -15,17 +15,21 @@ temporary folder and a free port chosen at start.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
 
 USER = "kdftptest"
+#: one password per test process: every server shares the Unix account
+PASSWORD = "pw-" + secrets.token_hex(8)
 
 
 def free_port() -> int:
@@ -51,6 +55,8 @@ def children_of(pid: int) -> List[int]:
 
 class TestCA:
     """A throw-away CA and server certificates signed by it, made with ``openssl``."""
+
+    __test__ = False  # not a pytest test class
 
     def __init__(self, workdir: Path, name: str = "kdump-saver test CA") -> None:
         self.dir = Path(workdir)
@@ -82,6 +88,10 @@ def _openssl(*args: object) -> None:
     subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
 
 
+def _lock_account(name: str) -> None:
+    subprocess.run(["usermod", "-L", name], capture_output=True)
+
+
 def ensure_unix_user(name: str) -> None:
     if subprocess.run(["id", "-u", name], capture_output=True).returncode == 0:
         return
@@ -96,10 +106,14 @@ class FtpServer:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.user = USER
-        self.password = "pw-" + secrets.token_hex(8)
+        self.password = PASSWORD
         self.port = free_port()
-        self.home = Path(home) if home else self.workdir / "home"
-        self.anon_root = self.workdir / "anon"
+        # the test user must reach its directories: pytest's own temporary
+        # folders are private to root, so the served trees live elsewhere
+        self.served = Path(tempfile.mkdtemp(prefix="kdump-saver-ftpd-"))
+        self.served.chmod(0o755)
+        self.home = Path(home) if home else self.served / "home"
+        self.anon_root = self.served / "anon"
         self.tls_pem = tls_pem
         self.conf = self.workdir / "vsftpd.conf"
         self.log = self.workdir / "vsftpd.log"
@@ -121,7 +135,7 @@ class FtpServer:
             "background=NO", "seccomp_sandbox=NO", "isolate=NO", "isolate_network=NO",
             "local_enable=YES", "write_enable=YES", "local_umask=077", f"local_root={self.home}",
             "anonymous_enable=YES", "anon_upload_enable=YES", "anon_mkdir_write_enable=YES",
-            "anon_other_write_enable=YES", "anon_umask=077", f"anon_root={self.anon_root}",
+            "anon_other_write_enable=YES", "anon_umask=077", "anon_world_readable_only=NO", f"anon_root={self.anon_root}",
             "no_anon_password=YES",
             "pasv_enable=YES", "pasv_address=127.0.0.1", "port_enable=NO",
             "pam_service_name=vsftpd", "secure_chroot_dir=/var/run/vsftpd/empty",
@@ -145,6 +159,7 @@ class FtpServer:
         subprocess.run(["chpasswd"], input=f"{self.user}:{self.password}\n", text=True,
                        check=True, capture_output=True)
         subprocess.run(["usermod", "-U", self.user], capture_output=True)
+        atexit.register(_lock_account, self.user)
         self.home.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.home, self.user)
         # vsftpd refuses a writable anonymous root: uploads go to pub/
@@ -194,10 +209,14 @@ class FtpServer:
                 pass
             self.proc.wait(10)
             self.proc = None
-        subprocess.run(["usermod", "-L", self.user], capture_output=True)
+
+    def remove(self) -> None:
+        """Stop and delete the served directories."""
+        self.stop()
+        shutil.rmtree(self.served, ignore_errors=True)
 
     def __enter__(self) -> "FtpServer":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.remove()

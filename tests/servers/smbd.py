@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -68,8 +69,12 @@ class SambaServer:
         self.user = USER
         self.password = "pw-" + secrets.token_hex(8)
         self.port = free_port()
-        self.share_dir = Path(share_dir) if share_dir else self.workdir / "share"
-        self.ro_dir = self.workdir / "ro"
+        # the share user must reach the shared directories: pytest's own
+        # temporary folders are private to root, so they live elsewhere
+        self.served = Path(tempfile.mkdtemp(prefix="kdump-saver-smbd-"))
+        self.served.chmod(0o755)
+        self.share_dir = Path(share_dir) if share_dir else self.served / "share"
+        self.ro_dir = self.served / "ro"
         self.conf = self.workdir / "smb.conf"
         self.proc: Optional[subprocess.Popen] = None
 
@@ -191,8 +196,13 @@ class SambaServer:
             pass
         self.proc = None
 
+    def remove(self) -> None:
+        """Stop and delete the shared directories."""
+        self.stop()
+        shutil.rmtree(self.served, ignore_errors=True)
+
     def __enter__(self) -> "SambaServer":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.remove()

@@ -1,0 +1,278 @@
+"""The ftp and ftps transports against a real vsftpd on 127.0.0.1.
+
+Every test talks to a vsftpd started by tests/servers/ftpd.py with its own
+configuration on a free port; ftps uses a CA and server certificates made
+with openssl for the test.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from capture.config import Config
+from capture.targeturl import parse
+from conftest import require, require_program, sha256_of
+from servers.ftpd import FtpServer, TestCA, free_port
+from transports import open_target
+from transports.base import NoSpaceError, TransportError, TransportOptions
+
+FAST = TransportOptions(net_timeout=0)
+
+
+def _prerequisites() -> None:
+    require(os.geteuid() == 0, "the FTP tests run vsftpd and create a test account: run as root")
+    require_program("vsftpd")
+    require_program("openssl")
+
+
+@pytest.fixture(scope="module")
+def ftpd(tmp_path_factory):
+    _prerequisites()
+    server = FtpServer(tmp_path_factory.mktemp("ftpd"))
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    _prerequisites()
+    return TestCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def ftpsd(tmp_path_factory, ca):
+    server = FtpServer(tmp_path_factory.mktemp("ftpsd"), tls_pem=ca.server_cert("server", "IP:127.0.0.1"))
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def flat_stream(reference_dumps) -> Path:
+    """The fixture dump as ``makedumpfile -F -l -d 31`` writes it."""
+    return reference_dumps.flattened("-l", 31)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, owner: str):
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    require(r.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {r.stderr.strip()}")
+    try:
+        shutil.chown(path, owner)
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def send_file(transport, src: Path, name: str, block: int = 1 << 16) -> None:
+    """What the saver does: write a temporary name, then rename."""
+    f = transport.create(name + ".incomplete")
+    try:
+        with open(src, "rb") as s:
+            for chunk in iter(lambda: s.read(block), b""):
+                f.write(chunk)
+        f.close()
+    except BaseException:
+        f.abort()
+        raise
+    transport.rename(name + ".incomplete", name)
+
+
+def test_stream_lands_byte_for_byte_in_a_created_directory(ftpd, flat_stream, caplog):
+    caplog.set_level(logging.DEBUG)
+    url = parse(ftpd.url("/crash/deep/dir"))
+    with open_target(url, FAST) as t:
+        t.mkdir("dump1")
+        send_file(t, flat_stream, "dump1/vmcore.flat")
+    base = ftpd.home / "crash" / "deep" / "dir"
+    for d in (ftpd.home / "crash", base, base / "dump1"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    saved = base / "dump1" / "vmcore.flat"
+    assert sha256_of(saved) == sha256_of(flat_stream)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert not (base / "dump1" / "vmcore.flat.incomplete").exists()
+    assert ftpd.password not in caplog.text
+
+
+def test_dump_files_are_append_only(ftpd):
+    with open_target(parse(ftpd.url("/seek")), FAST) as t:
+        f = t.create("x")
+        assert f.seekable is False
+        with pytest.raises(TransportError):
+            f.pwrite(b"abc", 10)
+        f.abort()
+
+
+def test_directory_operations(ftpd):
+    with open_target(parse(ftpd.url("/ops")), FAST) as t:
+        t.mkdir("a")
+        with pytest.raises(FileExistsError):
+            t.mkdir("a")
+        t.mkdir("a/b")
+        t.write_small("a/.marker", b"first")
+        t.write_small("a/.marker", b"second")
+        t.write_small("a/b/README.txt", b"readme")
+        assert sorted((e.name, e.is_dir) for e in t.listdir("a")) == [(".marker", False), ("b", True)]
+        assert t.read_small("a/.marker") == b"second"
+        assert t.read_small("a/.marker", limit=3) == b"sec"
+        assert t.read_small("a/missing") is None
+        t.write_small("new", b"new")
+        t.write_small("old", b"old")
+        t.rename("new", "old")  # replaces
+        assert t.read_small("old") == b"new"
+        t.remove_tree("a")
+        assert sorted(e.name for e in t.listdir()) == ["old"]
+        with pytest.raises(TransportError):
+            t.remove_tree("")
+        assert t.free_space() is None  # vsftpd offers no way to ask
+
+
+def test_anonymous_login(ftpd):
+    with open_target(parse(ftpd.url("/pub/anon-dumps", anonymous=True)), FAST) as t:
+        t.mkdir("d")
+        t.write_small("d/file", b"anonymous data")
+        assert t.read_small("d/file") == b"anonymous data"
+    assert (ftpd.anon_root / "pub" / "anon-dumps" / "d" / "file").read_bytes() == b"anonymous data"
+
+
+def test_server_not_running_is_a_clear_error_after_retrying(caplog):
+    port = free_port()
+    url = parse(f"ftp://user:s3cret-pw@127.0.0.1:{port}/x")
+    start = time.monotonic()
+    with pytest.raises(TransportError) as err:
+        open_target(url, TransportOptions(net_timeout=2))
+    elapsed = time.monotonic() - start
+    msg = str(err.value)
+    assert "connection refused" in msg and f"127.0.0.1:{port}" in msg and "tried" in msg
+    assert "s3cret-pw" not in msg and "s3cret-pw" not in caplog.text
+    assert 2 <= elapsed < 8
+    start = time.monotonic()
+    with pytest.raises(TransportError, match="connection refused"):
+        open_target(url, FAST)
+    assert time.monotonic() - start < 1.5
+
+
+def test_connect_waits_for_a_server_that_comes_up(tmp_path):
+    _prerequisites()
+    server = FtpServer(tmp_path / "late")
+    starter = threading.Timer(1.5, server.start)
+    starter.start()
+    try:
+        with open_target(parse(server.url("/late")), TransportOptions(net_timeout=20)) as t:
+            t.write_small("hello", b"world")
+        assert (server.home / "late" / "hello").read_bytes() == b"world"
+    finally:
+        starter.join()
+        server.remove()
+
+
+def test_wrong_password_is_refused_without_retrying(ftpd, caplog):
+    start = time.monotonic()
+    with pytest.raises(TransportError) as err:
+        open_target(parse(ftpd.url("/x", password="not-the-password")), TransportOptions(net_timeout=30))
+    assert time.monotonic() - start < 10
+    msg = str(err.value)
+    assert "refused the login" in msg and ftpd.user in msg and "530" in msg
+    assert "not-the-password" not in msg and "not-the-password" not in caplog.text
+    assert ftpd.password not in msg
+
+
+def test_read_only_directory(ftpd):
+    ro = ftpd.home / "readonly"
+    ro.mkdir()
+    ro.chmod(0o755)  # owned by root: the ftp user may not write here
+    with open_target(parse(ftpd.url("/readonly")), FAST) as t:
+        with pytest.raises(TransportError, match="cannot create .*readonly/vmcore.flat.incomplete.*553"):
+            t.create("vmcore.flat.incomplete")
+        with pytest.raises(TransportError, match="cannot create directory"):
+            t.mkdir("sub")
+    with pytest.raises(TransportError, match="cannot create directory .*readonly/below"):
+        open_target(parse(ftpd.url("/readonly/below")), FAST)
+    assert list(ro.iterdir()) == []
+
+
+def test_connection_cut_in_the_middle_of_the_transfer(ftpd, flat_stream, caplog):
+    data = flat_stream.read_bytes()
+    with open_target(parse(ftpd.url("/cut")), FAST) as t:
+        f = t.create("vmcore.flat.incomplete")
+        f.write(data[:4 << 20])
+        time.sleep(0.3)
+        assert ftpd.kill_sessions() > 0
+        with pytest.raises(TransportError) as err:
+            for i in range(4 << 20, len(data), 1 << 20):
+                f.write(data[i:i + (1 << 20)])
+            f.close()
+        f.abort()
+        assert not isinstance(err.value, NoSpaceError)
+        assert "connection" in str(err.value)
+        # the next command reconnects: the caller can still record the failure
+        t.write_small("README.txt", b"INCOMPLETE")
+        names = {e.name for e in t.listdir()}
+    assert "vmcore.flat" not in names and "README.txt" in names
+    assert ftpd.password not in caplog.text
+
+
+def test_full_disk_on_the_server(tmp_path, flat_stream):
+    _prerequisites()
+    server = FtpServer(tmp_path / "srv")
+    try:
+        with tmpfs(server.home, "4m", "kdftptest"):
+            server.start()
+            with open_target(parse(server.url("/dumps")), FAST) as t:
+                with pytest.raises(NoSpaceError) as err:
+                    send_file(t, flat_stream, "vmcore.flat")
+                assert any(code in str(err.value) for code in ("451", "452", "552"))
+                names = {e.name for e in t.listdir()}
+            assert "vmcore.flat" not in names
+            server.stop()
+    finally:
+        server.remove()
+
+
+# -- ftps -------------------------------------------------------------------
+
+def test_ftps_roundtrip_verified_against_the_ca_file(ftpsd, ca, flat_stream):
+    opts = TransportOptions(net_timeout=0, ca_file=str(ca.cert))
+    with open_target(parse(ftpsd.url("/secure")), opts) as t:
+        assert t.conn.sock.version() is not None  # control connection is TLS
+        send_file(t, flat_stream, "vmcore.flat")
+        assert t.read_small("vmcore.flat", 12) == b"makedumpfile"
+    assert sha256_of(ftpsd.home / "secure" / "vmcore.flat") == sha256_of(flat_stream)
+
+
+def test_ftps_server_refuses_plain_ftp(ftpsd):
+    plain = parse(ftpsd.url("/secure").replace("ftps://", "ftp://", 1))
+    with pytest.raises(TransportError, match="refused the login"):
+        open_target(plain, FAST)
+
+
+def test_ftps_certificate_from_an_unknown_ca_is_refused(ftpsd):
+    # no ca_file: the system store does not know the test CA
+    with pytest.raises(TransportError, match="certificate does not verify.*system store"):
+        open_target(parse(ftpsd.url("/secure")), TransportOptions(net_timeout=5))
+
+
+def test_ftps_certificate_for_another_host_is_refused(tmp_path, ca):
+    pem = ca.server_cert("elsewhere", "DNS:elsewhere.example")
+    with FtpServer(tmp_path / "other", tls_pem=pem) as server:
+        with pytest.raises(TransportError, match="certificate does not verify.*(mismatch|127.0.0.1)"):
+            open_target(parse(server.url("/x")), TransportOptions(net_timeout=0, ca_file=str(ca.cert)))
+        assert not (server.home / "x").exists()
+
+
+def test_ftps_missing_ca_file_names_the_option(ftpsd, tmp_path):
+    opts = TransportOptions(net_timeout=0, ca_file=str(tmp_path / "nope.pem"))
+    with pytest.raises(TransportError, match="KDUMP_CA_FILE"):
+        open_target(parse(ftpsd.url("/secure")), opts)
