@@ -21,15 +21,24 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """The parser; when ``argv`` names a command, only that command's module
+    is imported (start-up time matters in the capture kernel)."""
     parser = argparse.ArgumentParser(prog="kdump-saver", description="Save and manage kernel crash dumps.")
     parser.add_argument("--version", action="version", version=f"kdump-saver {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMANDS:
+    for name in _modules_for(argv):
         importlib.import_module(f"capture.commands.{name}").register(sub)
     return parser
+
+
+def _modules_for(argv: Optional[List[str]]) -> List[str]:
+    words = [a for a in (argv or []) if not a.startswith("-")]
+    if words and words[0].replace("-", "_") in COMMANDS:
+        return [words[0].replace("-", "_")]
+    return COMMANDS
 
 
 def setup_logging(verbose: bool) -> None:
@@ -42,7 +51,8 @@ def setup_logging(verbose: bool) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     setup_logging(args.verbose)
     try:
         return int(args.func(args) or 0)

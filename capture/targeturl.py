@@ -90,7 +90,9 @@ def parse(text: str) -> TargetURL:
         parts = urlsplit("x://" + rest)
         port = parts.port
     except ValueError as exc:
-        raise URLError(f"bad host or port in {_safe(value)!r}: {_strip_secret(str(exc), value)}") from None
+        why = "the port must be a number from 1 to 65535" if "Port" in str(exc) else "the host is malformed"
+        raise URLError(f"bad host or port in {_safe(value)!r}: {why} (a password containing "
+                       "'/', '#', '?' or '@' must be percent-encoded, e.g. %2F)") from None
     if parts.query or parts.fragment:
         raise URLError(f"{_safe(value)!r}: '?' and '#' must be percent-encoded (%3F, %23) in a target path")
     host = parts.hostname or ""
@@ -135,24 +137,15 @@ def _clean_path(path: str, value: str) -> str:
 
 
 def _safe(value: str) -> str:
-    """``value`` with any password replaced by ``***``, for error messages."""
+    """``value`` with anything that may be a password replaced by ``***``, for
+    error messages; it errs on the side of hiding too much."""
     if "://" not in value:
         return value
     scheme, rest = value.split("://", 1)
-    netloc, slash, path = rest.partition("/")
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
-        netloc = userinfo + "@" + hostport
-    return f"{scheme}://{netloc}{slash}{path}"
-
-
-def _strip_secret(message: str, value: str) -> str:
-    try:
-        secret = urlsplit("x://" + value.split("://", 1)[1]).password
-    except ValueError:
-        secret = None
-    if secret:
-        message = message.replace(secret, "***")
-    return message
+    at = rest.rfind("@")
+    if at < 0:
+        return value
+    userinfo, hostpath = rest[:at], rest[at + 1:]
+    if ":" not in userinfo:
+        return value
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpath}"
