@@ -57,6 +57,8 @@ class DumpInfo:
     memory_size: Optional[int] = None
     #: pages stored in a kdump-compressed dump
     dumped_pages: Optional[int] = None
+    #: flattened streams: whether the end marker is there (None: not flattened)
+    end_marker: Optional[bool] = None
     #: size of the dump inside its containers (None when not known without reading it all)
     dump_size: Optional[int] = None
     complete: bool = True
@@ -107,6 +109,8 @@ class DumpInfo:
         rows.append(("file size", size_text(self.file_size)))
         if self.containers:
             rows.append(("dump size", size_text(self.dump_size)))
+        if self.end_marker is not None:
+            rows.append(("end marker", "present" if self.end_marker else "MISSING"))
         rows.append(("status", "complete" if self.complete else "INCOMPLETE"))
         width = max(len(label) for label, _ in rows) + 1
         lines = [f"{label + ':':<{width}} {value}" for label, value in rows]
@@ -214,6 +218,7 @@ def _describe_kdump(read_at: ReadAt, size: Optional[int], name: str, info: DumpI
 def _describe_flattened(read_at: ReadAt, size: Optional[int], name: str, info: DumpInfo) -> None:
     index = flattened.FlatIndex.scan(read_at, size, name)
     info.containers.append("flattened")
+    info.end_marker = index.complete
     if not index.complete:
         info.problems.append(f"the flattened stream has no end marker (it ends at stream offset "
                              f"{index.truncated_at})")

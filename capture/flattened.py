@@ -20,6 +20,7 @@ import logging
 import os
 import struct
 from array import array
+from bisect import bisect_left
 from typing import BinaryIO, Callable, Iterator, Optional, Tuple
 
 from capture.errors import DumpFormatError, KdumpError
@@ -101,7 +102,7 @@ class FlatReader:
         self.bytes_read = 0
         #: number of records read (not counting the end marker)
         self.record_count = 0
-        #: end of the real file as far as known: max(offset + size) over records read
+        #: end of the real file as far as known: max(offset + size) over the non-empty records read
         self.file_size = 0
         self._started = False
 
@@ -162,7 +163,7 @@ class FlatReader:
             _check_record(offset, size, pos, self._name)
             self.record_count += 1
             end = offset + size
-            if end > self.file_size:
+            if size and end > self.file_size:
                 self.file_size = end
             record_offset = offset
             left = size
@@ -224,40 +225,54 @@ def reassemble(flat_path: str, out_path: str) -> int:
     """
     if os.path.lexists(out_path):
         raise KdumpError(f"{out_path} already exists; not overwriting it")
-    tmp = out_path + ".incomplete"
     try:
         src = open(flat_path, "rb", buffering=CHUNK_SIZE)
     except OSError as exc:
         raise KdumpError(f"cannot open {flat_path}: {exc.strerror}") from None
     with src:
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        except OSError as exc:
-            raise KdumpError(f"cannot create {tmp}: {exc.strerror}") from None
-        try:
-            os.fchmod(fd, 0o600)
-            reader = FlatReader(src, name=flat_path)
+        return reassemble_stream(src, out_path, flat_path)
+
+
+def reassemble_stream(stream: BinaryIO, out_path: str, name: str = "input") -> int:
+    """:func:`reassemble` reading the flattened stream from ``stream`` (a pipe is fine)."""
+    if os.path.lexists(out_path):
+        raise KdumpError(f"{out_path} already exists; not overwriting it")
+    tmp = out_path + ".incomplete"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise KdumpError(f"cannot create {tmp}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+        reader = FlatReader(stream, name=name)
+        records = reader.records()
+        while True:
             try:
-                for offset, data in reader.records():
-                    view = memoryview(data)
-                    while view:
-                        written = os.pwrite(fd, view, offset)
-                        view = view[written:]
-                        offset += written
+                offset, data = next(records)
+            except StopIteration:
+                break
             except DumpFormatError as exc:
                 raise DumpFormatError(f"{exc}; the partial result stays in {tmp}") from None
             except OSError as exc:
+                raise KdumpError(f"cannot read {name}: {exc.strerror}; the partial result stays in {tmp}") from None
+            view = memoryview(data)
+            try:
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    view = view[written:]
+                    offset += written
+            except OSError as exc:
                 raise KdumpError(f"cannot write {tmp}: {exc.strerror}") from None
-            # a trailing record may be a hole that pwrite never extended to
-            if os.fstat(fd).st_size < reader.file_size:
-                os.ftruncate(fd, reader.file_size)
+        size = os.fstat(fd).st_size
+        try:
             os.fsync(fd)
-        finally:
-            os.close(fd)
+        except OSError as exc:
+            raise KdumpError(f"cannot write {tmp}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     _publish(tmp, out_path)
-    log.debug("reassembled %s (%d records) into %s, %d bytes",
-              flat_path, reader.record_count, out_path, reader.file_size)
-    return reader.file_size
+    log.debug("reassembled %s (%d records) into %s, %d bytes", name, reader.record_count, out_path, size)
+    return size
 
 
 class FlatIndex:
@@ -282,6 +297,9 @@ class FlatIndex:
         self._starts = array("q")
         self._ends = array("q")
         self._positions = array("q")
+        self._by_start: Optional[array] = None
+        self._sorted_starts = array("q")
+        self._longest = 0
 
     @classmethod
     def scan(cls, stream_read_at: Callable[[int, int], bytes], stream_size: Optional[int],
@@ -326,8 +344,18 @@ class FlatIndex:
         """The real file's bytes at ``offset`` (holes read as zeros; short at the end of the file)."""
         size = max(0, min(size, self.file_size - offset))
         buf = bytearray(size)
+        if not size:
+            return bytes(buf)
         end = offset + size
-        for i in range(len(self._starts)):
+        if self._by_start is None:
+            starts = self._starts
+            self._by_start = array("q", sorted(range(len(starts)), key=starts.__getitem__))
+            self._sorted_starts = array("q", (starts[i] for i in self._by_start))
+            self._longest = max((e - s for s, e in zip(self._starts, self._ends)), default=0)
+        first = bisect_left(self._sorted_starts, offset - self._longest + 1)
+        last = bisect_left(self._sorted_starts, end)
+        # apply in stream order: a later record overwrites an earlier one
+        for i in sorted(self._by_start[first:last]):
             s, e = self._starts[i], self._ends[i]
             if e <= offset or s >= end:
                 continue

@@ -260,6 +260,13 @@ def test_cli_reassemble(reference_dumps, tmp_path: Path) -> None:
     assert broken.returncode == 1
     assert "truncated at stream offset" in broken.stderr and "Traceback" not in broken.stderr
 
+    piped = tmp_path / "piped"
+    with open(flat, "rb") as stdin:
+        from_pipe = subprocess.run([sys.executable, "-m", "capture.cli", "reassemble", "-", str(piped)],
+                                   cwd=REPO, stdin=stdin, capture_output=True, text=True, timeout=120)
+    assert from_pipe.returncode == 0, from_pipe.stderr
+    assert sha256_of(piped) == sha256_of(out)
+
     notflat = kdump_saver("reassemble", str(reference_dumps.direct("-l", 31)), str(tmp_path / "x"))
     assert notflat.returncode == 1
     assert "not a flattened makedumpfile stream" in notflat.stderr and "Traceback" not in notflat.stderr
