@@ -203,16 +203,17 @@ def completeness_problems(hdr: KdumpHeader, read_at: ReadAt, size: int, name: st
     if hdr.incomplete_flag:
         problems.append("makedumpfile marked it incomplete (it could not write all pages, e.g. the disk was full)")
     if size < hdr.descriptors_offset:
-        problems.append(f"the file ends ({size} bytes) before the page descriptors ({hdr.descriptors_offset})")
+        problems.append(f"the dump ends at byte {size}, before the page descriptors (byte {hdr.descriptors_offset})")
         return problems
     pages = count_dumped_pages(hdr, read_at, name)
     table_end = hdr.descriptors_offset + pages * PAGE_DESC_SIZE
     if size < table_end:
-        problems.append(f"the file ends ({size} bytes) inside the page descriptors of {pages} pages (end {table_end})")
+        problems.append(f"the dump ends at byte {size}, inside the page descriptors of {pages} pages "
+                        f"(they end at byte {table_end})")
         return problems
     data_end = _page_data_end(hdr, read_at, pages)
     if data_end > size:
-        problems.append(f"the file ends ({size} bytes) before the last page's data (end {data_end})")
+        problems.append(f"the dump ends at byte {size}, before the last page's data (it ends at byte {data_end})")
     return problems
 
 
