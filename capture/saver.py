@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 from capture import collector, dumpdir, retention, targeturl
 from capture.config import Config
@@ -46,9 +46,13 @@ def transport_options(config: Config) -> TransportOptions:
         ca_file=config.ca_file or None, mount_options=config.nfs_options)
 
 
-def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Optional[str] = None) -> SaveResult:
+def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Optional[str] = None,
+         notes: Sequence[str] = (), after_vmcore: Optional[Callable[[], Optional[str]]] = None) -> SaveResult:
     """Save ``vmcore`` as ``config`` says; raise :class:`KdumpError` unless the
-    vmcore (for format ``none``, the kernel log) was saved completely."""
+    vmcore (for format ``none``, the kernel log) was saved completely.
+
+    ``notes`` go into the README; ``after_vmcore`` runs once the vmcore is
+    complete, before the final README, and may return one more note."""
     started = time.monotonic()
     url = targeturl.parse(savedir or config.savedir)
     core = _open_vmcore(vmcore)
@@ -71,7 +75,7 @@ def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Optional[str] = 
             kernel_release=core.osrelease or "unknown",
             crash_time=crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"),
             dump_level=None if plan.format in ("raw", "none") else plan.dump_level,
-            dump_format=_format_label(plan), memory_size=core.memory_size, notes=list(plan.notes))
+            dump_format=_format_label(plan), memory_size=core.memory_size, notes=list(plan.notes) + list(notes))
         target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, datetime.now(timezone.utc)))
         target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
         progress = Progress(interval=5.0)
@@ -83,6 +87,8 @@ def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Optional[str] = 
                                                           guard, progress)
                 facts.saved_bytes = written.size
                 facts.sha256 = written.sha256 or target.sha256(f"{name}/{facts.vmcore_name}")
+            if after_vmcore is not None:
+                facts.notes += [n for n in [after_vmcore()] if n]
             facts.status = "saved successfully"
             facts.duration = time.monotonic() - started
             facts.free_space = guard.describe()

@@ -1,0 +1,121 @@
+"""What the capture kernel does, start to end, around the save.
+
+Bring the network up when the target needs it, run KDUMP_PRESCRIPT, save
+(or run KDUMP_TRANSFER instead), run KDUMP_POSTSCRIPT, then open a shell
+after an error when KDUMP_CONTINUE_ON_ERROR is false, and reboot when
+KDUMP_IMMEDIATE_REBOOT says so, in a way that cannot hang.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import threading
+from typing import Optional
+
+from capture import __version__, targeturl
+from capture.config import Config
+from capture.errors import KdumpError
+from capture.saver import save
+
+log = logging.getLogger(__name__)
+
+SYSRQ = "/proc/sysrq-trigger"
+
+
+def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: bool = True) -> int:
+    """Run the whole capture; return 0 when the dump (or KDUMP_TRANSFER) succeeded."""
+    log.info("kdump-saver %s: saving the crashed kernel's memory", __version__)
+    status = 1
+    try:
+        url = targeturl.parse(config.savedir)
+        bring_up_network(config, url)
+        notes = [script_note("KDUMP_PRESCRIPT", run_script("KDUMP_PRESCRIPT", config.prescript))] \
+            if config.prescript else []
+        if config.transfer:
+            status = 0 if run_script("KDUMP_TRANSFER", config.transfer) == 0 else 1
+            if config.postscript:
+                run_script("KDUMP_POSTSCRIPT", config.postscript)
+        else:
+            save(config, vmcore, notes=notes, after_vmcore=lambda: _postscript(config))
+            status = 0
+    except KdumpError as exc:
+        log.error("error: %s", exc)
+    except Exception:  # noqa: BLE001 - a bug must not keep the machine from rebooting
+        log.exception("internal error in kdump-saver; please report it")
+    if status != 0 and not config.continue_on_error:
+        emergency_shell("the save failed and KDUMP_CONTINUE_ON_ERROR is false")
+    finish(config, vmcore, allow_reboot)
+    return status
+
+
+def bring_up_network(config: Config, url: targeturl.TargetURL) -> None:
+    """Configure the network from ``ip=`` arguments or KDUMP_NETCONFIG, when needed."""
+    from capture import netargs, network  # only network targets need these
+
+    if not network.needs_network(url, config.netconfig):
+        return
+    with open("/proc/cmdline") as f:
+        cmdline = f.read()
+    plan = netargs.choose_plan(cmdline, config.netconfig)
+    network.bring_up(plan, url.host or None, config.net_timeout)
+
+
+def run_script(option: str, command: str) -> int:
+    """Run a configured command through /bin/sh; log and return its exit status."""
+    log.info("running %s", option)
+    try:
+        status = subprocess.run(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL).returncode
+    except OSError as exc:
+        log.error("%s could not run: %s", option, exc)
+        return 127
+    (log.info if status == 0 else log.error)("%s exited with status %d", option, status)
+    return status
+
+
+def script_note(option: str, status: int) -> str:
+    return f"{option} exited with status {status}"
+
+
+def _postscript(config: Config) -> Optional[str]:
+    if not config.postscript:
+        return None
+    return script_note("KDUMP_POSTSCRIPT", run_script("KDUMP_POSTSCRIPT", config.postscript))
+
+
+def emergency_shell(why: str) -> None:
+    log.error("%s: starting a shell on the console; exit it to continue", why)
+    try:
+        subprocess.run(["/bin/sh", "-i"])
+    except OSError as exc:
+        log.error("no shell available: %s", exc)
+
+
+def finish(config: Config, vmcore: str, allow_reboot: bool) -> None:
+    """Reboot, or stay up with a shell when KDUMP_IMMEDIATE_REBOOT is false.
+
+    Only inside a capture kernel (``vmcore`` is /proc/vmcore and exists) is
+    the machine rebooted; elsewhere this only logs."""
+    in_capture_kernel = allow_reboot and vmcore == "/proc/vmcore" and os.path.exists(vmcore)
+    if not config.immediate_reboot:
+        if in_capture_kernel:
+            emergency_shell("KDUMP_IMMEDIATE_REBOOT is false")
+        return
+    if not in_capture_kernel:
+        log.info("not in a capture kernel: no reboot")
+        return
+    reboot()
+
+
+def reboot(sync_timeout: float = 30.0) -> None:
+    """Sync (at most ``sync_timeout`` seconds), then reboot at once through sysrq."""
+    log.info("rebooting")
+    syncer = threading.Thread(target=os.sync, daemon=True)
+    syncer.start()
+    syncer.join(sync_timeout)
+    try:
+        with open(SYSRQ, "w") as f:
+            f.write("b")
+    except OSError as exc:
+        log.error("sysrq reboot failed (%s); trying reboot -f", exc)
+        subprocess.run(["reboot", "-f"], timeout=30, check=False)

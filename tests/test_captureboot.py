@@ -1,0 +1,59 @@
+"""The capture-kernel sequence around the save: scripts, transfer, exit status."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+
+def capture_boot(conf: Path, vmcore: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "capture.cli", "capture-boot", "--config", str(conf),
+                           "--vmcore", str(vmcore), "--no-reboot"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+def test_pre_and_post_scripts_run_and_their_status_is_in_the_readme(tmp_path, fixture_vmcore):
+    target = tmp_path / "dumps"
+    conf = tmp_path / "kdump"
+    conf.write_text(f'KDUMP_SAVEDIR="{target}"\nKDUMP_DUMPFORMAT="lzo"\n'
+                    f'KDUMP_PRESCRIPT="touch {tmp_path}/pre-ran"\n'
+                    f'KDUMP_POSTSCRIPT="ls {target}/*/vmcore > {tmp_path}/post-saw; exit 3"\n')
+    res = capture_boot(conf, fixture_vmcore)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "pre-ran").exists()
+    # the postscript ran after the vmcore was complete
+    assert (tmp_path / "post-saw").read_text().strip().endswith("/vmcore")
+    (d,) = list(target.iterdir())
+    readme = (d / "README.txt").read_text()
+    assert "note: KDUMP_PRESCRIPT exited with status 0" in readme
+    assert "note: KDUMP_POSTSCRIPT exited with status 3" in readme
+    assert "not in a capture kernel: no reboot" in res.stderr
+
+
+def test_transfer_replaces_the_save(tmp_path, fixture_vmcore):
+    target = tmp_path / "dumps"
+    conf = tmp_path / "kdump"
+    conf.write_text(f'KDUMP_SAVEDIR="{target}"\nKDUMP_TRANSFER="cp {fixture_vmcore} {tmp_path}/copied"\n')
+    res = capture_boot(conf, fixture_vmcore)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "copied").stat().st_size == fixture_vmcore.stat().st_size
+    assert not target.exists() or not list(target.iterdir())
+
+
+def test_a_failed_save_is_a_non_zero_exit_with_a_clear_message(tmp_path, fixture_vmcore):
+    conf = tmp_path / "kdump"
+    conf.write_text(f'KDUMP_SAVEDIR="{tmp_path}/dumps"\nMAKEDUMPFILE_OPTIONS="--bogus"\n')
+    res = capture_boot(conf, fixture_vmcore)
+    assert res.returncode == 1
+    assert "error: makedumpfile failed" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_failing_transfer_is_a_failure(tmp_path, fixture_vmcore):
+    conf = tmp_path / "kdump"
+    conf.write_text('KDUMP_TRANSFER="exit 7"\n')
+    res = capture_boot(conf, fixture_vmcore)
+    assert res.returncode == 1
+    assert "KDUMP_TRANSFER exited with status 7" in res.stderr
