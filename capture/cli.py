@@ -18,6 +18,7 @@ COMMANDS = [
     "check_config",
     "info",
     "reassemble",
+    "capture_boot",
 ]
 
 
