@@ -137,7 +137,8 @@ class SambaServer:
                            check=True, capture_output=True)
         self.proc = subprocess.Popen(
             [smbd, "--foreground", "--no-process-group", "-s", str(self.conf)],
-            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "log" / "smbd.stderr", "ab"),
+            # a foreground smbd ends when its stdin closes: keep a pipe open
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "log" / "smbd.stderr", "ab"),
             start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -153,7 +154,7 @@ class SambaServer:
 
     def log_text(self) -> str:
         parts = []
-        for p in sorted((self.workdir / "log").glob("*")):
+        for p in sorted(q for q in (self.workdir / "log").glob("*") if q.is_file()):
             parts.append(p.read_text(errors="replace"))
         return "\n".join(parts)
 
@@ -194,6 +195,8 @@ class SambaServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         self.proc = None
 
     def remove(self) -> None:

@@ -1,0 +1,267 @@
+"""The cifs transport against a real Samba smbd on 127.0.0.1 (SMB2 over direct TCP)."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import shutil
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from capture.flattened import FlatReader
+from capture.targeturl import parse
+from conftest import require, require_program, sha256_of
+from servers.smbd import SambaServer, free_port
+from transports import cifs, open_target
+from transports.base import NoSpaceError, TransportError, TransportOptions
+
+FAST = TransportOptions(net_timeout=0)
+
+
+def _prerequisites() -> None:
+    require(os.geteuid() == 0, "the cifs tests run smbd and create a test account: run as root")
+    require_program("smbd")
+    require_program("smbpasswd")
+
+
+@pytest.fixture(scope="module")
+def smbd(tmp_path_factory):
+    _prerequisites()
+    server = SambaServer(tmp_path_factory.mktemp("smbd"))
+    server.start()
+    yield server
+    server.remove()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    require(r.returncode == 0, f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_user_with_domain_is_split():
+    assert cifs.parse_user("KDTEST;alice") == ("KDTEST", "alice")
+    assert cifs.parse_user("KDTEST\\alice") == ("KDTEST", "alice")
+    assert cifs.parse_user("alice") == ("", "alice")
+    assert cifs.split_share("/dumps/a/b") == ("dumps", "a/b")
+    assert cifs.split_share("/dumps") == ("dumps", "")
+
+
+def test_dump_rebuilt_at_offsets_equals_makedumpfile_output(smbd, reference_dumps):
+    """The saver's pattern for seekable targets: each flattened record written at its offset."""
+    with open_target(parse(smbd.url("/crash/host-1")), FAST) as t:
+        f = t.create("vmcore.incomplete")
+        assert f.seekable
+        with open(reference_dumps.flattened("-l", 31), "rb") as stream:
+            for offset, data in FlatReader(stream).records():
+                f.pwrite(data, offset)
+        f.close()
+        t.rename("vmcore.incomplete", "vmcore")
+        expected = sha256_of(reference_dumps.direct("-l", 31))
+        assert t.sha256("vmcore") == expected  # read back through the transport
+    saved = smbd.share_dir / "crash" / "host-1" / "vmcore"
+    assert sha256_of(saved) == expected
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert stat.S_IMODE(saved.parent.stat().st_mode) == 0o700
+    assert not (saved.parent / "vmcore.incomplete").exists()
+
+
+def test_appended_stream_equals_the_source(smbd, reference_dumps):
+    src = reference_dumps.flattened("-l", 31)
+    with open_target(parse(smbd.url("/append")), FAST) as t:
+        f = t.create("vmcore.flat")
+        with open(src, "rb") as s:
+            for chunk in iter(lambda: s.read(100_000), b""):
+                f.write(chunk)
+        f.close()
+    assert sha256_of(smbd.share_dir / "append" / "vmcore.flat") == sha256_of(src)
+
+
+def test_overlapping_writes_keep_call_order(smbd, monkeypatch):
+    """Random overlapping, adjacent and distant writes give what unbuffered writes would."""
+    monkeypatch.setattr(cifs, "WRITE_CACHE", 256 << 10)  # force many cache flushes
+    rng = random.Random(7)
+    model = bytearray()
+    with open_target(parse(smbd.url("/overlap")), FAST) as t:
+        f = t.create("file")
+        pos = 0
+        for i in range(600):
+            kind = rng.random()
+            size = rng.randint(1, 40_000)
+            if kind < 0.5:
+                offset = pos
+            elif kind < 0.8:
+                offset = rng.randint(0, max(0, len(model) - 1))
+            else:
+                offset = len(model) + rng.randint(0, 100_000)
+            data = bytes([i % 251]) * size
+            f.pwrite(data, offset)
+            if len(model) < offset + size:
+                model.extend(b"\0" * (offset + size - len(model)))
+            model[offset:offset + size] = data
+            pos = offset + size
+        f.close()
+        assert t.sha256("file") == hashlib.sha256(model).hexdigest()
+    assert (smbd.share_dir / "overlap" / "file").read_bytes() == bytes(model)
+
+
+def test_directory_operations(smbd):
+    with open_target(parse(smbd.url("/ops")), FAST) as t:
+        t.mkdir("a")
+        with pytest.raises(FileExistsError):
+            t.mkdir("a")
+        t.mkdir("a/b")
+        t.write_small("a/.marker", b"first")
+        t.write_small("a/.marker", b"second")
+        t.write_small("a/b/README.txt", b"readme")
+        assert sorted((e.name, e.is_dir) for e in t.listdir("a")) == [(".marker", False), ("b", True)]
+        assert t.read_small("a/.marker") == b"second"
+        assert t.read_small("a/.marker", limit=3) == b"sec"
+        assert t.read_small("a/missing") is None
+        t.write_small("new", b"new")
+        t.write_small("old", b"old")
+        t.rename("new", "old")
+        assert t.read_small("old") == b"new"
+        t.remove_tree("a")
+        assert sorted(e.name for e in t.listdir()) == ["old"]
+        with pytest.raises(TransportError):
+            t.remove_tree("")
+        with pytest.raises(TransportError, match="no such"):
+            t.listdir("not-there")
+    assert not (smbd.share_dir / "ops" / "a").exists()
+
+
+def test_domain_in_the_user_part(smbd):
+    url = f"cifs://KDTEST;{smbd.user}:{smbd.password}@127.0.0.1:{smbd.port}/{smbd.share}/dom"
+    with open_target(parse(url), FAST) as t:
+        t.write_small("x", b"y")
+    assert (smbd.share_dir / "dom" / "x").read_bytes() == b"y"
+
+
+def test_free_space_comes_from_the_server(tmp_path):
+    _prerequisites()
+    server = SambaServer(tmp_path / "srv")
+    try:
+        with tmpfs(server.share_dir, "64m"):
+            server.start()
+            with open_target(parse(server.url("/space")), FAST) as t:
+                before = t.free_space()
+                st = os.statvfs(server.share_dir)
+                assert before == st.f_bavail * st.f_frsize
+                f = t.create("eight-mb")
+                f.write(b"\1" * (8 << 20))
+                f.close()
+                after = t.free_space()
+                assert before - after == 8 << 20
+            server.stop()
+    finally:
+        server.remove()
+
+
+def test_server_not_running_is_a_clear_error_after_retrying(caplog):
+    port = free_port()
+    url = parse(f"cifs://user:s3cret-pw@127.0.0.1:{port}/share/x")
+    start = time.monotonic()
+    with pytest.raises(TransportError) as err:
+        open_target(url, TransportOptions(net_timeout=2))
+    msg = str(err.value)
+    assert "connection refused" in msg and f"127.0.0.1:{port}" in msg and "tried" in msg
+    assert "s3cret-pw" not in msg and "s3cret-pw" not in caplog.text
+    assert 2 <= time.monotonic() - start < 8
+
+
+def test_connect_waits_for_a_server_that_comes_up(tmp_path):
+    _prerequisites()
+    server = SambaServer(tmp_path / "late")
+    starter = threading.Timer(1.5, server.start)
+    starter.start()
+    try:
+        with open_target(parse(server.url("/late")), TransportOptions(net_timeout=20)) as t:
+            t.write_small("hello", b"world")
+        assert (server.share_dir / "late" / "hello").read_bytes() == b"world"
+    finally:
+        starter.join()
+        server.remove()
+
+
+def test_wrong_password_is_refused_without_retrying(smbd, caplog):
+    caplog.set_level(logging.DEBUG)
+    start = time.monotonic()
+    with pytest.raises(TransportError) as err:
+        open_target(parse(smbd.url("/x", password="not-the-password")), TransportOptions(net_timeout=30))
+    assert time.monotonic() - start < 10
+    msg = str(err.value)
+    assert "refused the login" in msg and smbd.user in msg
+    assert "not-the-password" not in msg and "not-the-password" not in caplog.text
+
+
+def test_missing_share(smbd):
+    with pytest.raises(TransportError, match="no share named 'nosuch'"):
+        open_target(parse(smbd.url("/x", share="nosuch")), FAST)
+
+
+def test_read_only_share_and_directory(smbd):
+    with open_target(parse(smbd.url("", share=smbd.ro_share)), FAST) as t:
+        with pytest.raises(TransportError, match="cannot create .*(denied|read-only)"):
+            t.create("vmcore.incomplete")
+    with pytest.raises(TransportError, match="cannot create directory .*(denied|read-only)"):
+        open_target(parse(smbd.url("/below", share=smbd.ro_share)), FAST)
+    ro = smbd.share_dir / "rodir"
+    ro.mkdir()
+    ro.chmod(0o755)  # owned by root
+    with open_target(parse(smbd.url("/rodir")), FAST) as t:
+        with pytest.raises(TransportError, match="permission denied"):
+            t.create("vmcore.incomplete")
+        with pytest.raises(TransportError, match="permission denied"):
+            t.mkdir("sub")
+    assert list(ro.iterdir()) == []
+
+
+def test_connection_cut_in_the_middle_of_the_transfer(smbd, reference_dumps, caplog):
+    data = reference_dumps.flattened("-l", 31).read_bytes()
+    with open_target(parse(smbd.url("/cut")), FAST) as t:
+        f = t.create("vmcore.incomplete")
+        f.write(data[:20 << 20])  # more than the write cache: on the server already
+        assert smbd.kill_sessions() > 0
+        with pytest.raises(TransportError, match="connection was lost") as err:
+            f.write(data[20 << 20:])
+            f.close()
+        f.abort()
+        assert not isinstance(err.value, NoSpaceError)
+    names = os.listdir(smbd.share_dir / "cut")
+    assert "vmcore" not in names
+    assert smbd.password not in caplog.text
+
+
+def test_full_disk_on_the_server(tmp_path, reference_dumps):
+    _prerequisites()
+    server = SambaServer(tmp_path / "srv")
+    try:
+        with tmpfs(server.share_dir, "4m"):
+            server.start()
+            with open_target(parse(server.url("/dumps")), FAST) as t:
+                assert t.free_space() <= 4 << 20
+                f = t.create("vmcore.incomplete")
+                with pytest.raises(NoSpaceError, match="no space left"):
+                    with open(reference_dumps.flattened("-l", 31), "rb") as s:
+                        for chunk in iter(lambda: s.read(1 << 20), b""):
+                            f.write(chunk)
+                    f.close()
+                f.abort()
+                assert "vmcore" not in {e.name for e in t.listdir()}
+            server.stop()
+    finally:
+        server.remove()
