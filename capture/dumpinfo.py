@@ -201,6 +201,8 @@ def _describe_kdump(read_at: ReadAt, size: Optional[int], name: str, info: DumpI
     if info.crash_time is None and hdr.timestamp > 0:
         info.crash_time = hdr.timestamp
         info.remarks.append("no CRASHTIME in VMCOREINFO; the crash time is the dump header's time stamp")
+    if hdr.sub_header_missing:
+        info.remarks.append("the dump ends before its sub header: dump level and VMCOREINFO are unknown")
     if hdr.split:
         info.remarks.append(f"one part of a split dump (pfn {hdr.start_pfn}..{hdr.end_pfn})")
     if size is None:
@@ -219,7 +221,9 @@ def _describe_flattened(read_at: ReadAt, size: Optional[int], name: str, info: D
     index = flattened.FlatIndex.scan(read_at, size, name)
     info.containers.append("flattened")
     info.end_marker = index.complete
-    if not index.complete:
+    if index.corruption:
+        info.problems.append(f"{index.corruption}; nothing after it is readable")
+    elif not index.complete:
         info.problems.append(f"the flattened stream has no end marker (it ends at stream offset "
                              f"{index.truncated_at})")
     inner = index.read_at(0, 8)

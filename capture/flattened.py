@@ -283,7 +283,9 @@ class FlatIndex:
     :meth:`read_at` then reads the real file without rebuilding it.  Later
     records win where records overlap, as when the real file is rebuilt.
     ``complete`` tells whether the end marker was found; ``truncated_at`` is
-    the stream offset where an unfinished stream ends (None when complete).
+    the stream offset where an unfinished stream ends, or where a corrupt
+    record header stops the scan (``corruption`` then says what is wrong);
+    None when complete.
     """
 
     def __init__(self, name: str, stream_read_at: Callable[[int, int], bytes]) -> None:
@@ -291,6 +293,8 @@ class FlatIndex:
         self._stream_read_at = stream_read_at
         self.complete = False
         self.truncated_at: Optional[int] = None
+        #: why the scan stopped at a corrupt record header (None: it did not)
+        self.corruption: Optional[str] = None
         #: max(offset + size) over the records present: the rebuilt file's size
         self.file_size = 0
         self.record_count = 0
@@ -321,7 +325,12 @@ class FlatIndex:
             if offset == END_MARKER and size == END_MARKER:
                 index.complete = True
                 return index
-            _check_record(offset, size, pos, name)
+            try:
+                _check_record(offset, size, pos, name)
+            except DumpFormatError as exc:
+                index.corruption = str(exc)
+                index.truncated_at = pos
+                return index
             data_pos = pos + 16
             if stream_size is not None:
                 available = min(size, max(0, stream_size - data_pos))

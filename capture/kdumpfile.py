@@ -78,6 +78,8 @@ class KdumpHeader:
     offset_note: int = 0
     size_note: int = 0
     vmcoreinfo: Dict[str, str] = field(default_factory=dict)
+    #: the dump ends before its sub header (dump level and VMCOREINFO are unknown)
+    sub_header_missing: bool = False
 
     @property
     def compression(self) -> str:
@@ -148,7 +150,9 @@ def parse_header(read_at: ReadAt, name: str) -> KdumpHeader:
     if sub_hdr_size > 0:
         sub = read_at(block_size, SUB_HEADER_SIZE)
         if len(sub) < 16:
-            raise DumpFormatError(f"{name}: truncated kdump sub header")
+            log.debug("%s: the kdump sub header is missing", name)
+            hdr.sub_header_missing = True
+            return hdr
         sub = sub.ljust(SUB_HEADER_SIZE, b"\0")
         (hdr.phys_base, dump_level, split, start_pfn, end_pfn, hdr.offset_vmcoreinfo, hdr.size_vmcoreinfo,
          hdr.offset_note, hdr.size_note, _off_erase, _size_erase, start_pfn_64, end_pfn_64,

@@ -200,6 +200,23 @@ def test_info_on_truncated_flattened(reference_dumps, tmp_path: Path) -> None:
     assert not info.complete and len(info.problems) == 1 and "no end marker" in info.problems[0]
 
 
+def test_info_on_flattened_with_a_corrupt_record(reference_dumps, tmp_path: Path) -> None:
+    flat = reference_dumps.flattened("-l", 31)
+    data = bytearray(flat.read_bytes())
+    first_size = struct.unpack_from(">q", data, 4096 + 8)[0]
+    second = 4096 + 16 + first_size
+    struct.pack_into(">q", data, second + 8, -7)
+    broken = tmp_path / "broken.flat"
+    broken.write_bytes(data)
+    info = describe(str(broken))
+    assert info.end_marker is False and not info.complete
+    assert f"corrupt flattened record at stream offset {second}" in info.problems[0]
+    # the first record carries the main header; the sub header (dump level) came later
+    assert info.kernel_release == OSRELEASE and info.nodename == "fixture-host"
+    assert info.dump_level is None
+    assert "INCOMPLETE" in info.format_text()
+
+
 def test_info_on_incomplete_kdump(reference_dumps, tmp_path: Path) -> None:
     direct = reference_dumps.direct("-l", 31)
     cut = copy_prefix(direct, tmp_path / "cut", direct.stat().st_size - 4096)
