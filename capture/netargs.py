@@ -48,6 +48,10 @@ _METHODS = {
 }
 _ALLOWED_METHODS = "none, off, static, dhcp, on, any, dhcp6 or auto6"
 
+_IP_FORMS = ("use ip=dhcp|on|any|dhcp6|auto6, ip=IFACE:dhcp|on|any|dhcp6|auto6[:MTU[:MAC]] or "
+             "ip=CLIENT:[SERVER]:[GATEWAY]:NETMASK:[HOSTNAME]:[IFACE]:none|off|static[:DNS1[:DNS2]] "
+             "(IPv6 addresses in brackets)")
+
 _MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 #: bond options that ``ip link add ... type bond`` understands (sysfs names, as dracut writes them)
@@ -262,20 +266,21 @@ def choose_plan(cmdline: str, netconfig: NetConfig) -> NetPlan:
 def _ip(plan: NetPlan, value: str, word: str) -> None:
     fields = _split_fields(value, word)
     if len(fields) == 1:
+        if fields[0].lower() not in _METHODS:
+            raise _error(word, f"{fields[0]!r} is not a method; {_IP_FORMS}")
         mode = _method(fields[0], word)
         if mode == STATIC:
             raise _error(word, f"{fields[0]!r} alone configures nothing; use ip=dhcp, ip=IFACE:dhcp or "
                                "ip=CLIENT:[SERVER]:GATEWAY:NETMASK:HOSTNAME:IFACE:none")
         _merge(plan, Interface(ANY_INTERFACE, [mode]), word)
         return
-    if len(fields) >= 2 and fields[1].lower() in _METHODS:
+    if len(fields) >= 2 and (fields[1].lower() in _METHODS or (len(fields) < 7 and fields[1].isalpha())):
         _ip_interface(plan, fields, word)
         return
     if len(fields) >= 7:
         _ip_static(plan, fields, word)
         return
-    raise _error(word, "use ip=dhcp|on|any|dhcp6|auto6, ip=IFACE:dhcp|on|any|dhcp6|auto6[:MTU[:MAC]] or "
-                       "ip=CLIENT:[SERVER]:[GATEWAY]:NETMASK:[HOSTNAME]:[IFACE]:none|off|static[:DNS1[:DNS2]]")
+    raise _error(word, _IP_FORMS)
 
 
 def _ip_interface(plan: NetPlan, fields: List[str], word: str) -> None:
