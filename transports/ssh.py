@@ -33,7 +33,8 @@ _MISSING = 18
 _IS_LINK = 19
 #: every command starts with this: messages in English, nothing secret in the environment
 _PREFIX = "LC_ALL=C; export LC_ALL; "
-_LIST = ('cd -- {p} || exit 1; for f in .* *; do '
+_LIST = ('if [ ! -d {p} ]; then echo "no such directory" >&2; exit 1; fi; cd -- {p} || exit 1; '
+         'for f in .* *; do '
          'case $f in .|..) continue;; esac; '
          '[ -e "$f" ] || [ -L "$f" ] || continue; '
          'if [ -d "$f" ] && [ ! -L "$f" ]; then printf "d%s\\0" "$f"; else printf "f%s\\0" "$f"; fi; done')
@@ -79,8 +80,8 @@ class SSHTransport(Transport):
         self._conn = sshauth.connect(self.url, self.options)
         try:
             base = shlex.quote(self.url.path)
-            result = self.run(f"umask 077 && mkdir -p -- {base} && cd -- {base} && test -w . || "
-                              f"{{ echo 'the directory is not writable' >&2; exit 1; }}")
+            result = self.run(f"umask 077; mkdir -p -- {base} || exit 1; cd -- {base} || exit 1; "
+                              f"test -w . || {{ echo 'the directory is not writable' >&2; exit 1; }}")
             if result.status != 0:
                 raise TransportError(f"{self.url.masked()}: cannot use the target directory: {result.message}")
         except BaseException:

@@ -207,6 +207,24 @@ def _load_key(path: str) -> Optional[paramiko.PKey]:
             return cls.from_private_key_file(path)
         except (paramiko.SSHException, ValueError, OSError, TypeError, IndexError):
             continue
+    return _load_key_with_cryptography(path)
+
+
+def _load_key_with_cryptography(path: str) -> Optional[paramiko.PKey]:
+    """Second chance for ECDSA and RSA keys in OpenSSH's format: paramiko
+    rejects some valid ones depending on their padding (paramiko issue 2445)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    try:
+        with open(path, "rb") as f:
+            key = serialization.load_ssh_private_key(f.read(), password=None)
+    except (ValueError, TypeError, OSError):
+        return None
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return paramiko.ECDSAKey(vals=(key, key.public_key()))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return paramiko.RSAKey(key=key)
     return None
 
 

@@ -1,0 +1,283 @@
+"""The ssh transport (remote shell commands) against a real OpenSSH sshd
+without the sftp subsystem, on 127.0.0.1.
+
+What arrived is checked through the local file system, since the server
+runs on this machine.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from capture.config import Config
+from capture.errors import KdumpError
+from capture.saver import save
+from capture.targeturl import parse
+from servers.sshd import SSHD, SSHLab, ssh_keygen, ssh_lab, ssh_users, ssh_workdir, sshd_nosftp, sshd_sftp  # noqa: F401
+from transports import open_target
+from transports.base import NoSpaceError, TransportError
+from transports.sshauth import load_identities
+from transports.base import TransportOptions
+
+MiB = 1 << 20
+HOSTILE = "a dir 'q' \"dq\" $(cd;touch pwned) `cd;touch pwned`;x&&cd;touch pwned\nnext line * ?"
+
+
+def ssh_target(lab: SSHLab, server: SSHD, path: Path, **changes: object):
+    user = lab.key_user
+    return open_target(parse(server.url("ssh", user.name, str(path))), lab.key_options(server, **changes))
+
+
+def test_operations_arrive_on_the_server(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / "crash" / "dumps"
+    with ssh_target(ssh_lab, sshd_nosftp, base) as t:
+        assert stat.S_IMODE(base.stat().st_mode) == 0o700, "connect() creates the base directory 0700"
+        assert stat.S_IMODE(base.parent.stat().st_mode) == 0o700
+        t.mkdir("d1")
+        assert stat.S_IMODE((base / "d1").stat().st_mode) == 0o700
+        with pytest.raises(FileExistsError):
+            t.mkdir("d1")
+
+        f = t.create("d1/vmcore.incomplete")
+        assert not f.seekable
+        with pytest.raises(TransportError):
+            f.pwrite(b"x", 0)
+        digest = hashlib.sha256()
+        with open(fixture_vmcore, "rb") as src:
+            for size in (1, 4095, MiB, 3 * MiB + 17, 8 * MiB):
+                block = src.read(size)
+                f.write(block)
+                digest.update(block)
+        f.close()
+        remote = base / "d1" / "vmcore.incomplete"
+        assert stat.S_IMODE(remote.stat().st_mode) == 0o600
+        assert hashlib.sha256(remote.read_bytes()).hexdigest() == digest.hexdigest()
+        assert t.sha256("d1/vmcore.incomplete") == digest.hexdigest()
+
+        t.write_small("d1/README.txt", b"first")
+        t.write_small("d1/README.txt", b"second")
+        t.rename("d1/vmcore.incomplete", "d1/vmcore.flat")
+        (base / ".hidden").write_bytes(b"")
+        assert sorted((e.name, e.is_dir) for e in t.listdir()) == [(".hidden", False), ("d1", True)]
+        assert sorted((e.name, e.is_dir) for e in t.listdir("d1")) == [("README.txt", False), ("vmcore.flat", False)]
+        assert t.read_small("d1/README.txt") == b"second"
+        assert t.read_small("d1/vmcore.flat", limit=4) == b"\x7fELF"
+        assert t.read_small("d1/missing") is None
+
+        st = os.statvfs(base)
+        free = t.free_space()
+        assert free is not None and abs(free - st.f_bavail * st.f_frsize) < 256 * MiB
+
+        t.remove_tree("d1")
+        assert [e.name for e in t.listdir()] == [".hidden"] and not (base / "d1").exists()
+        with pytest.raises(TransportError, match="cannot create 'nodir/file': .*(Directory nonexistent|No such file)"):
+            t.create("nodir/file")
+        with pytest.raises(TransportError, match="cannot list 'nodir': no such directory"):
+            t.listdir("nodir")
+
+
+def test_hostile_names_arrive_literally_and_run_nothing(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> None:
+    canary = ssh_lab.key_user.home / "pwned"
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / HOSTILE
+    with ssh_target(ssh_lab, sshd_nosftp, base) as t:
+        t.mkdir(HOSTILE)
+        with pytest.raises(FileExistsError):
+            t.mkdir(HOSTILE)
+        t.write_small(f"{HOSTILE}/{HOSTILE}", b"literal")
+        assert t.listdir() == [type(t.listdir()[0])(HOSTILE, True)]
+        assert [e.name for e in t.listdir(HOSTILE)] == [HOSTILE]
+        assert t.read_small(f"{HOSTILE}/{HOSTILE}") == b"literal"
+        assert t.free_space() is not None
+        assert t.sha256(f"{HOSTILE}/{HOSTILE}") == hashlib.sha256(b"literal").hexdigest()
+        assert (base / HOSTILE / HOSTILE).read_bytes() == b"literal"
+        t.remove_tree(HOSTILE)
+        assert t.listdir() == []
+    assert base.is_dir()
+    assert not canary.exists(), "a quoted name ran a command"
+    assert os.listdir(base.parent) == [HOSTILE] and os.listdir(base) == []
+
+
+def test_paths_cannot_leave_the_target(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    with ssh_target(ssh_lab, sshd_nosftp, base / "t") as t:
+        with pytest.raises(TransportError, match="inside the target"):
+            t.remove_tree("../")
+        with pytest.raises(TransportError, match="target directory itself"):
+            t.remove_tree("")
+    assert (base / "t").is_dir()
+
+
+def test_password_login_and_no_secret_anywhere(ssh_lab: SSHLab, sshd_nosftp: SSHD,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    user = ssh_lab.password_user
+    base = ssh_lab.fresh_dir(user) / "pw"
+    url = parse(sshd_nosftp.url("ssh", user.name, str(base), user.password))
+    with open_target(url, ssh_lab.password_options(sshd_nosftp)) as t:
+        t.write_small("x", b"ok")
+    assert (base / "x").read_bytes() == b"ok"
+    wrong = parse(sshd_nosftp.url("ssh", user.name, str(base), "not-" + user.password))
+    with pytest.raises(TransportError) as err:
+        open_target(wrong, ssh_lab.password_options(sshd_nosftp))
+    message = str(err.value)
+    assert "refused the login" in message and user.password not in message
+    assert user.password not in caplog.text
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert user.password not in ps
+
+
+def test_ecdsa_keys_that_paramiko_rejects_still_load(tmp_path: Path) -> None:
+    """paramiko refuses some valid OpenSSH-format ECDSA keys depending on their padding."""
+    paths = []
+    for i in range(8):
+        pub = ssh_keygen(tmp_path / f"id_{i}", "ecdsa")
+        paths.append((tmp_path / f"id_{i}", pub))
+    identities = load_identities(TransportOptions(ssh_identity=tuple(str(p) for p, _ in paths)))
+    assert [f"{i.key.get_name()} {i.key.get_base64()}" for i in identities] == [pub for _, pub in paths]
+
+
+@pytest.mark.parametrize("key_type", ["ecdsa", "rsa"])
+def test_other_key_types_log_in(ssh_lab: SSHLab, sshd_nosftp: SSHD, key_type: str) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / "k"
+    with ssh_target(ssh_lab, sshd_nosftp, base, key_type=key_type) as t:
+        t.write_small("x", key_type.encode())
+    assert (base / "x").read_bytes() == key_type.encode()
+
+
+def test_wrong_host_key_refuses_before_sending(ssh_lab: SSHLab, sshd_nosftp: SSHD, tmp_path: Path) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / "never"
+    other = ssh_keygen(tmp_path / "other", "ed25519")
+    with pytest.raises(TransportError) as err:
+        ssh_target(ssh_lab, sshd_nosftp, base, host_key=other)
+    assert "does not match" in str(err.value) and f"127.0.0.1:{sshd_nosftp.port}" in str(err.value)
+    assert not base.exists()
+
+
+def test_server_down_is_a_clear_error(ssh_lab: SSHLab, ssh_users) -> None:
+    server = SSHD(ssh_lab.workdir / "sshd-restarted-ssh", ssh_users.names, sftp=False).start()
+    port = server.port
+    server.stop()
+    with pytest.raises(TransportError) as err:
+        ssh_target(ssh_lab, server, ssh_lab.fresh_dir(ssh_lab.key_user))
+    assert "connection refused" in str(err.value) and f"127.0.0.1:{port}" in str(err.value)
+
+
+def test_connection_cut_during_the_stream(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    block = fixture_vmcore.open("rb").read(4 * MiB)
+    t = ssh_target(ssh_lab, sshd_nosftp, base)
+    try:
+        f = t.create("vmcore.incomplete")
+        f.write(block)
+        assert sshd_nosftp.kill_sessions() >= 1
+        with pytest.raises(TransportError) as err:
+            for _ in range(64):
+                f.write(block)
+            f.close()
+        f.abort()
+    finally:
+        t.close()
+    assert "connection was lost" in str(err.value) and "Traceback" not in str(err.value)
+    assert (base / "vmcore.incomplete").stat().st_size < 64 * len(block)
+
+
+def test_read_only_directory(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> None:
+    ro = ssh_lab.root_dir()
+    with pytest.raises(TransportError, match="not writable"):
+        ssh_target(ssh_lab, sshd_nosftp, ro)
+    with pytest.raises(TransportError, match="Permission denied"):
+        ssh_target(ssh_lab, sshd_nosftp, ro / "sub")
+    assert os.listdir(ro) == []
+
+
+def test_full_disk_is_no_space_error(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path) -> None:
+    fs = ssh_lab.small_fs(ssh_lab.key_user, 512)
+    data = fixture_vmcore.open("rb").read(MiB)
+    with ssh_target(ssh_lab, sshd_nosftp, fs) as t:
+        assert t.free_space() == 512 * 1024
+        f = t.create("vmcore.flat")
+        with pytest.raises(NoSpaceError, match="No space left on device"):
+            for _ in range(4):
+                f.write(data)
+            f.close()
+        f.abort()
+
+
+def test_works_on_a_server_with_sftp_too(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    with ssh_target(ssh_lab, sshd_sftp, base) as t:
+        t.write_small("x", b"y")
+    assert (base / "x").read_bytes() == b"y"
+
+
+# -- the saver through this transport ----------------------------------------
+
+def saver_config(ssh_lab: SSHLab, server: SSHD) -> Config:
+    options = ssh_lab.key_options(server)
+    return Config(dumpformat="lzo", dumplevel=31, net_timeout=0, known_hosts=options.known_hosts or "",
+                  ssh_identity=options.ssh_identity, free_disk_size=1)
+
+
+@pytest.fixture(scope="module")
+def file_target_result(fixture_vmcore: Path, tmp_path_factory: pytest.TempPathFactory, makedumpfile: str) -> Path:
+    """The dump directory the saver writes to a local directory (the reference)."""
+    out = tmp_path_factory.mktemp("file-target")
+    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=1), vmcore=str(fixture_vmcore),
+                  savedir=str(out))
+    return out / result.directory
+
+
+def test_saver_stream_rebuilds_to_the_file_targets_vmcore(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path,
+                                                          file_target_result: Path, makedumpfile: str,
+                                                          tmp_path: Path) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / "crash"
+    url = sshd_nosftp.url("ssh", ssh_lab.key_user.name, str(base))
+    result = save(saver_config(ssh_lab, sshd_nosftp), vmcore=str(fixture_vmcore), savedir=url)
+    saved = base / result.directory
+    assert sorted(os.listdir(saved)) == sorted(n.replace("vmcore", "vmcore.flat") if n == "vmcore" else n
+                                               for n in os.listdir(file_target_result))
+    rebuilt = tmp_path / "vmcore"
+    with open(saved / "vmcore.flat", "rb") as flat:
+        subprocess.run([makedumpfile, "-R", str(rebuilt)], stdin=flat, check=True, capture_output=True)
+    assert rebuilt.read_bytes() == (file_target_result / "vmcore").read_bytes()
+    assert (saved / "dmesg.txt").read_bytes() == (file_target_result / "dmesg.txt").read_bytes()
+    readme = (saved / "README.txt").read_text()
+    assert "saved successfully" in readme
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE((saved / n).stat().st_mode) == 0o600 for n in os.listdir(saved))
+
+
+def test_saver_with_the_connection_cut_leaves_nothing_complete(ssh_lab: SSHLab, sshd_nosftp: SSHD,
+                                                               fixture_vmcore: Path, makedumpfile: str) -> None:
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    url = sshd_nosftp.url("ssh", ssh_lab.key_user.name, str(base))
+    stop = threading.Event()
+
+    def cut_when_streaming() -> None:
+        while not stop.is_set():
+            partial = list(base.glob("*/vmcore.incomplete"))
+            if partial and partial[0].stat().st_size > MiB:
+                sshd_nosftp.kill_sessions()
+                return
+            time.sleep(0.01)
+
+    cutter = threading.Thread(target=cut_when_streaming)
+    cutter.start()
+    try:
+        with pytest.raises(KdumpError) as err:
+            save(saver_config(ssh_lab, sshd_nosftp), vmcore=str(fixture_vmcore), savedir=url)
+    finally:
+        stop.set()
+        cutter.join()
+    assert "connection was lost" in str(err.value)
+    (saved,) = base.iterdir()
+    assert not (saved / "vmcore.flat").exists() and not (saved / "vmcore").exists()
+    assert "vmcore status: saved successfully" not in (saved / "README.txt").read_text()
