@@ -1,0 +1,238 @@
+"""The nfs target (``nfs://host[:port]/export/path``): a kernel NFS mount.
+
+The export is mounted on a private, temporary mount point with ``nolock``,
+NFSv4 first and NFSv3 when v4 fails, unless ``options.mount_options``
+(KDUMP_NFS_OPTIONS) names a version itself; the user's options are appended.
+Then :class:`transports.file.FileTransport` does all the work on the mount.
+The mount is removed again by :meth:`NfsTransport.close`, and when anything
+in :meth:`NfsTransport.connect` fails.
+
+The URL path may reach below the exported directory: when the server says
+the path does not exist, the parent is mounted instead and the missing
+directories are created on it (so ``connect`` creates the base directory
+like every transport).
+
+:func:`mount_commands` builds the command lines; it is pure so the order and
+options can be checked without a kernel that mounts NFS.  For NFSv4 the
+server's address is passed as ``addr=`` because the kernel's own option
+parser (which busybox's mount hands ``nfs4`` options to) needs it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from capture.targeturl import TargetURL
+from transports.base import TransportError, TransportOptions
+from transports.file import FileTransport
+
+log = logging.getLogger(__name__)
+
+#: seconds one mount attempt may take when the retry budget is smaller
+MIN_ATTEMPT = 10
+
+
+@dataclass(frozen=True)
+class RunResult:
+    returncode: int
+    output: str
+
+
+Runner = Callable[[Sequence[str], float], RunResult]
+
+
+def run_command(argv: Sequence[str], timeout: float) -> RunResult:
+    """Run ``argv``; a timeout or a missing program is a failed result, not an exception."""
+    try:
+        r = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return RunResult(124, f"{argv[0]}: no answer within {timeout:.0f} s (timed out)")
+    except FileNotFoundError:
+        return RunResult(127, f"{argv[0]}: program not found")
+    return RunResult(r.returncode, r.stdout.strip())
+
+
+def split_options(text: str) -> List[str]:
+    """``a,b=c`` (KDUMP_NFS_OPTIONS, spaces allowed around commas) as a list."""
+    return [o.strip() for o in text.replace(" ", ",").split(",") if o.strip()]
+
+
+def pinned_version(options: Sequence[str]) -> Optional[str]:
+    """The NFS version the user's options ask for, if any."""
+    for opt in options:
+        key, _, value = opt.partition("=")
+        if key in ("vers", "nfsvers") and value:
+            return value
+        if key in ("v3", "v4", "v4.0", "v4.1", "v4.2"):
+            return key[1:]
+    return None
+
+
+def server_spec(host: str, export: str) -> str:
+    """``host:/export``, with IPv6 literals in brackets."""
+    return f"[{host}]:{export}" if ":" in host else f"{host}:{export}"
+
+
+def mount_commands(host: str, export: str, mountpoint: str, port: Optional[int] = None,
+                   user_options: str = "", address: Optional[str] = None) -> List[List[str]]:
+    """The mount commands to try, in order.
+
+    Without a version in ``user_options``: NFSv4 (``-t nfs4``, ``vers=4``, the
+    kernel picks the highest minor version both sides have), then NFSv3
+    (``-t nfs``, ``vers=3``).  With one: only that version.  Every command has
+    ``nolock``, ``port=`` when the URL gives a port, then the user's options
+    (which therefore win on conflicts).  ``address`` (the server's IP) is
+    added as ``addr=`` to NFSv4 mounts.
+    """
+    extra = split_options(user_options)
+    pinned = pinned_version(extra)
+    versions = [pinned] if pinned else ["4", "3"]
+    commands = []
+    for version in versions:
+        v4 = version.startswith("4")
+        opts = [] if pinned else [f"vers={version}"]
+        opts.append("nolock")
+        if port is not None:
+            opts.append(f"port={port}")
+        if v4 and address and not any(o.startswith("addr=") for o in extra):
+            opts.append(f"addr={address}")
+        opts += extra
+        commands.append(["mount", "-t", "nfs4" if v4 else "nfs", "-o", ",".join(opts),
+                         server_spec(host, export), mountpoint])
+    return commands
+
+
+def export_candidates(path: str) -> List[Tuple[str, str]]:
+    """(export to mount, path below it) from the whole path up to ``/``."""
+    parts = [p for p in path.split("/") if p]
+    out = []
+    for i in range(len(parts), -1, -1):
+        out.append(("/" + "/".join(parts[:i]), "/".join(parts[i:])))
+    return out
+
+
+def unmount_commands(mountpoint: str) -> List[List[str]]:
+    """Unmount, then a lazy unmount if the first is refused (busy)."""
+    return [["umount", mountpoint], ["umount", "-l", mountpoint]]
+
+
+_NOT_FOUND = ("no such file or directory", "does not exist")
+_REFUSED = ("access denied", "permission denied", "operation not permitted")
+_NO_KERNEL = ("no such device", "unknown filesystem type")
+
+
+class _Retry(Exception):
+    """A mount failure that may go away (server not up yet, network not ready)."""
+
+
+class NfsTransport(FileTransport):
+    """The file transport on a private NFS mount of the target."""
+
+    def __init__(self, url: TargetURL, options: TransportOptions, run: Runner = run_command,
+                 mount_parent: Optional[str] = None) -> None:
+        super().__init__(url, options, root="")
+        self._run = run
+        self._mount_parent = mount_parent
+        self.mountpoint: Optional[str] = None
+        self.mounted = False
+
+    def connect(self) -> None:
+        self.mountpoint = tempfile.mkdtemp(prefix="kdump-saver-nfs-", dir=self._mount_parent)
+        try:
+            below = self._mount_with_retries()
+            self.root = os.path.join(self.mountpoint, below) if below else self.mountpoint
+            super().connect()
+        except BaseException:
+            self._unmount()
+            raise
+
+    def _mount_with_retries(self) -> str:
+        deadline = time.monotonic() + max(0, self.options.net_timeout)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._mount_once(max(MIN_ATTEMPT, deadline - time.monotonic()))
+            except _Retry as exc:
+                if time.monotonic() >= deadline:
+                    tried = f" (tried {attempt} times for {self.options.net_timeout} s)" if attempt > 1 else ""
+                    raise TransportError(f"cannot mount {self.url.masked()}: {exc}{tried}") from None
+                log.info("cannot mount %s yet: %s; retrying", self.url.masked(), exc)
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    def _address(self) -> Optional[str]:
+        try:
+            infos = socket.getaddrinfo(self.url.host, None, proto=socket.IPPROTO_TCP)
+        except socket.gaierror as exc:
+            raise _Retry(f"cannot resolve {self.url.host}: {exc.strerror}") from None
+        return infos[0][4][0] if infos else None
+
+    def _mount_once(self, attempt_timeout: float) -> str:
+        """Mount the longest existing prefix of the URL path; return the rest."""
+        address = self._address()
+        assert self.mountpoint is not None
+        last = ""
+        for export, below in export_candidates(self.url.path):
+            messages = []
+            for argv in mount_commands(self.url.host, export, self.mountpoint, self.url.port,
+                                       self.options.mount_options, address):
+                log.info("mounting: %s", " ".join(argv))
+                result = self._run(argv, attempt_timeout)
+                if result.returncode == 0:
+                    self.mounted = True
+                    log.info("mounted %s on %s", server_spec(self.url.host, export), self.mountpoint)
+                    return below
+                messages.append(result.output or f"exit status {result.returncode}")
+            text = " / ".join(messages)
+            low = text.lower()
+            last = text
+            if any(s in low for s in _NOT_FOUND):
+                continue
+            if any(s in low for s in _REFUSED):
+                raise TransportError(f"cannot mount {self.url.masked()}: the server refused: {text}")
+            if any(s in low for s in _NO_KERNEL):
+                raise TransportError(f"cannot mount {self.url.masked()}: this kernel cannot mount NFS "
+                                     f"(nfs module not loaded?): {text}")
+            if "program not found" in low:
+                raise TransportError(f"cannot mount {self.url.masked()}: {text}")
+            raise _Retry(text)
+        raise TransportError(f"cannot mount {self.url.masked()}: the server exports no part of "
+                             f"{self.url.path}: {last}")
+
+    def _unmount(self) -> None:
+        mp, self.mountpoint = self.mountpoint, None
+        if mp is None:
+            return
+        if self.mounted:
+            for argv in unmount_commands(mp):
+                result = self._run(argv, 60)
+                if result.returncode == 0:
+                    self.mounted = False
+                    break
+                log.warning("unmounting %s: %s", mp, result.output)
+        if self.mounted:
+            log.error("%s is still mounted on %s; leaving it", self.url.masked(), mp)
+            return
+        try:
+            os.rmdir(mp)
+        except OSError as exc:
+            log.warning("cannot remove the mount point %s: %s", mp, exc.strerror)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._unmount()
+
+
+def open_target(url: TargetURL, options: TransportOptions) -> NfsTransport:
+    transport = NfsTransport(url, options)
+    transport.connect()
+    return transport
