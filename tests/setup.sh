@@ -8,7 +8,7 @@ cd "$top"
 packages=(
   makedumpfile liblzo2-dev lz4 xz-utils python3-venv
   openssh-server openssh-client samba smbclient vsftpd curl
-  iproute2 kexec-tools
+  iproute2 kexec-tools openssl nfs-common
 )
 missing=()
 for p in "${packages[@]}"; do
