@@ -55,15 +55,15 @@ def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Optional[str] = 
     complete, before the final README, and may return one more note."""
     started = time.monotonic()
     url = targeturl.parse(savedir or config.savedir)
-    core = _open_vmcore(vmcore)
+    crashed = read_crashed_kernel(vmcore)
     mdf = collector.probe()
     plan = collector.plan(config, mdf)
     for note in plan.notes:
         log.info("%s", note)
-    hostname = config.hostname or core.nodename() or "unknown"
-    crash_time = _crash_time(core)
+    hostname = config.hostname or crashed.nodename or "unknown"
+    crash_time = crashed.crash_time
     log.info("saving the dump of %s (kernel %s, crashed %s) to %s",
-             hostname, core.osrelease, crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"), url.masked())
+             hostname, crashed.release, crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"), url.masked())
 
     with open_target(url, transport_options(config)) as target:
         guard = SpaceGuard(target, config.free_disk_size << 20,
@@ -72,10 +72,10 @@ def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Optional[str] = 
         name = dumpdir.create_unique(target, dumpdir.base_name(crash_time, hostname, url.is_remote))
         facts = DumpFacts(
             status="being written", target=url.masked(), directory=name, hostname=hostname,
-            kernel_release=core.osrelease or "unknown",
+            kernel_release=crashed.release,
             crash_time=crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"),
             dump_level=None if plan.format in ("raw", "none") else plan.dump_level,
-            dump_format=_format_label(plan), memory_size=core.memory_size, notes=list(plan.notes) + list(notes))
+            dump_format=_format_label(plan), memory_size=crashed.memory_size, notes=list(plan.notes) + list(notes))
         target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, datetime.now(timezone.utc)))
         target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
         progress = Progress(interval=5.0)
@@ -105,21 +105,29 @@ def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Optional[str] = 
     return SaveResult(url, name, [f for f in (facts.vmcore_name, "dmesg.txt", README) if f], facts)
 
 
-def _open_vmcore(vmcore: str) -> ElfCore:
-    """The crashed kernel's memory image, refused when it is truncated."""
-    core = ElfCore.open(vmcore)
-    size = os.path.getsize(vmcore)
-    if size < core.expected_size:
-        raise DumpFormatError(f"{vmcore} is truncated: {size} bytes, its headers describe "
-                              f"{core.expected_size}")
-    return core
+@dataclass(frozen=True)
+class CrashedKernel:
+    """What the vmcore's headers say about the kernel that crashed."""
+
+    release: str
+    crash_time: datetime
+    nodename: Optional[str]
+    memory_size: int
 
 
-def _crash_time(core: ElfCore) -> datetime:
-    if core.crash_time is not None:
-        return datetime.fromtimestamp(core.crash_time, timezone.utc)
-    log.warning("the vmcore has no CRASHTIME; naming the dump after the current clock")
-    return datetime.now(timezone.utc)
+def read_crashed_kernel(vmcore: str) -> CrashedKernel:
+    """Read the vmcore's headers; refuse a truncated or foreign file."""
+    with ElfCore.open(vmcore) as core:
+        size = os.path.getsize(vmcore)
+        if size < core.expected_size:
+            raise DumpFormatError(f"{vmcore} is truncated: {size} bytes, its headers describe "
+                                  f"{core.expected_size}")
+        if core.crash_time is not None:
+            crash_time = datetime.fromtimestamp(core.crash_time, timezone.utc)
+        else:
+            log.warning("the vmcore has no CRASHTIME; naming the dump after the current clock")
+            crash_time = datetime.now(timezone.utc)
+        return CrashedKernel(core.osrelease or "unknown", crash_time, core.nodename(), core.memory_size)
 
 
 def _save_dmesg(target: Transport, name: str, mdf: collector.Makedumpfile, vmcore: str,
