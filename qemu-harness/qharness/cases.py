@@ -1,0 +1,68 @@
+"""The matrix: one :class:`Case` per target and per behaviour worth a crash."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+STATIC_ADDRESS = "10.0.2.42"
+"""The static capture-kernel address of the ``static`` case (QEMU's DHCP would give 10.0.2.15)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One end-to-end scenario.
+
+    ``scheme`` is the target kind; ``file`` saves to a virtio disk with an ext4
+    file system of ``disk_mb`` that the capture initrd mounts.  ``crashes``
+    crashes run one after another against the same target (with the guest
+    clock a day later each time).  ``free_disk_margin_mb`` sets
+    KDUMP_FREE_DISK_SIZE to the disk's free space minus that margin, so the
+    dump cannot fit and the save must stop with the limit intact.
+    """
+
+    name: str
+    scheme: str
+    description: str
+    static_ip: bool = False
+    crashes: int = 1
+    settings: Tuple[Tuple[str, str], ...] = ()
+    disk_mb: int = 384
+    free_disk_margin_mb: Optional[int] = None
+    foreign_entries: bool = False
+    memory_mb: int = 1024
+    crashkernel: str = "192M"
+
+    @property
+    def expect_saved(self) -> bool:
+        return self.free_disk_margin_mb is None
+
+    @property
+    def extra_settings(self) -> Dict[str, str]:
+        return dict(self.settings)
+
+
+MATRIX: Tuple[Case, ...] = (
+    Case("file", "file", "local ext4 file system on a virtio disk, mounted by the capture initrd"),
+    Case("sftp", "sftp", "OpenSSH sftp, DHCP"),
+    Case("ssh", "ssh", "OpenSSH, commands over ssh, DHCP"),
+    Case("ftp", "ftp", "vsftpd, passive mode, DHCP"),
+    Case("cifs", "cifs", "Samba, SMB2, DHCP"),
+    Case("nfs", "nfs", "nfs-ganesha, NFSv4.1 over TCP, DHCP"),
+    Case("static", "sftp", f"OpenSSH sftp with a static ip={STATIC_ADDRESS} on the capture command line",
+         static_ip=True),
+    Case("keep-old", "file", "KDUMP_KEEP_OLD_DUMPS=1 over three crashes, foreign entries left alone",
+         crashes=3, settings=(("KDUMP_KEEP_OLD_DUMPS", "1"),), foreign_entries=True),
+    Case("free-disk", "file", "KDUMP_FREE_DISK_SIZE on a disk too small for the dump",
+         disk_mb=96, free_disk_margin_mb=3),
+)
+
+DEMO = MATRIX[1]
+
+BY_NAME: Dict[str, Case] = {c.name: c for c in MATRIX}
+
+
+def get(name: str) -> Case:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown case {name!r}; cases: {', '.join(BY_NAME)}") from None

@@ -1,0 +1,393 @@
+"""One case of the matrix from start to verdict.
+
+For each case: start the server on 127.0.0.1 (or make the ext4 disk of a file
+target and mount it on the host, so that ``kdump-saver build-initrd`` records
+its UUID), write the kdump configuration, build the capture initrd with
+``kdump-saver build-initrd``, ask ``kdump-saver load`` how it loads the capture
+kernel, build the production initramfs, boot it under QEMU, crash it, wait for
+the capture kernel to save and reboot (``-no-reboot`` ends QEMU), then verify
+on the host.  Every console log is kept in the case's directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+from qharness import guest, production, servers, verify
+from qharness.cases import STATIC_ADDRESS, Case
+from qharness.kernel import GuestKernel, discover
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+CAPTURE_DRIVERS = ("virtio_pci", "virtio_net", "virtio_blk")
+"""QEMU's devices: the host that builds the initrd may have other drivers."""
+SAVED_LINE = r"kdump-saver: dump saved"
+CAPTURE_BOOT_LINE = r"Linux version .*"
+GUEST_TIMEOUT = 420.0
+
+
+class HarnessError(RuntimeError):
+    """The harness itself could not set a case up (not a verdict on kdump-saver)."""
+
+
+@dataclass
+class Crash:
+    """One crash of a case: its console log and what was measured."""
+
+    index: int
+    marker: str
+    run: guest.GuestRun
+    panic_at: Optional[float] = None
+    saved_at: Optional[float] = None
+    ended_at: Optional[float] = None
+    verdict: Optional[verify.Verdict] = None
+
+    @property
+    def panic_to_saved(self) -> Optional[float]:
+        end = self.saved_at if self.saved_at is not None else self.ended_at
+        return None if self.panic_at is None or end is None else end - self.panic_at
+
+
+@dataclass
+class CaseResult:
+    """Everything a case produced; ``problems`` empty means it passed."""
+
+    case: Case
+    workdir: Path
+    crashes: List[Crash] = field(default_factory=list)
+    problems: List[str] = field(default_factory=list)
+    dumps: List[Path] = field(default_factory=list)
+    build_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def report(self) -> str:
+        lines = [f"case {self.case.name}: {'PASS' if self.ok else 'FAIL'} ({self.case.description})"]
+        for c in self.crashes:
+            t = c.panic_to_saved
+            lines.append(f"  crash {c.index}: console log {c.run.log_path}"
+                         + (f", panic to saved dump {t:.1f} s" if t is not None else ""))
+        for d in self.dumps:
+            lines.append(f"  dump: {d}")
+        lines += [f"  problem: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+    def console_logs(self) -> str:
+        return "\n".join(f"===== console log of crash {c.index} ({c.run.log_path}) =====\n{c.run.text}"
+                         for c in self.crashes)
+
+
+def kdump_saver_command() -> List[str]:
+    """The kdump-saver of the environment running the harness."""
+    script = Path(sys.executable).with_name("kdump-saver")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "capture.cli"]
+
+
+def run_case(case: Case, workdir: Path, kernel: Optional[GuestKernel] = None,
+             crashkernel: Optional[str] = None) -> CaseResult:
+    """Run ``case`` in ``workdir`` (created, kept afterwards for inspection)."""
+    kernel = kernel or discover()
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o755)       # the FTP and Samba users must reach their directories below
+    result = CaseResult(case, workdir)
+    with contextlib.ExitStack() as stack:
+        target = stack.enter_context(_target(case, workdir))
+        settings = _settings(case, kernel, target)
+        conf = workdir / "kdump.conf"
+        conf.touch(mode=0o600)
+        conf.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
+        initrd = workdir / f"initrd-{kernel.version}-kdump"
+        started = time.monotonic()
+        _kdump_saver("build-initrd", "--config", str(conf), "--kernel", kernel.version,
+                     "--output", str(initrd), "--add-drivers", " ".join(CAPTURE_DRIVERS))
+        result.build_seconds = time.monotonic() - started
+        target.detach()
+        guest_initrd = f"/boot/initrd-{kernel.version}-kdump"
+        load = load_commands(conf, kernel, guest_initrd)
+        start_time = datetime.now(timezone.utc).replace(microsecond=0)
+        for index in range(1, case.crashes + 1):
+            marker = f"qharness-marker-{case.name}-{index}-{secrets.token_hex(6)}"
+            prod = production.build(production.ProductionSpec(
+                kernel=kernel, capture_initrd=initrd, capture_initrd_guest_path=guest_initrd,
+                load_commands=load, marker=marker, hostname=f"qharness-{case.name}"),
+                workdir / "production.cpio")
+            clock = start_time + timedelta(days=index - 1)
+            spec = guest.GuestSpec(
+                kernel=kernel, initrd=prod, memory_mb=case.memory_mb, timeout=GUEST_TIMEOUT,
+                append=f"console=ttyS0 crashkernel={crashkernel or case.crashkernel} panic=1 loglevel=6",
+                disks=target.disks, forwards=target.forwards, network=bool(target.forwards),
+                rtc_base=clock.strftime("%Y-%m-%dT%H:%M:%S"))
+            before = set(target.dumps())
+            run = guest.boot(spec, workdir / f"console-{index}.log")
+            crash = Crash(index, marker, run)
+            result.crashes.append(crash)
+            _timings(crash)
+            problems = _check_console(case, run, target.secrets())
+            with target.attached():
+                new = [d for d in target.dumps() if d not in before]
+                problems += _check_dumps(case, kernel, crash, new, target)
+                result.dumps = list(target.dumps())
+                if case.foreign_entries and index == case.crashes:
+                    problems += target.check_foreign()
+                if case.name == "keep-old" and index == case.crashes:
+                    problems += _check_retention(case, result.dumps, case.extra_settings)
+            result.problems += [f"crash {index}: {p}" for p in problems]
+            if problems and run.timed_out:
+                break
+    return result
+
+
+def _timings(crash: Crash) -> None:
+    run = crash.run
+    crash.panic_at = run.first(r"Kernel panic - not syncing")
+    crash.saved_at = run.first(SAVED_LINE)
+    if run.returncode is not None and run.lines:
+        crash.ended_at = run.lines[-1][0] - run.started
+
+
+def _check_console(case: Case, run: guest.GuestRun, hidden: List[str]) -> List[str]:
+    problems = []
+    if run.has(production.LOAD_FAILED_LINE):
+        problems.append("the production system could not load the capture kernel")
+    elif not run.has(production.LOADED_LINE):
+        problems.append("the production system never reported the capture kernel as loaded")
+    if not run.has(verify.PANIC):
+        problems.append("no panic on the console")
+    boots = [line for _, line in run.lines if "Linux version" in line]
+    if len(boots) < 2:
+        problems.append("the capture kernel did not boot")
+    if run.timed_out:
+        problems.append(f"QEMU still ran after {GUEST_TIMEOUT:.0f} s (the capture kernel did not reboot)")
+    if case.expect_saved and not run.has(SAVED_LINE):
+        problems.append("the console never said 'kdump-saver: dump saved'")
+    for secret in hidden:
+        if secret and secret in run.text:
+            problems.append("a password appears on the console")
+    return problems
+
+
+def _check_dumps(case: Case, kernel: GuestKernel, crash: Crash, new: List[Path],
+                 target: "_Target") -> List[str]:
+    if not case.expect_saved:
+        return _check_refused(case, crash, new, target)
+    if len(new) != 1:
+        return [f"expected one new dump directory, found {[p.name for p in new]}"]
+    crash.verdict = verify.check_saved(new[0], kernel.debug_vmlinux, crash.marker, kernel.version,
+                                       check_modes=target.checks_modes)
+    name = new[0].name
+    if target.remote and not name.startswith(f"qharness-{case.name}-"):
+        crash.verdict.problems.append(f"{name}: a remote dump directory starts with the host name")
+    return crash.verdict.problems
+
+
+def _check_refused(case: Case, crash: Crash, new: List[Path], target: "_Target") -> List[str]:
+    """KDUMP_FREE_DISK_SIZE: the save must stop, say why, and leave the limit free."""
+    problems = []
+    limit_mb = int(target.settings["KDUMP_FREE_DISK_SIZE"])
+    free_mb = target.free_bytes() >> 20
+    if free_mb < limit_mb:
+        problems.append(f"only {free_mb} MB are free after the save, KDUMP_FREE_DISK_SIZE={limit_mb}")
+    if not crash.run.has("KDUMP_FREE_DISK_SIZE"):
+        problems.append("the console does not name KDUMP_FREE_DISK_SIZE")
+    if crash.run.has(SAVED_LINE):
+        problems.append("the console claims the dump was saved")
+    for d in new:
+        if (d / "vmcore").exists() or (d / "vmcore.flat").exists():
+            problems.append(f"{d} holds a vmcore although it cannot fit")
+        readme = verify.parse_readme((d / verify.README).read_text(errors="replace")) \
+            if (d / verify.README).exists() else {}
+        status = readme.get("vmcore status", "")
+        if not status.startswith("INCOMPLETE") or "KDUMP_FREE_DISK_SIZE" not in status:
+            problems.append(f"{d / verify.README}: status {status!r} does not report KDUMP_FREE_DISK_SIZE")
+    return problems
+
+
+def _check_retention(case: Case, dumps: List[Path], settings: Dict[str, str]) -> List[str]:
+    keep = int(settings["KDUMP_KEEP_OLD_DUMPS"])
+    expected = min(case.crashes, keep + 1)
+    if len(dumps) != expected:
+        return [f"KDUMP_KEEP_OLD_DUMPS={keep} after {case.crashes} crashes: expected {expected} dump "
+                f"directories, found {[d.name for d in dumps]}"]
+    return []
+
+
+def _settings(case: Case, kernel: GuestKernel, target: "_Target") -> Dict[str, str]:
+    values = {
+        "KDUMP_SAVEDIR": target.url,
+        "KDUMP_KERNELVER": kernel.version,
+        "KDUMP_HOSTNAME": f"qharness-{case.name}",
+        "KDUMP_NET_TIMEOUT": "60",
+        "KDUMP_VERBOSE": "2",
+    }
+    if target.remote:
+        values["KDUMP_NETCONFIG"] = "eth0:static" if case.static_ip else "eth0:dhcp"
+    if case.static_ip:
+        values["KDUMP_COMMANDLINE_APPEND"] = f"ip={STATIC_ADDRESS}:::255.255.255.0:qharness:eth0:none"
+    values.update(target.settings)
+    values.update(case.extra_settings)
+    return values
+
+
+def _kdump_saver(*args: str) -> str:
+    cmd = kdump_saver_command() + list(args)
+    log.info("running %s", " ".join(shlex.quote(a) for a in cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise HarnessError(f"kdump-saver {args[0]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def load_commands(conf: Path, kernel: GuestKernel, guest_initrd: str) -> List[str]:
+    """The shell lines the production system runs to load the capture kernel."""
+    # STAND-IN until `kdump-saver load` exists: the kexec call it is to make.
+    append = ("console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=1 rd.shell=0 "
+              "rd.emergency=reboot")
+    return [f"kexec -p {kernel.vmlinuz} --initrd={guest_initrd} --append={shlex.quote(append)}"]
+
+
+# --- targets ------------------------------------------------------------------------------------
+
+class _Target:
+    """Where a case saves: a server, or a disk image mounted on the host around the guest runs."""
+
+    remote = True
+    checks_modes = True
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.settings: Dict[str, str] = {}
+        self.forwards: Dict[int, int] = {}
+        self.disks: List[Path] = []
+        self.export = Path("/nonexistent")
+
+    def dumps(self) -> List[Path]:
+        return verify.dump_dirs(self.export)
+
+    def secrets(self) -> List[str]:
+        return []
+
+    def detach(self) -> None:
+        """Before the guest runs."""
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        """While the host looks at the result."""
+        yield
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.export)
+        return st.f_bavail * st.f_frsize
+
+    def check_foreign(self) -> List[str]:
+        return []
+
+
+class _ServerTarget(_Target):
+    def __init__(self, server: servers.Server) -> None:
+        super().__init__()
+        self.server = server
+        self.export = server.export / "crash"
+        self.url = server.url("crash")
+        self.settings = server.settings()
+        self.forwards = server.forwards
+
+    def secrets(self) -> List[str]:
+        return self.server.secrets()
+
+
+FOREIGN = ("unrelated", "app-dump", "2020-01-01-00-00", "notes.txt")
+
+
+class _DiskTarget(_Target):
+    """An ext4 image: loop-mounted on the host to build and to verify, a virtio disk in the guest."""
+
+    remote = False
+
+    def __init__(self, case: Case, workdir: Path) -> None:
+        super().__init__()
+        self.image = workdir / "disk.img"
+        self.mountpoint = workdir / "mnt"
+        self.mountpoint.mkdir(exist_ok=True)
+        with open(self.image, "wb") as f:
+            f.truncate(case.disk_mb << 20)
+        _run(["mkfs.ext4", "-q", "-F", "-m", "0", str(self.image)])
+        self.disks = [self.image]
+        self.export = self.mountpoint / "var" / "crash"
+        self.url = str(self.export)
+        self._mount()
+        self.export.mkdir(parents=True, exist_ok=True)
+        if case.foreign_entries:
+            for name in FOREIGN:
+                p = self.export / name
+                if "." in name:
+                    p.write_text("not a dump\n")
+                else:
+                    p.mkdir()
+                    (p / "keep-me").write_text("not a dump\n")
+        if case.free_disk_margin_mb is not None:
+            free_mb = self.free_bytes() >> 20
+            self.settings["KDUMP_FREE_DISK_SIZE"] = str(free_mb - case.free_disk_margin_mb)
+
+    def _mount(self) -> None:
+        _run(["mount", "-o", "loop", str(self.image), str(self.mountpoint)])
+
+    def detach(self) -> None:
+        _run(["umount", str(self.mountpoint)])
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        self._mount()
+        try:
+            yield
+        finally:
+            self.detach()
+
+    def check_foreign(self) -> List[str]:
+        missing = [n for n in FOREIGN if not (self.export / n).exists()]
+        return [f"retention deleted foreign entries {missing}"] if missing else []
+
+
+@contextlib.contextmanager
+def _target(case: Case, workdir: Path) -> Iterator[_Target]:
+    if case.scheme == "file":
+        disk = _DiskTarget(case, workdir)
+        try:
+            yield disk
+        finally:
+            subprocess.run(["umount", str(disk.mountpoint)], capture_output=True)
+        return
+    server = servers.make(case.scheme, workdir / "server")
+    with server:
+        target = _ServerTarget(server)
+        target.export.mkdir(mode=0o700, exist_ok=True)
+        _own_like(target.export, server.export)
+        try:
+            yield target
+        except BaseException:
+            log.error("server log of %s:\n%s", case.scheme, server.log_text())
+            raise
+
+
+def _own_like(path: Path, reference: Path) -> None:
+    st = reference.stat()
+    os.chown(path, st.st_uid, st.st_gid)
+
+
+def _run(cmd: List[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise HarnessError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
