@@ -19,6 +19,11 @@ COMMANDS = [
     "info",
     "reassemble",
     "capture_boot",
+    "build_initrd",
+    "load",
+    "status",
+    "calibrate",
+    "test",
 ]
 
 

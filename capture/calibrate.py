@@ -1,0 +1,145 @@
+"""How much memory to reserve for the capture kernel (``crashkernel=``).
+
+The estimate, in MB, for our Python capture initrd::
+
+    need = KERNEL_OVERHEAD + initrd_compressed + initrd_unpacked + RUNTIME + PER_GB * RAM_GB
+    need = max(need, KERNEL_OVERHEAD + TMPFS_FACTOR * initrd_unpacked)
+
+rounded up to a multiple of 8 MB, where
+
+* KERNEL_OVERHEAD (40 MB) is what the capture kernel itself keeps out of
+  the reservation (its image, memmap, per-CPU areas): a 6.1 cloud kernel
+  showed 41, 39 and 39 MB between crashkernel= and MemTotal at 256, 192
+  and 128 MB;
+* the compressed initrd stays in memory while it is unpacked, and the
+  unpacked files live in memory (rootfs) for the whole capture;
+* RUNTIME (64 MB): the saver's Python process (45 MB maximum RSS measured
+  while streaming makedumpfile output), makedumpfile, udev and the shell;
+* PER_GB (1 MB per GB of the crashed system's RAM): makedumpfile's cyclic
+  bitmaps and the kernel's page tables and page structures for reading the
+  old memory through /proc/vmcore;
+* the rootfs of an initramfs without root= is a tmpfs limited to half of
+  MemTotal, so the unpacked initrd needs twice its size plus 10%.
+
+With the lab's figures (a 1 GB guest, an initrd of 54 MB unpacked and
+13.3 MB xz) this gives 176 MB: the capture worked at crashkernel=176M and
+failed at 160M.  The QEMU harness measures the real minimum for an initrd;
+this formula is the starting point, not a guarantee.
+
+Like SUSE's ``kdumptool calibrate``, the values are split in Low (below 4
+GB, DMA32) and High: on a machine with RAM above 4 GB the main reservation
+goes high (``crashkernel=HIGH,high``) and Low is the 72 MB for DMA32 bounce
+buffers (``crashkernel=72M,low``); otherwise everything is Low and High is 0.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+KERNEL_OVERHEAD_MB = 40
+RUNTIME_MB = 64
+PER_GB_MB = 1.0
+TMPFS_FACTOR = 2.2
+DEFAULT_LOW_MB = 72
+LOW_KEEP_MB = 512          # low memory the production kernel and firmware keep for themselves
+ALIGN_MB = 8
+FOUR_GB = 1 << 32
+#: used when no capture initrd has been built yet: an sftp initrd as measured by bench/initrd_size.py
+ESTIMATE_COMPRESSED_MB = 19.0
+ESTIMATE_UNPACKED_MB = 64.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The values, in MB, in kdumptool's order."""
+
+    total: int
+    low: int
+    high: int
+    min_low: int
+    max_low: int
+    min_high: int
+    max_high: int
+
+    def lines(self) -> List[str]:
+        return [f"Total: {self.total}", f"Low: {self.low}", f"High: {self.high}",
+                f"MinLow: {self.min_low}", f"MaxLow: {self.max_low}",
+                f"MinHigh: {self.min_high}", f"MaxHigh: {self.max_high}"]
+
+
+def required_mb(ram_mb: float, initrd_compressed_mb: float, initrd_unpacked_mb: float) -> int:
+    """The reservation the capture needs (see the module docstring)."""
+    need = (KERNEL_OVERHEAD_MB + initrd_compressed_mb + initrd_unpacked_mb + RUNTIME_MB
+            + PER_GB_MB * ram_mb / 1024)
+    need = max(need, KERNEL_OVERHEAD_MB + TMPFS_FACTOR * initrd_unpacked_mb)
+    return int(math.ceil(need / ALIGN_MB) * ALIGN_MB)
+
+
+def calibrate(low_ram_mb: int, high_ram_mb: int, initrd_compressed_mb: float,
+              initrd_unpacked_mb: float) -> Calibration:
+    """Split the requirement into Low and High for a machine with
+    ``low_ram_mb`` of RAM below 4 GB and ``high_ram_mb`` above."""
+    total = low_ram_mb + high_ram_mb
+    need = required_mb(total, initrd_compressed_mb, initrd_unpacked_mb)
+    max_low = max(0, low_ram_mb - LOW_KEEP_MB)
+    if high_ram_mb > 0:
+        return Calibration(total=total, low=DEFAULT_LOW_MB, high=need, min_low=DEFAULT_LOW_MB,
+                           max_low=max_low, min_high=0, max_high=high_ram_mb)
+    return Calibration(total=total, low=need, high=0, min_low=need, max_low=max_low,
+                       min_high=0, max_high=0)
+
+
+def ram_ranges(iomem: str = "/proc/iomem") -> Tuple[int, int]:
+    """Bytes of System RAM below and above 4 GB, from the top-level entries
+    of /proc/iomem (readable with addresses by root only)."""
+    low = high = 0
+    try:
+        with open(iomem) as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) : System RAM$", line)
+        if not m:
+            continue
+        start, end = int(m.group(1), 16), int(m.group(2), 16) + 1
+        if end <= start:
+            continue
+        low += max(0, min(end, FOUR_GB) - start)
+        high += max(0, end - max(start, FOUR_GB))
+    if low + high == 0:
+        total = _memtotal_bytes()
+        low, high = min(total, FOUR_GB), max(0, total - FOUR_GB)
+    return low, high
+
+
+def _memtotal_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def initrd_sizes(path: str) -> Optional[Tuple[float, float]]:
+    """(compressed, unpacked) MB of a built initrd, or None if there is none."""
+    if not os.path.isfile(path):
+        return None
+    compressed = os.path.getsize(path) / 2**20
+    try:
+        listing = subprocess.run(["lsinitrd", path], capture_output=True, text=True, errors="replace",
+                                 timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    unpacked = 0
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) >= 9 and fields[0].startswith("-") and fields[4].isdigit():
+            unpacked += int(fields[4])
+    if unpacked == 0:
+        return None
+    return compressed, unpacked / 2**20

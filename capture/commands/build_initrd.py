@@ -1,0 +1,48 @@
+"""``kdump-saver build-initrd``: build the capture initrd with dracut."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from capture import config as configuration
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "build-initrd", help="build the capture initrd (dracut) for the configured target",
+        description="Check the configuration for anything that would fail at crash time (host key, "
+                    "identity, host name, programs, the file system of a local target), then build the "
+                    "capture initrd with dracut: Python with only the modules the saver imports, "
+                    "makedumpfile, ip, a DHCP client when needed, and the normalized configuration.")
+    p.add_argument("--config", metavar="FILE", help=f"configuration file (default {configuration.DEFAULT_PATH})")
+    p.add_argument("--kernel", metavar="VERSION",
+                   help="kernel release (default KDUMP_KERNELVER, else the running kernel)")
+    p.add_argument("--output", metavar="PATH", help="initrd to write (default /boot/initrd-VERSION-kdump)")
+    p.add_argument("--systemd", action="store_true",
+                   help="a systemd initrd (a unit wanted by initrd.target) instead of dracut's shell init")
+    p.add_argument("--compress", default="xz", metavar="PROGRAM",
+                   help="dracut --compress (default xz)")
+    p.add_argument("--add-drivers", default="", metavar="'MOD ...'",
+                   help="more kernel modules, e.g. the NIC or disk driver of another machine")
+    p.add_argument("--check", action="store_true", help="only check the configuration, build nothing")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from capture import initrd
+
+    cfg = configuration.load(args.config)
+    kernel = args.kernel or cfg.kernelver or initrd.running_kernel()
+    plan = initrd.plan(cfg, kernel)
+    if args.check:
+        log.info("the configuration is fit for a capture initrd (%s target, %d files of Python)",
+                 plan.target.scheme, len(plan.closure.files))
+        return 0
+    output = args.output or initrd.default_output(kernel)
+    options = initrd.BuildOptions(output=output, systemd=args.systemd, compress=args.compress,
+                                  add_drivers=tuple(args.add_drivers.split()))
+    path = initrd.build(plan, options)
+    print(path)
+    return 0

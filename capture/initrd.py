@@ -1,0 +1,662 @@
+"""Building the capture initrd: what goes in, checked before dracut runs.
+
+:func:`plan` turns a configuration into a :class:`Plan`: the traced Python
+closure (see :mod:`capture.closure`), the programs, kernel modules and files
+the configured target needs, the normalized configuration with the
+production facts recorded (KDUMP_HOSTNAME, KDUMP_KNOWN_HOSTS, where a local
+KDUMP_SAVEDIR lives), and a build stamp.  Anything that would only fail at
+crash time (no host key, an unusable identity, an unresolvable host, a
+missing program, a local target on a file system the capture kernel cannot
+mount) is refused here with a :class:`~capture.errors.ConfigError` listing
+every problem.
+
+:func:`build` writes the plan to a staging directory and runs dracut with the
+``kdump-saver`` module of ``dracut-module/`` (through a private dracut base
+directory, so nothing is installed into /usr/lib/dracut) and only the dracut
+modules it needs.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from capture import __version__, closure
+from capture import config as configuration
+from capture.config import Config
+from capture.errors import ConfigError, KdumpError, URLError
+from capture.targeturl import TargetURL, parse as parse_url
+
+log = logging.getLogger(__name__)
+
+MODULE_NAME = "kdump-saver"
+MODULE_DIR = Path(__file__).resolve().parent.parent / "dracut-module"
+DRACUT_BASEDIR = "/usr/lib/dracut"
+STAMP_PATH = "/etc/kdump-saver/build-stamp"
+KNOWN_HOSTS_PATH = "/etc/kdump-saver/known_hosts"
+FSTAB_PATH = "/etc/kdump-saver/fstab"
+MOUNT_ROOT = "/kdump/mnt"
+"""Where the file system of a local KDUMP_SAVEDIR is mounted in the capture kernel."""
+
+#: dracut modules of a capture initrd (plus ours); "systemd" is added on request
+BASE_DRACUT_MODULES = ("base",)
+#: file systems that cannot carry a dump across the reboot, or that the
+#: capture kernel cannot mount as a local target
+NOT_LOCAL_FSTYPES = {
+    "tmpfs": "it is in memory and lost at the reboot",
+    "ramfs": "it is in memory and lost at the reboot",
+    "overlay": "an overlay cannot be mounted from the capture initrd; put KDUMP_SAVEDIR on a disk file system",
+    "nfs": "use an nfs:// URL for KDUMP_SAVEDIR",
+    "nfs4": "use an nfs:// URL for KDUMP_SAVEDIR",
+    "cifs": "use a cifs:// URL for KDUMP_SAVEDIR",
+    "smb3": "use a cifs:// URL for KDUMP_SAVEDIR",
+    "fuse": "FUSE file systems cannot be mounted from the capture initrd",
+    "squashfs": "it is read-only",
+    "iso9660": "it is read-only",
+}
+#: our modules that only the production side runs (build-initrd, load, calibrate):
+#: carried as files, never imported by the tracer, so their imports stay out
+PRODUCTION_ONLY = frozenset({"capture.closure", "capture.initrd", "capture.kexec", "capture.calibrate"})
+#: what to import for each allowed optional package
+ROOT_ENTRY_MODULES = {"paramiko": ("paramiko",), "smb": ("smb.SMBConnection", "smb.base"),
+                      "nmb": ("nmb.NetBIOS",), "lz4": ("lz4.frame",)}
+DHCP_CLIENTS = ("dhclient", "dhcpcd", "busybox")
+DHCP_MODES = ("auto", "dhcp", "dhcp4", "dhcp6", "auto6")
+DEFAULT_COMPRESS = "xz"
+
+
+@dataclass(frozen=True)
+class MountRecord:
+    """The file system holding a local KDUMP_SAVEDIR, as recorded at build time."""
+
+    source: str        # UUID=..., LABEL=... or a device path
+    fstype: str
+    options: str
+    host_target: str   # its mount point on the production system
+    initrd_target: str  # where the capture initrd mounts it
+
+    def fstab_line(self) -> str:
+        return f"{self.source} {self.initrd_target} {self.fstype} {self.options} 0 0\n"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the capture initrd will contain, decided before dracut runs."""
+
+    config: Config                      # as read by the administrator
+    initrd_config: Config               # as written into the initrd
+    kernel: str
+    closure: closure.Closure
+    programs: Tuple[str, ...]           # must be installed
+    optional_programs: Tuple[str, ...]  # installed when present
+    kernel_modules: Tuple[str, ...]
+    files: Tuple[str, ...]              # identities, CA bundle, scripts: same path in the initrd
+    known_hosts: str = ""
+    mount: Optional[MountRecord] = None
+    boot_command: str = "capture-boot"
+    stamp: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def target(self) -> TargetURL:
+        return parse_url(self.config.savedir)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to run dracut."""
+
+    output: str
+    systemd: bool = False
+    compress: str = DEFAULT_COMPRESS
+    add_drivers: Tuple[str, ...] = ()
+    dracut: str = "dracut"
+    tmpdir: Optional[str] = None
+
+
+def default_output(kernel: str) -> str:
+    """Where the capture initrd of ``kernel`` goes by default."""
+    return f"/boot/initrd-{kernel}-kdump"
+
+
+def running_kernel() -> str:
+    return os.uname().release
+
+
+def config_digest(config: Config) -> str:
+    """The hash recorded in the build stamp: the normalized configuration
+    plus our version.  ``status`` recomputes it to tell a stale initrd."""
+    text = configuration.serialize(dataclasses.replace(config, source=None))
+    return hashlib.sha256(f"kdump-saver {__version__}\n{text}".encode()).hexdigest()
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
+    """Check ``config`` for everything that would fail at crash time and
+    decide the initrd's content.  Raises :class:`ConfigError` naming every
+    problem found."""
+    problems: List[str] = []
+    try:
+        url = parse_url(config.savedir)
+    except URLError as exc:
+        raise ConfigError(f"KDUMP_SAVEDIR: {exc}") from None
+    if not os.path.isdir(f"/lib/modules/{kernel}"):
+        problems.append(f"kernel {kernel}: /lib/modules/{kernel} does not exist "
+                        "(set KDUMP_KERNELVER or --kernel to an installed kernel)")
+
+    files: List[str] = []
+    known_hosts = ""
+    mount: Optional[MountRecord] = None
+    initrd_config = config
+    if url.is_remote:
+        problems.extend(_check_host(url))
+    if url.scheme in ("sftp", "ssh"):
+        known_hosts, ssh_files, ssh_problems = _ssh_material(url, config)
+        files.extend(ssh_files)
+        problems.extend(ssh_problems)
+        if known_hosts:
+            initrd_config = dataclasses.replace(initrd_config, known_hosts=KNOWN_HOSTS_PATH)
+    if url.scheme == "ftps" and config.ca_file:
+        problems.extend(_readable(config.ca_file, "KDUMP_CA_FILE"))
+        files.append(config.ca_file)
+    if url.scheme == "file":
+        try:
+            mount = savedir_mount(url.path)
+        except ConfigError as exc:
+            problems.append(str(exc))
+        else:
+            rel = os.path.relpath(url.path, mount.host_target)
+            initrd_config = dataclasses.replace(
+                initrd_config, savedir=os.path.normpath(os.path.join(mount.initrd_target, rel)))
+
+    programs, optional_programs, prog_files, prog_problems = _programs(config, url)
+    files.extend(prog_files)
+    problems.extend(prog_problems)
+    if problems:
+        raise ConfigError("the capture initrd would not work:\n  " + "\n  ".join(problems))
+
+    trace = trace_closure(config, url, executable)
+    initrd_config = dataclasses.replace(
+        initrd_config, hostname=config.hostname or _short_hostname(), source=None)
+    # the serialized form must read back unchanged, or the saver would see another config
+    configuration.serialize(initrd_config)
+    stamp = {
+        "version": __version__,
+        "config_sha256": config_digest(config),
+        "kernel": kernel,
+        "target": url.masked(),
+        "python": trace.interpreter,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return Plan(config=config, initrd_config=initrd_config, kernel=kernel, closure=trace,
+                programs=tuple(programs), optional_programs=tuple(optional_programs),
+                kernel_modules=tuple(kernel_modules(config, url, mount)), files=tuple(dict.fromkeys(files)),
+                known_hosts=known_hosts, mount=mount, boot_command=_boot_command(), stamp=stamp)
+
+
+def allowed_roots(config: Config, url: TargetURL) -> List[str]:
+    """The optional third-party packages the configured target needs."""
+    roots: List[str] = []
+    if url.scheme in ("sftp", "ssh"):
+        roots.append("paramiko")
+    if url.scheme == "cifs":
+        roots.extend(("smb", "nmb"))
+    if config.dumpformat == "raw":
+        roots.append("lz4")
+    return roots
+
+
+def trace_closure(config: Config, url: TargetURL, executable: Optional[str] = None) -> closure.Closure:
+    """Trace the saver's imports for this target (see :mod:`capture.closure`)."""
+    from transports import module_for
+
+    capture_dir = Path(__file__).resolve().parent
+    root = str(capture_dir.parent)
+    transports_dir = capture_dir.parent / "transports"
+    transport = module_for(url.scheme)
+    ours = closure.python_sources(str(capture_dir))
+    ours += [str(transports_dir / "__init__.py"), str(transports_dir / "base.py"),
+             str(transports_dir / (transport.rpartition(".")[2] + ".py"))]
+    ours = [f for f in ours if os.path.isfile(f)]
+    # the transport module's siblings it imports (e.g. sftp -> sshauth)
+    for name in sorted(closure.static_imports(ours[-1:])):
+        if name.startswith("transports.") and name.count(".") == 1:
+            extra = transports_dir / (name.partition(".")[2] + ".py")
+            if extra.is_file() and str(extra) not in ours:
+                ours.append(str(extra))
+    required = ["capture.cli", "capture.saver", "transports", transport]
+    from capture.cli import COMMANDS
+    required += [f"capture.commands.{name}" for name in COMMANDS]
+    roots = allowed_roots(config, url)
+    for name in roots:
+        required.extend(ROOT_ENTRY_MODULES.get(name, ()))
+    if url.scheme == "ftps":
+        required.append("ssl")
+    own_modules = sorted({_module_of(f, root) for f in ours})
+    optional = [m for m in own_modules + sorted(closure.static_imports(ours)) + list(closure.RUNTIME_STDLIB)
+                if m not in PRODUCTION_ONLY]
+    path = [root] + _dependency_path(roots, root)
+    own_files = ours + [p for p in (importlib.util.cache_from_source(f) for f in ours)
+                        if os.path.isfile(p)]
+    return closure.trace(list(dict.fromkeys(required)), optional, roots, path,
+                         executable=executable, always=own_files)
+
+
+def _module_of(path: str, root: str) -> str:
+    rel = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+    return rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def _dependency_path(roots: Sequence[str], own_root: str) -> List[str]:
+    """sys.path entries holding the dependencies (the running environment's
+    site directories: the one that holds paramiko etc.)."""
+    entries: List[str] = []
+    import sysconfig
+    for key in ("purelib", "platlib"):
+        p = sysconfig.get_paths().get(key)
+        if p and os.path.isdir(p) and p not in entries and p != own_root:
+            entries.append(p)
+    for name in roots:
+        try:
+            p = closure.package_root(name)
+        except KdumpError:
+            continue
+        if p not in entries and p != own_root:
+            entries.append(p)
+    return entries
+
+
+def _boot_command() -> str:
+    """``capture-boot`` when this kdump-saver has it, else ``save``."""
+    if importlib.util.find_spec("capture.commands.capture_boot") is not None:
+        return "capture-boot"
+    log.warning("this kdump-saver has no capture-boot command: the initrd runs 'kdump-saver save' "
+                "(no network bring-up, no pre/post scripts)")
+    return "save"
+
+
+def _short_hostname() -> str:
+    return socket.gethostname().split(".")[0] or "localhost"
+
+
+def _check_host(url: TargetURL) -> List[str]:
+    try:
+        socket.getaddrinfo(url.host, url.effective_port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        return [f"KDUMP_SAVEDIR: cannot resolve the host {url.host!r} of {url.masked()}: "
+                f"{getattr(exc, 'strerror', None) or exc}"]
+    return []
+
+
+def _readable(path: str, option: str) -> List[str]:
+    if not os.path.isfile(path):
+        return [f"{option}: {path} does not exist or is not a file"]
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        return [f"{option}: cannot read {path}: {exc.strerror}"]
+    return []
+
+
+def _ssh_material(url: TargetURL, config: Config) -> Tuple[str, List[str], List[str]]:
+    """The known_hosts lines for the target, the identity files to carry,
+    and the problems found."""
+    from transports import sshauth
+    from transports.base import TransportError, TransportOptions
+
+    problems: List[str] = []
+    lines = ""
+    options = TransportOptions(host_key=config.host_key, ssh_identity=config.ssh_identity,
+                               known_hosts=config.known_hosts or None)
+    if config.host_key.strip() == "*":
+        log.warning("KDUMP_HOST_KEY=*: the capture kernel will not check the identity of %s",
+                    sshauth.host_label(url))
+    else:
+        try:
+            policy = sshauth.HostKeyPolicy.from_options(url, options)
+        except TransportError as exc:
+            problems.append(str(exc))
+        else:
+            if not policy.expected:
+                problems.append(
+                    f"no host key for {sshauth.host_label(url)}: KDUMP_HOST_KEY is empty and {policy.source} "
+                    f"has no entry for it; set KDUMP_HOST_KEY=\"TYPE BASE64\" or run "
+                    f"ssh-keyscan -p {url.effective_port} {url.host} >> {policy.source}")
+            elif not config.host_key.strip():
+                name = url.host if url.effective_port == 22 else f"[{url.host}]:{url.effective_port}"
+                lines = "".join(f"{name} {k.key_type} {base64.b64encode(k.blob).decode()}\n"
+                                for k in policy.expected)
+    identities: List[str] = []
+    try:
+        loaded = sshauth.load_identities(options)
+    except TransportError as exc:
+        problems.append(str(exc))
+    else:
+        identities = [i.path for i in loaded]
+        if not loaded and not url.password:
+            paths, _ = sshauth.identity_paths(options)
+            problems.append(f"no way to log in to {url.masked()}: no password in KDUMP_SAVEDIR and none of "
+                            f"the identity files {', '.join(paths)} is a usable private key "
+                            "(set KDUMP_SSH_IDENTITY)")
+    return lines, identities, problems
+
+
+def savedir_mount(path: str) -> MountRecord:
+    """Find the file system that holds ``path`` (or its nearest existing
+    parent) and how the capture kernel mounts it: by UUID, else LABEL, else
+    the device path."""
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "/"
+    try:
+        out = subprocess.run(["findmnt", "-J", "-T", probe, "-o", "SOURCE,TARGET,FSTYPE,OPTIONS,UUID,LABEL"],
+                             capture_output=True, text=True, check=True).stdout
+        fs = json.loads(out)["filesystems"][0]
+    except FileNotFoundError:
+        raise ConfigError("findmnt (util-linux) is needed to find the file system of KDUMP_SAVEDIR") from None
+    except (subprocess.CalledProcessError, ValueError, KeyError, IndexError):
+        raise ConfigError(f"KDUMP_SAVEDIR={path}: cannot find the file system that holds it") from None
+    fstype = fs.get("fstype") or ""
+    why = NOT_LOCAL_FSTYPES.get(fstype) or NOT_LOCAL_FSTYPES.get(fstype.partition(".")[0])
+    if why:
+        raise ConfigError(f"KDUMP_SAVEDIR={path} is on a {fstype} file system ({fs.get('target')}): {why}")
+    source = fs.get("source") or ""
+    uuid, label = fs.get("uuid"), fs.get("label")
+    if not uuid and source.startswith("/dev/"):
+        uuid = _blkid(source, "UUID")
+        label = label or _blkid(source, "LABEL")
+    if uuid:
+        spec = f"UUID={uuid}"
+    elif label:
+        spec = f"LABEL={label}"
+    elif source.startswith("/dev/"):
+        spec = source.split("[", 1)[0]
+        log.warning("the file system of %s has no UUID or label; the capture kernel mounts %s by "
+                    "its device name, which may differ there", path, spec)
+    else:
+        raise ConfigError(f"KDUMP_SAVEDIR={path}: its file system {source!r} ({fstype}) is not on a block device")
+    host_target = fs.get("target") or "/"
+    initrd_target = os.path.normpath(MOUNT_ROOT + (host_target if host_target != "/" else ""))
+    return MountRecord(source=spec, fstype=fstype, options=_mount_options(fs.get("options") or "defaults"),
+                       host_target=host_target, initrd_target=initrd_target)
+
+
+def _mount_options(options: str) -> str:
+    """Mount options for the capture kernel: read-write, without the ones
+    only meaningful to the running system (bind sources, SELinux contexts)."""
+    keep = [o for o in options.split(",") if o and o not in ("ro", "rw")
+            and not o.startswith(("context=", "fscontext=", "defcontext=", "rootcontext=", "x-"))]
+    return ",".join(["rw"] + keep)
+
+
+def _blkid(device: str, tag: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["blkid", "-o", "value", "-s", tag, device], capture_output=True, text=True)
+    except FileNotFoundError:
+        return None
+    value = out.stdout.strip()
+    return value or None
+
+
+def _which(name: str) -> Optional[str]:
+    if os.path.isabs(name):
+        return name if os.access(name, os.X_OK) else None
+    return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin")
+
+
+def needs_network(config: Config, url: TargetURL) -> bool:
+    return config.netconfig.mode != "none" and (url.is_remote or config.netconfig.force)
+
+
+def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], List[str], List[str]]:
+    """(programs, optional programs, script files, problems)."""
+    problems: List[str] = []
+    programs: List[str] = []
+    optional = ["sync", "reboot", "poweroff", "blkid"]
+    files: List[str] = []
+    for name in ("makedumpfile", "ip", "mount", "umount"):
+        path = _which(name)
+        if path is None:
+            what = "iproute2" if name == "ip" else name
+            problems.append(f"{name} is not installed (install {what}); the capture initrd needs it")
+        else:
+            programs.append(path)
+    if needs_network(config, url) and config.netconfig.mode in DHCP_MODES:
+        client = dhcp_client()
+        if client is None:
+            problems.append(f"KDUMP_NETCONFIG={config.netconfig.mode or 'auto'} may need DHCP, but no DHCP "
+                            f"client is installed (one of {', '.join(DHCP_CLIENTS)})")
+        else:
+            programs.append(client)
+            if os.path.basename(client) == "dhclient":
+                optional.extend(["/sbin/dhclient-script", "/usr/sbin/dhclient-script"])
+    if url.scheme == "nfs":
+        optional.extend(["mount.nfs", "mount.nfs4"])
+    for name in config.required_programs:
+        path = _which(name)
+        if path is None:
+            problems.append(f"KDUMP_REQUIRED_PROGRAMS: {name} is not installed or not executable")
+        else:
+            programs.append(path)
+    for option, command in (("KDUMP_PRESCRIPT", config.prescript), ("KDUMP_POSTSCRIPT", config.postscript),
+                            ("KDUMP_TRANSFER", config.transfer)):
+        words = shlex.split(command) if command.strip() else []
+        if not words:
+            continue
+        path = _which(words[0])
+        if path is None:
+            problems.append(f"{option}: {words[0]} is not an executable program on this system")
+        elif os.path.isabs(words[0]):
+            files.append(path)
+        else:
+            programs.append(path)
+    return list(dict.fromkeys(programs)), list(dict.fromkeys(optional)), files, problems
+
+
+def dhcp_client() -> Optional[str]:
+    """The first DHCP client installed, in the order of :data:`DHCP_CLIENTS`."""
+    for name in DHCP_CLIENTS:
+        path = _which(name)
+        if path:
+            return path
+    return None
+
+
+def kernel_modules(config: Config, url: TargetURL, mount: Optional[MountRecord]) -> List[str]:
+    """Kernel modules the capture kernel needs: the NIC driver(s) for a
+    network target, the block driver and file system of a local one, nfs."""
+    mods: List[str] = []
+    if needs_network(config, url):
+        ifaces = [config.netconfig.interface] if config.netconfig.interface else _physical_interfaces()
+        for iface in ifaces:
+            mods.extend(_device_modules(f"/sys/class/net/{iface}/device"))
+        mods.append("af_packet")
+    if url.scheme == "nfs":
+        mods.extend(["nfs", "nfsv4"])
+    if mount is not None:
+        mods.append(mount.fstype)
+        dev = _mount_device(mount)
+        if dev:
+            mods.extend(_device_modules(f"/sys/class/block/{os.path.basename(dev)}"))
+    return list(dict.fromkeys(m for m in mods if m))
+
+
+def _physical_interfaces() -> List[str]:
+    default = _default_route_interface()
+    if default:
+        return [default]
+    try:
+        return sorted(n for n in os.listdir("/sys/class/net") if os.path.exists(f"/sys/class/net/{n}/device"))
+    except OSError:
+        return []
+
+
+def _default_route_interface() -> Optional[str]:
+    try:
+        with open("/proc/net/route") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if len(fields) > 2 and fields[1] == "00000000":
+                    return fields[0]
+    except OSError:
+        pass
+    return None
+
+
+def _mount_device(mount: MountRecord) -> Optional[str]:
+    if mount.source.startswith("/dev/"):
+        return os.path.realpath(mount.source)
+    tag, _, value = mount.source.partition("=")
+    link = f"/dev/disk/by-{tag.lower()}/{value}"
+    return os.path.realpath(link) if os.path.exists(link) else None
+
+
+def _device_modules(sys_path: str) -> List[str]:
+    """The driver modules of a device and its parents (sysfs walk)."""
+    mods: List[str] = []
+    try:
+        here = Path(os.path.realpath(sys_path))
+    except OSError:
+        return mods
+    while str(here).startswith("/sys/devices") and here != Path("/sys/devices"):
+        module = here / "driver" / "module"
+        if module.exists():
+            mods.append(os.path.basename(os.path.realpath(module)))
+        here = here.parent
+    return mods
+
+
+# --- building ----------------------------------------------------------------------------------
+
+def write_stage(p: Plan, stage: Path) -> None:
+    """Write the staging directory module-setup.sh reads."""
+    stage.mkdir(parents=True, exist_ok=True)
+
+    def lines(name: str, items: Sequence[str]) -> None:
+        (stage / name).write_text("".join(f"{i}\n" for i in items))
+
+    lines("python-files", p.closure.files)
+    lines("python-dirs", p.closure.directories)
+    lines("programs", p.programs)
+    lines("programs-optional", p.optional_programs)
+    lines("kernel-modules", p.kernel_modules)
+    lines("files", p.files)
+    conf = stage / "kdump.conf"
+    conf.touch(mode=0o600)
+    conf.write_text(configuration.serialize(p.initrd_config))
+    (stage / "build-stamp").write_text(json.dumps(p.stamp, indent=1, sort_keys=True) + "\n")
+    (stage / "boot-command").write_text(p.boot_command + "\n")
+    if p.known_hosts:
+        (stage / "known_hosts").write_text(p.known_hosts)
+    if p.mount is not None:
+        (stage / "fstab").write_text(p.mount.fstab_line())
+    python_path = ":".join(p.closure.python_path)
+    launcher = (
+        "#!/bin/sh\n"
+        "# kdump-saver in the capture initrd: the traced interpreter and closure\n"
+        f"PYTHONPATH={shlex.quote(python_path)}\n"
+        "PYTHONDONTWRITEBYTECODE=1\n"
+        "export PYTHONPATH PYTHONDONTWRITEBYTECODE\n"
+        f"exec {shlex.quote(p.closure.interpreter)} -S -s -m capture.cli \"$@\"\n")
+    (stage / "kdump-saver").write_text(launcher)
+    (stage / "kdump-saver").chmod(0o755)
+
+
+def private_basedir(parent: Path, module_dir: Path = MODULE_DIR,
+                    system_basedir: str = DRACUT_BASEDIR) -> Path:
+    """A dracut base directory that is the system one plus our module, made
+    of symlinks (dracut reads modules only from ``$dracutbasedir/modules.d``)."""
+    if not os.path.isfile(os.path.join(system_basedir, "dracut-init.sh")):
+        raise KdumpError(f"dracut is not installed ({system_basedir}/dracut-init.sh is missing); "
+                         "install dracut-core (and dracut-network)")
+    base = parent / "dracut"
+    base.mkdir()
+    for entry in os.listdir(system_basedir):
+        if entry != "modules.d":
+            os.symlink(os.path.join(system_basedir, entry), base / entry)
+    mods = base / "modules.d"
+    mods.mkdir()
+    for entry in os.listdir(os.path.join(system_basedir, "modules.d")):
+        if not entry[2:] == MODULE_NAME:
+            os.symlink(os.path.join(system_basedir, "modules.d", entry), mods / entry)
+    os.symlink(module_dir, mods / f"99{MODULE_NAME}")
+    return base
+
+
+def dracut_command(p: Plan, options: BuildOptions, basedir: Path) -> List[str]:
+    modules = list(BASE_DRACUT_MODULES) + (["systemd"] if options.systemd else []) + [MODULE_NAME]
+    cmd = [options.dracut, "--force", "--quiet", "--no-hostonly", "--no-hostonly-cmdline",
+           "--no-early-microcode", "--conf", "/dev/null", "--confdir", str(basedir / "no-conf.d"),
+           "--modules", " ".join(modules), "--compress", options.compress,
+           "--kver", p.kernel]
+    if options.add_drivers:
+        cmd += ["--add-drivers", " ".join(options.add_drivers)]
+    if options.tmpdir:
+        cmd += ["--tmpdir", options.tmpdir]
+    cmd.append(options.output)
+    return cmd
+
+
+def build(p: Plan, options: BuildOptions) -> str:
+    """Run dracut for ``p``; return the initrd path."""
+    if shutil.which(options.dracut) is None and not os.path.exists(options.dracut):
+        raise KdumpError("dracut is not installed; install dracut-core (Debian: apt-get install dracut-core "
+                         "dracut-network)")
+    out_dir = os.path.dirname(os.path.abspath(options.output))
+    if not os.path.isdir(out_dir):
+        raise KdumpError(f"--output {options.output}: the directory {out_dir} does not exist")
+    with tempfile.TemporaryDirectory(prefix="kdump-saver-initrd.") as tmp:
+        work = Path(tmp)
+        stage = work / "stage"
+        write_stage(p, stage)
+        basedir = private_basedir(work)
+        (basedir / "no-conf.d").mkdir()
+        env = dict(os.environ, KDUMP_SAVER_STAGE=str(stage), dracutbasedir=str(basedir))
+        partial = options.output + ".new"
+        cmd = dracut_command(p, dataclasses.replace(options, output=partial), basedir)
+        log.info("building %s for kernel %s (%s target)", options.output, p.kernel, p.target.scheme)
+        log.debug("running %s", " ".join(shlex.quote(c) for c in cmd))
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
+        if proc.returncode != 0:
+            try:
+                os.unlink(partial)
+            except FileNotFoundError:
+                pass
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+            raise KdumpError(f"dracut failed (exit status {proc.returncode}):\n{tail}")
+        for line in proc.stderr.splitlines():
+            if "kdump-saver" in line or "ERROR" in line or "FAILED" in line:
+                log.warning("dracut: %s", line)
+        os.chmod(partial, 0o600)
+        os.replace(partial, options.output)
+    return options.output
+
+
+def read_stamp(initrd: str) -> Optional[Dict[str, str]]:
+    """The build stamp inside ``initrd`` (via lsinitrd), or None."""
+    if not os.path.exists(initrd):
+        return None
+    try:
+        out = subprocess.run(["lsinitrd", "-f", STAMP_PATH.lstrip("/"), initrd],
+                             capture_output=True, text=True, errors="replace", timeout=120)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return None
+    try:
+        data = json.loads(out.stdout)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,194 @@
+"""Loading the capture kernel: its command line and the ``kexec -p`` call.
+
+The command line is built as SUSE's kdump builds it: the running kernel's
+``/proc/cmdline`` without the arguments that must not reach a capture
+kernel (the root file system, the crash reservation, hibernation resume,
+CPU and memory limits, dracut ``rd.*`` switches, a previous network setup),
+plus ``irqpoll reset_devices nr_cpus=KDUMP_CPUS panic=1`` and the network
+arguments.  KDUMP_COMMANDLINE replaces the whole generated line;
+KDUMP_COMMANDLINE_APPEND is added at the end, and an ``ip=`` in it replaces
+the generated network arguments.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from capture.config import Config
+from capture.errors import KdumpError
+
+log = logging.getLogger(__name__)
+
+#: arguments of the running kernel that the capture kernel must not get
+DROPPED = frozenset({
+    "root", "rootflags", "rootfstype", "rootwait", "rootdelay", "ro", "rw", "init", "rdinit",
+    "resume", "resume_offset", "noresume", "hibernate",
+    "crashkernel", "crashkernel_low", "initrd", "BOOT_IMAGE",
+    "nr_cpus", "maxcpus", "possible_cpus", "mem", "memmap", "hugepages", "hugepagesz", "default_hugepagesz",
+    "panic", "irqpoll", "reset_devices", "kexec_jump_back_entry",
+    "splash", "showopts", "quiet", "systemd.unit", "single", "emergency",
+    "ip", "ifname", "vlan", "bond", "bridge", "nameserver", "bootdev", "netroot", "rd.neednet", "rd.route",
+})
+#: dracut switches of the production initrd (rd.lvm.lv=, rd.luks.uuid=, rd.break, ...)
+DROPPED_PREFIXES = ("rd.",)
+#: what every capture kernel gets
+ADDED = ("irqpoll", "reset_devices")
+NETWORK_KEYS = ("ip", "ifname", "vlan", "bond", "bridge", "nameserver", "rd.route", "rd.neednet")
+CRASH_SIZE = "/sys/kernel/kexec_crash_size"
+CRASH_LOADED = "/sys/kernel/kexec_crash_loaded"
+LOCKDOWN = "/sys/kernel/security/lockdown"
+
+
+def _key(arg: str) -> str:
+    return arg.split("=", 1)[0]
+
+
+def filter_cmdline(cmdline: str) -> List[str]:
+    """The running kernel's arguments that a capture kernel may keep."""
+    kept: List[str] = []
+    for arg in split(cmdline):
+        if arg == "--":
+            break   # the rest is for the production system's init
+        key = _key(arg)
+        if key in DROPPED or key.startswith(DROPPED_PREFIXES):
+            continue
+        kept.append(arg)
+    return kept
+
+
+def split(cmdline: str) -> List[str]:
+    """Split a kernel command line like the kernel does (double quotes group)."""
+    try:
+        return shlex.split(cmdline, posix=True)
+    except ValueError:
+        return cmdline.split()
+
+
+def join(args: Sequence[str]) -> str:
+    out = []
+    for a in args:
+        if any(c.isspace() for c in a):
+            key, eq, value = a.partition("=")
+            a = f'{key}="{value}"' if eq else f'"{a}"'
+        out.append(a)
+    return " ".join(out)
+
+
+def capture_cmdline(config: Config, running: str, network: Sequence[str] = ()) -> str:
+    """The capture kernel's command line for ``config``, given the running
+    kernel's (``running``, as in /proc/cmdline) and the network arguments."""
+    append = split(config.commandline_append)
+    if config.commandline.strip():
+        args = split(config.commandline)
+    else:
+        args = filter_cmdline(running) + list(ADDED)
+        if config.cpus > 0:
+            args.append(f"nr_cpus={config.cpus}")
+        args.append("panic=1")
+        if not any(_key(a) == "ip" for a in append):
+            args.extend(network)
+    args.extend(append)
+    return join(args)
+
+
+def network_arguments(config: Config) -> List[str]:
+    """The dracut network arguments describing the production network for
+    the target (:mod:`capture.netdetect`), or none when the target is local
+    and the network is not forced."""
+    from capture import netargs, netdetect
+    from capture.targeturl import parse
+
+    url = parse(config.savedir)
+    if config.netconfig.mode == "none" or not (url.is_remote or config.netconfig.force):
+        return []
+    plan = netdetect.resolve_netconfig(config.netconfig, url.host or None)
+    return list(netargs.to_cmdline(plan))
+
+
+@dataclass(frozen=True)
+class LoadCommand:
+    kernel: str
+    initrd: str
+    cmdline: str
+    extra: Sequence[str] = ()
+
+    def argv(self) -> List[str]:
+        return ["kexec", "-p", self.kernel, f"--initrd={self.initrd}", f"--append={self.cmdline}", *self.extra]
+
+    def __str__(self) -> str:
+        return " ".join(shlex.quote(a) for a in self.argv())
+
+
+def kernel_image(version: str) -> str:
+    return f"/boot/vmlinuz-{version}"
+
+
+def load_command(config: Config, kernel: str, initrd: str, running_cmdline: str,
+                 network: Sequence[str] = ()) -> LoadCommand:
+    extra = split(config.kexec_options)
+    if lockdown_active() and "-s" not in extra and "--kexec-file-syscall" not in extra:
+        extra.insert(0, "-s")   # kexec_load is refused under lockdown; kexec_file_load is not
+    return LoadCommand(kernel=kernel_image(kernel), initrd=initrd,
+                       cmdline=capture_cmdline(config, running_cmdline, network), extra=tuple(extra))
+
+
+def lockdown_active() -> bool:
+    try:
+        with open(LOCKDOWN) as f:
+            return "[none]" not in f.read()
+    except OSError:
+        return False
+
+
+def read_cmdline(path: str = "/proc/cmdline") -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def reserved_bytes() -> int:
+    """Bytes reserved for the capture kernel (crashkernel=), 0 if none."""
+    try:
+        with open(CRASH_SIZE) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def is_loaded() -> Optional[bool]:
+    """Whether a capture kernel is loaded; None when the kernel cannot tell."""
+    try:
+        with open(CRASH_LOADED) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return None
+
+
+def run(argv: Sequence[str]) -> None:
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True)
+    except FileNotFoundError:
+        raise KdumpError("kexec is not installed (install kexec-tools)") from None
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()
+        raise KdumpError(f"{argv[0]} {argv[1]} failed (exit status {proc.returncode})"
+                         + (f": {detail[-1]}" if detail else ""))
+
+
+def load(cmd: LoadCommand) -> None:
+    """Load the capture kernel; checks the reservation and files first."""
+    if reserved_bytes() == 0:
+        raise KdumpError("no memory is reserved for a capture kernel: add crashkernel=SIZE to the kernel "
+                         "command line and reboot ('kdump-saver calibrate' suggests a size)")
+    for what, path in (("kernel", cmd.kernel), ("initrd", cmd.initrd)):
+        if not os.path.isfile(path):
+            hint = " (run 'kdump-saver build-initrd')" if what == "initrd" else " (set KDUMP_KERNELVER)"
+            raise KdumpError(f"the capture {what} {path} does not exist{hint}")
+    run(cmd.argv())
+
+
+def unload() -> None:
+    run(["kexec", "-p", "-u"])

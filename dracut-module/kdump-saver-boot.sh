@@ -1,0 +1,31 @@
+#!/bin/sh
+# Start-up step of the capture initrd: runs only when /proc/vmcore exists.
+# Mounts the file system that holds a local KDUMP_SAVEDIR (recorded at build
+# time in /etc/kdump-saver/fstab), then runs `kdump-saver <boot-command>`:
+# capture-boot (network, scripts, save, reboot) or, with an older saver, save.
+[ -e /proc/vmcore ] || exit 0
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root
+if [ -s /etc/kdump-saver/fstab ]; then
+    while read -r src dir fstype opts rest; do
+        case "$src" in ''|'#'*) continue ;; esac
+        mkdir -p "$dir"
+        if ! mount -t "$fstype" -o "$opts" "$src" "$dir"; then
+            echo "kdump-saver: cannot mount $src on $dir ($fstype, $opts)" >&2
+            exit 1
+        fi
+    done < /etc/kdump-saver/fstab
+fi
+cmd=$(cat /etc/kdump-saver/boot-command 2>/dev/null)
+[ -n "$cmd" ] || cmd=save
+if [ "$cmd" = save ]; then
+    /usr/bin/kdump-saver save
+    rc=$?
+    sync
+    if grep -qiE '^KDUMP_IMMEDIATE_REBOOT="?(false|no|0)"?$' /etc/kdump-saver/kdump.conf; then
+        exit $rc
+    fi
+    reboot -f || echo b > /proc/sysrq-trigger
+    exit $rc
+fi
+exec /usr/bin/kdump-saver "$cmd"
