@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""Throughput of the sftp and ssh transports against OpenSSH's own clients.
+
+Starts a private sshd on 127.0.0.1 (as in the tests), then sends the same
+payload, in the same run, with:
+
+* our sftp transport, writing the flattened stream's records at their
+  offsets (what the saver does on an sftp target), versus ``sftp put`` of the
+  rebuilt file;
+* our ssh transport, appending the flattened stream (the saver's
+  ``vmcore.flat``), versus ``ssh host 'cat > f' < stream``.
+
+Each timing includes connecting and logging in, on both sides.  Prints MB/s
+and the ratio ours / OpenSSH (target: <= 1.25).  Payloads: the fixture's
+``makedumpfile -F -l -d 31`` stream (21.7 MB) and, with ``--big``, the whole
+411 MB fixture vmcore as one stream.  Run as root: ``.venv/bin/python
+bench/transports_ssh.py [--rounds N] [--big]``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator, List, Tuple
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from capture.flattened import FlatReader  # noqa: E402
+from capture.targeturl import parse  # noqa: E402
+from conftest import CACHE, FIXTURE_NAME  # noqa: E402
+from servers.sshd import SSHD, TestUsers  # noqa: E402
+from transports import open_target  # noqa: E402
+from transports.base import TransportOptions  # noqa: E402
+
+BLOCK = 1 << 20
+
+
+def flattened_stream(vmcore: Path) -> Path:
+    """The fixture's flattened -l -d 31 stream, made once (shared cache with the tests)."""
+    out = CACHE / "reference" / "flat-l-d31"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            subprocess.run(["makedumpfile", "-F", "-l", "-d", "31", str(vmcore)], check=True, stdout=f,
+                           stderr=subprocess.DEVNULL)
+        tmp.rename(out)
+    return out
+
+
+def rebuilt(flat: Path, workdir: Path) -> Path:
+    out = workdir / "rebuilt"
+    with open(flat, "rb") as f:
+        subprocess.run(["makedumpfile", "-R", str(out)], stdin=f, check=True, capture_output=True)
+    return out
+
+
+def records(flat: Path) -> Iterator[Tuple[int, bytes]]:
+    with open(flat, "rb") as f:
+        yield from FlatReader(f).records()
+
+
+def blocks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(BLOCK)
+            if not data:
+                return
+            yield data
+
+
+def best_of(rounds: int, run: Callable[[int], None]) -> float:
+    times: List[float] = []
+    for i in range(rounds):
+        start = time.perf_counter()
+        run(i)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--big", action="store_true", help="also send the whole 411 MB vmcore as a stream")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("run as root (creates a Unix user and runs sshd)", file=sys.stderr)
+        return 2
+    vmcore = CACHE / f"{FIXTURE_NAME}.elf"
+    if not vmcore.exists():
+        print(f"{vmcore} missing: run the tests once (fixture_vmcore decompresses it)", file=sys.stderr)
+        return 2
+
+    work = Path(tempfile.mkdtemp(prefix="kdump-bench-ssh-"))
+    work.chmod(0o755)
+    users = TestUsers(work)
+    users.create()
+    server = SSHD(work / "sshd", users.names, sftp=True).start()
+    try:
+        user = users.key_user
+        assert user is not None and user.keys is not None
+        key = str(user.keys["ed25519"])
+        dest = user.make_dir(work, "dest")
+        known_hosts = server.write_known_hosts(work / "known_hosts")
+        options = TransportOptions(known_hosts=str(known_hosts), ssh_identity=(key,), net_timeout=0)
+        ssh_opts = ["-i", key, "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                    "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-F", "/dev/null"]
+
+        flat = flattened_stream(vmcore)
+        real = rebuilt(flat, work)
+        payloads = [("flattened -l -d 31", flat, real)]
+        if args.big:
+            payloads.append(("whole vmcore (411 MB)", vmcore, vmcore))
+
+        def url(scheme: str) -> str:
+            return server.url(scheme, user.name, str(dest))
+
+        print(f"sshd on 127.0.0.1:{server.port}, {args.rounds} rounds each, median times, connect included")
+        worst = 0.0
+        for label, stream, target_file in payloads:
+            size = stream.stat().st_size
+
+            def ours_sftp(i: int) -> None:
+                with open_target(parse(url("sftp")), options) as t:
+                    f = t.create(f"ours-sftp-{i}")
+                    if stream == target_file:
+                        for n, data in enumerate(blocks(stream)):
+                            f.pwrite(data, n * BLOCK)
+                    else:
+                        for offset, data in records(stream):
+                            f.pwrite(data, offset)
+                    f.close()
+
+            def openssh_sftp(i: int) -> None:
+                batch = work / "batch"
+                batch.write_text(f"put {target_file} {dest}/openssh-sftp-{i}\n")
+                subprocess.run(["sftp", "-q", "-b", str(batch), "-P", str(server.port), *ssh_opts,
+                                f"{user.name}@127.0.0.1"], check=True, stdout=subprocess.DEVNULL)
+
+            def ours_ssh(i: int) -> None:
+                with open_target(parse(url("ssh")), options) as t:
+                    f = t.create(f"ours-ssh-{i}")
+                    for data in blocks(stream):
+                        f.write(data)
+                    f.close()
+
+            def openssh_ssh(i: int) -> None:
+                with open(stream, "rb") as src:
+                    subprocess.run(["ssh", "-p", str(server.port), *ssh_opts, f"{user.name}@127.0.0.1",
+                                    f"cat > {dest}/openssh-ssh-{i}"], stdin=src, check=True)
+
+            results = {}
+            for name, fn in (("openssh sftp put", openssh_sftp), ("our sftp", ours_sftp),
+                             ("openssh ssh cat", openssh_ssh), ("our ssh", ours_ssh)):
+                results[name] = best_of(args.rounds, fn)
+            sent_real = target_file.stat().st_size
+            check(dest / "ours-sftp-0", target_file)
+            check(dest / "ours-ssh-0", stream)
+            print(f"\n{label}: stream {size / 1e6:.1f} MB, rebuilt file {sent_real / 1e6:.1f} MB")
+            for name, seconds in results.items():
+                moved = sent_real if "sftp" in name else size
+                print(f"  {name:18s} {seconds:7.3f} s  {moved / seconds / 1e6:7.1f} MB/s")
+            for ours, ref in (("our sftp", "openssh sftp put"), ("our ssh", "openssh ssh cat")):
+                ratio = results[ours] / results[ref]
+                worst = max(worst, ratio)
+                print(f"  ratio {ours} / {ref}: {ratio:.2f}  {'ok' if ratio <= 1.25 else 'ABOVE TARGET 1.25'}")
+            for p in dest.iterdir():
+                p.unlink()
+        print(f"\nworst ratio {worst:.2f} (target <= 1.25)")
+        return 0
+    finally:
+        server.stop()
+        users.remove()
+        subprocess.run(["rm", "-rf", "--", str(work)], check=False)
+
+
+def check(got: Path, want: Path) -> None:
+    if sha(got) != sha(want):
+        raise SystemExit(f"{got} differs from {want}")
+
+
+def sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
