@@ -9,6 +9,7 @@ packages=(
   makedumpfile liblzo2-dev lz4 xz-utils python3-venv
   openssh-server openssh-client samba smbclient vsftpd curl
   iproute2 kexec-tools openssl nfs-common
+  dracut-core dracut-network cpio e2fsprogs linux-image-cloud-amd64
 )
 missing=()
 for p in "${packages[@]}"; do
