@@ -8,7 +8,7 @@ cd "$top"
 packages=(
   makedumpfile liblzo2-dev lz4 xz-utils python3-venv
   openssh-server openssh-client samba smbclient vsftpd curl
-  iproute2 kexec-tools openssl nfs-common
+  iproute2 kexec-tools openssl nfs-common crash
   dracut-core dracut-network cpio e2fsprogs linux-image-cloud-amd64
 )
 missing=()
@@ -20,6 +20,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# crash(8) on dumps of the fixture needs the fixture kernel's symbols: optional,
+# installed while Debian's archive still has that kernel ABI.
+fixture_dbg=linux-image-6.1.0-56-cloud-amd64-dbg
+if [ ! -e /usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64 ] \
+   && apt-cache policy "$fixture_dbg" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  echo "setup: installing $fixture_dbg (283 MB download) for crash(8) on the fixture"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$fixture_dbg" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
