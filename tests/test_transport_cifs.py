@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from capture.config import Config
+from capture.errors import KdumpError
 from capture.flattened import FlatReader
+from capture.saver import save
 from capture.targeturl import parse
 from conftest import require, require_program, sha256_of
 from servers.smbd import SambaServer, free_port
@@ -163,9 +166,10 @@ def test_free_space_comes_from_the_server(tmp_path):
                 assert before == st.f_bavail * st.f_frsize
                 f = t.create("eight-mb")
                 f.write(b"\1" * (8 << 20))
+                # still in the write cache: free_space sends it before asking
+                assert before - t.free_space() == 8 << 20
                 f.close()
-                after = t.free_space()
-                assert before - after == 8 << 20
+                assert before - t.free_space() == 8 << 20
             server.stop()
     finally:
         server.remove()
@@ -262,6 +266,47 @@ def test_full_disk_on_the_server(tmp_path, reference_dumps):
                     f.close()
                 f.abort()
                 assert "vmcore" not in {e.name for e in t.listdir()}
+            server.stop()
+    finally:
+        server.remove()
+
+
+# -- the saver through this transport -----------------------------------------
+
+def test_saver_over_cifs_gives_what_the_file_target_gives(smbd, tmp_path, fixture_vmcore):
+    local = save(Config(dumpformat="lzo", dumplevel=31), vmcore=str(fixture_vmcore),
+                 savedir=str(tmp_path / "local"))
+    local_dir = tmp_path / "local" / local.directory
+    remote = save(Config(dumpformat="lzo", dumplevel=31), vmcore=str(fixture_vmcore),
+                  savedir=smbd.url("/saver"))
+    d = smbd.share_dir / "saver" / remote.directory
+    assert remote.directory.endswith(local.directory)
+    assert sorted(p.name for p in d.iterdir()) == [".kdump-saver", "README.txt", "dmesg.txt", "vmcore"]
+    assert sha256_of(d / "vmcore") == sha256_of(local_dir / "vmcore")
+    assert (d / "dmesg.txt").read_bytes() == (local_dir / "dmesg.txt").read_bytes()
+    readme = (d / "README.txt").read_text()
+    assert "vmcore status: saved successfully" in readme
+    assert f"sha256: {sha256_of(d / 'vmcore')}" in readme
+    assert "MB free after saving" in readme
+    assert smbd.password not in readme and f"cifs://{smbd.user}:***@127.0.0.1" in readme
+
+
+def test_saver_keeps_free_space_on_a_small_share(tmp_path, fixture_vmcore):
+    """The free space the server reports lets KDUMP_FREE_DISK_SIZE stop the save in time."""
+    _prerequisites()
+    server = SambaServer(tmp_path / "srv")
+    try:
+        with tmpfs(server.share_dir, "24m"):
+            server.start()
+            with pytest.raises(KdumpError, match="KDUMP_FREE_DISK_SIZE"):
+                save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=8), vmcore=str(fixture_vmcore),
+                     savedir=server.url("/small"))
+            st = os.statvfs(server.share_dir)
+            assert st.f_bavail * st.f_frsize >= 8 << 20
+            d = [p for p in (server.share_dir / "small").iterdir() if p.is_dir()]
+            assert len(d) == 1
+            assert "vmcore" not in {p.name for p in d[0].iterdir()}
+            assert (d[0] / "README.txt").read_text().startswith("THIS DUMP IS INCOMPLETE.")
             server.stop()
     finally:
         server.remove()

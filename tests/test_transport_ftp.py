@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from capture.config import Config
+from capture.errors import KdumpError
+from capture.saver import save
 from capture.targeturl import parse
-from conftest import require, require_program, sha256_of
+from conftest import REPO, require, require_program, sha256_of
 from servers.ftpd import FtpServer, TestCA, free_port
 from transports import open_target
 from transports.base import NoSpaceError, TransportError, TransportOptions
@@ -276,3 +279,72 @@ def test_ftps_missing_ca_file_names_the_option(ftpsd, tmp_path):
     opts = TransportOptions(net_timeout=0, ca_file=str(tmp_path / "nope.pem"))
     with pytest.raises(TransportError, match="KDUMP_CA_FILE"):
         open_target(parse(ftpsd.url("/secure")), opts)
+
+
+# -- the saver through this transport -----------------------------------------
+
+def _rebuild(flat: Path, out: Path, makedumpfile: str) -> Path:
+    with open(flat, "rb") as src:
+        subprocess.run([makedumpfile, "-R", str(out)], stdin=src, check=True, capture_output=True)
+    return out
+
+
+def _only_dir(root: Path) -> Path:
+    dirs = [p for p in root.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def test_saver_over_ftp_gives_what_the_file_target_gives(ftpd, tmp_path, fixture_vmcore, makedumpfile):
+    local = save(Config(dumpformat="lzo", dumplevel=31), vmcore=str(fixture_vmcore), savedir=str(tmp_path / "local"))
+    local_dir = tmp_path / "local" / local.directory
+    remote = save(Config(dumpformat="lzo", dumplevel=31), vmcore=str(fixture_vmcore),
+                  savedir=ftpd.url("/saver"))
+    d = ftpd.home / "saver" / remote.directory
+    assert remote.directory.endswith(local.directory)  # HOST-YYYY-MM-DD-HH-MM on remote targets
+    assert sorted(p.name for p in d.iterdir()) == [".kdump-saver", "README.txt", "dmesg.txt", "vmcore.flat"]
+    assert sha256_of(_rebuild(d / "vmcore.flat", tmp_path / "rebuilt", makedumpfile)) == \
+        sha256_of(local_dir / "vmcore")
+    assert (d / "dmesg.txt").read_bytes() == (local_dir / "dmesg.txt").read_bytes()
+    readme = (d / "README.txt").read_text()
+    assert "vmcore status: saved successfully" in readme
+    assert f"sha256: {sha256_of(d / 'vmcore.flat')}" in readme
+    assert "free space: unknown" in readme
+    assert ftpd.password not in readme and "ftp://kdftptest:***@127.0.0.1" in readme
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in d.iterdir())
+
+
+def test_saver_cli_over_ftps_keeps_the_password_out_of_its_output(ftpsd, ca, tmp_path, fixture_vmcore,
+                                                                   makedumpfile, reference_dumps):
+    conf = tmp_path / "kdump"
+    conf.write_text(f'KDUMP_SAVEDIR="{ftpsd.url("/cli")}"\nKDUMP_DUMPFORMAT="lzo"\n'
+                    f'KDUMP_DUMPLEVEL="31"\nKDUMP_CA_FILE="{ca.cert}"\nKDUMP_NET_TIMEOUT="5"\n')
+    res = subprocess.run([sys.executable, "-m", "capture.cli", "save", "--config", str(conf),
+                          "--vmcore", str(fixture_vmcore)], cwd=REPO, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert ftpsd.password not in res.stdout + res.stderr
+    d = _only_dir(ftpsd.home / "cli")
+    rebuilt = _rebuild(d / "vmcore.flat", tmp_path / "rebuilt", makedumpfile)
+    assert sha256_of(rebuilt) == sha256_of(reference_dumps.direct("-l", 31))
+
+
+def test_saver_stopped_by_a_full_ftp_server_leaves_an_incomplete_dump(tmp_path, fixture_vmcore):
+    _prerequisites()
+    server = FtpServer(tmp_path / "srv")
+    try:
+        with tmpfs(server.home, "6m", "kdftptest"):
+            server.start()
+            with pytest.raises(KdumpError) as err:
+                save(Config(dumpformat="lzo", dumplevel=31), vmcore=str(fixture_vmcore),
+                     savedir=server.url("/full"))
+            assert isinstance(err.value, NoSpaceError)
+            d = _only_dir(server.home / "full")
+            names = {p.name for p in d.iterdir()}
+            assert "vmcore.flat" not in names and "vmcore" not in names
+            readme = (d / "README.txt").read_text()
+            assert readme.startswith("THIS DUMP IS INCOMPLETE.")
+            server.stop()
+    finally:
+        server.remove()

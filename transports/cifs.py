@@ -32,6 +32,7 @@ import logging
 import socket
 import struct
 import time
+import weakref
 from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 
 from capture.targeturl import TargetURL
@@ -320,6 +321,11 @@ class SmbFile(DumpFile):
         for start in sorted(self._runs):
             self._send_run(start)
 
+    def send_cached(self) -> None:
+        """Send what the cache holds now (the file stays open)."""
+        if self._fid is not None:
+            self._send_all()
+
     def close(self) -> None:
         if self._fid is None:
             return
@@ -386,6 +392,7 @@ class CifsTransport(Transport):
         self.conn = None
         self.session: Optional[SmbSession] = None
         self.io_timeout = float(max(30, options.net_timeout))
+        self._open_files: "weakref.WeakSet[SmbFile]" = weakref.WeakSet()
 
     # -- helpers -------------------------------------------------------
 
@@ -546,7 +553,9 @@ class CifsTransport(Transport):
         fid = self._io(f"cannot create {self._where(remote)}", lambda: self.session.open(
             remote, _FILE_WRITE_DATA | _FILE_APPEND_DATA | _FILE_READ_DATA | _FILE_READ_ATTRIBUTES
             | _FILE_WRITE_ATTRIBUTES, _FILE_OVERWRITE_IF, _FILE_NON_DIRECTORY_FILE))
-        return SmbFile(self, fid, self._where(remote))
+        f = SmbFile(self, fid, self._where(remote))
+        self._open_files.add(f)
+        return f
 
     def rename(self, src: str, dst: str) -> None:
         rsrc, rdst = self._remote(src), self._remote(dst)
@@ -607,7 +616,12 @@ class CifsTransport(Transport):
                           lambda fid: self.session.set_info(fid, _FILE_DISPOSITION_INFORMATION, b"\x01"))
 
     def free_space(self) -> Optional[int]:
-        """Bytes available to this user, from FileFsFullSizeInformation."""
+        """Bytes available to this user, from FileFsFullSizeInformation.
+
+        Data still cached by open files is sent first, so the answer counts
+        everything written so far."""
+        for f in list(self._open_files):
+            f.send_cached()
         def query(fid: bytes) -> bytes:
             return self.session.query_fs(fid, _FILE_FS_FULL_SIZE_INFORMATION)
         try:
