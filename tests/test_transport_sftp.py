@@ -291,16 +291,21 @@ def file_target_result(fixture_vmcore: Path, tmp_path_factory: pytest.TempPathFa
 
 
 def test_saver_writes_the_same_vmcore_as_the_file_target(ssh_lab: SSHLab, sshd_sftp: SSHD, fixture_vmcore: Path,
-                                                         file_target_result: Path) -> None:
-    base = ssh_lab.fresh_dir(ssh_lab.key_user) / "crash"
-    url = sshd_sftp.url("sftp", ssh_lab.key_user.name, str(base))
-    result = save(saver_config(ssh_lab, sshd_sftp), vmcore=str(fixture_vmcore), savedir=url)
+                                                         file_target_result: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    user = ssh_lab.password_user
+    base = ssh_lab.fresh_dir(user) / "crash"
+    url = sshd_sftp.url("scp", user.name, str(base), user.password)
+    config = saver_config(ssh_lab, sshd_sftp, ssh_identity=(), known_hosts=str(ssh_lab.known_hosts(sshd_sftp)))
+    result = save(config, vmcore=str(fixture_vmcore), savedir=url)
     saved = base / result.directory
     assert sorted(os.listdir(saved)) == sorted(os.listdir(file_target_result))
     assert (saved / "vmcore").read_bytes() == (file_target_result / "vmcore").read_bytes()
     assert (saved / "dmesg.txt").read_bytes() == (file_target_result / "dmesg.txt").read_bytes()
     readme = (saved / "README.txt").read_text()
-    assert "saved successfully" in readme and ssh_lab.key_user.name in readme
+    assert "saved successfully" in readme and user.name in readme
+    assert user.password not in readme and user.password not in caplog.text
     assert stat.S_IMODE(saved.stat().st_mode) == 0o700
     assert all(stat.S_IMODE((saved / n).stat().st_mode) == 0o600 for n in os.listdir(saved))
 
@@ -331,3 +336,14 @@ def test_saver_with_the_connection_cut_leaves_nothing_complete(ssh_lab: SSHLab, 
     (saved,) = base.iterdir()
     assert not (saved / "vmcore").exists()
     assert "vmcore status: saved successfully" not in (saved / "README.txt").read_text()
+
+
+def test_saver_to_a_stopped_server_fails_clearly(ssh_lab: SSHLab, ssh_users, fixture_vmcore: Path,
+                                                 makedumpfile: str) -> None:
+    server = SSHD(ssh_lab.workdir / "sshd-stopped-saver", ssh_users.names).start()
+    config = saver_config(ssh_lab, server)
+    server.stop()
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    with pytest.raises(KdumpError, match="connection refused"):
+        save(config, vmcore=str(fixture_vmcore), savedir=server.url("sftp", ssh_lab.key_user.name, str(base)))
+    assert os.listdir(base) == []

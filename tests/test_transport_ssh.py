@@ -165,6 +165,12 @@ def test_wrong_host_key_refuses_before_sending(ssh_lab: SSHLab, sshd_nosftp: SSH
     assert not base.exists()
 
 
+@pytest.mark.parametrize("value", ["garbage", "ssh-ed25519 not*base64"])
+def test_malformed_host_key_option(ssh_lab: SSHLab, sshd_nosftp: SSHD, value: str) -> None:
+    with pytest.raises(TransportError, match="KDUMP_HOST_KEY"):
+        ssh_target(ssh_lab, sshd_nosftp, ssh_lab.fresh_dir(ssh_lab.key_user) / "x", host_key=value)
+
+
 def test_server_down_is_a_clear_error(ssh_lab: SSHLab, ssh_users) -> None:
     server = SSHD(ssh_lab.workdir / "sshd-restarted-ssh", ssh_users.names, sftp=False).start()
     port = server.port

@@ -382,6 +382,8 @@ def _describe(exc: BaseException) -> str:
         return "the server closed the connection"
     if isinstance(exc, OSError) and exc.errno is not None:
         return os.strerror(exc.errno)
+    if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], str):
+        return exc.args[0].splitlines()[0][:200]  # paramiko's "Socket is closed"
     if isinstance(exc, paramiko.ChannelException):
         return f"the server refused a channel ({exc.text})"
     if isinstance(exc, paramiko.SSHException):
