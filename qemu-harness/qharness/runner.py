@@ -53,6 +53,7 @@ class Crash:
     saved_at: Optional[float] = None
     ended_at: Optional[float] = None
     verdict: Optional[verify.Verdict] = None
+    problems: List[str] = field(default_factory=list)
 
     @property
     def panic_to_saved(self) -> Optional[float]:
@@ -68,7 +69,7 @@ class CaseResult:
     workdir: Path
     crashes: List[Crash] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
-    dumps: List[Path] = field(default_factory=list)
+    dumps: List[str] = field(default_factory=list)
     build_seconds: float = 0.0
 
     @property
@@ -100,55 +101,88 @@ def kdump_saver_command() -> List[str]:
 def run_case(case: Case, workdir: Path, kernel: Optional[GuestKernel] = None,
              crashkernel: Optional[str] = None) -> CaseResult:
     """Run ``case`` in ``workdir`` (created, kept afterwards for inspection)."""
-    kernel = kernel or discover()
-    workdir.mkdir(parents=True, exist_ok=True)
-    workdir.chmod(0o755)       # the FTP and Samba users must reach their directories below
-    result = CaseResult(case, workdir)
-    with contextlib.ExitStack() as stack:
-        target = stack.enter_context(_target(case, workdir))
-        settings = _settings(case, kernel, target)
-        conf = workdir / "kdump.conf"
-        conf.touch(mode=0o600)
-        conf.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
-        initrd = workdir / f"initrd-{kernel.version}-kdump"
-        started = time.monotonic()
-        _kdump_saver("build-initrd", "--config", str(conf), "--kernel", kernel.version,
-                     "--output", str(initrd), "--add-drivers", " ".join(CAPTURE_DRIVERS))
-        result.build_seconds = time.monotonic() - started
-        target.detach()
-        guest_initrd = f"/boot/initrd-{kernel.version}-kdump"
-        load = load_commands(conf, kernel, guest_initrd)
-        start_time = datetime.now(timezone.utc).replace(microsecond=0)
+    with Session(case, workdir, kernel) as session:
         for index in range(1, case.crashes + 1):
-            marker = f"qharness-marker-{case.name}-{index}-{secrets.token_hex(6)}"
-            prod = production.build(production.ProductionSpec(
-                kernel=kernel, capture_initrd=initrd, capture_initrd_guest_path=guest_initrd,
-                load_commands=load, marker=marker, hostname=f"qharness-{case.name}"),
-                workdir / "production.cpio")
-            clock = start_time + timedelta(days=index - 1)
-            spec = guest.GuestSpec(
-                kernel=kernel, initrd=prod, memory_mb=case.memory_mb, timeout=GUEST_TIMEOUT,
-                append=f"console=ttyS0 crashkernel={crashkernel or case.crashkernel} panic=1 loglevel=6",
-                disks=target.disks, forwards=target.forwards, network=bool(target.forwards),
-                rtc_base=clock.strftime("%Y-%m-%dT%H:%M:%S"))
-            before = set(target.dumps())
-            run = guest.boot(spec, workdir / f"console-{index}.log")
-            crash = Crash(index, marker, run)
-            result.crashes.append(crash)
-            _timings(crash)
-            problems = _check_console(case, run, target.secrets())
-            with target.attached():
-                new = [d for d in target.dumps() if d not in before]
-                problems += _check_dumps(case, kernel, crash, new, target)
-                result.dumps = list(target.dumps())
-                if case.foreign_entries and index == case.crashes:
-                    problems += target.check_foreign()
-                if case.name == "keep-old" and index == case.crashes:
-                    problems += _check_retention(case, result.dumps, case.extra_settings)
-            result.problems += [f"crash {index}: {p}" for p in problems]
-            if problems and run.timed_out:
+            crash = session.crash(index, crashkernel)
+            if crash.run.timed_out and session.result.problems:
                 break
-    return result
+        return session.result
+
+
+class Session:
+    """A case's target and capture initrd, ready for one or more crashes.
+
+    Entering starts the server (or makes and mounts the disk), writes the
+    kdump configuration, builds the capture initrd with ``kdump-saver
+    build-initrd`` and asks ``kdump-saver load`` for the load commands.
+    """
+
+    def __init__(self, case: Case, workdir: Path, kernel: Optional[GuestKernel] = None) -> None:
+        self.case = case
+        self.workdir = workdir
+        self.kernel = kernel or discover()
+        self.result = CaseResult(case, workdir)
+        self.guest_initrd = f"/boot/initrd-{self.kernel.version}-kdump"
+        self.initrd = workdir / f"initrd-{self.kernel.version}-kdump"
+        self.load: List[str] = []
+        self.start_time = datetime.now(timezone.utc).replace(microsecond=0)
+        self._stack = contextlib.ExitStack()
+        self.target: _Target
+
+    def __enter__(self) -> "Session":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o755)       # the FTP and Samba users must reach their directories below
+        try:
+            self.target = self._stack.enter_context(_target(self.case, self.workdir))
+            settings = _settings(self.case, self.kernel, self.target)
+            conf = self.workdir / "kdump.conf"
+            conf.touch(mode=0o600)
+            conf.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
+            started = time.monotonic()
+            _kdump_saver("build-initrd", "--config", str(conf), "--kernel", self.kernel.version,
+                         "--output", str(self.initrd), "--add-drivers", " ".join(CAPTURE_DRIVERS))
+            self.result.build_seconds = time.monotonic() - started
+            self.target.detach()
+            self.load = load_commands(conf, self.kernel, self.guest_initrd)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def crash(self, index: int, crashkernel: Optional[str] = None) -> Crash:
+        """Boot, crash, let the capture kernel save, and check the result."""
+        case, kernel, target = self.case, self.kernel, self.target
+        marker = f"qharness-marker-{case.name}-{index}-{secrets.token_hex(6)}"
+        prod = production.build(production.ProductionSpec(
+            kernel=kernel, capture_initrd=self.initrd, capture_initrd_guest_path=self.guest_initrd,
+            load_commands=self.load, marker=marker, hostname=f"qharness-{case.name}"),
+            self.workdir / "production.cpio")
+        clock = self.start_time + timedelta(days=index - 1)
+        spec = guest.GuestSpec(
+            kernel=kernel, initrd=prod, memory_mb=case.memory_mb, timeout=GUEST_TIMEOUT,
+            append=f"console=ttyS0 crashkernel={crashkernel or case.crashkernel} panic=1 loglevel=6",
+            disks=target.disks, forwards=target.forwards, network=bool(target.forwards),
+            rtc_base=clock.strftime("%Y-%m-%dT%H:%M:%S"))
+        before = set(target.dumps())
+        run = guest.boot(spec, self.workdir / f"console-{index}.log")
+        crash = Crash(index, marker, run)
+        self.result.crashes.append(crash)
+        _timings(crash)
+        problems = _check_console(case, run, target.secrets())
+        with target.attached():
+            new = [d for d in target.dumps() if d not in before]
+            problems += _check_dumps(case, kernel, crash, new, target)
+            self.result.dumps = [target.describe(d) for d in target.dumps()]
+            if case.foreign_entries and index == case.crashes:
+                problems += target.check_foreign()
+            if case.name == "keep-old" and index == case.crashes:
+                problems += _check_retention(case, target.dumps(), case.extra_settings)
+        crash.problems = problems
+        self.result.problems += [f"crash {index}: {p}" for p in problems]
+        return crash
 
 
 def _timings(crash: Crash) -> None:
@@ -295,6 +329,10 @@ class _Target:
     def check_foreign(self) -> List[str]:
         return []
 
+    def describe(self, dump: Path) -> str:
+        """Where an administrator finds ``dump``."""
+        return str(dump)
+
 
 class _ServerTarget(_Target):
     def __init__(self, server: servers.Server) -> None:
@@ -355,6 +393,9 @@ class _DiskTarget(_Target):
             yield
         finally:
             self.detach()
+
+    def describe(self, dump: Path) -> str:
+        return f"/{dump.relative_to(self.mountpoint)} on the ext4 image {self.image}"
 
     def check_foreign(self) -> List[str]:
         missing = [n for n in FOREIGN if not (self.export / n).exists()]

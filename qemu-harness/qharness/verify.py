@@ -3,9 +3,9 @@
 :func:`dump_dirs` finds kdump-saver's directories under an export;
 :func:`check_saved` checks one of them: README.txt says ``saved
 successfully``, modes are 0700/0600, ``makedumpfile --dump-dmesg`` of the
-vmcore holds the panic line and the run's marker and equals the saved
-``dmesg.txt``, and ``crash`` with the kernel's -dbg vmlinux reports the panic
-and a backtrace through ``sysrq_handle_crash``.  Every failed check is
+vmcore (a flattened one rebuilt with ``makedumpfile -R`` first) holds the
+panic line and the run's marker and equals the saved ``dmesg.txt``, and
+``crash`` with the kernel's -dbg vmlinux reports the panic and a backtrace through ``sysrq_handle_crash``.  Every failed check is
 collected as text in :class:`Verdict` rather than raised, so a caller can
 show all of them next to the console log.
 """
@@ -121,11 +121,26 @@ def _check_modes(v: Verdict, directory: Path) -> None:
             v.expect(mode == 0o600, f"{p} has mode {mode:04o}, not 0600")
 
 
+def is_flattened(path: Path) -> bool:
+    """makedumpfile's flattened format starts with the string ``makedumpfile``."""
+    with open(path, "rb") as f:
+        return f.read(12) == b"makedumpfile"
+
+
 def extract_dmesg(vmcore: Path) -> Optional[str]:
-    """``makedumpfile --dump-dmesg`` of a dump (ELF, kdump-compressed or flattened)."""
+    """``makedumpfile --dump-dmesg`` of a dump (ELF or kdump-compressed; a
+    flattened file is first rebuilt with ``makedumpfile -R``)."""
     with tempfile.TemporaryDirectory(prefix="qharness-dmesg.") as tmp:
+        source = vmcore
+        if is_flattened(vmcore):
+            source = Path(tmp) / "vmcore"
+            with open(vmcore, "rb") as flat:
+                rebuilt = subprocess.run(["makedumpfile", "-R", str(source)], stdin=flat,
+                                         capture_output=True, text=True)
+            if rebuilt.returncode != 0:
+                return None
         out = Path(tmp) / "dmesg"
-        proc = subprocess.run(["makedumpfile", "--dump-dmesg", str(vmcore), str(out)],
+        proc = subprocess.run(["makedumpfile", "--dump-dmesg", str(source), str(out)],
                               capture_output=True, text=True)
         if proc.returncode != 0 or not out.exists():
             return None

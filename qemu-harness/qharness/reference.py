@@ -1,0 +1,167 @@
+"""The yardstick: a minimal busybox + makedumpfile capture initrd.
+
+It brings up virtio-net with busybox ``udhcpc`` and streams
+``makedumpfile -F -c -d 31 /proc/vmcore`` through busybox ``nc`` to a
+listener on the host's 127.0.0.1 (reached through guestfwd, like every
+target).  It does what kdump-saver does in the least memory and time a
+capture initrd can, so bench/ can set kdump-saver's figures beside it.
+"""
+from __future__ import annotations
+
+import shlex
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from qharness import guest, production, verify
+from qharness.cpio import Archive
+from qharness.kernel import GuestKernel
+from qharness.production import BUSYBOX, add_binary
+
+GUEST_PORT = 9000
+SAVED_LINE = "qharness-reference: dump sent"
+FAILED_LINE = "qharness-reference: FAILED"
+END_RECORD = b"\xff" * 16
+"""The flattened format's last record: offset and size both -1."""
+
+_UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/${mask:-24}" dev "$interface" ;;
+esac
+"""
+
+
+def build(kernel: GuestKernel, out: Path, server: str) -> Path:
+    """Write the reference capture initrd (uncompressed cpio)."""
+    arc = Archive()
+    for d in ("proc", "sys", "dev", "tmp", "etc"):
+        arc.dir(d)
+    arc.chardev("dev/console", 5, 1)
+    arc.file("bin/busybox", BUSYBOX, 0o755)
+    add_binary(arc, Path("/usr/bin/makedumpfile"))
+    arc.file("etc/udhcpc.script", _UDHCPC_SCRIPT.encode(), 0o755)
+    mods = kernel.module_files(["virtio_pci", "virtio_net"])
+    for mod in mods:
+        arc.file(f"lib/modules/{mod.name}", mod)
+    insmods = "\n".join(f"insmod /lib/modules/{m.name}" for m in mods)
+    arc.file("init", f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+{insmods}
+ip link set lo up
+ip link set eth0 up
+udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 20 -T 1 || {{ echo "{FAILED_LINE}: no DHCP lease"; poweroff -f; }}
+if makedumpfile -F -c -d 31 /proc/vmcore | nc {shlex.quote(server)} {GUEST_PORT}; then
+    echo "{SAVED_LINE}"
+else
+    echo "{FAILED_LINE}: makedumpfile or nc failed"
+fi
+poweroff -f
+""".encode(), 0o755)
+    arc.write_file(out)
+    return out
+
+
+@dataclass
+class Receiver:
+    """A one-shot listener on 127.0.0.1 writing what arrives to ``path``."""
+
+    path: Path
+    port: int = 0
+    complete: bool = False
+    received: int = 0
+    _sock: Optional[socket.socket] = None
+    _thread: Optional[threading.Thread] = None
+
+    def start(self) -> "Receiver":
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(1)
+        self._sock.settimeout(900)
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        return self
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return
+        tail = b""
+        with conn, open(self.path, "wb") as out:
+            conn.settimeout(300)
+            while True:
+                try:
+                    data = conn.recv(1 << 20)
+                except socket.timeout:
+                    break
+                except OSError:
+                    tail = b""
+                    break
+                if not data:
+                    break
+                out.write(data)
+                self.received += len(data)
+                tail = (tail + data)[-len(END_RECORD):]
+                # the end record, unless more data follows (16 bytes of 0xff inside the dump)
+                conn.settimeout(3 if tail == END_RECORD else 300)
+            self.complete = tail == END_RECORD
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+@dataclass
+class ReferenceCrash:
+    """One crash saved by the reference initrd."""
+
+    run: guest.GuestRun
+    saved: bool
+    panic_to_saved: Optional[float]
+    problems: List[str]
+
+
+def crash(kernel: GuestKernel, workdir: Path, crashkernel: str, memory_mb: int = 1024,
+          label: str = "reference") -> ReferenceCrash:
+    """Boot, crash, and let the reference initrd send the dump to the host."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    initrd = build(kernel, workdir / "reference-initrd.cpio", guest.GUEST_SERVER)
+    guest_initrd = "/boot/reference-initrd"
+    append = "console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=1"
+    marker = f"qharness-marker-{label}"
+    prod = production.build(production.ProductionSpec(
+        kernel=kernel, capture_initrd=initrd, capture_initrd_guest_path=guest_initrd,
+        load_commands=[f"kexec -p {kernel.vmlinuz} --initrd={guest_initrd} --append={shlex.quote(append)}"],
+        marker=marker, hostname="qharness-reference"), workdir / "reference-production.cpio")
+    dump = workdir / f"{label}.flat"
+    receiver = Receiver(dump).start()
+    try:
+        run = guest.boot(guest.GuestSpec(
+            kernel=kernel, initrd=prod, memory_mb=memory_mb, timeout=600,
+            append=f"console=ttyS0 crashkernel={crashkernel} panic=1 loglevel=6",
+            forwards={GUEST_PORT: receiver.port}), workdir / f"{label}-console.log")
+    finally:
+        receiver.stop()
+    problems = []
+    if not receiver.complete:
+        problems.append(f"the host received {receiver.received} bytes, not a complete flattened dump")
+    else:
+        dmesg = verify.extract_dmesg(dump)
+        if dmesg is None or marker not in dmesg or verify.PANIC not in dmesg:
+            problems.append("the received dump's kernel log lacks the panic or the marker")
+    if not run.has(SAVED_LINE):
+        problems.append("the reference initrd did not report the dump as sent")
+    panic = run.first(r"Kernel panic - not syncing")
+    sent = run.first(SAVED_LINE)
+    elapsed = sent - panic if panic is not None and sent is not None else None
+    return ReferenceCrash(run, not problems, elapsed, problems)

@@ -1,0 +1,59 @@
+"""End to end: a real kernel under QEMU crashes and kdump-saver saves its dump.
+
+Each case of qemu-harness's matrix (file, sftp, ssh, ftp, cifs, nfs, a static
+ip=, KDUMP_KEEP_OLD_DUMPS over three crashes, KDUMP_FREE_DISK_SIZE on a disk
+too small) builds the capture initrd with ``kdump-saver build-initrd``,
+boots Debian's cloud kernel under QEMU (TCG, user networking with
+restrict=on and guestfwd to servers on 127.0.0.1), loads the capture kernel
+with what ``kdump-saver load`` says, panics with sysrq, and checks on the
+host: README.txt, ``makedumpfile --dump-dmesg`` against dmesg.txt, and
+``crash`` with the -dbg vmlinux (PANIC line, backtrace through
+sysrq_handle_crash).  A failure prints every check that failed and the
+console logs.  The prerequisites come from qemu-harness/setup.sh (run by
+tests/setup.sh).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, require, require_program
+
+sys.path.insert(0, str(REPO / "qemu-harness"))
+
+from qharness import cases, runner  # noqa: E402
+from qharness.kernel import KernelMissing, discover  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def guest_kernel():
+    require(os.geteuid() == 0, "the QEMU tests mount disk images and run servers as root")
+    for program in ("qemu-system-x86_64", "kexec", "makedumpfile", "crash", "dracut", "mkfs.ext4",
+                    "sshd", "smbd", "vsftpd", "ganesha.nfsd"):
+        require_program(program)
+    require(Path("/bin/busybox").exists(), "busybox-static is not installed (qemu-harness/setup.sh)")
+    try:
+        kernel = discover()
+    except KernelMissing as exc:
+        require(False, f"{exc} (qemu-harness/setup.sh installs linux-image-cloud-amd64)")
+    require(kernel.debug_vmlinux.exists(),
+            f"{kernel.debug_vmlinux} is missing: install linux-image-{kernel.version}-dbg (qemu-harness/setup.sh)")
+    commands = subprocess.run(runner.kdump_saver_command() + ["--help"], capture_output=True, text=True).stdout
+    for command in ("build-initrd", "load"):
+        require(command in commands, f"kdump-saver has no {command} command yet")
+    return kernel
+
+
+@pytest.mark.parametrize("case", cases.MATRIX, ids=[c.name for c in cases.MATRIX])
+def test_crash_is_saved(case: cases.Case, guest_kernel) -> None:
+    base = Path(tempfile.mkdtemp(prefix=f"qharness-{case.name}-", dir="/var/tmp"))
+    result = runner.run_case(case, base / case.name, kernel=guest_kernel)
+    if not result.ok:
+        pytest.fail(result.report() + "\n" + result.console_logs(), pytrace=False)
+    shutil.rmtree(base, ignore_errors=True)
