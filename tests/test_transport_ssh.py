@@ -6,6 +6,7 @@ runs on this machine.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -291,3 +292,28 @@ def test_saver_with_the_connection_cut_leaves_nothing_complete(ssh_lab: SSHLab, 
     (saved,) = base.iterdir()
     assert not (saved / "vmcore.flat").exists() and not (saved / "vmcore").exists()
     assert "vmcore status: saved successfully" not in (saved / "README.txt").read_text()
+
+
+def test_saver_retention_touches_only_this_hosts_dumps(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path,
+                                                       makedumpfile: str) -> None:
+    from datetime import datetime, timezone
+
+    from capture.dumpdir import MARKER, marker_bytes
+
+    user = ssh_lab.key_user
+    base = ssh_lab.fresh_dir(user) / HOSTILE
+    base.mkdir()
+    layout = {"fixture-host-2026-11-20-10-00": "fixture-host", "fixture-host-2026-11-21-10-00": "fixture-host",
+              "other-2026-11-21-10-00": "other", "fixture-host-2026-11-19-10-00": None, "unrelated": None}
+    for name, host in layout.items():
+        (base / name).mkdir()
+        if host:
+            (base / name / MARKER).write_bytes(marker_bytes(host, datetime(2026, 11, 20, tzinfo=timezone.utc)))
+    (base / "plain file").write_text("keep me")
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(base)], check=True)
+    config = dataclasses.replace(saver_config(ssh_lab, sshd_nosftp), keep_old_dumps=1)
+    result = save(config, vmcore=str(fixture_vmcore), savedir=sshd_nosftp.url("ssh", user.name, str(base)))
+    remaining = sorted(os.listdir(base))
+    expected = sorted(set(layout) - {"fixture-host-2026-11-20-10-00"} | {"plain file", result.directory})
+    assert remaining == expected
+    assert not (user.home / "pwned").exists()
