@@ -21,10 +21,13 @@ from capture.config import Config
 from capture.errors import KdumpError
 from capture.saver import save
 from capture.targeturl import parse
-from servers.sshd import SSHD, SSHLab, ssh_keygen, ssh_lab, ssh_users, ssh_workdir, sshd_nosftp, sshd_sftp  # noqa: F401
+pytest.register_assert_rewrite("servers.sshd")
+from servers.sshd import SSHD, SSHLab, TestUsers, ssh_keygen  # noqa: E402
 from transports import open_target
 from transports.base import NoSpaceError, TransportError
 
+#: the session-scoped sshd fixtures (ssh_lab, ssh_users, sshd_sftp, sshd_nosftp)
+pytest_plugins = ["servers.sshd"]
 MiB = 1 << 20
 
 
@@ -200,7 +203,7 @@ def test_hostile_path_arrives_literally(ssh_lab: SSHLab, sshd_sftp: SSHD, tmp_pa
     assert not canary.exists()
 
 
-def test_server_down_is_a_clear_error_and_retries(ssh_lab: SSHLab, ssh_users) -> None:
+def test_server_down_is_a_clear_error_and_retries(ssh_lab: SSHLab, ssh_users: TestUsers) -> None:
     server = SSHD(ssh_lab.workdir / "sshd-restarted-sftp", ssh_users.names).start()
     port = server.port
     server.stop()
@@ -338,7 +341,7 @@ def test_saver_with_the_connection_cut_leaves_nothing_complete(ssh_lab: SSHLab, 
     assert "vmcore status: saved successfully" not in (saved / "README.txt").read_text()
 
 
-def test_saver_to_a_stopped_server_fails_clearly(ssh_lab: SSHLab, ssh_users, fixture_vmcore: Path,
+def test_saver_to_a_stopped_server_fails_clearly(ssh_lab: SSHLab, ssh_users: TestUsers, fixture_vmcore: Path,
                                                  makedumpfile: str) -> None:
     server = SSHD(ssh_lab.workdir / "sshd-stopped-saver", ssh_users.names).start()
     config = saver_config(ssh_lab, server)

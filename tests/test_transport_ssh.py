@@ -22,12 +22,15 @@ from capture.config import Config
 from capture.errors import KdumpError
 from capture.saver import save
 from capture.targeturl import parse
-from servers.sshd import SSHD, SSHLab, ssh_keygen, ssh_lab, ssh_users, ssh_workdir, sshd_nosftp, sshd_sftp  # noqa: F401
+pytest.register_assert_rewrite("servers.sshd")
+from servers.sshd import SSHD, SSHLab, TestUsers, ssh_keygen  # noqa: E402
 from transports import open_target
 from transports.base import NoSpaceError, TransportError
 from transports.sshauth import load_identities
 from transports.base import TransportOptions
 
+#: the session-scoped sshd fixtures (ssh_lab, ssh_users, sshd_sftp, sshd_nosftp)
+pytest_plugins = ["servers.sshd"]
 MiB = 1 << 20
 HOSTILE = "a dir 'q' \"dq\" $(cd;touch pwned) `cd;touch pwned`;x&&cd;touch pwned\nnext line * ?"
 
@@ -172,7 +175,7 @@ def test_malformed_host_key_option(ssh_lab: SSHLab, sshd_nosftp: SSHD, value: st
         ssh_target(ssh_lab, sshd_nosftp, ssh_lab.fresh_dir(ssh_lab.key_user) / "x", host_key=value)
 
 
-def test_server_down_is_a_clear_error(ssh_lab: SSHLab, ssh_users) -> None:
+def test_server_down_is_a_clear_error(ssh_lab: SSHLab, ssh_users: TestUsers) -> None:
     server = SSHD(ssh_lab.workdir / "sshd-restarted-ssh", ssh_users.names, sftp=False).start()
     port = server.port
     server.stop()
