@@ -164,6 +164,7 @@ class _BringUp:
     state_dir: Optional[Path]
     dhcp_client: Optional[str]
     clients: List[_Started] = field(default_factory=list)
+    leased: Dict[str, List[str]] = field(default_factory=dict)    # interface -> "address/prefix" from DHCP
     configured: List[str] = field(default_factory=list)
 
     def run(self, target_host: Optional[str], resolv_conf: str) -> None:
@@ -391,6 +392,7 @@ class _BringUp:
             if self.deadline.wait(f"a DHCPv{started.version} lease on {started.name}", state):
                 lease = json.loads(path.read_text())
                 leases.append(lease)
+                self.leased.setdefault(started.name, []).append(f"{lease['address']}/{lease['prefix']}")
                 log.info("network: %s: DHCPv%d lease %s/%s%s%s", started.name, started.version,
                          lease.get("address"), lease.get("prefix"),
                          f", router {lease['routers'][0]}" if lease.get("routers") else "",
@@ -431,7 +433,9 @@ class _BringUp:
                 raise KdumpError(f"network: {a['local']}/{a['prefixlen']} on {iface.name} failed duplicate "
                                  "address detection: another host uses it")
         ready = {(a["local"], a["prefixlen"]) for a in have if not a.get("tentative")}
+        ready_text = {f"{a}/{p}" for a, p in ready}
         waiting = [str(x) for x in iface.addresses if (x.address, x.prefix) not in ready]
+        waiting += [x for x in self.leased.get(iface.name, []) if x not in ready_text]
         if AUTO6 in iface.modes and not any(a.get("family") == "inet6" and a.get("scope") == "global"
                                             and not a.get("tentative") for a in have):
             waiting.append("an IPv6 address from router advertisements (auto6)")
@@ -680,6 +684,10 @@ def lease_from_env(client: str, argv: List[str], env: Dict[str, str]) -> Optiona
 def _lease(iface: str, version: int, address: str, prefix: int, routers: List[str], dns: List[str],
            mtu: Optional[str], lease_time: Optional[str]) -> Optional[dict]:
     if not iface or not address:
+        return None
+    try:
+        address = str(ipaddress.ip_address(address))
+    except ValueError:
         return None
     return {"interface": iface, "version": version, "address": address, "prefix": prefix,
             "routers": routers, "dns": dns, "mtu": int(mtu) if mtu and mtu.isdigit() else None,

@@ -31,14 +31,20 @@ MARKER = "# kdump-saver test namespace"
 _RUNNER = r"""
 import json, logging, sys
 spec = json.loads(sys.argv[1])
-with open("/etc/resolv.conf") as f:
-    if spec["marker"] not in f.read():
-        sys.exit("refusing to run: /etc/resolv.conf is not the test namespace's own file")
+import os
+mine, seen = os.stat(spec["resolv_conf"]), os.stat("/etc/resolv.conf")
+if (mine.st_dev, mine.st_ino) != (seen.st_dev, seen.st_ino):
+    sys.exit("refusing to run: /etc/resolv.conf is not the test namespace's own file")
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(message)s")
 from capture import netargs, network
 from capture.errors import KdumpError
-plan = netargs.parse_cmdline(spec["cmdline"])
 try:
+    if spec["netconfig"] is not None:
+        from capture import config
+        netconfig = config.parse_text('KDUMP_NETCONFIG="%s"\n' % spec["netconfig"]).netconfig
+        plan = netargs.choose_plan(spec["cmdline"], netconfig)
+    else:
+        plan = netargs.parse_cmdline(spec["cmdline"])
     network.bring_up(plan, spec["target"], spec["timeout"], state_dir=spec["state_dir"],
                      dhcp_client=spec["client"])
 except KdumpError as exc:
@@ -192,11 +198,13 @@ class Lab:
     # -- the code under test
 
     def bring_up(self, ns: str, cmdline: str, target: Optional[str], timeout: int,
-                 client: Optional[str] = None) -> "Outcome":
-        """Run ``capture.network.bring_up(parse_cmdline(cmdline), ...)`` inside ``ns``."""
+                 client: Optional[str] = None, netconfig: Optional[str] = None) -> "Outcome":
+        """Run ``capture.network.bring_up(parse_cmdline(cmdline), ...)`` inside ``ns``; with
+        ``netconfig`` (a KDUMP_NETCONFIG value) the plan is ``choose_plan(cmdline, netconfig)``."""
         state = self.tmp / f"state-{ns}-{next(_COUNTER)}"
         spec = {"cmdline": cmdline, "target": target, "timeout": timeout, "state_dir": str(state),
-                "client": client, "marker": MARKER}
+                "client": client, "netconfig": netconfig,
+                "resolv_conf": str(Path("/etc/netns") / ns / "resolv.conf")}
         proc = self.exec(ns, [PYTHON, "-c", _RUNNER, json.dumps(spec)], timeout=timeout + 60, check=False)
         lines = proc.stdout.strip().splitlines()
         result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
