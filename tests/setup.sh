@@ -10,6 +10,7 @@ packages=(
   openssh-server openssh-client samba smbclient vsftpd curl
   iproute2 kexec-tools openssl nfs-common crash
   dracut-core dracut-network cpio e2fsprogs linux-image-cloud-amd64
+  dnsmasq-base isc-dhcp-client udhcpc dhcpcd-base busybox-static qemu-system-x86
 )
 missing=()
 for p in "${packages[@]}"; do
