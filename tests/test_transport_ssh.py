@@ -22,8 +22,7 @@ from capture.config import Config
 from capture.errors import KdumpError
 from capture.saver import save
 from capture.targeturl import parse
-pytest.register_assert_rewrite("servers.sshd")
-from servers.sshd import SSHD, SSHLab, TestUsers, ssh_keygen  # noqa: E402
+from servers.sshd import SSHD, SSHLab, TestUsers, ssh_keygen
 from transports import open_target
 from transports.base import NoSpaceError, TransportError
 from transports.sshauth import load_identities
