@@ -348,3 +348,23 @@ def test_saver_stopped_by_a_full_ftp_server_leaves_an_incomplete_dump(tmp_path, 
             server.stop()
     finally:
         server.remove()
+
+
+def established(port: int) -> int:
+    """Established TCP connections whose server side is 127.0.0.1:``port``."""
+    count = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
+                count += 1
+    return count
+
+
+def test_with_on_a_connected_transport_keeps_one_session(ftpd):
+    """``open_target`` connects and ``with`` connects again: one login only."""
+    t = open_target(parse(ftpd.url("/once")), FAST)
+    assert established(ftpd.port) == 1
+    with t:
+        t.write_small("x", b"y")
+        assert established(ftpd.port) == 1

@@ -231,3 +231,14 @@ def test_the_real_mount_command_failing_leaves_nothing_behind(tmp_path):
         t.connect()
     assert os.listdir(tmp_path) == []
     assert not t.mounted
+
+
+def test_connecting_again_does_not_mount_again(exports, tmp_path):
+    """``open_target`` connects and ``with`` connects again: one mount only."""
+    server = BindMountServer(exports)
+    t = NfsTransport(parse("nfs://127.0.0.1/srv/dumps"), TransportOptions(net_timeout=0), run=server,
+                     mount_parent=str(tmp_path))
+    t.connect()
+    with t:
+        assert len([c for c in server.calls if c[0] == "mount"]) == 1
+    assert not mounted(server.calls[0][6]) and not os.path.exists(server.calls[0][6])

@@ -103,6 +103,10 @@ WRITE_CACHE = 16 << 20
 MAX_RUNS = 8
 #: bytes fetched per round trip by :meth:`CifsTransport.open_read`
 READ_BLOCK = 4 << 20
+#: WRITE requests on the wire at once
+MAX_IN_FLIGHT = 32
+#: credits asked for with each WRITE, to open the window
+CREDIT_REQUEST = 8
 
 
 class SmbStatusError(Exception):
@@ -159,22 +163,47 @@ class _FlushRequest:
         pass
 
 
+def _message(payload, credit_request: int = 1):
+    """An SMB2 message asking for ``credit_request`` credits ([MS-SMB2] 2.2.1.2,
+    CreditRequest at header offset 14; pysmb always asks for none)."""
+    from smb.smb2_structs import SMB2Message
+
+    class _CreditingMessage(SMB2Message):
+        def encode(self) -> bytes:
+            raw = super().encode()
+            return raw[:14] + struct.pack("<H", credit_request) + raw[16:]
+
+    return _CreditingMessage(payload)
+
+
 class SmbSession:
-    """One authenticated SMB2 session and tree, with synchronous requests."""
+    """One authenticated SMB2 session and tree, with synchronous requests.
+
+    Writes are pipelined: up to :data:`MAX_IN_FLIGHT` WRITE requests are on
+    the wire at once, within the credits the server has granted.  The count
+    of credits is an estimate that never exceeds the real balance: it starts
+    at 1, adds what each reply we see grants, and falls back to 1 after
+    requests pysmb sends by itself (whose grants we do not see); with nothing
+    outstanding the server always leaves a client at least one credit.
+    """
 
     def __init__(self, conn, share: str, timeout: float) -> None:
         self.conn = conn
         self.share = share
         self.timeout = timeout
         self.tid = 0
+        self.credits = 1
+
+    def forget_credits(self) -> None:
+        """After requests sent by pysmb itself: assume the minimum."""
+        self.credits = 1
 
     def call(self, payload, tid: Optional[int] = None):
         """Send one SMB2 request and return the reply message (any status)."""
         from smb.base import _PendingRequest
-        from smb.smb2_structs import SMB2Message
 
         conn = self.conn
-        message = SMB2Message(payload)
+        message = _message(payload)
         message.tid = self.tid if tid is None else tid
         replies: list = []
 
@@ -185,6 +214,7 @@ class SmbSession:
             raise exc
 
         conn._sendSMBMessage(message)
+        self.credits -= 1
         conn.pending_requests[message.mid] = _PendingRequest(
             message.mid, time.time() + self.timeout, got, failed)
         deadline = time.monotonic() + self.timeout
@@ -192,6 +222,7 @@ class SmbSession:
             if time.monotonic() > deadline:
                 raise TimeoutError("no reply from the server")
             conn._pollForNetBIOSPacket(self.timeout)
+        self.credits = max(1, self.credits + replies[0].credit_re)
         return replies[0]
 
     def check(self, payload) -> object:
@@ -224,14 +255,48 @@ class SmbSession:
         self.check(SMB2CloseRequest(fid))
 
     def write(self, fid: bytes, data: memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset``, several requests in flight at once."""
+        from smb.base import _PendingRequest
         from smb.smb2_structs import SMB2WriteRequest
 
-        chunk = max(4096, self.conn.max_write_size or 65536)
-        for start in range(0, len(data), chunk):
-            piece = bytes(data[start:start + chunk])
-            reply = self.check(SMB2WriteRequest(fid, piece, offset + start))
-            if reply.payload.count != len(piece):
-                raise SmbStatusError(STATUS_DISK_FULL)
+        conn = self.conn
+        chunk = max(4096, conn.max_write_size or 65536)
+        starts = list(range(0, len(data), chunk))
+        in_flight: Dict[int, int] = {}
+        failures: List[int] = []
+
+        def done(reply, **kw) -> None:
+            in_flight.pop(kw["write_mid"], None)
+            self.credits += reply.credit_re
+            if reply.status != STATUS_SUCCESS:
+                failures.append(reply.status)
+            elif reply.payload.count != kw["length"]:
+                failures.append(STATUS_DISK_FULL)
+
+        def failed(exc) -> None:
+            raise exc
+
+        next_piece = 0
+        deadline = time.time() + self.timeout
+        while (next_piece < len(starts) and not failures) or in_flight:
+            if not in_flight:
+                self.credits = max(1, self.credits)
+            while (next_piece < len(starts) and not failures and self.credits > 0
+                   and len(in_flight) < MAX_IN_FLIGHT):
+                start = starts[next_piece]
+                piece = bytes(data[start:start + chunk])
+                message = _message(SMB2WriteRequest(fid, piece, offset + start), CREDIT_REQUEST)
+                message.tid = self.tid
+                conn._sendSMBMessage(message)
+                self.credits -= 1
+                in_flight[message.mid] = len(piece)
+                conn.pending_requests[message.mid] = _PendingRequest(
+                    message.mid, deadline, done, failed, write_mid=message.mid, length=len(piece))
+                next_piece += 1
+            if in_flight:
+                conn._pollForNetBIOSPacket(self.timeout)
+        if failures:
+            raise SmbStatusError(failures[0])
 
     def read(self, fid: bytes, offset: int, length: int) -> bytes:
         from smb.smb2_structs import SMB2ReadRequest
@@ -487,7 +552,12 @@ class CifsTransport(Transport):
         self.session = session
 
     def connect(self) -> None:
+        """Log in, connect the share, create the base directory; a no-op when
+        already connected (``open_target`` connects, ``with`` calls this again)."""
         from smb.base import NotConnectedError, SMBTimeout
+
+        if self.session is not None:
+            return
 
         deadline = time.monotonic() + max(0, self.options.net_timeout)
         attempt = 0
@@ -576,6 +646,8 @@ class CifsTransport(Transport):
                 return self.conn.listPath(self.share, "/" + remote, timeout=self.io_timeout)
             except OperationFailure as exc:
                 raise SmbStatusError(_failure_status(exc)) from None
+            finally:
+                self.session.forget_credits()
         entries = self._io(f"cannot list {self._where(remote)}", run)
         return [DirEntry(e.filename, bool(e.isDirectory)) for e in entries if e.filename not in (".", "..")]
 

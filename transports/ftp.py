@@ -199,6 +199,10 @@ class FtpTransport(Transport):
             raise
 
     def connect(self) -> None:
+        """Log in and create the base directory; a no-op when already connected
+        (``open_target`` connects, and ``with`` on the result calls this again)."""
+        if self.conn is not None:
+            return
         deadline = time.monotonic() + max(0, self.options.net_timeout)
         attempt = 0
         while True:

@@ -144,6 +144,10 @@ class NfsTransport(FileTransport):
         self.mounted = False
 
     def connect(self) -> None:
+        """Mount and check the base directory; a no-op when already mounted
+        (``open_target`` connects, ``with`` calls this again)."""
+        if self.mounted:
+            return
         self.mountpoint = tempfile.mkdtemp(prefix="kdump-saver-nfs-", dir=self._mount_parent)
         try:
             below = self._mount_with_retries()

@@ -6,8 +6,10 @@ temporary folder and a free port chosen at start.
 
 * The local user :data:`USER` (a system account created once, shell
   ``/bin/sh`` because Debian's PAM stack for vsftpd requires a listed shell)
-  logs in with a random password (one per test process) set through
-  ``chpasswd``'s stdin, and locked again when the process exits.  Its login directory is :attr:`home`.
+  logs in with a random password, made once per boot and kept in a
+  root-only file so concurrent test runs agree on it, set through
+  ``chpasswd``'s stdin (never a command line).  The account exists only on
+  test machines; its password is known to root alone.  Its login directory is :attr:`home`.
 * Anonymous logins land in :attr:`anon_root` (read-only); its ``pub``
   directory allows uploads, directory creation and renames.
 * With ``tls=True`` the server demands explicit TLS (AUTH TLS, PROT P) for
@@ -15,7 +17,6 @@ temporary folder and a free port chosen at start.
 """
 from __future__ import annotations
 
-import atexit
 import os
 import secrets
 import shutil
@@ -28,8 +29,22 @@ from pathlib import Path
 from typing import List, Optional
 
 USER = "kdftptest"
-#: one password per test process: every server shares the Unix account
-PASSWORD = "pw-" + secrets.token_hex(8)
+#: where the account's random password is kept (root only), so that test
+#: processes running at the same time agree on it
+SECRET = Path("/run/kdump-saver-tests") / f"{USER}.secret"
+
+
+def account_password() -> str:
+    """The test account's password: made once per boot, kept in :data:`SECRET`."""
+    SECRET.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(SECRET, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return SECRET.read_text().strip()
+    password = "pw-" + secrets.token_hex(12)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    return password
 
 
 def free_port() -> int:
@@ -88,10 +103,6 @@ def _openssl(*args: object) -> None:
     subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
 
 
-def _lock_account(name: str) -> None:
-    subprocess.run(["usermod", "-L", name], capture_output=True)
-
-
 def ensure_unix_user(name: str) -> None:
     if subprocess.run(["id", "-u", name], capture_output=True).returncode == 0:
         return
@@ -106,7 +117,7 @@ class FtpServer:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.user = USER
-        self.password = PASSWORD
+        self.password = account_password()
         self.port = free_port()
         # the test user must reach its directories: pytest's own temporary
         # folders are private to root, so the served trees live elsewhere
@@ -159,7 +170,6 @@ class FtpServer:
         subprocess.run(["chpasswd"], input=f"{self.user}:{self.password}\n", text=True,
                        check=True, capture_output=True)
         subprocess.run(["usermod", "-U", self.user], capture_output=True)
-        atexit.register(_lock_account, self.user)
         self.home.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.home, self.user)
         # vsftpd refuses a writable anonymous root: uploads go to pub/
