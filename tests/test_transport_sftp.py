@@ -11,6 +11,7 @@ import os
 import random
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from capture.config import Config
 from capture.errors import KdumpError
 from capture.saver import save
 from capture.targeturl import parse
+from conftest import require, require_program
 from servers.sshd import SSHD, SSHLab, TestUsers, ssh_keygen
 from transports import open_target
 from transports.base import NoSpaceError, TransportError
@@ -271,6 +273,59 @@ def test_full_disk_is_no_space_error(ssh_lab: SSHLab, sshd_sftp: SSHD, fixture_v
 def test_server_without_sftp_subsystem(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> None:
     with pytest.raises(TransportError, match="no sftp subsystem.*ssh://"):
         sftp_target(ssh_lab, sshd_nosftp, ssh_lab.fresh_dir(ssh_lab.key_user))
+
+
+def test_ipv6_loopback_and_hashed_known_hosts(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:
+    require(sshd_sftp.ipv6, "::1 cannot be bound on this machine")
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    known_hosts = ssh_lab.workdir / "known_hosts.hashed"
+    known_hosts.write_text(sshd_sftp.known_hosts_line(host="::1") + "\n")
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(known_hosts)], check=True, capture_output=True)
+    assert "::1" not in known_hosts.read_text(), "the entry is hashed"
+    url = parse(sshd_sftp.url("sftp", ssh_lab.key_user.name, str(base), host="::1"))
+    with open_target(url, ssh_lab.key_options(sshd_sftp, known_hosts=str(known_hosts))) as t:
+        t.write_small("v6", b"::1")
+    assert (base / "v6").read_bytes() == b"::1"
+
+
+def test_free_space_is_none_when_the_server_refuses_statvfs(ssh_lab: SSHLab, ssh_users: TestUsers) -> None:
+    server = SSHD(ssh_lab.workdir / "sshd-no-statvfs", ssh_users.names, sftp_args="-P statvfs,fstatvfs").start()
+    try:
+        base = ssh_lab.fresh_dir(ssh_lab.key_user)
+        with sftp_target(ssh_lab, server, base) as t:
+            assert t.free_space() is None
+            t.write_small("x", b"still works")
+        assert (base / "x").read_bytes() == b"still works"
+    finally:
+        server.stop()
+
+
+def test_unreachable_network_is_a_clear_error(tmp_path: Path) -> None:
+    """Inside a network namespace of our own with only loopback: no route anywhere."""
+    require_program("ip")
+    ns = f"kdt-sftp-{os.getpid()}"
+    added = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True)
+    require(added.returncode == 0, f"cannot create a network namespace: {added.stderr.strip()}")
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        script = (
+            "import sys\n"
+            "from capture.targeturl import parse\n"
+            "from transports import open_target\n"
+            "from transports.base import TransportError, TransportOptions\n"
+            "try:\n"
+            "    open_target(parse('sftp://u:secret-pw@10.199.0.1/dumps'),\n"
+            "                TransportOptions(host_key='*', net_timeout=int(sys.argv[1])))\n"
+            "except TransportError as exc:\n"
+            "    print(exc)\n")
+        for timeout in ("0", "2"):
+            run = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script, timeout],
+                                 capture_output=True, text=True, cwd=str(Path(__file__).parent.parent), timeout=60)
+            assert "10.199.0.1:22 is unreachable" in run.stdout, run.stdout + run.stderr
+            assert "secret-pw" not in run.stdout + run.stderr and "Traceback" not in run.stderr
+        assert "tried" in run.stdout, "with KDUMP_NET_TIMEOUT=2 it retries"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 # -- the saver through this transport ----------------------------------------

@@ -39,6 +39,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ipv6_loopback_works() -> bool:
+    """Whether ::1 can be bound here (some containers have no IPv6)."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def ssh_keygen(path: Path, key_type: str, bits: Optional[int] = None) -> str:
     """Make an unencrypted key pair; return the public key line ``TYPE BASE64``."""
     cmd = ["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", "", "-f", str(path)]
@@ -125,10 +135,12 @@ class SSHD:
     ``TYPE BASE64``.  ``sftp=False`` leaves out the sftp subsystem.
     """
 
-    def __init__(self, workdir: Path, users: List[str], sftp: bool = True) -> None:
+    def __init__(self, workdir: Path, users: List[str], sftp: bool = True, sftp_args: str = "") -> None:
         self.workdir = workdir
         self.users = users
         self.sftp = sftp
+        self.sftp_args = sftp_args
+        self.ipv6 = False
         self.port = 0
         self.proc: Optional[subprocess.Popen] = None
         self.host_keys: Dict[str, str] = {}
@@ -144,9 +156,11 @@ class SSHD:
                 self.host_keys[key_type] = ssh_keygen(self.workdir / f"host_{key_type}", key_type,
                                                       2048 if key_type == "rsa" else None)
         self.port = port or free_port()
+        self.ipv6 = ipv6_loopback_works()
         lines = [
             f"Port {self.port}",
             "ListenAddress 127.0.0.1",
+            *(["ListenAddress [::1]"] if self.ipv6 else []),
             *(f"HostKey {self.workdir / f'host_{t}'}" for t in self.host_keys),
             f"PidFile {self.workdir / 'sshd.pid'}",
             f"AuthorizedKeysFile {self.workdir.parent / 'authorized_keys'}/%u",
@@ -162,7 +176,7 @@ class SSHD:
             "LogLevel VERBOSE",
         ]
         if self.sftp:
-            lines.append("Subsystem sftp internal-sftp")
+            lines.append(f"Subsystem sftp internal-sftp {self.sftp_args}".rstrip())
         self.config.write_text("\n".join(lines) + "\n")
         self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
@@ -221,18 +235,19 @@ class SSHD:
                 pass
         return len(pids)
 
-    def known_hosts_line(self, key_type: str = "ed25519") -> str:
-        return f"[127.0.0.1]:{self.port} {self.host_keys[key_type]}"
+    def known_hosts_line(self, key_type: str = "ed25519", host: str = "127.0.0.1") -> str:
+        return f"[{host}]:{self.port} {self.host_keys[key_type]}"
 
     def write_known_hosts(self, path: Path, key_types: tuple = ("ed25519",)) -> Path:
         path.write_text("".join(self.known_hosts_line(t) + "\n" for t in key_types))
         return path
 
-    def url(self, scheme: str, user: str, path: str, password: str = "") -> str:
+    def url(self, scheme: str, user: str, path: str, password: str = "", host: str = "127.0.0.1") -> str:
         """A target URL for this server (password percent-encoded)."""
         from urllib.parse import quote
         userinfo = quote(user, safe="") + (":" + quote(password, safe="") if password else "")
-        return f"{scheme}://{userinfo}@127.0.0.1:{self.port}{quote(path)}"
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{userinfo}@{host}:{self.port}{quote(path)}"
 
 
 class SSHLab:
