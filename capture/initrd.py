@@ -53,6 +53,8 @@ MOUNT_ROOT = "/kdump/mnt"
 
 #: dracut modules of a capture initrd (plus ours); "systemd" is added on request
 BASE_DRACUT_MODULES = ("base",)
+#: a systemd initrd: systemd itself, initrd.target and friends, dracut's hooks as units
+SYSTEMD_DRACUT_MODULES = ("systemd", "systemd-initrd", "dracut-systemd")
 #: file systems that cannot carry a dump across the reboot, or that the
 #: capture kernel cannot mount as a local target
 NOT_LOCAL_FSTYPES = {
@@ -598,7 +600,7 @@ def private_basedir(parent: Path, module_dir: Path = MODULE_DIR,
 
 
 def dracut_command(p: Plan, options: BuildOptions, basedir: Path) -> List[str]:
-    modules = list(BASE_DRACUT_MODULES) + (["systemd"] if options.systemd else []) + [MODULE_NAME]
+    modules = list(BASE_DRACUT_MODULES) + (list(SYSTEMD_DRACUT_MODULES) if options.systemd else []) + [MODULE_NAME]
     cmd = [options.dracut, "--force", "--quiet", "--no-hostonly", "--no-hostonly-cmdline",
            "--no-early-microcode", "--conf", "/dev/null", "--confdir", str(basedir / "no-conf.d"),
            "--modules", " ".join(modules), "--compress", options.compress,

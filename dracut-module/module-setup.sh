@@ -77,7 +77,8 @@ install() {
 
     if dracut_module_included "systemd"; then
         inst_simple "$moddir/kdump-saver.service" "$systemdsystemunitdir/kdump-saver.service"
-        $SYSTEMCTL -q --root "$initdir" add-wants initrd.target kdump-saver.service
+        $SYSTEMCTL -q --root "$initdir" add-wants initrd.target kdump-saver.service \
+            || dfatal "kdump-saver: cannot make initrd.target want kdump-saver.service"
     else
         # no root= on the capture command line: tell init we take over
         inst_hook cmdline 99 "$moddir/kdump-saver-cmdline.sh"
