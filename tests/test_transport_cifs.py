@@ -330,3 +330,18 @@ def test_with_on_a_connected_transport_keeps_one_session(smbd):
     with t:
         t.write_small("x", b"y")
         assert established(smbd.port) == 1
+
+
+def test_server_that_requires_signing(tmp_path, reference_dumps):
+    """Signed sessions take pysmb's signing path for every request, writes included."""
+    _prerequisites()
+    with SambaServer(tmp_path / "signed", signing=True) as server:
+        with open_target(parse(server.url("/signed")), FAST) as t:
+            assert t.conn.is_signing_active
+            f = t.create("vmcore")
+            with open(reference_dumps.flattened("-l", 31), "rb") as stream:
+                for offset, data in FlatReader(stream).records():
+                    f.pwrite(data, offset)
+            f.close()
+            assert t.sha256("vmcore") == sha256_of(reference_dumps.direct("-l", 31))
+        assert sha256_of(server.share_dir / "signed" / "vmcore") == sha256_of(reference_dumps.direct("-l", 31))

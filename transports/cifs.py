@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import os
 import socket
 import struct
 import time
@@ -109,6 +110,25 @@ MAX_IN_FLIGHT = 32
 CREDIT_REQUEST = 8
 
 
+_SMB2_COM_WRITE = 0x0009
+_SMB2_HEADER = struct.Struct("<4sHHIHHIIQIIQ16s")
+_SMB2_WRITE = struct.Struct("<HHIQ16sIIHHI")
+
+
+def _sendmsg_all(sock: socket.socket, buffers: List) -> None:
+    """Send all ``buffers`` (bytes or memoryviews) in order, like sendall."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    while views:
+        sent = sock.sendmsg(views)
+        while sent and views:
+            if sent >= len(views[0]):
+                sent -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][sent:]
+                sent = 0
+
+
 class SmbStatusError(Exception):
     """An SMB2 reply with a failure status (internal; mapped to TransportError)."""
 
@@ -163,17 +183,27 @@ class _FlushRequest:
         pass
 
 
+_MESSAGE_CLASS = None
+
+
 def _message(payload, credit_request: int = 1):
     """An SMB2 message asking for ``credit_request`` credits ([MS-SMB2] 2.2.1.2,
     CreditRequest at header offset 14; pysmb always asks for none)."""
-    from smb.smb2_structs import SMB2Message
+    global _MESSAGE_CLASS
+    if _MESSAGE_CLASS is None:
+        from smb.smb2_structs import SMB2Message
 
-    class _CreditingMessage(SMB2Message):
-        def encode(self) -> bytes:
-            raw = super().encode()
-            return raw[:14] + struct.pack("<H", credit_request) + raw[16:]
+        class CreditingMessage(SMB2Message):
+            credit_request = 1
 
-    return _CreditingMessage(payload)
+            def encode(self) -> bytes:
+                raw = super().encode()
+                return raw[:14] + struct.pack("<H", self.credit_request) + raw[16:]
+
+        _MESSAGE_CLASS = CreditingMessage
+    message = _MESSAGE_CLASS(payload)
+    message.credit_request = credit_request
+    return message
 
 
 class SmbSession:
@@ -284,19 +314,38 @@ class SmbSession:
             while (next_piece < len(starts) and not failures and self.credits > 0
                    and len(in_flight) < MAX_IN_FLIGHT):
                 start = starts[next_piece]
-                piece = bytes(data[start:start + chunk])
-                message = _message(SMB2WriteRequest(fid, piece, offset + start), CREDIT_REQUEST)
-                message.tid = self.tid
-                conn._sendSMBMessage(message)
+                piece = data[start:start + chunk]
+                if conn.is_signing_active:
+                    message = _message(SMB2WriteRequest(fid, bytes(piece), offset + start), CREDIT_REQUEST)
+                    message.tid = self.tid
+                    conn._sendSMBMessage(message)
+                    mid = message.mid
+                else:
+                    mid = self._send_write(fid, piece, offset + start)
                 self.credits -= 1
-                in_flight[message.mid] = len(piece)
-                conn.pending_requests[message.mid] = _PendingRequest(
-                    message.mid, deadline, done, failed, write_mid=message.mid, length=len(piece))
+                in_flight[mid] = len(piece)
+                conn.pending_requests[mid] = _PendingRequest(
+                    mid, deadline, done, failed, write_mid=mid, length=len(piece))
                 next_piece += 1
             if in_flight:
                 conn._pollForNetBIOSPacket(self.timeout)
         if failures:
             raise SmbStatusError(failures[0])
+
+    def _send_write(self, fid: bytes, piece: memoryview, offset: int) -> int:
+        """Send one unsigned SMB2 WRITE without copying ``piece``; return its MessageId.
+
+        The message is what pysmb would build ([MS-SMB2] 2.2.1.2 sync header,
+        2.2.21 WRITE request), framed for direct TCP (a 4-byte length), and
+        handed to the kernel with the data as a separate buffer."""
+        conn = self.conn
+        mid = conn._getNextMID_SMB2()
+        header = _SMB2_HEADER.pack(b"\xfeSMB", 64, 0, 0, _SMB2_COM_WRITE, CREDIT_REQUEST, 0, 0, mid,
+                                   os.getpid() & 0xFFFFFFFF, self.tid, conn.session_id, b"\0" * 16)
+        body = _SMB2_WRITE.pack(49, 64 + _SMB2_WRITE.size, len(piece), offset, fid, 0, 0, 0, 0, 0)
+        length = len(header) + len(body) + len(piece)
+        _sendmsg_all(conn.sock, [struct.pack(">I", length) + header + body, piece])
+        return mid
 
     def read(self, fid: bytes, offset: int, length: int) -> bytes:
         from smb.smb2_structs import SMB2ReadRequest

@@ -64,8 +64,9 @@ class SambaServer:
     share = "dumps"
     ro_share = "ro"
 
-    def __init__(self, workdir: Path, share_dir: Optional[Path] = None) -> None:
+    def __init__(self, workdir: Path, share_dir: Optional[Path] = None, signing: bool = False) -> None:
         self.workdir = Path(workdir)
+        self.signing = signing
         self.user = USER
         self.password = "pw-" + secrets.token_hex(8)
         self.port = free_port()
@@ -110,6 +111,7 @@ class SambaServer:
   printcap name = /dev/null
   disable spoolss = yes
   usershare max shares = 0
+  server signing = {"mandatory" if self.signing else "default"}
 
 [{self.share}]
   path = {self.share_dir}
