@@ -99,6 +99,10 @@ def test_stream_lands_byte_for_byte_in_a_created_directory(ftpd, flat_stream, ca
     with open_target(url, FAST) as t:
         t.mkdir("dump1")
         send_file(t, flat_stream, "dump1/vmcore.flat")
+        assert t.sha256("dump1/vmcore.flat") == sha256_of(flat_stream)  # streamed back with RETR
+        with t.open_read("dump1/vmcore.flat") as f:
+            assert f.read(12) == b"makedumpfile"  # closed early: the next command still works
+        assert [e.name for e in t.listdir("dump1")] == ["vmcore.flat"]
     base = ftpd.home / "crash" / "deep" / "dir"
     for d in (ftpd.home / "crash", base, base / "dump1"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
@@ -252,6 +256,7 @@ def test_ftps_roundtrip_verified_against_the_ca_file(ftpsd, ca, flat_stream):
         assert t.conn.sock.version() is not None  # control connection is TLS
         send_file(t, flat_stream, "vmcore.flat")
         assert t.read_small("vmcore.flat", 12) == b"makedumpfile"
+        assert t.sha256("vmcore.flat") == sha256_of(flat_stream)
     assert sha256_of(ftpsd.home / "secure" / "vmcore.flat") == sha256_of(flat_stream)
 
 

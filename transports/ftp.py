@@ -65,6 +65,17 @@ def _net_reason(exc: BaseException) -> str:
     return f"the connection failed ({type(exc).__name__})"
 
 
+class _FtpTls(ftplib.FTP_TLS):
+    """FTP_TLS whose data connections resume the control connection's TLS
+    session, as servers like vsftpd demand by default (require_ssl_reuse)."""
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
+        return conn, size
+
+
 class FtpFile(DumpFile):
     """One STOR in progress; ``close`` waits for the server's final reply."""
 
@@ -127,6 +138,61 @@ class FtpFile(DumpFile):
         self._t._drop()
 
 
+class FtpReader(io.RawIOBase):
+    """The data connection of a RETR, as a raw binary stream."""
+
+    def __init__(self, transport: "FtpTransport", sock: socket.socket, remote: str) -> None:
+        super().__init__()
+        self._t = transport
+        self._sock: Optional[socket.socket] = sock
+        self._remote = remote
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._sock is None or self._eof:
+            return 0
+        try:
+            n = self._sock.recv_into(buffer)
+        except (OSError, ssl.SSLError) as exc:
+            self._abandon()
+            raise TransportError(f"cannot read {self._remote} on {self._t.url.masked()}: "
+                                 f"{_net_reason(exc)}") from None
+        if n == 0:
+            self._eof = True
+        return n
+
+    def _abandon(self) -> None:
+        sock, self._sock = self._sock, None
+        _close_socket(sock)
+        self._t._drop()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        sock, self._sock = self._sock, None
+        try:
+            if sock is not None:
+                complete = self._eof
+                try:
+                    if isinstance(sock, ssl.SSLSocket) and complete:
+                        sock.unwrap()
+                except (OSError, ssl.SSLError, ValueError):
+                    pass
+                _close_socket(sock)
+                reply = self._t._final_reply(timeout=IO_TIMEOUT)
+                if not complete or reply is None or not reply.startswith("2"):
+                    # stopped early or refused: the control connection is out of step
+                    self._t._drop()
+                    if complete:
+                        raise TransportError(f"cannot read {self._remote} on {self._t.url.masked()}: "
+                                             f"the server answered {reply!r}")
+        finally:
+            super().close()
+
+
 def _close_socket(sock: Optional[socket.socket]) -> None:
     if sock is None:
         return
@@ -164,7 +230,7 @@ class FtpTransport(Transport):
         timeout = IO_TIMEOUT
         conn: ftplib.FTP
         if self.tls:
-            conn = ftplib.FTP_TLS(context=self._tls_context(), timeout=timeout)
+            conn = _FtpTls(context=self._tls_context(), timeout=timeout)
         else:
             conn = ftplib.FTP(timeout=timeout)
         conn.connect(self.url.host, self.url.effective_port, timeout=min(timeout, 10))
@@ -418,11 +484,10 @@ class FtpTransport(Transport):
         return bytes(out[:limit])
 
     def open_read(self, path: str) -> BinaryIO:
-        """The whole file, fetched with one RETR into memory (only small files or tests)."""
+        """A stream over one RETR; closing it reads the server's final reply."""
         remote = self._abs(path)
-        out = bytearray()
-        self._cmd(f"cannot read {remote}", lambda c: c.retrbinary(f"RETR {remote}", out.extend))
-        return io.BytesIO(bytes(out))
+        sock = self._cmd(f"cannot read {remote}", lambda c: c.transfercmd(f"RETR {remote}"))
+        return io.BufferedReader(FtpReader(self, sock, remote), buffer_size=SEND_BLOCK)
 
     def remove_tree(self, path: str) -> None:
         if not [p for p in path.split("/") if p]:

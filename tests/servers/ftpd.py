@@ -160,7 +160,9 @@ class FtpServer:
                 "ssl_enable=YES", f"rsa_cert_file={self.tls_pem}", f"rsa_private_key_file={self.tls_pem}",
                 "force_local_logins_ssl=YES", "force_local_data_ssl=YES", "allow_anon_ssl=YES",
                 "force_anon_logins_ssl=YES", "force_anon_data_ssl=YES",
-                "ssl_tlsv1=NO", "ssl_sslv2=NO", "ssl_sslv3=NO", "require_ssl_reuse=NO", "ssl_ciphers=HIGH",
+                # vsftpd's default require_ssl_reuse=YES is kept: data connections
+                # must resume the control connection's TLS session
+                "ssl_tlsv1=NO", "ssl_sslv2=NO", "ssl_sslv3=NO", "ssl_ciphers=HIGH",
             ]
         self.conf.write_text("\n".join(lines) + "\n")
 
