@@ -32,6 +32,11 @@ pytest_plugins = ["servers.sshd"]
 MiB = 1 << 20
 
 
+def head_of(path: Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
 def fingerprint_of(pub_line: str, tmp: Path) -> str:
     """The SHA256 fingerprint as OpenSSH's ssh-keygen computes it."""
     pub = tmp / "key.pub"
@@ -228,7 +233,7 @@ def test_server_down_is_a_clear_error_and_retries(ssh_lab: SSHLab, ssh_users: Te
 
 def test_connection_cut_during_transfer(ssh_lab: SSHLab, sshd_sftp: SSHD, fixture_vmcore: Path) -> None:
     base = ssh_lab.fresh_dir(ssh_lab.key_user)
-    block = fixture_vmcore.open("rb").read(4 * MiB)
+    block = head_of(fixture_vmcore, 4 * MiB)
     t = sftp_target(ssh_lab, sshd_sftp, base)
     try:
         f = t.create("vmcore.incomplete")
@@ -260,7 +265,7 @@ def test_read_only_directory(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:
 
 def test_full_disk_is_no_space_error(ssh_lab: SSHLab, sshd_sftp: SSHD, fixture_vmcore: Path) -> None:
     fs = ssh_lab.small_fs(ssh_lab.key_user, 512)
-    data = fixture_vmcore.open("rb").read(2 * MiB)
+    data = head_of(fixture_vmcore, 2 * MiB)
     with sftp_target(ssh_lab, sshd_sftp, fs) as t:
         assert t.free_space() == 512 * 1024
         f = t.create("vmcore")

@@ -34,6 +34,11 @@ MiB = 1 << 20
 HOSTILE = "a dir 'q' \"dq\" $(cd;touch pwned) `cd;touch pwned`;x&&cd;touch pwned\nnext line * ?"
 
 
+def head_of(path: Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
+
+
 def ssh_target(lab: SSHLab, server: SSHD, path: Path, **changes: object):
     user = lab.key_user
     return open_target(parse(server.url("ssh", user.name, str(path))), lab.key_options(server, **changes))
@@ -185,7 +190,7 @@ def test_server_down_is_a_clear_error(ssh_lab: SSHLab, ssh_users: TestUsers) -> 
 
 def test_connection_cut_during_the_stream(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path) -> None:
     base = ssh_lab.fresh_dir(ssh_lab.key_user)
-    block = fixture_vmcore.open("rb").read(4 * MiB)
+    block = head_of(fixture_vmcore, 4 * MiB)
     t = ssh_target(ssh_lab, sshd_nosftp, base)
     try:
         f = t.create("vmcore.incomplete")
@@ -213,7 +218,7 @@ def test_read_only_directory(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> None:
 
 def test_full_disk_is_no_space_error(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path) -> None:
     fs = ssh_lab.small_fs(ssh_lab.key_user, 512)
-    data = fixture_vmcore.open("rb").read(MiB)
+    data = head_of(fixture_vmcore, MiB)
     with ssh_target(ssh_lab, sshd_nosftp, fs) as t:
         assert t.free_space() == 512 * 1024
         f = t.create("vmcore.flat")
