@@ -146,6 +146,20 @@ def test_password_login_and_no_secret_anywhere(ssh_lab: SSHLab, sshd_nosftp: SSH
         assert user.password.encode() not in cmdline
 
 
+def test_password_refused_by_a_keys_only_server(ssh_lab: SSHLab, ssh_users: TestUsers) -> None:
+    server = SSHD(ssh_lab.workdir / "sshd-keys-only", ssh_users.names, sftp=False,
+                  extra=("PasswordAuthentication no",)).start()
+    try:
+        user = ssh_lab.password_user
+        url = parse(server.url("ssh", user.name, str(user.home / "x"), user.password))
+        with pytest.raises(TransportError) as err:
+            open_target(url, ssh_lab.password_options(server))
+        assert "refused the login" in str(err.value) and "accepts only publickey" in str(err.value)
+        assert user.password not in str(err.value)
+    finally:
+        server.stop()
+
+
 def test_ecdsa_keys_that_paramiko_rejects_still_load(tmp_path: Path) -> None:
     """paramiko refuses some valid OpenSSH-format ECDSA keys depending on their padding."""
     paths = []

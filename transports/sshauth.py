@@ -326,10 +326,14 @@ def _handshake(url: TargetURL, policy: HostKeyPolicy) -> paramiko.Transport:
 def _authenticate(url: TargetURL, transport: paramiko.Transport, user: str,
                   identities: Sequence[Identity]) -> None:
     tried: List[str] = []
+    allowed: List[str] = []
     for identity in identities:
         tried.append(f"key {identity.path} ({fingerprint(identity.key)})")
         try:
             transport.auth_publickey(user, identity.key)
+        except paramiko.BadAuthenticationType as exc:
+            allowed = list(exc.allowed_types)
+            continue
         except paramiko.AuthenticationException:
             continue
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -341,6 +345,8 @@ def _authenticate(url: TargetURL, transport: paramiko.Transport, user: str,
         tried.append("the password from the URL")
         try:
             transport.auth_password(user, url.password)
+        except paramiko.BadAuthenticationType as exc:
+            allowed = list(exc.allowed_types)
         except paramiko.AuthenticationException:
             pass
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -348,8 +354,9 @@ def _authenticate(url: TargetURL, transport: paramiko.Transport, user: str,
         if transport.is_authenticated():
             log.info("logged in to %s as %s with the URL's password", host_label(url), user)
             return
+    accepts = f"; it accepts only {', '.join(allowed)}" if allowed else ""
     raise TransportError(f"{url.masked()}: the server refused the login as {user!r} "
-                         f"(tried {', '.join(tried)})")
+                         f"(tried {', '.join(tried)}{accepts})")
 
 
 def _socket_reason(exc: OSError, url: TargetURL) -> str:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -129,14 +129,18 @@ class TestUsers:
 
 
 class SSHD:
-    """An OpenSSH server on 127.0.0.1 with its own configuration.
+    """An OpenSSH server on 127.0.0.1 (and ::1 where possible) with its own configuration.
 
     ``host_keys`` maps key type (``ed25519``, ``rsa``) to the public line
-    ``TYPE BASE64``.  ``sftp=False`` leaves out the sftp subsystem.
+    ``TYPE BASE64``.  ``sftp=False`` leaves out the sftp subsystem,
+    ``sftp_args`` are options for internal-sftp, ``extra`` configuration lines
+    take precedence over the defaults.
     """
 
-    def __init__(self, workdir: Path, users: List[str], sftp: bool = True, sftp_args: str = "") -> None:
+    def __init__(self, workdir: Path, users: List[str], sftp: bool = True, sftp_args: str = "",
+                 extra: Tuple[str, ...] = ()) -> None:
         self.workdir = workdir
+        self.extra = extra
         self.users = users
         self.sftp = sftp
         self.sftp_args = sftp_args
@@ -158,6 +162,7 @@ class SSHD:
         self.port = port or free_port()
         self.ipv6 = ipv6_loopback_works()
         lines = [
+            *self.extra,  # first: for most keywords sshd keeps the first value it reads
             f"Port {self.port}",
             "ListenAddress 127.0.0.1",
             *(["ListenAddress [::1]"] if self.ipv6 else []),
