@@ -245,8 +245,10 @@ def test_connection_cut_in_the_middle_of_the_transfer(smbd, reference_dumps, cap
             f.close()
         f.abort()
         assert not isinstance(err.value, NoSpaceError)
+        # the next request logs in again: the caller can still record the failure
+        t.write_small("README.txt", b"INCOMPLETE")
     names = os.listdir(smbd.share_dir / "cut")
-    assert "vmcore" not in names
+    assert "vmcore" not in names and "README.txt" in names
     assert smbd.password not in caplog.text
 
 
@@ -345,3 +347,20 @@ def test_server_that_requires_signing(tmp_path, reference_dumps):
             f.close()
             assert t.sha256("vmcore") == sha256_of(reference_dumps.direct("-l", 31))
         assert sha256_of(server.share_dir / "signed" / "vmcore") == sha256_of(reference_dumps.direct("-l", 31))
+
+
+def test_saver_with_the_connection_cut_mid_dump(smbd, fixture_vmcore):
+    from test_transport_ftp import _save_in_thread, _wait_for_partial
+
+    thread, outcome = _save_in_thread(smbd.url("/cutsave"), fixture_vmcore)
+    _wait_for_partial(smbd.share_dir / "cutsave", "*/vmcore.incomplete", 24 << 20)
+    assert smbd.kill_sessions() > 0
+    thread.join(300)
+    assert isinstance(outcome.get("error"), TransportError), outcome
+    assert "connection was lost" in str(outcome["error"])
+    d = [p for p in (smbd.share_dir / "cutsave").iterdir() if p.is_dir()]
+    assert len(d) == 1
+    assert not {"vmcore", "vmcore.lz4", "vmcore.flat"} & {p.name for p in d[0].iterdir()}
+    readme = (d[0] / "README.txt").read_text()
+    assert readme.startswith("THIS DUMP IS INCOMPLETE.") and "connection was lost" in readme
+    assert smbd.password not in readme

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 
@@ -373,3 +374,40 @@ def test_with_on_a_connected_transport_keeps_one_session(ftpd):
     with t:
         t.write_small("x", b"y")
         assert established(ftpd.port) == 1
+
+
+def _save_in_thread(url: str, vmcore: Path) -> Tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = save(Config(dumpformat="raw"), vmcore=str(vmcore), savedir=url)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _wait_for_partial(root: Path, pattern: str, size: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parts = list(root.glob(pattern))
+        if parts and parts[0].stat().st_size > size:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"no {pattern} above {size} bytes under {root}")
+
+
+def test_saver_with_the_connection_cut_mid_dump(ftpd, fixture_vmcore):
+    thread, outcome = _save_in_thread(ftpd.url("/cutsave"), fixture_vmcore)
+    _wait_for_partial(ftpd.home / "cutsave", "*/vmcore.incomplete", 8 << 20)
+    assert ftpd.kill_sessions() > 0
+    thread.join(300)
+    assert isinstance(outcome.get("error"), TransportError), outcome
+    assert "connection" in str(outcome["error"])
+    d = _only_dir(ftpd.home / "cutsave")
+    assert not {"vmcore", "vmcore.lz4", "vmcore.flat"} & {p.name for p in d.iterdir()}
+    readme = (d / "README.txt").read_text()
+    assert readme.startswith("THIS DUMP IS INCOMPLETE.") and "connection" in readme
+    assert ftpd.password not in readme

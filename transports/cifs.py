@@ -15,7 +15,10 @@ requests itself ([MS-SMB2] 2.2.13 CREATE, 2.2.17 FLUSH, 2.2.19 READ,
 
 * a dump file is one open handle; writes at offsets are coalesced in memory
   into large contiguous runs and sent in chunks of the server's maximum write
-  size; ``close`` sends FLUSH (the server's fsync) before CLOSE;
+  size (64 KiB: pysmb negotiates SMB 2.0.2), several WRITEs in flight within
+  the credits the server grants; unsigned WRITEs are framed here and handed
+  to the socket without copying the data; ``close`` sends FLUSH (the
+  server's fsync) before CLOSE;
 * ``rename`` uses FileRenameInformation with ReplaceIfExists;
 * ``free_space`` asks FileFsFullSizeInformation (caller-available units).
 
@@ -507,6 +510,7 @@ class CifsTransport(Transport):
         self.session: Optional[SmbSession] = None
         self.io_timeout = float(max(30, options.net_timeout))
         self._open_files: "weakref.WeakSet[SmbFile]" = weakref.WeakSet()
+        self._connected_once = False
 
     # -- helpers -------------------------------------------------------
 
@@ -522,9 +526,10 @@ class CifsTransport(Transport):
     def _io(self, what: str, action: Callable[[], object]):
         """Run ``action``; turn SMB and connection failures into TransportError."""
         from smb.base import NotConnectedError, NotReadyError, SMBTimeout
+        from smb.smb_structs import ProtocolError
 
         if self.session is None:
-            raise TransportError(f"{what} on {self.url.masked()}: not connected")
+            self._reconnect(what)
         try:
             return action()
         except SmbStatusError as exc:
@@ -535,6 +540,10 @@ class CifsTransport(Transport):
             self._drop()
             raise TransportError(f"{what} on {self.url.masked()}: the connection was lost"
                                  f" ({type(exc).__name__})") from None
+        except ProtocolError as exc:
+            self._drop()
+            raise TransportError(f"{what} on {self.url.masked()}: the server's answer was not "
+                                 f"understood ({type(exc).__name__})") from None
         except (SMBTimeout, TimeoutError, socket.timeout):
             self._drop()
             raise TransportError(f"{what} on {self.url.masked()}: the server did not answer "
@@ -542,6 +551,19 @@ class CifsTransport(Transport):
         except OSError as exc:
             self._drop()
             raise TransportError(f"{what} on {self.url.masked()}: {exc.strerror or exc}") from None
+
+    def _reconnect(self, what: str) -> None:
+        """One new login after a lost connection (handles of the old one are gone)."""
+        if not self._connected_once:
+            raise TransportError(f"{what} on {self.url.masked()}: not connected")
+        try:
+            self._connect_once()
+        except TransportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to reconnect is reported the same way
+            self._drop()
+            raise TransportError(f"{what} on {self.url.masked()}: cannot reconnect: "
+                                 f"{_network_reason(exc)}") from None
 
     def _drop(self) -> None:
         conn, self.conn, self.session = self.conn, None, None
@@ -614,6 +636,7 @@ class CifsTransport(Transport):
             attempt += 1
             try:
                 self._connect_once()
+                self._connected_once = True
                 break
             except TransportError:
                 raise
