@@ -25,12 +25,15 @@ import errno
 import hashlib
 import logging
 import os
+import pwd
 import socket
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from capture.targeturl import TargetURL
 from transports.base import TransportError, TransportOptions
@@ -213,9 +216,6 @@ def _load_key(path: str) -> Optional[paramiko.PKey]:
 def _load_key_with_cryptography(path: str) -> Optional[paramiko.PKey]:
     """Second chance for ECDSA and RSA keys in OpenSSH's format: paramiko
     rejects some valid ones depending on their padding (paramiko issue 2445)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
     try:
         with open(path, "rb") as f:
             key = serialization.load_ssh_private_key(f.read(), password=None)
@@ -371,9 +371,8 @@ def _socket_reason(exc: OSError, url: TargetURL) -> str:
 
 def _local_user() -> str:
     try:
-        import pwd
         return pwd.getpwuid(os.getuid()).pw_name
-    except (KeyError, ImportError):
+    except KeyError:
         return "root"
 
 
