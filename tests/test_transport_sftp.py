@@ -189,6 +189,14 @@ def test_bad_host_key_refuses_before_sending(ssh_lab: SSHLab, sshd_sftp: SSHD, t
     assert sshd_sftp.log.read_text().count("Accepted ") == log_before, "no login may happen"
 
 
+def test_recorded_key_type_the_server_lacks(ssh_lab: SSHLab, sshd_sftp: SSHD, tmp_path: Path) -> None:
+    ecdsa = ssh_keygen(tmp_path / "host_ecdsa", "ecdsa")
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / "never"
+    with pytest.raises(TransportError, match=r"has no host key of the type\(s\) recorded .*ecdsa-sha2-nistp256"):
+        sftp_target(ssh_lab, sshd_sftp, base, host_key=ecdsa, net_timeout=5)
+    assert not base.exists()
+
+
 def test_host_key_check_off_warns(ssh_lab: SSHLab, sshd_sftp: SSHD, caplog: pytest.LogCaptureFixture) -> None:
     base = ssh_lab.fresh_dir(ssh_lab.key_user)
     with caplog.at_level(logging.WARNING):

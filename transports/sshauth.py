@@ -313,6 +313,13 @@ def _handshake(url: TargetURL, policy: HostKeyPolicy) -> paramiko.Transport:
             security.key_types = tuple(wanted)
         try:
             transport.start_client(timeout=ATTEMPT_TIMEOUT)
+        except paramiko.IncompatiblePeer as exc:
+            if wanted:
+                raise TransportError(
+                    f"refusing to send to {url.masked()}: {host_label(url)} has no host key of the type(s) "
+                    f"recorded in {policy.source} ({', '.join(k.key_type for k in policy.expected)})") from None
+            raise TransportError(f"{url.masked()}: no common SSH algorithms with {host_label(url)}: "
+                                 f"{describe(exc)}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise _Retryable(f"SSH handshake with {host_label(url)} failed: {describe(exc)}") from None
         key = transport.get_remote_server_key()
