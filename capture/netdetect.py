@@ -33,7 +33,7 @@ from capture.config import NetConfig
 from capture.errors import ConfigError, KdumpError
 from capture.netargs import (AUTO6, DHCP, DHCP6, STATIC, Address, Bond, Bridge, Interface, NetPlan, Rename,
                              Route, Vlan, describe)
-from capture.network import IpTool, resolve_host
+from capture.network import IpTool, permanent_mac, resolve_host
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ PIN_PREFIX = "kdump"
 _STUB_UPSTREAM = "/run/systemd/resolve/resolv.conf"
 _BOND_DEFAULTS = {"miimon": 0, "updelay": 0, "downdelay": 0, "arp_interval": 0, "xmit_hash_policy": "layer2",
                   "lacp_rate": "slow", "primary_reselect": "always", "fail_over_mac": "none"}
+_BOND_JSON_KEYS = {"lacp_rate": "ad_lacp_rate"}           # option name -> key in ``ip -j -d link``
 
 
 def resolve_auto(target_host: Optional[str], *, resolv_conf: str = "/etc/resolv.conf",
@@ -171,7 +172,7 @@ class _Builder:
             self.plan.bridges.append(Bridge(name, [self.link(p) for p in self.members(dev)]))
         elif kind in (None, "veth", "") and link.get("link_type") == "ether":
             name = f"{PIN_PREFIX}{len(self.plan.renames)}"
-            mac = (link.get("permaddr") or link.get("address", "")).lower()
+            mac = permanent_mac(link)
             self.plan.renames.append(Rename(name, mac))
         else:
             raise ConfigError(f"KDUMP_NETCONFIG: {dev} is a {kind or link.get('link_type')} link, which the "
@@ -185,7 +186,7 @@ class _Builder:
     def bond_options(self, data: dict) -> List[tuple]:
         options = [("mode", str(data.get("mode", "balance-rr")))]
         for key, default in _BOND_DEFAULTS.items():
-            value = data.get(key)
+            value = data.get(_BOND_JSON_KEYS.get(key, key))
             if value is None or value == default:
                 continue
             if key == "xmit_hash_policy" and options[0][1] not in ("balance-xor", "802.3ad", "balance-tlb"):

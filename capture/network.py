@@ -225,7 +225,7 @@ class _BringUp:
         if not missing:
             return None
         return (f"no link has the MAC {', '.join(missing)}; links present: "
-                + ", ".join(f"{n} ({l.get('permaddr') or l.get('address', '?')})" for n, l in links.items()))
+                + ", ".join(f"{n} ({permanent_mac(l) or '?'})" for n, l in links.items()))
 
     def physical_names(self) -> List[str]:
         """Links the plan uses but does not create."""
@@ -501,11 +501,15 @@ class _BringUp:
 
 # ---------------------------------------------------------------- helpers
 
+def permanent_mac(link: dict) -> str:
+    """The link's own MAC (``ip -j -d link`` entry): a bond slave's current address is the bond's."""
+    slave = link.get("linkinfo", {}).get("info_slave_data", {})
+    return (slave.get("perm_hwaddr") or link.get("permaddr") or link.get("address", "")).lower()
+
+
 def _by_mac(links: Dict[str, dict], mac: str) -> Optional[str]:
     for name, link in links.items():
-        if link.get("link_type") != "ether":
-            continue
-        if (link.get("permaddr") or link.get("address", "")).lower() == mac:
+        if link.get("link_type") == "ether" and permanent_mac(link) == mac:
             return name
     return None
 

@@ -165,7 +165,7 @@ class Lab:
         argv += [f"--address=/{name}/{addr}" for name, addr in hosts.items()]
         argv += list(extra)
         proc = self.spawn(ns, argv, tag + ".log")
-        self._wait(lambda: "started, version" in self.log(tag + ".log") or proc.poll() is not None, 10)
+        self.wait_until(lambda: "started, version" in self.log(tag + ".log") or proc.poll() is not None, 10)
         if proc.poll() is not None:
             raise RuntimeError(f"dnsmasq failed: {self.log(tag + '.log')}")
         return proc
@@ -180,7 +180,7 @@ class Lab:
                 "    c, _ = s.accept(); c.sendall(b'kdump-ok ' + sys.argv[1].encode()); c.close()\n")
         tag = f"listener-{ns}-{port}"
         proc = self.spawn(ns, [PYTHON, "-c", code, address, str(port)], tag + ".log")
-        self._wait(lambda: "listening" in self.log(tag + ".log") or proc.poll() is not None, 10)
+        self.wait_until(lambda: "listening" in self.log(tag + ".log") or proc.poll() is not None, 10)
         if proc.poll() is not None:
             raise RuntimeError(f"listener failed: {self.log(tag + '.log')}")
         return proc
@@ -245,7 +245,7 @@ class Lab:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            self._wait(lambda: not self.namespace_pids(ns), 5)
+            self.wait_until(lambda: not self.namespace_pids(ns), 5)
 
     @staticmethod
     def namespace_pids(ns: str) -> List[int]:
@@ -253,7 +253,7 @@ class Lab:
         return [int(p) for p in proc.stdout.split()]
 
     @staticmethod
-    def _wait(cond, timeout: float) -> bool:
+    def wait_until(cond, timeout: float) -> bool:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if cond():
