@@ -125,14 +125,22 @@ class Closure:
     @property
     def stdlib_modules(self) -> List[str]:
         """Names of the standard-library modules in the closure (sorted)."""
-        return sorted(n for n, f in self.modules.items()
-                      if not f or _under(f, self.stdlib_dir))
+        names = getattr(sys, "stdlib_module_names", None)
+
+        def is_stdlib(name: str, path: str) -> bool:
+            if name == "__main__":
+                return True
+            if path:
+                return _under(path, self.stdlib_dir) and "/site-packages/" not in path
+            return names is None or name.partition(".")[0] in names
+
+        return sorted(n for n, f in self.modules.items() if is_stdlib(n, f))
 
     @property
     def packages(self) -> List[str]:
         """Top-level names of the non-stdlib packages in the closure."""
-        return sorted({n.partition(".")[0] for n, f in self.modules.items()
-                       if f and not _under(f, self.stdlib_dir)})
+        stdlib = set(self.stdlib_modules)
+        return sorted({n.partition(".")[0] for n, f in self.modules.items() if n not in stdlib})
 
 
 def real_interpreter(executable: Optional[str] = None) -> str:

@@ -75,7 +75,7 @@ PRODUCTION_ONLY = frozenset({"capture.closure", "capture.initrd", "capture.kexec
 #: what to import for each allowed optional package
 ROOT_ENTRY_MODULES = {"paramiko": ("paramiko",), "smb": ("smb.SMBConnection", "smb.base"),
                       "nmb": ("nmb.NetBIOS",), "lz4": ("lz4.frame",)}
-DHCP_CLIENTS = ("dhclient", "dhcpcd", "busybox")
+DHCP_CLIENTS = ("dhclient", "dhcpcd", "udhcpc")
 DHCP_MODES = ("auto", "dhcp", "dhcp4", "dhcp6", "auto6")
 DEFAULT_COMPRESS = "xz"
 
@@ -393,15 +393,26 @@ def savedir_mount(path: str) -> MountRecord:
         raise ConfigError(f"KDUMP_SAVEDIR={path}: its file system {source!r} ({fstype}) is not on a block device")
     host_target = fs.get("target") or "/"
     initrd_target = os.path.normpath(MOUNT_ROOT + (host_target if host_target != "/" else ""))
-    return MountRecord(source=spec, fstype=fstype, options=_mount_options(fs.get("options") or "defaults"),
+    return MountRecord(source=spec, fstype=fstype, options=_mount_options(host_target, fs.get("options") or ""),
                        host_target=host_target, initrd_target=initrd_target)
 
 
-def _mount_options(options: str) -> str:
-    """Mount options for the capture kernel: read-write, without the ones
-    only meaningful to the running system (bind sources, SELinux contexts)."""
-    keep = [o for o in options.split(",") if o and o not in ("ro", "rw")
-            and not o.startswith(("context=", "fscontext=", "defcontext=", "rootcontext=", "x-"))]
+#: mount options of the running system worth keeping in the capture kernel:
+#: the ones that select what is mounted (btrfs subvolumes), not how
+KEPT_MOUNT_OPTIONS = ("subvol=", "subvolid=")
+
+
+def _mount_options(target: str, options: str) -> str:
+    """Mount options for the capture kernel: /etc/fstab's for that mount
+    point when it has an entry, else ``rw`` plus :data:`KEPT_MOUNT_OPTIONS`
+    from the options the kernel shows (many of those, like ``seclabel``,
+    cannot be given back to mount)."""
+    fstab = subprocess.run(["findmnt", "-s", "-n", "-o", "OPTIONS", "--mountpoint", target],
+                           capture_output=True, text=True)
+    chosen = fstab.stdout.strip().splitlines()[0].split(",") if fstab.returncode == 0 and fstab.stdout.strip() \
+        else [o for o in options.split(",") if o.startswith(KEPT_MOUNT_OPTIONS)]
+    keep = [o for o in chosen if o and o not in ("ro", "rw", "defaults", "noauto", "nofail", "auto")
+            and not o.startswith(("x-", "context=", "fscontext=", "defcontext=", "rootcontext=", "comment="))]
     return ",".join(["rw"] + keep)
 
 
@@ -444,10 +455,11 @@ def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], Lis
                             f"client is installed (one of {', '.join(DHCP_CLIENTS)})")
         else:
             programs.append(client)
-            if os.path.basename(client) == "dhclient":
-                optional.extend(["/sbin/dhclient-script", "/usr/sbin/dhclient-script"])
+            if config.netconfig.mode in ("auto", "dhcp6", "auto6") and os.path.basename(client) == "udhcpc":
+                optional.append("udhcpc6")
     if url.scheme == "nfs":
-        optional.extend(["mount.nfs", "mount.nfs4"])
+        # mount.nfs uses libtirpc, which reads /etc/netconfig
+        optional.extend(["mount.nfs", "mount.nfs4", "/etc/netconfig"])
     for name in config.required_programs:
         path = _which(name)
         if path is None:
@@ -470,7 +482,8 @@ def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], Lis
 
 
 def dhcp_client() -> Optional[str]:
-    """The first DHCP client installed, in the order of :data:`DHCP_CLIENTS`."""
+    """The first DHCP client installed, in the order capture.network prefers
+    (dhclient, dhcpcd, busybox's udhcpc)."""
     for name in DHCP_CLIENTS:
         path = _which(name)
         if path:
@@ -483,12 +496,12 @@ def kernel_modules(config: Config, url: TargetURL, mount: Optional[MountRecord])
     network target, the block driver and file system of a local one, nfs."""
     mods: List[str] = []
     if needs_network(config, url):
-        ifaces = [config.netconfig.interface] if config.netconfig.interface else _physical_interfaces()
-        for iface in ifaces:
+        for iface in _physical_interfaces():
             mods.extend(_device_modules(f"/sys/class/net/{iface}/device"))
+        mods.extend(_netplan_modules(config, url))
         mods.append("af_packet")
     if url.scheme == "nfs":
-        mods.extend(["nfs", "nfsv4"])
+        mods.extend(["nfs", "nfsv4", "nfsv3"])
     if mount is not None:
         mods.append(mount.fstype)
         dev = _mount_device(mount)
@@ -498,25 +511,24 @@ def kernel_modules(config: Config, url: TargetURL, mount: Optional[MountRecord])
 
 
 def _physical_interfaces() -> List[str]:
-    default = _default_route_interface()
-    if default:
-        return [default]
+    """Every interface backed by a device: their drivers are small, and the
+    capture kernel may name or order them differently."""
     try:
         return sorted(n for n in os.listdir("/sys/class/net") if os.path.exists(f"/sys/class/net/{n}/device"))
     except OSError:
         return []
 
 
-def _default_route_interface() -> Optional[str]:
+def _netplan_modules(config: Config, url: TargetURL) -> List[str]:
+    """bonding, 8021q, bridge when the network plan of the target needs them."""
     try:
-        with open("/proc/net/route") as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if len(fields) > 2 and fields[1] == "00000000":
-                    return fields[0]
-    except OSError:
-        pass
-    return None
+        from capture import netdetect
+        plan = netdetect.resolve_netconfig(config.netconfig, url.host or None)
+    except (ImportError, KdumpError, OSError) as exc:
+        log.debug("no network plan for the kernel modules: %s", exc)
+        return []
+    return ((["bonding"] if plan.bonds else []) + (["8021q"] if plan.vlans else [])
+            + (["bridge"] if plan.bridges else []))
 
 
 def _mount_device(mount: MountRecord) -> Optional[str]:

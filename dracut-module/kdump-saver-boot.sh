@@ -11,8 +11,11 @@ if [ -s /etc/kdump-saver/fstab ]; then
         case "$src" in ''|'#'*) continue ;; esac
         mkdir -p "$dir"
         if ! mount -t "$fstype" -o "$opts" "$src" "$dir"; then
-            echo "kdump-saver: cannot mount $src on $dir ($fstype, $opts)" >&2
-            exit 1
+            echo "kdump-saver: mounting $src on $dir with -o $opts failed; trying -o rw" >&2
+            if ! mount -t "$fstype" -o rw "$src" "$dir"; then
+                echo "kdump-saver: cannot mount $src on $dir ($fstype)" >&2
+                exit 1
+            fi
         fi
     done < /etc/kdump-saver/fstab
 fi
