@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import random
-import shutil
 import stat
 import subprocess
 import threading

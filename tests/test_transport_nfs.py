@@ -19,7 +19,6 @@ import pytest
 from capture.targeturl import parse
 from conftest import require, require_program
 from servers.smbd import free_port
-from transports import nfs
 from transports.base import TransportError, TransportOptions
 from transports.nfs import NfsTransport, RunResult, export_candidates, mount_commands, run_command
 

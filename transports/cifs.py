@@ -39,10 +39,21 @@ import time
 import weakref
 from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 
+from smb.SMBConnection import SMBConnection
+from smb.base import NotConnectedError, NotReadyError, SMBTimeout, _PendingRequest
+from smb.smb2_constants import SMB2_COM_FLUSH
+from smb.smb2_structs import (SMB2CloseRequest, SMB2CreateRequest, SMB2Message, SMB2QueryInfoRequest,
+                              SMB2ReadRequest, SMB2SetInfoRequest, SMB2TreeConnectRequest, SMB2WriteRequest)
+from smb.smb_structs import OperationFailure, ProtocolError
+
 from capture.targeturl import TargetURL
 from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
 
 log = logging.getLogger(__name__)
+# pysmb's SMB1 path logs a hash of the password at INFO level; its debug and
+# info output is of no use on a console anyway
+logging.getLogger("SMB").setLevel(logging.WARNING)
+logging.getLogger("NMB").setLevel(logging.WARNING)
 
 # NT status codes ([MS-ERREF] 2.3.1) this module tells apart.
 STATUS_SUCCESS = 0
@@ -175,7 +186,6 @@ class _FlushRequest:
         self.fid = fid
 
     def initMessage(self, message) -> None:  # noqa: N802 - pysmb's protocol
-        from smb.smb2_constants import SMB2_COM_FLUSH
         message.payload = self
         message.command = SMB2_COM_FLUSH
 
@@ -186,25 +196,19 @@ class _FlushRequest:
         pass
 
 
-_MESSAGE_CLASS = None
+class _CreditingMessage(SMB2Message):
+    """An SMB2 message that asks for credits ([MS-SMB2] 2.2.1.2: CreditRequest
+    at header offset 14; pysmb always asks for none)."""
+
+    credit_request = 1
+
+    def encode(self) -> bytes:
+        raw = super().encode()
+        return raw[:14] + struct.pack("<H", self.credit_request) + raw[16:]
 
 
-def _message(payload, credit_request: int = 1):
-    """An SMB2 message asking for ``credit_request`` credits ([MS-SMB2] 2.2.1.2,
-    CreditRequest at header offset 14; pysmb always asks for none)."""
-    global _MESSAGE_CLASS
-    if _MESSAGE_CLASS is None:
-        from smb.smb2_structs import SMB2Message
-
-        class CreditingMessage(SMB2Message):
-            credit_request = 1
-
-            def encode(self) -> bytes:
-                raw = super().encode()
-                return raw[:14] + struct.pack("<H", self.credit_request) + raw[16:]
-
-        _MESSAGE_CLASS = CreditingMessage
-    message = _MESSAGE_CLASS(payload)
+def _message(payload, credit_request: int = 1) -> _CreditingMessage:
+    message = _CreditingMessage(payload)
     message.credit_request = credit_request
     return message
 
@@ -233,8 +237,6 @@ class SmbSession:
 
     def call(self, payload, tid: Optional[int] = None):
         """Send one SMB2 request and return the reply message (any status)."""
-        from smb.base import _PendingRequest
-
         conn = self.conn
         message = _message(payload)
         message.tid = self.tid if tid is None else tid
@@ -265,8 +267,6 @@ class SmbSession:
         return reply
 
     def tree_connect(self, host: str) -> None:
-        from smb.smb2_structs import SMB2TreeConnectRequest
-
         reply = self.call(SMB2TreeConnectRequest(rf"\\{host}\{self.share}"), tid=0)
         if reply.status != STATUS_SUCCESS:
             raise SmbStatusError(reply.status)
@@ -274,8 +274,6 @@ class SmbSession:
         self.conn.connected_trees[self.share] = reply.tid
 
     def open(self, path: str, access: int, disposition: int, options: int) -> bytes:
-        from smb.smb2_structs import SMB2CreateRequest
-
         reply = self.check(SMB2CreateRequest(
             path.replace("/", "\\"), file_attributes=_FILE_ATTRIBUTE_NORMAL if options & _FILE_NON_DIRECTORY_FILE else 0,
             access_mask=access | _SYNCHRONIZE, share_access=_SHARE_ALL, create_disp=disposition,
@@ -283,15 +281,10 @@ class SmbSession:
         return reply.payload.fid
 
     def close_handle(self, fid: bytes) -> None:
-        from smb.smb2_structs import SMB2CloseRequest
-
         self.check(SMB2CloseRequest(fid))
 
     def write(self, fid: bytes, data: memoryview, offset: int) -> None:
         """Write ``data`` at ``offset``, several requests in flight at once."""
-        from smb.base import _PendingRequest
-        from smb.smb2_structs import SMB2WriteRequest
-
         conn = self.conn
         chunk = max(4096, conn.max_write_size or 65536)
         starts = list(range(0, len(data), chunk))
@@ -351,8 +344,6 @@ class SmbSession:
         return mid
 
     def read(self, fid: bytes, offset: int, length: int) -> bytes:
-        from smb.smb2_structs import SMB2ReadRequest
-
         out = bytearray()
         chunk = max(4096, self.conn.max_read_size or 65536)
         while len(out) < length:
@@ -373,14 +364,10 @@ class SmbSession:
         self.check(_FlushRequest(fid))
 
     def set_info(self, fid: bytes, info_class: int, data: bytes) -> None:
-        from smb.smb2_structs import SMB2SetInfoRequest
-
         self.check(SMB2SetInfoRequest(fid, additional_info=0, info_type=_SMB2_INFO_FILE,
                                       file_info_class=info_class, data=data))
 
     def query_fs(self, fid: bytes, info_class: int) -> bytes:
-        from smb.smb2_structs import SMB2QueryInfoRequest
-
         reply = self.check(SMB2QueryInfoRequest(fid, flags=0, additional_info=0, info_type=_SMB2_INFO_FILESYSTEM,
                                                 file_info_class=info_class, input_buf=b"", output_buf_len=4096))
         return reply.payload.data
@@ -525,9 +512,6 @@ class CifsTransport(Transport):
 
     def _io(self, what: str, action: Callable[[], object]):
         """Run ``action``; turn SMB and connection failures into TransportError."""
-        from smb.base import NotConnectedError, NotReadyError, SMBTimeout
-        from smb.smb_structs import ProtocolError
-
         if self.session is None:
             self._reconnect(what)
         try:
@@ -594,8 +578,6 @@ class CifsTransport(Transport):
     # -- connection ----------------------------------------------------
 
     def _connect_once(self) -> None:
-        from smb.SMBConnection import SMBConnection
-
         conn = SMBConnection(self.user, self.url.password, "KDUMPSAVER", self.url.host,
                              domain=self.domain, use_ntlm_v2=True, is_direct_tcp=True)
         try:
@@ -625,8 +607,6 @@ class CifsTransport(Transport):
     def connect(self) -> None:
         """Log in, connect the share, create the base directory; a no-op when
         already connected (``open_target`` connects, ``with`` calls this again)."""
-        from smb.base import NotConnectedError, SMBTimeout
-
         if self.session is not None:
             return
 
@@ -709,8 +689,6 @@ class CifsTransport(Transport):
                           lambda fid: self.session.set_info(fid, _FILE_RENAME_INFORMATION, info))
 
     def listdir(self, path: str = "") -> List[DirEntry]:
-        from smb.smb_structs import OperationFailure
-
         remote = self._remote(path)
 
         def run():
