@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
-from capture.config import NetConfig
+from capture.config import Config, NetConfig
 from capture.errors import KdumpError
-from capture.netargs import (ANY_INTERFACE, AUTO6, DHCP, DHCP6, STATIC, Interface, NetPlan,
-                             describe)
+from capture.netargs import ANY_INTERFACE, AUTO6, DHCP, DHCP6, Interface, NetPlan, choose_plan, describe
 from capture.targeturl import TargetURL
 from capture.targeturl import parse as parse_url
 
@@ -51,6 +50,24 @@ def needs_network(url: Union[TargetURL, str], netconfig: NetConfig) -> bool:
     """Whether the network must be brought up: a remote target, or KDUMP_NETCONFIG ``...:force``."""
     target = parse_url(url) if isinstance(url, str) else url
     return target.is_remote or netconfig.force
+
+
+def prepare(config: Config, target: TargetURL, *, cmdline: Optional[str] = None, **options) -> bool:
+    """Before the save: bring the network up if ``target`` needs it (or KDUMP_NETCONFIG has ``:force``).
+
+    The plan is the kernel command line's (``/proc/cmdline`` unless ``cmdline``
+    is given) ``ip=`` and friends, else KDUMP_NETCONFIG; the wait is
+    KDUMP_NET_TIMEOUT.  ``options`` go to :func:`bring_up`.  Returns whether
+    the network was brought up.
+    """
+    if not needs_network(target, config.netconfig):
+        log.info("network: not needed for the local target %s", target.masked())
+        return False
+    if cmdline is None:
+        cmdline = Path("/proc/cmdline").read_text()
+    plan = choose_plan(cmdline, config.netconfig)
+    bring_up(plan, target.host or None, config.net_timeout, **options)
+    return True
 
 
 def bring_up(plan: NetPlan, target_host: Optional[str], timeout: int, *,
@@ -327,12 +344,13 @@ class _BringUp:
         ip, name = self.ip, iface.name
         self.configured.append(name)
         if iface.mac:
+            ip.run("link", "set", "dev", name, "down")
             ip.run("link", "set", "dev", name, "address", iface.mac)
         if iface.mtu:
             ip.run("link", "set", "dev", name, "mtu", str(iface.mtu))
         if AUTO6 in iface.modes or DHCP6 in iface.modes:
             _sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0")
-            _sysctl(f"net/ipv6/conf/{name}/accept_ra", "1" if DHCP6 in iface.modes else "2")
+            _sysctl(f"net/ipv6/conf/{name}/accept_ra", "2")
             _sysctl(f"net/ipv6/conf/{name}/autoconf", "1" if AUTO6 in iface.modes else "0")
         ip.run("link", "set", "dev", name, "up")
         for addr in iface.addresses:

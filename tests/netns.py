@@ -39,6 +39,13 @@ logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)
 from capture import netargs, network
 from capture.errors import KdumpError
 try:
+    if spec["config"] is not None:
+        from capture import config, targeturl
+        cfg = config.parse_text(spec["config"])
+        done = network.prepare(cfg, targeturl.parse(cfg.savedir), cmdline=spec["cmdline"],
+                               state_dir=spec["state_dir"], dhcp_client=spec["client"])
+        print(json.dumps({"ok": True, "prepared": done}))
+        sys.exit(0)
     if spec["netconfig"] is not None:
         from capture import config
         netconfig = config.parse_text('KDUMP_NETCONFIG="%s"\n' % spec["netconfig"]).netconfig
@@ -198,17 +205,19 @@ class Lab:
     # -- the code under test
 
     def bring_up(self, ns: str, cmdline: str, target: Optional[str], timeout: int,
-                 client: Optional[str] = None, netconfig: Optional[str] = None) -> "Outcome":
+                 client: Optional[str] = None, netconfig: Optional[str] = None,
+                 config: Optional[str] = None) -> "Outcome":
         """Run ``capture.network.bring_up(parse_cmdline(cmdline), ...)`` inside ``ns``; with
-        ``netconfig`` (a KDUMP_NETCONFIG value) the plan is ``choose_plan(cmdline, netconfig)``."""
+        ``netconfig`` (a KDUMP_NETCONFIG value) the plan is ``choose_plan(cmdline, netconfig)``;
+        with ``config`` (sysconfig text) ``network.prepare`` runs instead, for its KDUMP_SAVEDIR."""
         state = self.tmp / f"state-{ns}-{next(_COUNTER)}"
         spec = {"cmdline": cmdline, "target": target, "timeout": timeout, "state_dir": str(state),
-                "client": client, "netconfig": netconfig,
+                "client": client, "netconfig": netconfig, "config": config,
                 "resolv_conf": str(Path("/etc/netns") / ns / "resolv.conf")}
         proc = self.exec(ns, [PYTHON, "-c", _RUNNER, json.dumps(spec)], timeout=timeout + 60, check=False)
         lines = proc.stdout.strip().splitlines()
         result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
-        return Outcome(proc.returncode, result.get("error", ""), proc.stderr, state)
+        return Outcome(proc.returncode, result.get("error", ""), proc.stderr, state, result.get("prepared"))
 
     def run_python(self, ns: str, code: str, *args: str) -> subprocess.CompletedProcess:
         return self.exec(ns, [PYTHON, "-c", code, *args])
@@ -265,7 +274,9 @@ class Lab:
 class Outcome:
     """What one bring_up run inside a namespace gave."""
 
-    def __init__(self, returncode: int, error: str, log: str, state_dir: Path) -> None:
+    def __init__(self, returncode: int, error: str, log: str, state_dir: Path,
+                 prepared: Optional[bool] = None) -> None:
+        self.prepared = prepared
         self.returncode = returncode
         self.error = error
         self.log = log

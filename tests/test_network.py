@@ -11,8 +11,6 @@ exists only inside these namespaces.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -258,6 +256,44 @@ def test_auto6(lab):
     assert len(addr) == 1 and addr[0]["prefixlen"] == 64 and addr[0]["local"].startswith("2001:db8:1:0:")
     assert default_route(lab, cli, 6)[0]["protocol"] == "ra"
     assert lab.connect(cli, TARGET6, PORT) == f"kdump-ok {TARGET6}"
+
+
+# ---------------------------------------------------------------- only when the target needs it
+
+@pytest.mark.parametrize("savedir, netconfig, wanted", [
+    ("/var/crash", "auto", False),
+    ("/var/crash", "nic0:dhcp:force", True),
+    (f"ftp://{TARGET}/dumps", "nic0:dhcp", True),
+    (f"ftp://{TARGET_NAME}/dumps", "auto", True),
+])
+def test_prepare_brings_the_network_up_only_when_needed(lab, savedir, netconfig, wanted):
+    require_program("dnsmasq")
+    srv = server(lab)
+    cli = lab.netns("cli")
+    wire(lab, srv, cli)
+    dhcp_server(lab, srv)
+    text = f'KDUMP_SAVEDIR="{savedir}"\nKDUMP_NETCONFIG="{netconfig}"\nKDUMP_NET_TIMEOUT=30\n'
+    out = lab.bring_up(cli, "BOOT_IMAGE=/vmlinuz irqpoll nr_cpus=1", None, 30, config=text)
+    assert out.ok and out.prepared is wanted, out
+    if wanted:
+        assert addresses(lab, cli, "nic0")[0].get("dynamic")
+        assert lab.connect(cli, TARGET, PORT) == f"kdump-ok {TARGET}"
+    else:
+        assert "network: not needed for the local target /var/crash" in out.log
+        assert "UP" not in link(lab, cli, "nic0")["flags"] and addresses(lab, cli, "nic0") == []
+        assert lab.namespace_pids(cli) == []
+
+
+def test_prepare_prefers_ip_on_the_command_line(lab):
+    srv = server(lab)
+    cli = lab.netns("cli")
+    wire(lab, srv, cli)
+    text = f'KDUMP_SAVEDIR="ftp://{TARGET}/dumps"\nKDUMP_NETCONFIG="nic0:dhcp"\nKDUMP_NET_TIMEOUT=20\n'
+    out = lab.bring_up(cli, f"quiet ip=198.51.100.2::{GATEWAY}:24::nic0:none", None, 20, config=text)
+    assert out.ok and out.prepared, out
+    assert not addresses(lab, cli, "nic0")[0].get("dynamic")           # static, no DHCP client
+    assert lab.namespace_pids(cli) == []
+    assert lab.connect(cli, TARGET, PORT) == f"kdump-ok {TARGET}"
 
 
 # ---------------------------------------------------------------- failures are explained
