@@ -628,17 +628,25 @@ class CifsTransport(Transport):
                     raise TransportError(f"cannot connect to {self.url.masked()}: {reason}{tried}") from None
                 log.info("cannot connect to %s yet: %s; retrying", self.url.masked(), reason)
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        self._ensure_base()
+        try:
+            self._ensure_base()
+        except BaseException:
+            self._drop()
+            raise
 
     def _ensure_base(self) -> None:
         parts = [p for p in self.base.split("/") if p]
+        if not parts or self._is_dir(self.base):
+            return
         for i in range(1, len(parts) + 1):
             remote = "/".join(parts[:i])
+            if self._is_dir(remote):
+                continue
             try:
                 self._mkdir_remote(remote)
             except FileExistsError:
                 pass
-        if parts and not self._is_dir(self.base):
+        if not self._is_dir(self.base):
             raise TransportError(f"{self.url.masked()}: {self._where(self.base)} is not a directory")
 
     def _is_dir(self, remote: str) -> bool:

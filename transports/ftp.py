@@ -285,11 +285,17 @@ class FtpTransport(Transport):
                     raise TransportError(f"cannot connect to {self.url.masked()}: {reason}{tried}") from None
                 log.info("cannot connect to %s yet: %s; retrying", self.url.masked(), reason)
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        home = self._cmd("cannot ask the login directory", lambda c: c.pwd())
-        self.base = posixpath.normpath(posixpath.join(home or "/", self.url.path.lstrip("/")))
-        self._ensure_base()
+        try:
+            home = self._cmd("cannot ask the login directory", lambda c: c.pwd())
+            self.base = posixpath.normpath(posixpath.join(home or "/", self.url.path.lstrip("/")))
+            self._ensure_base()
+        except BaseException:
+            self.close()
+            raise
 
     def _ensure_base(self) -> None:
+        if self._is_dir(self.base):
+            return
         parts = [p for p in self.base.split("/") if p]
         for i in range(1, len(parts) + 1):
             path = "/" + "/".join(parts[:i])
