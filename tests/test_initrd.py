@@ -343,3 +343,41 @@ def test_refuses_a_local_target_in_memory(tmp_path: Path) -> None:
 def _is_shared(interpreter: str) -> bool:
     out = subprocess.run(["ldd", interpreter], capture_output=True, text=True).stdout
     return "libpython" in out
+
+
+# --- the traced closure per target (no dracut) ------------------------------------------------------
+
+@pytest.mark.parametrize("savedir, fmt, wanted, unwanted", [
+    ("/var/crash", "compressed", set(), {"paramiko", "cryptography", "smb", "tqdm", "lz4"}),
+    ("/var/crash", "raw", {"lz4"}, {"paramiko", "smb"}),
+    ("sftp://u@127.0.0.1/d", "lzo", {"paramiko", "cryptography", "nacl", "bcrypt"}, {"smb", "lz4", "invoke"}),
+    ("ssh://u@127.0.0.1/d", "compressed", {"paramiko", "cryptography"}, {"smb", "lz4"}),
+    ("cifs://u@127.0.0.1/share/d", "compressed", {"smb", "nmb", "pyasn1", "tqdm"}, {"paramiko", "lz4"}),
+    ("ftp://127.0.0.1/d", "compressed", set(), {"paramiko", "smb", "lz4"}),
+    ("nfs://127.0.0.1/d", "compressed", set(), {"paramiko", "smb", "lz4"}),
+])
+def test_closure_has_only_the_target_dependencies(savedir: str, fmt: str, wanted: set, unwanted: set) -> None:
+    from capture.targeturl import parse
+
+    cfg = configuration.Config(savedir=savedir, dumpformat=fmt)
+    trace = initrd_mod.trace_closure(cfg, parse(savedir))
+    packages = set(trace.packages)
+    assert wanted <= packages, wanted - packages
+    assert not (unwanted & packages), unwanted & packages
+    assert {"capture", "transports"} <= packages
+    assert "encodings.idna" in trace.stdlib_modules  # host names are IDNA-encoded at connect time
+    assert os.path.realpath(sys.executable) in trace.files
+
+
+def test_a_hard_import_of_a_blocked_package_fails_the_build(tmp_path: Path) -> None:
+    from capture import closure
+    from capture.errors import KdumpError
+
+    pkg = tmp_path / "kdtracepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("import paramiko\n")
+    site = str(Path(closure.package_root("paramiko")))
+    with pytest.raises(KdumpError, match="kdtracepkg -> ImportError: not in this initrd: paramiko"):
+        closure.trace(["kdtracepkg"], (), allowed_roots=(), path=[str(tmp_path), site])
+    trace = closure.trace(["kdtracepkg"], (), allowed_roots=("paramiko",), path=[str(tmp_path), site])
+    assert any(f.endswith("paramiko/__init__.py") for f in trace.files)
