@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from capture import config as configuration
+from capture.errors import KdumpError
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +37,15 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = configuration.load(args.config)
     kernel = args.kernel or cfg.kernelver or initrd.running_kernel()
+    output = args.output or initrd.default_output(kernel)
+    out_dir = os.path.dirname(os.path.abspath(output))
+    if not args.check and not os.path.isdir(out_dir):
+        raise KdumpError(f"--output {output}: the directory {out_dir} does not exist")
     plan = initrd.plan(cfg, kernel)
     if args.check:
         log.info("the configuration is fit for a capture initrd (%s target, %d files of Python)",
                  plan.target.scheme, len(plan.closure.files))
         return 0
-    output = args.output or initrd.default_output(kernel)
     options = initrd.BuildOptions(output=output, systemd=args.systemd, compress=args.compress,
                                   add_drivers=tuple(args.add_drivers.split()))
     path = initrd.build(plan, options)
