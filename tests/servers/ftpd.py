@@ -181,9 +181,9 @@ class FtpServer:
         shutil.chown(self.anon_root / "pub", "ftp")
         Path("/var/run/vsftpd/empty").mkdir(parents=True, exist_ok=True)
         self._write_conf()
-        self.proc = subprocess.Popen([vsftpd, str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.workdir / "vsftpd.stderr", "ab"),
-                                     start_new_session=True)
+        with open(self.workdir / "vsftpd.stderr", "ab") as stderr:
+            self.proc = subprocess.Popen([vsftpd, str(self.conf)], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

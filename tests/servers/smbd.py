@@ -137,11 +137,11 @@ class SambaServer:
             subprocess.run(["smbpasswd", "-c", str(self.conf), "-s", "-a", self.user],
                            input=f"{self.password}\n{self.password}\n", text=True,
                            check=True, capture_output=True)
-        self.proc = subprocess.Popen(
-            [smbd, "--foreground", "--no-process-group", "-s", str(self.conf)],
-            # a foreground smbd ends when its stdin closes: keep a pipe open
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "log" / "smbd.stderr", "ab"),
-            start_new_session=True)
+        with open(self.workdir / "log" / "smbd.stderr", "ab") as stderr:
+            self.proc = subprocess.Popen(
+                [smbd, "--foreground", "--no-process-group", "-s", str(self.conf)],
+                # a foreground smbd ends when its stdin closes: keep a pipe open
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
