@@ -19,6 +19,7 @@ import pytest
 from capture.targeturl import parse
 from conftest import require, require_program
 from servers.smbd import free_port
+from transports import nfs
 from transports.base import TransportError, TransportOptions
 from transports.nfs import NfsTransport, RunResult, export_candidates, mount_commands, run_command
 
@@ -51,6 +52,19 @@ def test_port_address_and_user_options():
 def test_a_version_in_the_options_is_the_only_one_tried(opts, fstype, expected):
     cmds = mount_commands("10.0.2.100", "/dumps", "/m", user_options=opts, address="10.0.2.100")
     assert cmds == [["mount", "-t", fstype, "-o", expected, "10.0.2.100:/dumps", "/m"]]
+
+
+def test_client_address_for_nfs4_only_and_user_options_win():
+    cmds = mount_commands("10.0.2.100", "/d", "/m", address="10.0.2.100", client_address="10.0.2.15")
+    assert cmds[0][4] == "vers=4,nolock,addr=10.0.2.100,clientaddr=10.0.2.15"
+    assert cmds[1][4] == "vers=3,nolock"
+    cmds = mount_commands("10.0.2.100", "/d", "/m", user_options="clientaddr=10.0.2.99",
+                          address="10.0.2.100", client_address="10.0.2.15")
+    assert cmds[0][4] == "vers=4,nolock,addr=10.0.2.100,clientaddr=10.0.2.99"
+
+
+def test_local_address_towards_the_server():
+    assert nfs.local_address_towards("127.0.0.1") == "127.0.0.1"
 
 
 def test_ipv6_server_in_brackets():
@@ -127,7 +141,8 @@ def test_mount_write_and_unmount(exports, tmp_path):
     t.connect()
     mp = t.mountpoint
     assert mounted(mp)
-    assert server.calls == [["mount", "-t", "nfs4", "-o", f"vers=4,nolock,addr={t._address()}",
+    address = t._address()
+    assert server.calls == [["mount", "-t", "nfs4", "-o", f"vers=4,nolock,addr={address},clientaddr={address}",
                              "localhost:/srv/dumps", mp]]
     t.mkdir("host-2026")
     t.write_small("host-2026/README.txt", b"saved")

@@ -15,7 +15,8 @@ like every transport).
 :func:`mount_commands` builds the command lines; it is pure so the order and
 options can be checked without a kernel that mounts NFS.  For NFSv4 the
 server's address is passed as ``addr=`` because the kernel's own option
-parser (which busybox's mount hands ``nfs4`` options to) needs it.
+parser (which busybox's mount hands ``nfs4`` options to) needs it, and our
+own address as ``clientaddr=`` (NFSv4.0 callbacks; mount.nfs would add both).
 """
 from __future__ import annotations
 
@@ -81,15 +82,17 @@ def server_spec(host: str, export: str) -> str:
 
 
 def mount_commands(host: str, export: str, mountpoint: str, port: Optional[int] = None,
-                   user_options: str = "", address: Optional[str] = None) -> List[List[str]]:
+                   user_options: str = "", address: Optional[str] = None,
+                   client_address: Optional[str] = None) -> List[List[str]]:
     """The mount commands to try, in order.
 
     Without a version in ``user_options``: NFSv4 (``-t nfs4``, ``vers=4``, the
     kernel picks the highest minor version both sides have), then NFSv3
     (``-t nfs``, ``vers=3``).  With one: only that version.  Every command has
     ``nolock``, ``port=`` when the URL gives a port, then the user's options
-    (which therefore win on conflicts).  ``address`` (the server's IP) is
-    added as ``addr=`` to NFSv4 mounts.
+    (which therefore win on conflicts).  ``address`` (the server's IP) and
+    ``client_address`` (ours, towards it) are added to NFSv4 mounts as
+    ``addr=`` and ``clientaddr=`` unless the user's options give them.
     """
     extra = split_options(user_options)
     pinned = pinned_version(extra)
@@ -103,6 +106,8 @@ def mount_commands(host: str, export: str, mountpoint: str, port: Optional[int] 
             opts.append(f"port={port}")
         if v4 and address and not any(o.startswith("addr=") for o in extra):
             opts.append(f"addr={address}")
+        if v4 and client_address and not any(o.startswith("clientaddr=") for o in extra):
+            opts.append(f"clientaddr={client_address}")
         opts += extra
         commands.append(["mount", "-t", "nfs4" if v4 else "nfs", "-o", ",".join(opts),
                          server_spec(host, export), mountpoint])
@@ -116,6 +121,17 @@ def export_candidates(path: str) -> List[Tuple[str, str]]:
     for i in range(len(parts), -1, -1):
         out.append(("/" + "/".join(parts[:i]), "/".join(parts[i:])))
     return out
+
+
+def local_address_towards(address: str) -> Optional[str]:
+    """Our source address for packets to ``address`` (a UDP connect sends nothing)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((address, 2049))
+            return s.getsockname()[0]
+    except OSError:
+        return None
 
 
 def unmount_commands(mountpoint: str) -> List[List[str]]:
@@ -181,12 +197,13 @@ class NfsTransport(FileTransport):
     def _mount_once(self, attempt_timeout: float) -> str:
         """Mount the longest existing prefix of the URL path; return the rest."""
         address = self._address()
+        client = local_address_towards(address) if address else None
         assert self.mountpoint is not None
         last = ""
         for export, below in export_candidates(self.url.path):
             messages = []
             for argv in mount_commands(self.url.host, export, self.mountpoint, self.url.port,
-                                       self.options.mount_options, address):
+                                       self.options.mount_options, address, client):
                 log.info("mounting: %s", " ".join(argv))
                 result = self._run(argv, attempt_timeout)
                 if result.returncode == 0:
