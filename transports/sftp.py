@@ -18,9 +18,9 @@ import stat
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
 import paramiko
-from paramiko.sftp import (CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_HANDLE, CMD_OPEN, CMD_STATUS,
-                           CMD_VERSION, CMD_WRITE, SFTP_FLAG_CREATE, SFTP_FLAG_TRUNC, SFTP_FLAG_WRITE,
-                           SFTP_OK, SFTPError, int64)
+from paramiko.sftp import (CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_FSETSTAT, CMD_HANDLE, CMD_INIT,
+                           CMD_OPEN, CMD_STATUS, CMD_VERSION, CMD_WRITE, SFTP_FLAG_CREATE, SFTP_FLAG_TRUNC,
+                           SFTP_FLAG_WRITE, SFTP_OK, SFTPError, int64)
 
 from capture.targeturl import TargetURL
 from transports import sshauth
@@ -57,7 +57,7 @@ class _Client(paramiko.SFTPClient):
     def _send_version(self) -> int:
         msg = paramiko.Message()
         msg.add_int(3)
-        self._send_packet(paramiko.sftp.CMD_INIT, msg)
+        self._send_packet(CMD_INIT, msg)
         t, data = self._read_packet()
         if t != CMD_VERSION:
             raise SFTPError("Incompatible sftp protocol")
@@ -181,7 +181,7 @@ class SFTPTransport(Transport):
                 raise SFTPError("expected a handle")
             handle = msg.get_binary()
             # an existing file keeps its mode on open: make it 0600 like a new one
-            self.sftp._request(paramiko.sftp.CMD_FSETSTAT, handle, attrs)
+            self.sftp._request(CMD_FSETSTAT, handle, attrs)
         except _NETWORK_ERRORS as exc:
             raise self._error(f"cannot create {path!r}", exc) from None
         return SFTPDumpFile(self, path, handle)
@@ -260,7 +260,10 @@ class SFTPTransport(Transport):
         try:
             f = self.sftp.open(self._path(path), "rb")
             f.MAX_REQUEST_SIZE = self.read_size
-            f.prefetch(max_concurrent_requests=MAX_OUTSTANDING)
+            try:
+                f.prefetch(max_concurrent_requests=MAX_OUTSTANDING)
+            except TypeError:  # paramiko < 3.3 cannot bound the requests in flight
+                f.prefetch()
         except _NETWORK_ERRORS as exc:
             raise self._error(f"cannot read {path!r}", exc) from None
         return _Reader(f, self, path)  # type: ignore[return-value]
