@@ -363,3 +363,16 @@ def test_saver_with_the_connection_cut_mid_dump(smbd, fixture_vmcore):
     readme = (d[0] / "README.txt").read_text()
     assert readme.startswith("THIS DUMP IS INCOMPLETE.") and "connection was lost" in readme
     assert smbd.password not in readme
+
+
+def test_ipv6_loopback(tmp_path, reference_dumps):
+    _prerequisites()
+    with SambaServer(tmp_path / "v6", host="::1") as server:
+        url = parse(server.url("/v6"))
+        assert url.host == "::1"
+        with open_target(url, FAST) as t:
+            f = t.create("vmcore.flat")
+            f.write(reference_dumps.flattened("-l", 31).read_bytes())
+            f.close()
+            assert t.free_space() > 0
+        assert sha256_of(server.share_dir / "v6" / "vmcore.flat") == sha256_of(reference_dumps.flattened("-l", 31))

@@ -411,3 +411,14 @@ def test_saver_with_the_connection_cut_mid_dump(ftpd, fixture_vmcore):
     readme = (d / "README.txt").read_text()
     assert readme.startswith("THIS DUMP IS INCOMPLETE.") and "connection" in readme
     assert ftpd.password not in readme
+
+
+def test_ipv6_loopback(tmp_path, flat_stream):
+    _prerequisites()
+    with FtpServer(tmp_path / "v6", host="::1") as server:
+        url = parse(server.url("/v6"))
+        assert url.host == "::1"
+        with open_target(url, FAST) as t:
+            send_file(t, flat_stream, "vmcore.flat")
+            assert [e.name for e in t.listdir()] == ["vmcore.flat"]
+        assert sha256_of(server.home / "v6" / "vmcore.flat") == sha256_of(flat_stream)

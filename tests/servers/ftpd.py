@@ -47,9 +47,10 @@ def account_password() -> str:
     return password
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -113,12 +114,14 @@ def ensure_unix_user(name: str) -> None:
 class FtpServer:
     """One vsftpd; use as a context manager or call :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, workdir: Path, tls_pem: Optional[Path] = None, home: Optional[Path] = None) -> None:
+    def __init__(self, workdir: Path, tls_pem: Optional[Path] = None, home: Optional[Path] = None,
+                 host: str = "127.0.0.1") -> None:
         self.workdir = Path(workdir)
+        self.host = host
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.user = USER
         self.password = account_password()
-        self.port = free_port()
+        self.port = free_port(host)
         # the test user must reach its directories: pytest's own temporary
         # folders are private to root, so the served trees live elsewhere
         self.served = Path(tempfile.mkdtemp(prefix="kdump-saver-ftpd-"))
@@ -135,20 +138,23 @@ class FtpServer:
         return "ftps" if self.tls_pem else "ftp"
 
     def url(self, path: str = "", password: Optional[str] = None, anonymous: bool = False) -> str:
+        where = f"[{self.host}]" if ":" in self.host else self.host
         if anonymous:
-            return f"{self.scheme}://127.0.0.1:{self.port}{path}"
+            return f"{self.scheme}://{where}:{self.port}{path}"
         pw = self.password if password is None else password
-        return f"{self.scheme}://{self.user}:{pw}@127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://{self.user}:{pw}@{where}:{self.port}{path}"
 
     def _write_conf(self) -> None:
         lines = [
-            "listen=YES", "listen_ipv6=NO", "listen_address=127.0.0.1", f"listen_port={self.port}",
+            *(["listen=NO", "listen_ipv6=YES", f"listen_address6={self.host}"] if ":" in self.host else
+              ["listen=YES", "listen_ipv6=NO", f"listen_address={self.host}", f"pasv_address={self.host}"]),
+            f"listen_port={self.port}",
             "background=NO", "seccomp_sandbox=NO", "isolate=NO", "isolate_network=NO",
             "local_enable=YES", "write_enable=YES", "local_umask=077", f"local_root={self.home}",
             "anonymous_enable=YES", "anon_upload_enable=YES", "anon_mkdir_write_enable=YES",
             "anon_other_write_enable=YES", "anon_umask=077", "anon_world_readable_only=NO", f"anon_root={self.anon_root}",
             "no_anon_password=YES",
-            "pasv_enable=YES", "pasv_address=127.0.0.1", "port_enable=NO",
+            "pasv_enable=YES", "port_enable=NO",
             "pam_service_name=vsftpd", "secure_chroot_dir=/var/run/vsftpd/empty",
             "dirmessage_enable=NO", "use_localtime=NO", "chmod_enable=YES",
             "xferlog_enable=YES", "vsftpd_log_file=" + str(self.log), "dual_log_enable=YES",
@@ -190,7 +196,7 @@ class FtpServer:
                 err = (self.workdir / "vsftpd.stderr").read_text(errors="replace")
                 raise RuntimeError(f"vsftpd exited: {err[-2000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                with socket.create_connection((self.host, self.port), timeout=2) as s:
                     s.settimeout(5)
                     if s.recv(100).startswith(b"220"):
                         return self

@@ -27,10 +27,10 @@ from typing import List, Optional
 USER = "kdsmbtest"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -64,12 +64,14 @@ class SambaServer:
     share = "dumps"
     ro_share = "ro"
 
-    def __init__(self, workdir: Path, share_dir: Optional[Path] = None, signing: bool = False) -> None:
+    def __init__(self, workdir: Path, share_dir: Optional[Path] = None, signing: bool = False,
+                 host: str = "127.0.0.1") -> None:
         self.workdir = Path(workdir)
+        self.host = host
         self.signing = signing
         self.user = USER
         self.password = "pw-" + secrets.token_hex(8)
-        self.port = free_port()
+        self.port = free_port(host)
         # the share user must reach the shared directories: pytest's own
         # temporary folders are private to root, so they live elsewhere
         self.served = Path(tempfile.mkdtemp(prefix="kdump-saver-smbd-"))
@@ -81,7 +83,8 @@ class SambaServer:
 
     def url(self, path: str = "", password: Optional[str] = None, share: Optional[str] = None) -> str:
         pw = self.password if password is None else password
-        return f"cifs://{self.user}:{pw}@127.0.0.1:{self.port}/{share or self.share}{path}"
+        where = f"[{self.host}]" if ":" in self.host else self.host
+        return f"cifs://{self.user}:{pw}@{where}:{self.port}/{share or self.share}{path}"
 
     def _write_conf(self) -> None:
         w = self.workdir
@@ -92,7 +95,7 @@ class SambaServer:
   workgroup = KDTEST
   netbios name = KDTESTSRV
   smb ports = {self.port}
-  interfaces = 127.0.0.1
+  interfaces = {self.host}
   bind interfaces only = yes
   disable netbios = yes
   server min protocol = SMB2_02
@@ -147,7 +150,7 @@ class SambaServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"smbd exited: {self.log_text()[-2000:]}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((self.host, self.port), timeout=1).close()
                 return self
             except OSError:
                 time.sleep(0.1)
