@@ -578,6 +578,7 @@ class CifsTransport(Transport):
     # -- connection ----------------------------------------------------
 
     def _connect_once(self) -> None:
+        _check_pysmb()
         conn = SMBConnection(self.user, self.url.password, "KDUMPSAVER", self.url.host,
                              domain=self.domain, use_ntlm_v2=True, is_direct_tcp=True)
         try:
@@ -786,6 +787,22 @@ def _raw(run: Callable[[], object]):
         return run()
     except SmbStatusError as exc:
         raise _RawStatus(exc.status) from None
+
+
+_PYSMB_INTERNALS = ("_sendSMBMessage_SMB2", "_getNextMID_SMB2", "_pollForNetBIOSPacket")
+
+
+def _check_pysmb() -> None:
+    """Refuse clearly when the installed pysmb lacks the internals this module drives."""
+    missing = [name for name in _PYSMB_INTERNALS if not hasattr(SMBConnection, name)]
+    if missing:
+        try:
+            from importlib.metadata import version as dist_version
+            version = dist_version("pysmb")
+        except Exception:  # noqa: BLE001 - only for the message
+            version = "unknown version"
+        raise TransportError(f"the installed pysmb ({version}) lacks {', '.join(missing)}: "
+                             "kdump-saver's cifs target needs pysmb 1.2")
 
 
 def _failure_status(exc) -> int:
