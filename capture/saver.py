@@ -135,7 +135,7 @@ def _save_dmesg(target: Transport, name: str, mdf: collector.Makedumpfile, vmcor
     log.info("extracting the kernel log")
     dmesg = collector.dump_dmesg(mdf, vmcore)
     guard.claim(len(dmesg))
-    _write_then_rename(target, f"{name}/dmesg.txt", dmesg)
+    target.write_small(f"{name}/dmesg.txt", dmesg, partial_suffix=INCOMPLETE)
     return dmesg
 
 
@@ -170,17 +170,6 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: co
     progress.maybe_report(force=True)
     target.rename(partial, f"{name}/{final}")
     return final, written
-
-
-def _write_then_rename(target: Transport, path: str, data: bytes) -> None:
-    f = target.create(path + INCOMPLETE)
-    try:
-        f.write(data)
-        f.close()
-    except BaseException:
-        f.abort()
-        raise
-    target.rename(path + INCOMPLETE, path)
 
 
 def _make_room(target: Transport, hostname: str, keep: int) -> bool:

@@ -139,18 +139,18 @@ class Transport(abc.ABC):
         """A file object reading a file back; only needed for seekable targets."""
         raise TransportError("this target cannot read files back")
 
-    def write_small(self, path: str, data: bytes) -> None:
-        """Replace a small file (README, marker) in one step: write a
-        temporary name, then rename over ``path``."""
-        tmp = path + ".tmp"
-        f = self.create(tmp)
+    def write_small(self, path: str, data: bytes, partial_suffix: str = ".tmp") -> None:
+        """Replace a small file (README, marker, dmesg) in one step: write
+        ``path + partial_suffix``, then rename it over ``path``."""
+        partial = path + partial_suffix
+        f = self.create(partial)
         try:
             f.write(data)
             f.close()
         except BaseException:
             f.abort()
             raise
-        self.rename(tmp, path)
+        self.rename(partial, path)
 
     def sha256(self, path: str) -> str:
         """The sha256 of a file as stored on the target."""
