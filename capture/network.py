@@ -33,7 +33,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 
 from capture.config import Config, NetConfig
 from capture.errors import KdumpError
-from capture.netargs import ANY_INTERFACE, AUTO6, DHCP, DHCP6, Interface, NetPlan, choose_plan, describe
+from capture.netargs import (ANY_INTERFACE, AUTO6, DHCP, DHCP6, Bond, Bridge, Interface, NetPlan, Vlan,
+                             choose_plan, describe)
 from capture.targeturl import TargetURL
 from capture.targeturl import parse as parse_url
 
@@ -271,66 +272,100 @@ class _BringUp:
             raise KdumpError(f"network: interfaces missing: {state()}")
 
     def create_virtual(self) -> None:
-        ip, plan = self.ip, self.plan
-        for bond in plan.bonds:
-            links = ip.links()
-            if bond.name not in links:
-                argv = ["link", "add", "name", bond.name, "type", "bond"]
-                for key, value in bond.options:
-                    argv += [key, value.replace(";", ",")]
-                ip.run(*argv)
-            for slave in bond.slaves:
-                if links.get(slave, {}).get("master") != bond.name:
-                    ip.run("link", "set", "dev", slave, "down")
-                    ip.run("link", "set", "dev", slave, "master", bond.name)
-            if bond.mtu:
-                ip.run("link", "set", "dev", bond.name, "mtu", str(bond.mtu))
-            for slave in bond.slaves:
-                ip.run("link", "set", "dev", slave, "up")
-            ip.run("link", "set", "dev", bond.name, "up")
-            log.info("network: bond %s with %s (%s)", bond.name, ", ".join(bond.slaves),
-                     ",".join(f"{k}={v}" for k, v in bond.options) or "default options")
-        for bridge in plan.bridges:
-            if bridge.name not in ip.links():
-                ip.run("link", "add", "name", bridge.name, "type", "bridge")
-            for port in bridge.ports:
-                ip.run("link", "set", "dev", port, "master", bridge.name)
-                ip.run("link", "set", "dev", port, "up")
-            ip.run("link", "set", "dev", bridge.name, "up")
-            log.info("network: bridge %s with %s", bridge.name, ", ".join(bridge.ports))
-        for vlan in plan.vlans:
-            ip.run("link", "set", "dev", vlan.parent, "up")
-            if vlan.name not in ip.links():
-                ip.run("link", "add", "link", vlan.parent, "name", vlan.name, "type", "vlan", "id", str(vlan.vlan_id))
-            ip.run("link", "set", "dev", vlan.name, "up")
-            log.info("network: VLAN %s (id %d) on %s", vlan.name, vlan.vlan_id, vlan.parent)
+        """Bonds, bridges and VLANs, each once the links it is made of exist (a VLAN on a bond,
+        a bridge over a VLAN...)."""
+        plan = self.plan
+        pending: List[Union[Bond, Bridge, Vlan]] = [*plan.bonds, *plan.bridges, *plan.vlans]
+        made = set(self.physical_names())
+        while pending:
+            ready = [v for v in pending if set(_members(v)) <= made]
+            if not ready:
+                raise KdumpError("network: cannot order the creation of "
+                                 + ", ".join(f"{v.name} (needs {', '.join(_members(v))})" for v in pending))
+            for virtual in ready:
+                if isinstance(virtual, Bond):
+                    self.create_bond(virtual)
+                elif isinstance(virtual, Bridge):
+                    self.create_bridge(virtual)
+                else:
+                    self.create_vlan(virtual)
+                made.add(virtual.name)
+                pending.remove(virtual)
+
+    def create_bond(self, bond: Bond) -> None:
+        ip, links = self.ip, self.ip.links()
+        if bond.name not in links:
+            argv = ["link", "add", "name", bond.name, "type", "bond"]
+            for key, value in bond.options:
+                argv += [key, value.replace(";", ",")]
+            ip.run(*argv)
+        for slave in bond.slaves:
+            if links.get(slave, {}).get("master") != bond.name:
+                ip.run("link", "set", "dev", slave, "down")
+                ip.run("link", "set", "dev", slave, "master", bond.name)
+        if bond.mtu:
+            ip.run("link", "set", "dev", bond.name, "mtu", str(bond.mtu))
+        for slave in bond.slaves:
+            ip.run("link", "set", "dev", slave, "up")
+        ip.run("link", "set", "dev", bond.name, "up")
+        log.info("network: bond %s with %s (%s)", bond.name, ", ".join(bond.slaves),
+                 ",".join(f"{k}={v}" for k, v in bond.options) or "default options")
+
+    def create_bridge(self, bridge: Bridge) -> None:
+        ip = self.ip
+        if bridge.name not in ip.links():
+            ip.run("link", "add", "name", bridge.name, "type", "bridge")
+        for port in bridge.ports:
+            ip.run("link", "set", "dev", port, "master", bridge.name)
+            ip.run("link", "set", "dev", port, "up")
+        ip.run("link", "set", "dev", bridge.name, "up")
+        log.info("network: bridge %s with %s", bridge.name, ", ".join(bridge.ports))
+
+    def create_vlan(self, vlan: Vlan) -> None:
+        ip = self.ip
+        ip.run("link", "set", "dev", vlan.parent, "up")
+        if vlan.name not in ip.links():
+            ip.run("link", "add", "link", vlan.parent, "name", vlan.name, "type", "vlan", "id", str(vlan.vlan_id))
+        ip.run("link", "set", "dev", vlan.name, "up")
+        log.info("network: VLAN %s (id %d) on %s", vlan.name, vlan.vlan_id, vlan.parent)
 
     def resolve_any(self, iface: Interface) -> Interface:
-        """For ``ip=dhcp`` and KDUMP_NETCONFIG=auto: the first candidate link that gets a carrier."""
+        """For ``ip=dhcp`` and KDUMP_NETCONFIG=auto: the first Ethernet link that gets a carrier
+        (links whose driver loads late are picked up while waiting); the others are left down."""
         if iface.name != ANY_INTERFACE:
             return iface
-        links = self.ip.links()
         used = set(self.physical_names())
-        candidates = [l for l in sorted(links.values(), key=lambda l: l["ifindex"])
-                      if l.get("link_type") == "ether" and not l.get("master") and l["ifname"] not in used
-                      and l.get("linkinfo", {}).get("info_kind") not in _VIRTUAL_KINDS]
-        if not candidates:
-            raise KdumpError("network: no Ethernet interface to configure (links present: "
-                             + ", ".join(links) + ")")
-        raised = [l["ifname"] for l in candidates if "UP" not in l.get("flags", [])]
-        for name in raised:
-            self.ip.run("link", "set", "dev", name, "up")
+        raised: List[str] = []
         chosen: List[str] = []
+        seen: List[str] = []
+        waited: List[str] = []
 
         def state() -> Optional[str]:
-            now = self.ip.links()
+            links = self.ip.links()
+            candidates = [l for l in sorted(links.values(), key=lambda l: l["ifindex"])
+                          if l.get("link_type") == "ether" and not l.get("master") and l["ifname"] not in used
+                          and l.get("linkinfo", {}).get("info_kind") not in _VIRTUAL_KINDS]
             for l in candidates:
-                if "LOWER_UP" in now.get(l["ifname"], {}).get("flags", []):
+                if l["ifname"] not in seen:
+                    seen.append(l["ifname"])
+                if "UP" not in l.get("flags", []):
+                    self.ip.run("link", "set", "dev", l["ifname"], "up")
+                    raised.append(l["ifname"])
+            for l in candidates:
+                if "LOWER_UP" in l.get("flags", []):
                     chosen.append(l["ifname"])
                     return None
+            if not candidates:
+                problem = "no Ethernet interface (links present: " + ", ".join(links) + ")"
+                if not raised and not chosen and problem not in waited:
+                    log.info("network: waiting: %s", problem)
+                    waited.append(problem)
+                return problem
             return "no carrier on " + ", ".join(l["ifname"] for l in candidates)
         self.deadline.wait("a link on any interface", state, hard=False)
-        name = chosen[0] if chosen else candidates[0]["ifname"]
+        if not seen:
+            raise KdumpError(f"network: no Ethernet interface to configure: {state()}")
+        name = chosen[0] if chosen else seen[0]
         for other in raised:
             if other != name:
                 self.ip.run("link", "set", "dev", other, "down")
@@ -518,6 +553,14 @@ class _BringUp:
 
 
 # ---------------------------------------------------------------- helpers
+
+def _members(virtual: Union[Bond, Bridge, Vlan]) -> List[str]:
+    if isinstance(virtual, Bond):
+        return list(virtual.slaves)
+    if isinstance(virtual, Bridge):
+        return list(virtual.ports)
+    return [virtual.parent]
+
 
 def permanent_mac(link: dict) -> str:
     """The link's own MAC (``ip -j -d link`` entry): a bond slave's current address is the bond's."""

@@ -11,6 +11,7 @@ exists only inside these namespaces.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,27 @@ def test_netconfig_auto_takes_the_first_interface_with_a_link(lab):
     assert lab.connect(cli, TARGET, PORT) == f"kdump-ok {TARGET}"
 
 
+def test_an_interface_that_appears_late_is_waited_for(lab):
+    require_program("dnsmasq")
+    srv = server(lab)
+    cli = lab.netns("cli")
+    lab.veth(srv, "s0", cli, "nic0")                        # created in the client namespace, then moved
+    lab.ip(srv, "addr", "add", f"{GATEWAY}/24", "dev", "s0")
+    dhcp_server(lab, srv)
+    parked = lab.netns("park")
+    lab.ip(cli, "link", "set", "nic0", "netns", parked)     # the "driver" has not loaded yet
+    timer = threading.Timer(2.0, lab.ip, (parked, "link", "set", "nic0", "netns", cli))
+    timer.start()
+    try:
+        out = lab.bring_up(cli, "ip=dhcp", TARGET, 30)
+    finally:
+        timer.join()
+    assert out.ok, out
+    assert "waiting: no Ethernet interface (links present: lo)" in out.log and "using nic0" in out.log
+    assert addresses(lab, cli, "nic0")[0].get("dynamic")
+    assert lab.connect(cli, TARGET, PORT) == f"kdump-ok {TARGET}"
+
+
 @pytest.mark.parametrize("netconfig, client", [("nic0:dhcp6", "dhclient"), ("nic0:dhcp6:force", "dhcpcd")])
 def test_dhcp6(lab, netconfig, client):
     require_program(client)
@@ -303,6 +325,13 @@ def test_missing_interface(lab):
     out = lab.bring_up(cli, "ip=nosuch0:dhcp", TARGET, 1)
     assert out.returncode == 3, out
     assert "nosuch0 not present" in out.error and "links present: lo" in out.error
+
+
+def test_no_ethernet_interface(lab):
+    cli = lab.netns("cli")
+    out = lab.bring_up(cli, "ip=dhcp", TARGET, 1)
+    assert out.returncode == 3, out
+    assert out.error == "network: no Ethernet interface to configure: no Ethernet interface (links present: lo)"
 
 
 def test_unknown_mac(lab):
