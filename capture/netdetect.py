@@ -233,13 +233,14 @@ class _Builder:
         return ""
 
 
-def nameservers(path: str = "/etc/resolv.conf") -> List[str]:
+def nameservers(path: str = "/etc/resolv.conf", upstream: str = _STUB_UPSTREAM) -> List[str]:
     """Nameservers of ``path`` usable from another kernel: loopback resolvers (systemd-resolved's
-    127.0.0.53) are replaced by the upstream servers in /run/systemd/resolve/resolv.conf, if any."""
+    127.0.0.53) are replaced by the upstream servers listed in ``upstream``, if that exists."""
     found = _read_nameservers(path)
-    usable = [ns for ns in found if not ipaddress.ip_address(ns.split("%")[0]).is_loopback]
-    if len(usable) < len(found) and Path(_STUB_UPSTREAM).exists() and path != _STUB_UPSTREAM:
-        usable += [ns for ns in nameservers(_STUB_UPSTREAM) if ns not in usable]
+    usable = [ns for ns in found if not ipaddress.ip_address(ns).is_loopback]
+    if len(usable) < len(found) and path != upstream:
+        usable += [ns for ns in _read_nameservers(upstream)
+                   if ns not in usable and not ipaddress.ip_address(ns).is_loopback]
     return usable
 
 
@@ -251,11 +252,12 @@ def _read_nameservers(path: str) -> List[str]:
     out: List[str] = []
     for line in lines:
         words = line.split()
-        if len(words) >= 2 and words[0] == "nameserver":
-            try:
-                ipaddress.ip_address(words[1].split("%")[0])
-            except ValueError:
-                continue
-            if words[1] not in out and "%" not in words[1]:
-                out.append(words[1])
+        if len(words) < 2 or words[0] != "nameserver" or "%" in words[1]:
+            continue                     # link-local servers with a zone cannot be carried over
+        try:
+            address = str(ipaddress.ip_address(words[1]))
+        except ValueError:
+            continue
+        if address not in out:
+            out.append(address)
     return out

@@ -604,6 +604,52 @@ def test_detect_lacp_bond_options(lab, request):
         "ip=198.51.100.7:::24::bond0:none"]
 
 
+@pytest.mark.parametrize("netconfig, expected", [
+    ("nic0:static", [f"ifname=kdump0:{CLIENT_MAC}", f"ip=198.51.100.7::{GATEWAY}:24::kdump0:none",
+                     "nameserver=198.51.100.53"]),
+    ("nic0:dhcp", [f"ifname=kdump0:{CLIENT_MAC}", "ip=kdump0:dhcp"]),
+    ("nic0:auto6:force", [f"ifname=kdump0:{CLIENT_MAC}", "ip=kdump0:auto6"]),
+    ("", []),
+])
+def test_resolve_netconfig_on_the_production_side(lab, netconfig, expected):
+    srv = server(lab)
+    prod = lab.netns("prod")
+    wire(lab, srv, prod, mac=CLIENT_MAC)
+    lab.ip(prod, "addr", "add", "198.51.100.7/24", "dev", "nic0")
+    lab.ip(prod, "link", "set", "nic0", "up")
+    lab.ip(prod, "route", "add", "default", "via", GATEWAY)
+    (Path("/etc/netns") / prod / "resolv.conf").write_text("nameserver 198.51.100.53\n")
+    code = ("import json, sys\n"
+            "from capture import config, netargs, netdetect\n"
+            "net = config.parse_text('KDUMP_NETCONFIG=\"%s\"\\n' % sys.argv[1]).netconfig\n"
+            "print(json.dumps(netargs.to_cmdline(netdetect.resolve_netconfig(net, sys.argv[2]))))\n")
+    assert json.loads(lab.run_python(prod, code, netconfig, TARGET).stdout) == expected
+
+
+def test_resolve_netconfig_names_a_missing_interface(lab):
+    prod = lab.netns("prod")
+    code = ("from capture import netdetect\n"
+            "from capture.config import NetConfig\n"
+            "from capture.errors import ConfigError\n"
+            "try:\n"
+            "    netdetect.resolve_netconfig(NetConfig(mode='dhcp', interface='eth7'), None)\n"
+            "except ConfigError as e:\n"
+            "    print(e)\n")
+    assert lab.run_python(prod, code).stdout.strip() == (
+        "KDUMP_NETCONFIG=eth7:dhcp: this system has no interface eth7 (it has lo)")
+
+
+def test_nameservers_skip_loopback_resolvers(tmp_path):
+    from capture.netdetect import nameservers
+    resolv, upstream = tmp_path / "resolv.conf", tmp_path / "upstream.conf"
+    resolv.write_text("# stub\nnameserver 127.0.0.53\noptions edns0\nsearch example\n"
+                      "nameserver fe80::1%eth0\nnameserver 2001:db8::0053\n")
+    upstream.write_text("nameserver 192.0.2.53\nnameserver 127.0.0.1\n")
+    assert nameservers(str(resolv), str(upstream)) == ["2001:db8::53", "192.0.2.53"]
+    assert nameservers(str(resolv), str(tmp_path / "absent")) == ["2001:db8::53"]
+    assert nameservers(str(tmp_path / "absent")) == []
+
+
 def test_detect_without_a_route(lab):
     prod = lab.netns("prod")
     assert "this system has no route to 203.0.113.10" in detect(lab, prod, TARGET)["error"]
