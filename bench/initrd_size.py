@@ -5,8 +5,9 @@ and the standard-library modules inside.
 Builds one initrd per kind (file, sftp, ssh, ftp, cifs, nfs) with
 ``kdump-saver build-initrd`` for the installed kernel, unpacks it and
 measures it.  The reference measured in the same run is the interpreter's
-whole standard library (what copying "the stdlib" would carry); the printed
-ratio is the traced closure's stdlib against it.  The lab reference (busybox
+whole standard library without its tests (what copying "the stdlib" would
+carry, unstripped); the printed ratio is the traced closure's stdlib, as
+stripped by dracut inside the initrd, against it.  The lab reference (busybox
 + makedumpfile + CPython 3.11 with the closure of paramiko, pysmb, lz4 and
 python-lzo: 54 MB unpacked, 13.3 MB xz) is printed beside it.  Target:
 under 25 MB compressed for sftp.
@@ -98,13 +99,16 @@ def measure(kind: str, conf_text: str, tmp: Path, kernel: str, compress: str) ->
     root.mkdir()
     subprocess.run(["lsinitrd", "--unpack", str(out)], cwd=root, check=True, capture_output=True)
     unpacked = tree_size(root)
-    python = sum(os.path.getsize(f) for f in plan.closure.files if os.path.isfile(f))
-    stdlib_files = [f for f in plan.closure.files if f.startswith(plan.closure.stdlib_dir + "/")]
+    # measured inside the unpacked initrd: dracut strips the ELF files
+    inside = [root / f.lstrip("/") for f in plan.closure.files]
+    python = sum(p.stat().st_size for p in inside if p.is_file())
+    stdlib_files = [p for p in inside
+                    if str(p).startswith(str(root) + plan.closure.stdlib_dir + "/") and p.is_file()]
     figures = {
         "compressed": out.stat().st_size / 2**20,
         "unpacked": unpacked / 2**20,
         "python": python / 2**20,
-        "stdlib": sum(os.path.getsize(f) for f in stdlib_files) / 2**20,
+        "stdlib": sum(p.stat().st_size for p in stdlib_files) / 2**20,
         "stdlib_modules": float(len(plan.closure.stdlib_modules)),
         "seconds": seconds,
     }

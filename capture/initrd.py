@@ -169,8 +169,8 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
         known_hosts, ssh_files, ssh_problems = _ssh_material(url, config)
         files.extend(ssh_files)
         problems.extend(ssh_problems)
-        if known_hosts:
-            initrd_config = dataclasses.replace(initrd_config, known_hosts=KNOWN_HOSTS_PATH)
+        # the initrd has only its own copy of the entries (none when KDUMP_HOST_KEY decides)
+        initrd_config = dataclasses.replace(initrd_config, known_hosts=KNOWN_HOSTS_PATH if known_hosts else "")
     if url.scheme == "ftps" and config.ca_file:
         problems.extend(_readable(config.ca_file, "KDUMP_CA_FILE"))
         files.append(config.ca_file)
