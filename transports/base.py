@@ -91,7 +91,8 @@ class Transport(abc.ABC):
         self.options = options
 
     def __enter__(self) -> "Transport":
-        self.connect()
+        """``with open_target(...) as t``: the transport is already connected;
+        leaving the block closes it."""
         return self
 
     def __exit__(self, *exc: object) -> None:
