@@ -13,7 +13,7 @@ import subprocess
 import threading
 from typing import Optional
 
-from capture import __version__, targeturl
+from capture import __version__, network, targeturl
 from capture.config import Config
 from capture.errors import KdumpError
 from capture.saver import save
@@ -29,7 +29,7 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
     status = 1
     try:
         url = targeturl.parse(config.savedir)
-        bring_up_network(config, url)
+        network.prepare(config, url)
         notes = [script_note("KDUMP_PRESCRIPT", run_script("KDUMP_PRESCRIPT", config.prescript))] \
             if config.prescript else []
         if config.transfer:
@@ -47,18 +47,6 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
         emergency_shell("the save failed and KDUMP_CONTINUE_ON_ERROR is false")
     finish(config, vmcore, allow_reboot)
     return status
-
-
-def bring_up_network(config: Config, url: targeturl.TargetURL) -> None:
-    """Configure the network from ``ip=`` arguments or KDUMP_NETCONFIG, when needed."""
-    from capture import netargs, network  # only network targets need these
-
-    if not network.needs_network(url, config.netconfig):
-        return
-    with open("/proc/cmdline") as f:
-        cmdline = f.read()
-    plan = netargs.choose_plan(cmdline, config.netconfig)
-    network.bring_up(plan, url.host or None, config.net_timeout)
 
 
 def run_script(option: str, command: str) -> int:
