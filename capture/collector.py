@@ -140,6 +140,7 @@ class Collection:
             self.abort()
             status = self.proc.returncode
         self._stderr_thread.join(timeout=10)
+        self._close_pipes()
         if status != 0:
             last = "; ".join(list(self.progress.messages)[-6:]) or "no messages"
             meaning = {1: "failed", 2: "the vmcore and its VMCOREINFO do not match"}.get(status, "failed")
@@ -157,6 +158,12 @@ class Collection:
         except subprocess.TimeoutExpired:
             pass
         self._stderr_thread.join(timeout=2)
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
 
 
 def dump_dmesg(mdf: Makedumpfile, vmcore: str) -> bytes:
