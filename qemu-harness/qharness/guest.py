@@ -42,6 +42,7 @@ class GuestSpec:
     network: bool = True
     rtc_base: Optional[str] = None                            # e.g. "2026-01-02T03:04:05"
     timeout: float = 600.0
+    idle_timeout: float = 150.0                               # no console output for this long: hung
 
 
 @dataclass
@@ -53,6 +54,16 @@ class GuestRun:
     returncode: Optional[int]
     timed_out: bool
     started: float
+    stall: bool = False                                       # stopped for lack of console output
+
+    @property
+    def ending(self) -> str:
+        """How the run ended, for messages."""
+        if self.stall:
+            return "stopped: the console was silent (the guest hangs)"
+        if self.timed_out:
+            return "stopped: the time limit passed"
+        return f"QEMU exited with status {self.returncode}"
 
     @property
     def text(self) -> str:
@@ -117,13 +128,16 @@ def boot(spec: GuestSpec, log_path: Path, stop_on: Optional[str] = None) -> Gues
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
-    timed_out = False
+    timed_out = stall = False
     deadline = started + spec.timeout
     while proc.poll() is None:
         if stopped.is_set():
             break
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        last = lines[-1][0] if lines else started
+        if now > deadline or now - last > spec.idle_timeout:
             timed_out = True
+            stall = now <= deadline
             break
         time.sleep(0.2)
     if proc.poll() is None:
@@ -134,4 +148,4 @@ def boot(spec: GuestSpec, log_path: Path, stop_on: Optional[str] = None) -> Gues
             proc.kill()
             proc.wait()
     reader.join(10)
-    return GuestRun(log_path, lines, None if timed_out else proc.returncode, timed_out, started)
+    return GuestRun(log_path, lines, None if timed_out else proc.returncode, timed_out, started, stall)

@@ -1,12 +1,16 @@
 """The production system the harness crashes: a small initramfs.
 
-It carries static busybox, ``kexec`` with its libraries, the guest kernel and
-the capture initrd at the paths ``kdump-saver load`` names, plus optional extra
-trees (the Python closure that runs ``kdump-saver load`` in the guest).  Its
-``/init`` brings up /proc, /sys and /dev, writes a marker to the kernel log,
-runs the load commands, checks ``/sys/kernel/kexec_crash_loaded`` and
-crashes with ``echo c > /proc/sysrq-trigger``.  When loading fails it says
-``qharness: load FAILED`` and powers off, so the host sees it at once.
+It carries static busybox (its applets under ``/qharness/bin``, last on
+PATH), ``kexec`` with its libraries, the guest kernel and the capture initrd
+at the paths ``kdump-saver load`` expects, and, merged in from
+``base_image``, the capture initrd's own tree: the Python interpreter with
+kdump-saver's closure and the kernel modules, so that the production system
+runs ``kdump-saver load`` itself, against its own /proc/cmdline and network.
+Its ``/init`` brings up /proc, /sys and /dev, loads the virtio drivers,
+configures the network as the case says, writes a marker to the kernel log,
+runs the load commands, checks ``/sys/kernel/kexec_crash_loaded`` and crashes
+with ``echo c > /proc/sysrq-trigger``.  When loading fails it prints
+:data:`LOAD_FAILED_LINE` and powers off, so the host sees it at once.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from qharness.cpio import Archive
 from qharness.kernel import GuestKernel
@@ -22,6 +26,19 @@ from qharness.kernel import GuestKernel
 BUSYBOX = Path("/bin/busybox")
 LOADED_LINE = "qharness: capture kernel loaded"
 LOAD_FAILED_LINE = "qharness: load FAILED"
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/${mask:-24}" dev "$interface" ;;
+esac
+"""
+DHCP_LINES = ["ip link set eth0 up",
+              "udhcpc -i eth0 -s /qharness/udhcpc.script -q -n -t 20 -T 1"]
+"""Production network by DHCP from QEMU (busybox udhcpc)."""
+
+
+def static_lines(address: str, prefix: int = 24) -> List[str]:
+    """Production network with a static address on eth0."""
+    return ["ip link set eth0 up", f"ip addr add {address}/{prefix} dev eth0"]
 
 
 @dataclass
@@ -34,25 +51,27 @@ class ProductionSpec:
     load_commands: List[str]             # shell lines that load the capture kernel
     marker: str                          # unique text written to the kernel log before the crash
     hostname: str = "qharness"
+    base_image: Optional[Path] = None    # an initramfs whose tree is merged in (not its /init)
+    modules: List[str] = field(default_factory=list)     # modprobe'd at start (from base_image)
+    network: List[str] = field(default_factory=list)     # shell lines configuring the network
     binaries: List[Path] = field(default_factory=lambda: [Path("/usr/sbin/kexec")])
-    extra_files: Dict[str, Path] = field(default_factory=dict)   # guest path -> host file
-    extra_text: Dict[str, str] = field(default_factory=dict)     # guest path -> content
+    extra_text: Dict[str, str] = field(default_factory=dict)     # guest path -> content (0600)
 
 
 def build(spec: ProductionSpec, out: Path) -> Path:
     """Write the production initramfs (uncompressed: fastest to unpack under TCG)."""
     arc = Archive()
-    for d in ("proc", "sys", "dev", "tmp", "run", "root", "etc", "var/crash", "usr/bin", "usr/sbin", "sbin"):
+    if spec.base_image is not None:
+        arc.merge(spec.base_image, skip=("init",))
+    for d in ("proc", "sys", "dev", "tmp", "run", "root", "etc", "qharness/bin"):
         arc.dir(d)
     arc.chardev("dev/console", 5, 1)
-    arc.file("bin/busybox", BUSYBOX, 0o755)
-    arc.symlink("bin/sh", "busybox")
+    arc.file("qharness/busybox", BUSYBOX, 0o755)
+    arc.file("qharness/udhcpc.script", UDHCPC_SCRIPT.encode(), 0o755)
     for binary in spec.binaries:
         add_binary(arc, binary)
     arc.file(str(spec.kernel.vmlinuz), spec.kernel.vmlinuz, 0o644)
     arc.file(spec.capture_initrd_guest_path, spec.capture_initrd, 0o600)
-    for guest, host in spec.extra_files.items():
-        arc.copy_host_file(host, guest)
     for guest, text in spec.extra_text.items():
         arc.file(guest, text.encode(), 0o600)
     arc.file("etc/hostname", (spec.hostname + "\n").encode())
@@ -78,22 +97,27 @@ def add_binary(arc: Archive, binary: Path) -> None:
 
 
 def _init_script(spec: ProductionSpec) -> str:
+    modules = "\n".join(f"modprobe {shlex.quote(m)}" for m in spec.modules)
+    network = "\n".join(spec.network)
     load = "\n".join(spec.load_commands)
-    return f"""#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    return f"""#!/qharness/busybox sh
+/qharness/busybox --install -s /qharness/bin
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/qharness/bin
+export HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
 hostname {shlex.quote(spec.hostname)}
-ip link set lo up 2>/dev/null
-echo {shlex.quote(spec.marker)} > /dev/kmsg
-echo "qharness: production system up, loading the capture kernel"
+ip link set lo up
 fail() {{
     echo "{LOAD_FAILED_LINE}: $1"
     poweroff -f
 }}
+{modules}
+{network}
+echo {shlex.quote(spec.marker)} > /dev/kmsg
+echo "qharness: production system up, loading the capture kernel"
 (
 set -e
 {load}

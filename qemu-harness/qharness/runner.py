@@ -125,6 +125,7 @@ class Session:
         self.guest_initrd = f"/boot/initrd-{self.kernel.version}-kdump"
         self.initrd = workdir / f"initrd-{self.kernel.version}-kdump"
         self.load: List[str] = []
+        self.config_text = ""
         self.start_time = datetime.now(timezone.utc).replace(microsecond=0)
         self._stack = contextlib.ExitStack()
         self.target: _Target
@@ -143,7 +144,8 @@ class Session:
                          "--output", str(self.initrd), "--add-drivers", " ".join(CAPTURE_DRIVERS))
             self.result.build_seconds = time.monotonic() - started
             self.target.detach()
-            self.load = load_commands(conf, self.kernel, self.guest_initrd)
+            self.config_text = conf.read_text()
+            self.load = load_commands()
         except BaseException:
             self._stack.close()
             raise
@@ -158,7 +160,10 @@ class Session:
         marker = f"qharness-marker-{case.name}-{index}-{secrets.token_hex(6)}"
         prod = production.build(production.ProductionSpec(
             kernel=kernel, capture_initrd=self.initrd, capture_initrd_guest_path=self.guest_initrd,
-            load_commands=self.load, marker=marker, hostname=f"qharness-{case.name}"),
+            load_commands=self.load, marker=marker, hostname=f"qharness-{case.name}",
+            base_image=self.initrd, modules=list(CAPTURE_DRIVERS),
+            network=production_network(case, target),
+            extra_text={"/etc/sysconfig/kdump": self.config_text}),
             self.workdir / "production.cpio")
         clock = self.start_time + timedelta(days=index - 1)
         spec = guest.GuestSpec(
@@ -204,8 +209,11 @@ def _check_console(case: Case, run: guest.GuestRun, hidden: List[str]) -> List[s
     boots = [line for _, line in run.lines if "Linux version" in line]
     if len(boots) < 2:
         problems.append("the capture kernel did not boot")
+    capture_cmdline = [line for _, line in run.lines if "Kernel command line:" in line][1:]
+    if case.static_ip and not any(f"ip={STATIC_ADDRESS}:" in line for line in capture_cmdline):
+        problems.append(f"the capture kernel's command line has no static ip={STATIC_ADDRESS}:...")
     if run.timed_out:
-        problems.append(f"QEMU still ran after {GUEST_TIMEOUT:.0f} s (the capture kernel did not reboot)")
+        problems.append(f"the capture kernel did not reboot ({run.ending})")
     if case.expect_saved and not run.has(SAVED_LINE):
         problems.append("the console never said 'kdump-saver: dump saved'")
     for secret in hidden:
@@ -269,8 +277,6 @@ def _settings(case: Case, kernel: GuestKernel, target: "_Target") -> Dict[str, s
     }
     if target.remote:
         values["KDUMP_NETCONFIG"] = "eth0:static" if case.static_ip else "eth0:dhcp"
-    if case.static_ip:
-        values["KDUMP_COMMANDLINE_APPEND"] = f"ip={STATIC_ADDRESS}:::255.255.255.0:qharness:eth0:none"
     values.update(target.settings)
     values.update(case.extra_settings)
     return values
@@ -285,12 +291,16 @@ def _kdump_saver(*args: str) -> str:
     return proc.stdout
 
 
-def load_commands(conf: Path, kernel: GuestKernel, guest_initrd: str) -> List[str]:
-    """The shell lines the production system runs to load the capture kernel."""
-    # STAND-IN until `kdump-saver load` exists: the kexec call it is to make.
-    append = ("console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=1 rd.shell=0 "
-              "rd.emergency=reboot")
-    return [f"kexec -p {kernel.vmlinuz} --initrd={guest_initrd} --append={shlex.quote(append)}"]
+def load_commands() -> List[str]:
+    """What the production system runs to load the capture kernel: kdump-saver
+    itself, reading /etc/sysconfig/kdump, the guest's /proc/cmdline and network."""
+    return ["kdump-saver load"]
+
+
+def production_network(case: Case, target: "_Target") -> List[str]:
+    if not target.remote:
+        return []
+    return production.static_lines(STATIC_ADDRESS) if case.static_ip else list(production.DHCP_LINES)
 
 
 # --- targets ------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@
 successfully``, modes are 0700/0600, ``makedumpfile --dump-dmesg`` of the
 vmcore (a flattened one rebuilt with ``makedumpfile -R`` first) holds the
 panic line and the run's marker and equals the saved ``dmesg.txt``, and
-``crash`` with the kernel's -dbg vmlinux reports the panic and a backtrace through ``sysrq_handle_crash``.  Every failed check is
-collected as text in :class:`Verdict` rather than raised, so a caller can
-show all of them next to the console log.
+``crash`` with the kernel's -dbg vmlinux reports the panic and a backtrace
+through ``sysrq_handle_crash``.  Every failed check is collected as text in
+:class:`Verdict` rather than raised, so a caller can show all of them next
+to the console log.
 """
 from __future__ import annotations
 
