@@ -220,7 +220,7 @@ def test_hostile_path_arrives_literally(ssh_lab: SSHLab, sshd_sftp: SSHD, tmp_pa
 def test_server_down_is_a_clear_error_and_retries(ssh_lab: SSHLab, ssh_users: TestUsers) -> None:
     server = SSHD(ssh_lab.workdir / "sshd-restarted-sftp", ssh_users.names).start()
     port = server.port
-    server.stop()
+    server.stop(hold_port=True)
     base = ssh_lab.fresh_dir(ssh_lab.key_user)
     with pytest.raises(TransportError) as err:
         sftp_target(ssh_lab, server, base)
@@ -412,8 +412,11 @@ def test_saver_to_a_stopped_server_fails_clearly(ssh_lab: SSHLab, ssh_users: Tes
                                                  makedumpfile: str) -> None:
     server = SSHD(ssh_lab.workdir / "sshd-stopped-saver", ssh_users.names).start()
     config = saver_config(ssh_lab, server)
-    server.stop()
+    server.stop(hold_port=True)
     base = ssh_lab.fresh_dir(ssh_lab.key_user)
-    with pytest.raises(KdumpError, match="connection refused"):
-        save(config, vmcore=str(fixture_vmcore), savedir=server.url("sftp", ssh_lab.key_user.name, str(base)))
+    try:
+        with pytest.raises(KdumpError, match="connection refused"):
+            save(config, vmcore=str(fixture_vmcore), savedir=server.url("sftp", ssh_lab.key_user.name, str(base)))
+    finally:
+        server.stop()
     assert os.listdir(base) == []

@@ -196,10 +196,38 @@ def test_malformed_host_key_option(ssh_lab: SSHLab, sshd_nosftp: SSHD, value: st
 def test_server_down_is_a_clear_error(ssh_lab: SSHLab, ssh_users: TestUsers) -> None:
     server = SSHD(ssh_lab.workdir / "sshd-restarted-ssh", ssh_users.names, sftp=False).start()
     port = server.port
-    server.stop()
-    with pytest.raises(TransportError) as err:
-        ssh_target(ssh_lab, server, ssh_lab.fresh_dir(ssh_lab.key_user))
+    server.stop(hold_port=True)
+    try:
+        with pytest.raises(TransportError) as err:
+            ssh_target(ssh_lab, server, ssh_lab.fresh_dir(ssh_lab.key_user))
+    finally:
+        server.stop()
     assert "connection refused" in str(err.value) and f"127.0.0.1:{port}" in str(err.value)
+
+
+def test_start_up_files_that_print_do_not_confuse_it(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> None:
+    """bash run by sshd reads ~/.bashrc even for commands; some print things."""
+    user = ssh_lab.key_user
+    rc = user.home / ".bashrc"
+    rc.write_text('echo "Welcome to the dump server"\nprintf \'d fake\\0\'\necho "to stderr" >&2\n')
+    subprocess.run(["usermod", "-s", "/bin/bash", user.name], check=True)
+    try:
+        base = ssh_lab.fresh_dir(user)
+        with ssh_target(ssh_lab, sshd_nosftp, base) as t:
+            noisy = t.exec("true")
+            assert b"Welcome" in noisy.makefile("rb").read(), "the start-up file does print"
+            noisy.close()
+            t.mkdir("d")
+            t.write_small("d/f", b"content")
+            assert [(e.name, e.is_dir) for e in t.listdir()] == [("d", True)]
+            assert t.read_small("d/f") == b"content"
+            assert t.sha256("d/f") == hashlib.sha256(b"content").hexdigest()
+            st = os.statvfs(base)
+            assert abs(t.free_space() - st.f_bavail * st.f_frsize) < 256 * MiB
+        assert (base / "d" / "f").read_bytes() == b"content"
+    finally:
+        subprocess.run(["usermod", "-s", "/bin/sh", user.name], check=True)
+        rc.unlink()
 
 
 def test_connection_cut_during_the_stream(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path) -> None:

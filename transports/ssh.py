@@ -31,8 +31,12 @@ _NETWORK_ERRORS = (OSError, EOFError, paramiko.SSHException)
 _EXISTS = 17
 _MISSING = 18
 _IS_LINK = 19
-#: every command starts with this: messages in English, nothing secret in the environment
-_PREFIX = "LC_ALL=C; export LC_ALL; "
+#: every command starts with this: messages in English, then a marker on stdout; whatever
+#: the account's shell start-up files print comes before the marker and is dropped
+_MARKER = b"\0kdump-saver-output\0"
+_PREFIX = "LC_ALL=C; export LC_ALL; printf '\\000kdump-saver-output\\000'; "
+#: the most start-up noise we skip while looking for the marker
+_MAX_NOISE = 1 << 20
 _LIST = ('if [ ! -d {p} ]; then echo "no such directory" >&2; exit 1; fi; cd -- {p} || exit 1; '
          'for f in .* *; do '
          'case $f in .|..) continue;; esac; '
@@ -116,7 +120,7 @@ class SSHTransport(Transport):
         """Run ``command`` and collect its output (stdout up to ``limit`` bytes)."""
         channel = self.exec(command)
         try:
-            out = bytearray()
+            out = _skip_noise(channel)
             while True:
                 block = channel.recv(1 << 20)
                 if not block:
@@ -219,6 +223,21 @@ class SSHTransport(Transport):
         return _Reader(self, path, channel)  # type: ignore[return-value]
 
 
+def _skip_noise(channel: paramiko.Channel) -> bytearray:
+    """Read up to and including the marker; the output after it (possibly empty)."""
+    seen = bytearray()
+    while True:
+        at = seen.find(_MARKER)
+        if at >= 0:
+            return seen[at + len(_MARKER):]
+        if len(seen) > _MAX_NOISE:
+            raise OSError("the remote shell printed too much before running our command")
+        block = channel.recv(1 << 16)
+        if not block:
+            return bytearray()  # the command never ran; its status and stderr tell why
+        seen += block
+
+
 def _wait_status(channel: paramiko.Channel) -> int:
     if not channel.status_event.wait(sshauth.IO_TIMEOUT):
         raise socket.timeout("no exit status")
@@ -290,27 +309,24 @@ class _Reader:
         self._owner = owner
         self._name = name
         self._channel = channel
+        self._pending: Optional[bytes] = None
 
     def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when negative); at the end of
+        the file, a failure of the remote ``cat`` is raised."""
         try:
-            if size is None or size < 0:
-                chunks = []
-                while True:
-                    block = self._channel.recv(1 << 20)
-                    if not block:
-                        break
-                    chunks.append(block)
-                data = b"".join(chunks)
-            else:
-                data = self._channel.recv(size) if size else b""
-                while data and len(data) < size:
-                    more = self._channel.recv(size - len(data))
-                    if not more:
-                        break
-                    data += more
-            if not data and size != 0:
-                self._check_status()
-            return data
+            if self._pending is None:
+                self._pending = bytes(_skip_noise(self._channel))
+            want = None if size is None or size < 0 else size
+            data = bytearray(self._pending[:want] if want is not None else self._pending)
+            self._pending = self._pending[len(data):]
+            while want is None or len(data) < want:
+                block = self._channel.recv(1 << 20 if want is None else min(want - len(data), 1 << 20))
+                if not block:
+                    self._check_status()
+                    break
+                data += block
+            return bytes(data)
         except _NETWORK_ERRORS as exc:
             raise self._owner._lost(f"reading {self._name!r}", exc) from None
 

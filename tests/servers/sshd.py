@@ -145,6 +145,7 @@ class SSHD:
         self.sftp = sftp
         self.sftp_args = sftp_args
         self.ipv6 = False
+        self._held: Optional[socket.socket] = None
         self.port = 0
         self.proc: Optional[subprocess.Popen] = None
         self.host_keys: Dict[str, str] = {}
@@ -153,6 +154,9 @@ class SSHD:
 
     def start(self, port: int = 0) -> "SSHD":
         sshd = require_program("sshd")
+        if self._held is not None:
+            self._held.close()
+            self._held = None
         self.workdir.mkdir(parents=True, exist_ok=True)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         if not self.host_keys:
@@ -197,7 +201,9 @@ class SSHD:
                 time.sleep(0.05)
         raise RuntimeError("sshd did not start listening within 10 s")
 
-    def stop(self) -> None:
+    def stop(self, hold_port: bool = False) -> None:
+        """Stop the server; ``hold_port`` keeps its port bound but not listening
+        (connections are refused, and no other program can take the port)."""
         if self.proc is not None and self.proc.poll() is None:
             self.kill_sessions()
             self.proc.terminate()
@@ -207,6 +213,13 @@ class SSHD:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        if hold_port and self.port:
+            self._held = socket.socket()
+            self._held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._held.bind(("127.0.0.1", self.port))
+        elif self._held is not None:
+            self._held.close()
+            self._held = None
 
     def session_pids(self) -> List[int]:
         """The sshd processes serving connections: every descendant of the listener."""
