@@ -19,6 +19,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qharness import cases, runner  # noqa: E402
 
 
+def show(result: runner.CaseResult) -> None:
+    for crash in result.crashes:
+        verdict = crash.verdict
+        if verdict is None or verdict.directory is None:
+            continue
+        print(f"\n--- the dump of crash {crash.index} is in {verdict.directory}", end="")
+        print(f" ({verdict.vmcore.name}, {verdict.vmcore.stat().st_size} bytes)" if verdict.vmcore else "")
+        readme = verdict.directory / "README.txt"
+        if readme.exists():
+            print(f"--- {readme}:\n{readme.read_text(errors='replace')}")
+        if verdict.crash_summary:
+            print(f"--- crash (sys; bt) with the -dbg vmlinux:\n{verdict.crash_summary}\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cases", nargs="*", metavar="CASE", help=", ".join(cases.BY_NAME))
@@ -26,6 +40,8 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="where to keep images, logs and dumps "
                                                      "(default: a new directory under /var/tmp)")
     parser.add_argument("--crashkernel", help="override the case's crashkernel= size, e.g. 176M")
+    parser.add_argument("--show", action="store_true",
+                        help="print each saved dump's README.txt and crash's summary of it")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="qharness: %(message)s")
@@ -41,6 +57,8 @@ def main() -> int:
     for case in selected:
         result = runner.run_case(case, base / case.name, crashkernel=args.crashkernel)
         print(result.report(), flush=True)
+        if args.show:
+            show(result)
         if not result.ok:
             failed += 1
             print(result.console_logs(), flush=True)

@@ -32,6 +32,10 @@ if [ ! -e /usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64 ] \
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$fixture_dbg" >/dev/null
 fi
 
+# the QEMU end-to-end tests (tests/test_qemu_e2e.py): the current cloud kernel's -dbg
+# package for crash(8), nfs-ganesha and the rest of qemu-harness's needs
+bash qemu-harness/setup.sh
+
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   python3 -m venv .venv
