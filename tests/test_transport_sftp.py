@@ -252,6 +252,7 @@ def test_connection_cut_during_transfer(ssh_lab: SSHLab, sshd_sftp: SSHD, fixtur
                 f.pwrite(block, i * len(block))
             f.close()
         f.abort()
+        assert [e.name for e in t.listdir()] == ["vmcore.incomplete"], "a new connection for what follows"
     finally:
         t.close()
     message = str(err.value)
@@ -405,7 +406,9 @@ def test_saver_with_the_connection_cut_leaves_nothing_complete(ssh_lab: SSHLab, 
     assert "connection was lost" in str(err.value)
     (saved,) = base.iterdir()
     assert not (saved / "vmcore").exists()
-    assert "vmcore status: saved successfully" not in (saved / "README.txt").read_text()
+    readme = (saved / "README.txt").read_text()
+    assert "saved successfully" not in readme
+    assert "INCOMPLETE" in readme and "connection was lost" in readme, "reconnected to record the failure"
 
 
 def test_saver_to_a_stopped_server_fails_clearly(ssh_lab: SSHLab, ssh_users: TestUsers, fixture_vmcore: Path,

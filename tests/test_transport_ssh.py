@@ -243,6 +243,7 @@ def test_connection_cut_during_the_stream(ssh_lab: SSHLab, sshd_nosftp: SSHD, fi
                 f.write(block)
             f.close()
         f.abort()
+        assert [e.name for e in t.listdir()] == ["vmcore.incomplete"], "a new connection for what follows"
     finally:
         t.close()
     assert "connection was lost" in str(err.value) and "Traceback" not in str(err.value)
@@ -340,7 +341,9 @@ def test_saver_with_the_connection_cut_leaves_nothing_complete(ssh_lab: SSHLab, 
     assert "connection was lost" in str(err.value)
     (saved,) = base.iterdir()
     assert not (saved / "vmcore.flat").exists() and not (saved / "vmcore").exists()
-    assert "vmcore status: saved successfully" not in (saved / "README.txt").read_text()
+    readme = (saved / "README.txt").read_text()
+    assert "saved successfully" not in readme
+    assert "INCOMPLETE" in readme and "connection was lost" in readme, "reconnected to record the failure"
 
 
 def test_saver_retention_touches_only_this_hosts_dumps(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path,

@@ -152,8 +152,15 @@ class SFTPTransport(Transport):
 
     @property
     def sftp(self) -> _Client:
-        if self._sftp is None:
+        """The SFTP session; after the connection dropped, a new one (so that
+        the saver can still record a failure in README.txt)."""
+        if self._sftp is None or self._conn is None:
             raise TransportError(f"{self.url.masked()}: not connected")
+        if not self._conn.alive:
+            log.warning("%s: the connection was lost; connecting again", self.url.masked())
+            self.close()
+            self.connect()
+            assert self._sftp is not None
         return self._sftp
 
     def _path(self, rel: str) -> str:

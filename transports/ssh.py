@@ -99,8 +99,15 @@ class SSHTransport(Transport):
 
     @property
     def connection(self) -> sshauth.SSHConnection:
+        """The SSH connection; after it dropped, a new one (so that the saver
+        can still record a failure in README.txt)."""
         if self._conn is None:
             raise TransportError(f"{self.url.masked()}: not connected")
+        if not self._conn.alive:
+            log.warning("%s: the connection was lost; connecting again", self.url.masked())
+            self.close()
+            self.connect()
+            assert self._conn is not None
         return self._conn
 
     def _q(self, rel: str) -> str:

@@ -235,6 +235,11 @@ class SSHConnection:
         self.url = url
         self.transport = transport
 
+    @property
+    def alive(self) -> bool:
+        """False once the connection has dropped."""
+        return self.transport.is_active()
+
     def open_session(self) -> paramiko.Channel:
         """A new session channel with our window sizes and the I/O timeout."""
         try:
