@@ -7,6 +7,8 @@ server allows (``limits@openssh.com``, else 32 KiB), contiguous small writes
 are merged, and ``close`` waits for every acknowledgement, then asks the
 server to fsync (``fsync@openssh.com``) where it can.  Free space comes from
 ``statvfs@openssh.com``; ``None`` when the server does not offer it.
+After the connection drops, the file being written fails, and the next
+operation connects again (the saver then records the failure in README.txt).
 Connection, host key checking and authentication: :mod:`transports.sshauth`.
 """
 from __future__ import annotations

@@ -8,6 +8,9 @@ every path quoted by :func:`shlex.quote`, so names with spaces, quotes or
 (``DumpFile.seekable`` is False: the saver sends the flattened stream);
 ``close`` ends the stream, waits for ``cat`` and a ``sync`` and reports what
 the server said.  Free space comes from ``df -Pk``; ``None`` when that fails.
+Whatever the account's start-up files print is skipped (a marker precedes our
+output).  After the connection drops, the file being written fails, and the
+next operation connects again.
 Connection, host key checking and authentication: :mod:`transports.sshauth`.
 """
 from __future__ import annotations
