@@ -38,6 +38,8 @@ _IS_LINK = 19
 #: the account's shell start-up files print comes before the marker and is dropped
 _MARKER = b"\0kdump-saver-output\0"
 _PREFIX = "LC_ALL=C; export LC_ALL; printf '\\000kdump-saver-output\\000'; "
+#: bytes handed to paramiko per call: the packet size OpenSSH accepts on a session channel
+_SEND_SIZE = 32 * 1024
 #: the most start-up noise we skip while looking for the marker
 _MAX_NOISE = 1 << 20
 _LIST = ('if [ ! -d {p} ]; then echo "no such directory" >&2; exit 1; fi; cd -- {p} || exit 1; '
@@ -268,8 +270,12 @@ class StreamFile(DumpFile):
     def write(self, data: bytes) -> None:
         if self._done:
             raise TransportError(f"{self._owner.url.masked()}: {self._name!r} is already closed")
+        view = memoryview(data)
         try:
-            self._channel.sendall(data)
+            # one SSH packet's worth at a time: paramiko's sendall copies the rest of
+            # its argument after every packet, which is quadratic for large blocks
+            for start in range(0, len(view), _SEND_SIZE):
+                self._channel.sendall(bytes(view[start:start + _SEND_SIZE]))
         except _NETWORK_ERRORS as exc:
             raise self._failure(exc) from None
 
