@@ -455,8 +455,10 @@ def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], Lis
                             f"client is installed (one of {', '.join(DHCP_CLIENTS)})")
         else:
             programs.append(client)
-            if config.netconfig.mode in ("auto", "dhcp6", "auto6") and os.path.basename(client) == "udhcpc":
-                optional.append("udhcpc6")
+            if config.netconfig.mode in ("auto", "dhcp6", "auto6"):
+                client6 = dhcp_client(6)
+                if client6:
+                    optional.append(client6)
     if url.scheme == "nfs":
         # mount.nfs uses libtirpc, which reads /etc/netconfig
         optional.extend(["mount.nfs", "mount.nfs4", "/etc/netconfig"])
@@ -481,10 +483,15 @@ def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], Lis
     return list(dict.fromkeys(programs)), list(dict.fromkeys(optional)), files, problems
 
 
-def dhcp_client() -> Optional[str]:
-    """The first DHCP client installed, in the order capture.network prefers
-    (dhclient, dhcpcd, busybox's udhcpc)."""
-    for name in DHCP_CLIENTS:
+def dhcp_client(version: int = 4) -> Optional[str]:
+    """The DHCP client capture.network will pick for IPv``version``: the
+    first installed in its order of preference."""
+    try:
+        from capture.network import DHCP_CLIENTS as preferred
+        names = preferred[version]
+    except (ImportError, AttributeError, KeyError):
+        names = DHCP_CLIENTS
+    for name in names:
         path = _which(name)
         if path:
             return path
