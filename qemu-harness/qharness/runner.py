@@ -80,8 +80,9 @@ class CaseResult:
         lines = [f"case {self.case.name}: {'PASS' if self.ok else 'FAIL'} ({self.case.description})"]
         for c in self.crashes:
             t = c.panic_to_saved
+            span = "panic to saved dump" if c.saved_at is not None else "panic to the end of QEMU"
             lines.append(f"  crash {c.index}: console log {c.run.log_path}"
-                         + (f", panic to saved dump {t:.1f} s" if t is not None else ""))
+                         + (f", {span} {t:.1f} s" if t is not None else ""))
         for d in self.dumps:
             lines.append(f"  dump: {d}")
         lines += [f"  problem: {p}" for p in self.problems]
@@ -171,7 +172,8 @@ class Session:
             append=f"console=ttyS0 crashkernel={crashkernel or case.crashkernel} panic=1 loglevel=6",
             disks=target.disks, forwards=target.forwards, network=bool(target.forwards),
             rtc_base=clock.strftime("%Y-%m-%dT%H:%M:%S"))
-        before = set(target.dumps())
+        with target.attached():
+            before = set(target.dumps())
         run = guest.boot(spec, self.workdir / f"console-{index}.log")
         crash = Crash(index, marker, run)
         self.result.crashes.append(crash)
