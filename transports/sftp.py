@@ -36,6 +36,8 @@ MAX_OUTSTANDING = 64
 DEFAULT_REQUEST_SIZE = 32 * 1024
 #: The largest request we send even if the server would take more.
 MAX_REQUEST_SIZE = 255 * 1024
+#: Bytes handed to the channel per call: the packet size OpenSSH accepts.
+_SEND_SIZE = 32 * 1024
 #: Below this many free bytes after a failed write, the failure is a full disk.
 NEARLY_FULL = 1024 * 1024
 
@@ -72,6 +74,25 @@ class _Client(paramiko.SFTPClient):
                 break
             self.extensions[name.decode("utf-8", "replace")] = reply.get_string()
         return version
+
+    def _write_all(self, out: bytes) -> None:
+        # paramiko's own copies the rest of ``out`` after every packet (quadratic)
+        view = memoryview(out)
+        pos = 0
+        while pos < len(view):
+            n = self.sock.send(bytes(view[pos:pos + _SEND_SIZE]))
+            if n <= 0:
+                raise EOFError()
+            pos += n
+
+    def _read_all(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            block = self.sock.recv(n - len(out))
+            if not block:
+                raise EOFError()
+            out += block
+        return bytes(out)
 
     def extended(self, name: str, *args: object) -> paramiko.Message:
         """Send an extended request; the reply message (status already checked)."""
