@@ -214,9 +214,13 @@ class SSHD:
                 self.proc.wait()
         self.proc = None
         if hold_port and self.port:
-            self._held = socket.socket()
-            self._held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._held.bind(("127.0.0.1", self.port))
+            held = socket.socket()
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                held.bind(("127.0.0.1", self.port))
+                self._held = held
+            except OSError:  # best effort: a client socket elsewhere may use the number just now
+                held.close()
         elif self._held is not None:
             self._held.close()
             self._held = None
