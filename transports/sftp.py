@@ -198,7 +198,7 @@ class SFTPTransport(Transport):
         except _NETWORK_ERRORS as exc:
             if isinstance(exc, OSError) and self._stat(full) is not None:
                 raise FileExistsError(errno.EEXIST, "exists", path) from None
-            raise self._error(f"cannot create the directory {path!r}", exc) from None
+            raise self._create_error(f"creating the directory {path!r}", exc) from None
 
     def create(self, path: str) -> DumpFile:
         full = self._path(path)
@@ -213,7 +213,7 @@ class SFTPTransport(Transport):
             # an existing file keeps its mode on open: make it 0600 like a new one
             self.sftp._request(CMD_FSETSTAT, handle, attrs)
         except _NETWORK_ERRORS as exc:
-            raise self._error(f"cannot create {path!r}", exc) from None
+            raise self._create_error(f"creating {path!r}", exc) from None
         return SFTPDumpFile(self, path, handle)
 
     def rename(self, src: str, dst: str) -> None:
@@ -330,15 +330,28 @@ class SFTPTransport(Transport):
             reason = sshauth.describe(exc)
         return TransportError(f"{self.url.masked()}: {what}: {reason}")
 
+    def _full_disk(self, doing: str) -> Optional[NoSpaceError]:
+        """After a generic failure status: a NoSpaceError when the disk is (nearly) full."""
+        try:
+            free = self.free_space()
+        except TransportError:
+            free = None
+        if free is not None and free < NEARLY_FULL:
+            return NoSpaceError(f"{self.url.masked()}: the server's disk is full while {doing} ({free} bytes left)")
+        return None
+
+    def _create_error(self, what: str, exc: BaseException) -> TransportError:
+        if isinstance(exc, OSError) and exc.errno is None and str(exc) != "Socket is closed":
+            full = self._full_disk(what)
+            if full is not None:
+                return full
+        return self._error(what, exc)
+
     def _write_error(self, name: str, code: Optional[int], text: str) -> TransportError:
         if code == _SFTP_FAILURE:
-            try:
-                free = self.free_space()
-            except TransportError:
-                free = None
-            if free is not None and free < NEARLY_FULL:
-                return NoSpaceError(f"{self.url.masked()}: the server's disk is full while writing {name!r} "
-                                    f"({free} bytes left)")
+            full = self._full_disk(f"writing {name!r}")
+            if full is not None:
+                return full
         if code == _SFTP_PERMISSION_DENIED:
             return TransportError(f"{self.url.masked()}: writing {name!r}: permission denied")
         return TransportError(f"{self.url.masked()}: writing {name!r} failed: the server says: {text[:200]}")
