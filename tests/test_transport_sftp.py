@@ -423,3 +423,16 @@ def test_saver_to_a_stopped_server_fails_clearly(ssh_lab: SSHLab, ssh_users: Tes
     finally:
         server.stop()
     assert os.listdir(base) == []
+
+
+def test_saver_on_a_small_disk_stops_with_a_clear_error(ssh_lab: SSHLab, sshd_sftp: SSHD, fixture_vmcore: Path,
+                                                        makedumpfile: str) -> None:
+    fs = ssh_lab.small_fs(ssh_lab.key_user, 4096)
+    url = sshd_sftp.url("sftp", ssh_lab.key_user.name, str(fs))
+    with pytest.raises(KdumpError) as err:
+        save(saver_config(ssh_lab, sshd_sftp, free_disk_size=1), vmcore=str(fixture_vmcore), savedir=url)
+    assert "Traceback" not in str(err.value)
+    (saved,) = [p for p in fs.iterdir()]
+    assert not (saved / "vmcore").exists()
+    readme = (saved / "README.txt").read_text()
+    assert "INCOMPLETE" in readme and "saved successfully" not in readme

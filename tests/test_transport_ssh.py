@@ -369,3 +369,16 @@ def test_saver_retention_touches_only_this_hosts_dumps(ssh_lab: SSHLab, sshd_nos
     expected = sorted(set(layout) - {"fixture-host-2026-11-20-10-00"} | {"plain file", result.directory})
     assert remaining == expected
     assert not (user.home / "pwned").exists()
+
+
+def test_saver_on_a_small_disk_stops_with_a_clear_error(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path,
+                                                        makedumpfile: str) -> None:
+    fs = ssh_lab.small_fs(ssh_lab.key_user, 4096)
+    url = sshd_nosftp.url("ssh", ssh_lab.key_user.name, str(fs))
+    with pytest.raises(KdumpError) as err:
+        save(saver_config(ssh_lab, sshd_nosftp), vmcore=str(fixture_vmcore), savedir=url)
+    assert "Traceback" not in str(err.value)
+    (saved,) = [p for p in fs.iterdir()]
+    assert not (saved / "vmcore.flat").exists()
+    readme = (saved / "README.txt").read_text()
+    assert "INCOMPLETE" in readme and "saved successfully" not in readme
