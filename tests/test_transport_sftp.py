@@ -23,7 +23,7 @@ from capture.errors import KdumpError
 from capture.saver import save
 from capture.targeturl import parse
 from conftest import require, require_program
-from servers.sshd import SSHD, SSHLab, TestUsers, ssh_keygen
+from servers.sshd import SSHD, ChrootServer, SSHLab, TestUsers, ssh_keygen
 from transports import open_target
 from transports.base import NoSpaceError, TransportError
 
@@ -340,6 +340,18 @@ def test_unreachable_network_is_a_clear_error(tmp_path: Path) -> None:
         assert "tried" in run.stdout, "with KDUMP_NET_TIMEOUT=2 it retries"
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_sftp_only_account_in_a_chroot(ssh_lab: SSHLab, sshd_sftp_only: ChrootServer) -> None:
+    """The usual dump drop box: ForceCommand internal-sftp and a ChrootDirectory."""
+    server = sshd_sftp_only.server
+    with open_target(parse(server.url("sftp", ssh_lab.key_user.name, "/dumps/crash")),
+                     ssh_lab.key_options(server)) as t:
+        t.mkdir("d")
+        t.write_small("d/x", b"in the chroot")
+        assert [e.name for e in t.listdir()] == ["d"]
+        assert t.free_space() is not None
+    assert (sshd_sftp_only.dumps / "crash" / "d" / "x").read_bytes() == b"in the chroot"
 
 
 # -- the saver through this transport ----------------------------------------

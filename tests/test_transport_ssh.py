@@ -22,7 +22,7 @@ from capture.config import Config
 from capture.errors import KdumpError
 from capture.saver import save
 from capture.targeturl import parse
-from servers.sshd import SSHD, SSHLab, TestUsers, ssh_keygen
+from servers.sshd import SSHD, ChrootServer, SSHLab, TestUsers, ssh_keygen
 from transports import open_target
 from transports.base import NoSpaceError, TransportError
 from transports.sshauth import load_identities
@@ -270,6 +270,13 @@ def test_full_disk_is_no_space_error(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture
                 f.write(data)
             f.close()
         f.abort()
+
+
+def test_sftp_only_account_is_a_clear_error(ssh_lab: SSHLab, sshd_sftp_only: ChrootServer) -> None:
+    server = sshd_sftp_only.server
+    with pytest.raises(TransportError, match="did not run our shell command.*sftp://"):
+        open_target(parse(server.url("ssh", ssh_lab.key_user.name, "/dumps")), ssh_lab.key_options(server))
+    assert os.listdir(sshd_sftp_only.dumps) == []
 
 
 def test_works_on_a_server_with_sftp_too(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:

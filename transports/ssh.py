@@ -62,10 +62,15 @@ class Result:
     status: int
     stdout: bytes
     stderr: str
+    ran: bool = True
+    """False when the server ran something else (our marker never came)."""
 
     @property
     def message(self) -> str:
         """The last line the command wrote to stderr, for error messages."""
+        if not self.ran:
+            return ("the server did not run our shell command (is the account limited to sftp, "
+                    "with ForceCommand internal-sftp? then use an sftp:// target)")
         lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
         if lines:
             return lines[-1][:300]
@@ -132,7 +137,9 @@ class SSHTransport(Transport):
         """Run ``command`` and collect its output (stdout up to ``limit`` bytes)."""
         channel = self.exec(command)
         try:
-            out = _skip_noise(channel)
+            channel.shutdown_write()  # our commands read nothing; whatever else runs sees EOF
+            noise_end = _skip_noise(channel)
+            out = noise_end if noise_end is not None else bytearray()
             while True:
                 block = channel.recv(1 << 20)
                 if not block:
@@ -150,7 +157,8 @@ class SSHTransport(Transport):
             raise self._lost("running a command", exc) from None
         finally:
             channel.close()
-        return Result(status, bytes(out if limit is None else out[:limit]), err.decode("utf-8", "replace"))
+        return Result(status, bytes(out if limit is None else out[:limit]), err.decode("utf-8", "replace"),
+                      ran=noise_end is not None)
 
     def _lost(self, what: str, exc: BaseException) -> TransportError:
         return TransportError(f"{self.url.masked()}: {what}: the connection was lost ({sshauth.describe(exc)})")
@@ -235,8 +243,9 @@ class SSHTransport(Transport):
         return _Reader(self, path, channel)  # type: ignore[return-value]
 
 
-def _skip_noise(channel: paramiko.Channel) -> bytearray:
-    """Read up to and including the marker; the output after it (possibly empty)."""
+def _skip_noise(channel: paramiko.Channel) -> Optional[bytearray]:
+    """Read up to and including the marker; the output after it (possibly
+    empty), or None when the output ended without the marker."""
     seen = bytearray()
     while True:
         at = seen.find(_MARKER)
@@ -246,7 +255,7 @@ def _skip_noise(channel: paramiko.Channel) -> bytearray:
             raise OSError("the remote shell printed too much before running our command")
         block = channel.recv(1 << 16)
         if not block:
-            return bytearray()  # the command never ran; its status and stderr tell why
+            return None
         seen += block
 
 
@@ -332,7 +341,7 @@ class _Reader:
         the file, a failure of the remote ``cat`` is raised."""
         try:
             if self._pending is None:
-                self._pending = bytes(_skip_noise(self._channel))
+                self._pending = bytes(_skip_noise(self._channel) or b"")
             want = None if size is None or size < 0 else size
             data = bytearray(self._pending[:want] if want is not None else self._pending)
             self._pending = self._pending[len(data):]

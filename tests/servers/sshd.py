@@ -134,13 +134,14 @@ class SSHD:
     ``host_keys`` maps key type (``ed25519``, ``rsa``) to the public line
     ``TYPE BASE64``.  ``sftp=False`` leaves out the sftp subsystem,
     ``sftp_args`` are options for internal-sftp, ``extra`` configuration lines
-    take precedence over the defaults.
+    take precedence over the defaults, ``match`` lines (Match blocks) go last.
     """
 
     def __init__(self, workdir: Path, users: List[str], sftp: bool = True, sftp_args: str = "",
-                 extra: Tuple[str, ...] = ()) -> None:
+                 extra: Tuple[str, ...] = (), match: Tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.extra = extra
+        self.match = match
         self.users = users
         self.sftp = sftp
         self.sftp_args = sftp_args
@@ -186,6 +187,7 @@ class SSHD:
         ]
         if self.sftp:
             lines.append(f"Subsystem sftp internal-sftp {self.sftp_args}".rstrip())
+        lines.extend(self.match)  # Match blocks last: they run to the end of the file
         self.config.write_text("\n".join(lines) + "\n")
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(self.config)], stdin=subprocess.DEVNULL,
@@ -380,3 +382,29 @@ def sshd_nosftp(ssh_workdir: Path, ssh_users: TestUsers) -> Iterator[SSHD]:
     server = SSHD(ssh_workdir / "sshd-nosftp", ssh_users.names, sftp=False).start()
     yield server
     server.stop()
+
+
+@dataclass
+class ChrootServer:
+    """An sshd where the key user is an sftp-only account (ForceCommand
+    internal-sftp) locked into ``chroot``; ``dumps`` is the user's directory
+    in it, ``/dumps`` as seen through sftp."""
+
+    server: SSHD
+    chroot: Path
+    dumps: Path
+
+
+@pytest.fixture(scope="session")
+def sshd_sftp_only(ssh_workdir: Path, ssh_users: TestUsers) -> Iterator[ChrootServer]:
+    # sshd wants every component of a chroot owned by root and not writable by others: /tmp is not
+    chroot = Path(tempfile.mkdtemp(prefix="kdump-sshd-chroot-", dir="/run"))
+    chroot.chmod(0o755)
+    assert ssh_users.key_user is not None
+    dumps = ssh_users.key_user.make_dir(chroot, "dumps")
+    server = SSHD(ssh_workdir / "sshd-sftp-only", ssh_users.names,
+                  match=(f"Match User {ssh_users.key_user.name}", f"  ChrootDirectory {chroot}",
+                         "  ForceCommand internal-sftp")).start()
+    yield ChrootServer(server, chroot, dumps)
+    server.stop()
+    shutil.rmtree(chroot, ignore_errors=True)
