@@ -135,7 +135,8 @@ class SFTPTransport(Transport):
         if "limits@openssh.com" not in self.sftp.extensions:
             return
         msg = self._extended("limits@openssh.com")
-        _packet, max_read, max_write = msg.get_int64(), msg.get_int64(), msg.get_int64()
+        msg.get_int64()  # the largest packet: requests below stay well under it
+        max_read, max_write = msg.get_int64(), msg.get_int64()
         if max_write:
             self.request_size = min(max_write, MAX_REQUEST_SIZE)
         if max_read:
