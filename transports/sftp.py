@@ -135,12 +135,12 @@ class SFTPTransport(Transport):
         if "limits@openssh.com" not in self.sftp.extensions:
             return
         msg = self._extended("limits@openssh.com")
-        msg.get_int64()  # the largest packet: requests below stay well under it
-        max_read, max_write = msg.get_int64(), msg.get_int64()
+        max_packet, max_read, max_write = msg.get_int64(), msg.get_int64(), msg.get_int64()
+        ceiling = min(MAX_REQUEST_SIZE, max_packet - 1024) if max_packet > 2048 else MAX_REQUEST_SIZE
         if max_write:
-            self.request_size = min(max_write, MAX_REQUEST_SIZE)
+            self.request_size = max(min(max_write, ceiling), 1024)
         if max_read:
-            self.read_size = min(max_read, MAX_REQUEST_SIZE)
+            self.read_size = max(min(max_read, ceiling), 1024)
         log.debug("%s: sftp requests of %d bytes (write), %d (read)", self.url.masked(),
                   self.request_size, self.read_size)
 
