@@ -53,6 +53,8 @@ def main() -> int:
     except KeyError as exc:
         parser.error(str(exc.args[0]))
     base = args.workdir or Path(tempfile.mkdtemp(prefix="qharness-", dir="/var/tmp"))
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)     # the FTP and Samba users must reach their directories below
     failed = 0
     for case in selected:
         result = runner.run_case(case, base / case.name, crashkernel=args.crashkernel)

@@ -53,6 +53,7 @@ def guest_kernel():
 @pytest.mark.parametrize("case", cases.MATRIX, ids=[c.name for c in cases.MATRIX])
 def test_crash_is_saved(case: cases.Case, guest_kernel) -> None:
     base = Path(tempfile.mkdtemp(prefix=f"qharness-{case.name}-", dir="/var/tmp"))
+    base.chmod(0o755)     # the FTP and Samba users must reach their directories below
     result = runner.run_case(case, base / case.name, kernel=guest_kernel)
     if not result.ok:
         pytest.fail(result.report() + "\n" + result.console_logs(), pytrace=False)

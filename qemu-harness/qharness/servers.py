@@ -229,7 +229,8 @@ class FtpServer(Server):
                     conf.write(f"pasv_min_port={first}\npasv_max_port={first + self.passive_ports - 1}\n"
                                f"pasv_address={GUEST_SERVER}\npasv_addr_resolve=NO\n")
 
-        self.server = Forwarded(self.workdir / "vsftpd")
+        # the FTP user must reach its home: the harness keeps every parent 0755
+        self.server = Forwarded(self.workdir / "vsftpd", home=self.workdir / "home")
 
     @property
     def forwards(self) -> Dict[int, int]:
@@ -242,7 +243,8 @@ class FtpServer(Server):
         return self.server.home
 
     def url(self, subdir: str) -> str:
-        return f"ftp://{self.server.user}:{self.server.password}@{GUEST_SERVER}{self.server.home / subdir}"
+        # an ftp URL's path is relative to the login directory (vsftpd's local_root)
+        return f"ftp://{self.server.user}:{self.server.password}@{GUEST_SERVER}/{subdir}"
 
     def secrets(self) -> List[str]:
         return [self.server.password]
@@ -253,6 +255,9 @@ class FtpServer(Server):
 
     def stop(self) -> None:
         self.server.stop()
+        served = getattr(self.server, "served", None)      # the helper's anonymous tree, unused here
+        if served is not None:
+            shutil.rmtree(served, ignore_errors=True)
 
     def log_text(self) -> str:
         return _tail(self.server.log)
