@@ -6,6 +6,12 @@
 [ -e /proc/vmcore ] || exit 0
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
+# dracut mounts /run noexec, but the DHCP client runs a hook the saver writes there
+while read -r _dev _dir _type _opts _rest; do
+    if [ "$_dir" = /run ]; then
+        case ",$_opts," in *,noexec,*) mount -o remount,exec /run ;; esac
+    fi
+done < /proc/mounts
 if [ -s /etc/kdump-saver/fstab ]; then
     while read -r src dir fstype opts rest; do
         case "$src" in ''|'#'*) continue ;; esac
@@ -25,9 +31,12 @@ if [ "$cmd" = save ]; then
     /usr/bin/kdump-saver save
     rc=$?
     sync
-    if grep -qiE '^KDUMP_IMMEDIATE_REBOOT="?(false|no|0)"?$' /etc/kdump-saver/kdump.conf; then
-        exit $rc
-    fi
+    while IFS='=' read -r key value; do
+        [ "$key" = KDUMP_IMMEDIATE_REBOOT ] || continue
+        case "$value" in
+            '"false"'|'"no"'|'"0"'|false|no|0) exit $rc ;;
+        esac
+    done < /etc/kdump-saver/kdump.conf
     reboot -f || echo b > /proc/sysrq-trigger
     exit $rc
 fi
