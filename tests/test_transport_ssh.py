@@ -275,8 +275,8 @@ def test_full_disk_is_no_space_error(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture
 def test_sftp_only_account_is_a_clear_error(ssh_lab: SSHLab, sshd_sftp_only: ChrootServer) -> None:
     server = sshd_sftp_only.server
     with pytest.raises(TransportError, match="did not run our shell command.*sftp://"):
-        open_target(parse(server.url("ssh", ssh_lab.key_user.name, "/dumps")), ssh_lab.key_options(server))
-    assert os.listdir(sshd_sftp_only.dumps) == []
+        open_target(parse(server.url("ssh", ssh_lab.key_user.name, "/dumps/by-ssh")), ssh_lab.key_options(server))
+    assert not (sshd_sftp_only.dumps / "by-ssh").exists()
 
 
 def test_works_on_a_server_with_sftp_too(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:

@@ -216,13 +216,18 @@ class SSHD:
                 self.proc.wait()
         self.proc = None
         if hold_port and self.port:
-            held = socket.socket()
-            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                held.bind(("127.0.0.1", self.port))
-                self._held = held
-            except OSError:  # best effort: a client socket elsewhere may use the number just now
-                held.close()
+            # without SO_REUSEADDR nobody else can bind the port while we hold it;
+            # with it, at least no listener without SO_REUSEADDR can
+            for reuse in (False, True):
+                held = socket.socket()
+                if reuse:
+                    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    held.bind(("127.0.0.1", self.port))
+                    self._held = held
+                    break
+                except OSError:
+                    held.close()
         elif self._held is not None:
             self._held.close()
             self._held = None
