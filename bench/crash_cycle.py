@@ -41,9 +41,10 @@ TARGET_MB = 192
 
 
 def transport_times(kernel: GuestKernel, names: Tuple[str, ...], work: Path) -> None:
-    ref = reference.crash(kernel, work / "reference", "192M", label="reference-time")
+    size = cases.get("sftp").crashkernel
+    ref = reference.crash(kernel, work / "reference", size, label="reference-time")
     ref_s = ref.panic_to_saved
-    print(f"{'target':8} {'panic->saved':>13} {'ratio':>7}   (crashkernel=192M unless noted, 1 GiB guest)")
+    print(f"{'target':8} {'panic->saved':>13} {'ratio':>7}   (crashkernel={size}, 1 GiB guest)")
     if ref.saved and ref_s:
         print(f"{'busybox':8} {ref_s:12.1f}s {1.0:7.2f}   reference: makedumpfile -F -c -d 31 | nc")
     else:
