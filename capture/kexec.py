@@ -4,8 +4,8 @@ The command line is built as SUSE's kdump builds it: the running kernel's
 ``/proc/cmdline`` without the arguments that must not reach a capture
 kernel (the root file system, the crash reservation, hibernation resume,
 CPU and memory limits, dracut ``rd.*`` switches, a previous network setup),
-plus ``irqpoll reset_devices nr_cpus=KDUMP_CPUS panic=1`` and the network
-arguments.  KDUMP_COMMANDLINE replaces the whole generated line;
+plus ``irqpoll reset_devices rootfstype=ramfs nr_cpus=KDUMP_CPUS panic=1``
+and the network arguments.  KDUMP_COMMANDLINE replaces the whole generated line;
 KDUMP_COMMANDLINE_APPEND is added at the end, and an ``ip=`` in it replaces
 the generated network arguments.
 """
@@ -35,8 +35,11 @@ DROPPED = frozenset({
 })
 #: dracut switches of the production initrd (rd.lvm.lv=, rd.luks.uuid=, rd.break, ...)
 DROPPED_PREFIXES = ("rd.",)
-#: what every capture kernel gets
-ADDED = ("irqpoll", "reset_devices")
+#: what every capture kernel gets.  rootfstype=ramfs: without root= the
+#: kernel unpacks the initramfs into a tmpfs limited to half of the memory,
+#: so a 60 MB initrd would need a 250 MB reservation; a ramfs has no limit
+#: (nothing mounts a root file system in the capture kernel)
+ADDED = ("irqpoll", "reset_devices", "rootfstype=ramfs")
 NETWORK_KEYS = ("ip", "ifname", "vlan", "bond", "bridge", "nameserver", "rd.route", "rd.neednet")
 CRASH_SIZE = "/sys/kernel/kexec_crash_size"
 CRASH_LOADED = "/sys/kernel/kexec_crash_loaded"
