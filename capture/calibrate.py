@@ -3,7 +3,6 @@
 The estimate, in MB, for our Python capture initrd::
 
     need = KERNEL_OVERHEAD + initrd_compressed + initrd_unpacked + RUNTIME + PER_GB * RAM_GB
-    need = max(need, KERNEL_OVERHEAD + TMPFS_FACTOR * initrd_unpacked)
 
 rounded up to a multiple of 8 MB, where
 
@@ -12,18 +11,27 @@ rounded up to a multiple of 8 MB, where
   showed 41, 39 and 39 MB between crashkernel= and MemTotal at 256, 192
   and 128 MB;
 * the compressed initrd stays in memory while it is unpacked, and the
-  unpacked files live in memory (rootfs) for the whole capture;
+  unpacked files (counted in whole pages) live in memory for the whole
+  capture;
 * RUNTIME (64 MB): the saver's Python process (45 MB maximum RSS measured
   while streaming makedumpfile output), makedumpfile, udev and the shell;
 * PER_GB (1 MB per GB of the crashed system's RAM): makedumpfile's cyclic
   bitmaps and the kernel's page tables and page structures for reading the
-  old memory through /proc/vmcore;
-* the rootfs of an initramfs without root= is a tmpfs limited to half of
-  MemTotal, so the unpacked initrd needs twice its size plus 10%.
+  old memory through /proc/vmcore.
 
-With the lab's figures (a 1 GB guest, an initrd of 54 MB unpacked and
-13.3 MB xz) this gives 176 MB: the capture worked at crashkernel=176M and
-failed at 160M.  The QEMU harness measures the real minimum for an initrd;
+The capture command line carries ``rootfstype=ramfs`` (see
+:mod:`capture.kexec`).  Without it (a KDUMP_COMMANDLINE that leaves it out)
+the kernel unpacks the initramfs into a tmpfs limited to half of the memory
+left once the kernel and the compressed image are set aside, which adds::
+
+    need >= KERNEL_OVERHEAD + initrd_compressed + INIT_MEM + TMPFS_FACTOR * initrd_unpacked
+
+(INIT_MEM, 8 MB, is the kernel's init memory, freed only after unpacking;
+TMPFS_FACTOR 2.1 is the half plus 5% for inodes).  The lab's busybox
+capture initramfs, unpacked into that tmpfs, fits the rule: 54 MB unpacked
+and 13.3 MB xz give 176 MB; it ran at crashkernel=176M and failed to unpack
+at 160M.  An sftp initrd of 62 MB failed to unpack at 192M the same way (the
+rule says 200M).  The QEMU harness measures the real minimum for an initrd;
 this formula is the starting point, not a guarantee.
 
 Like SUSE's ``kdumptool calibrate``, the values are split in Low (below 4
@@ -43,7 +51,8 @@ from typing import List, Optional, Tuple
 KERNEL_OVERHEAD_MB = 40
 RUNTIME_MB = 64
 PER_GB_MB = 1.0
-TMPFS_FACTOR = 2.2
+TMPFS_FACTOR = 2.1
+INIT_MEM_MB = 8
 DEFAULT_LOW_MB = 72
 LOW_KEEP_MB = 512          # low memory the production kernel and firmware keep for themselves
 ALIGN_MB = 8
@@ -71,20 +80,24 @@ class Calibration:
                 f"MinHigh: {self.min_high}", f"MaxHigh: {self.max_high}"]
 
 
-def required_mb(ram_mb: float, initrd_compressed_mb: float, initrd_unpacked_mb: float) -> int:
-    """The reservation the capture needs (see the module docstring)."""
+def required_mb(ram_mb: float, initrd_compressed_mb: float, initrd_unpacked_mb: float,
+                tmpfs_root: bool = False) -> int:
+    """The reservation the capture needs (see the module docstring);
+    ``tmpfs_root`` when the capture command line lacks rootfstype=ramfs."""
     need = (KERNEL_OVERHEAD_MB + initrd_compressed_mb + initrd_unpacked_mb + RUNTIME_MB
             + PER_GB_MB * ram_mb / 1024)
-    need = max(need, KERNEL_OVERHEAD_MB + TMPFS_FACTOR * initrd_unpacked_mb)
+    if tmpfs_root:
+        need = max(need, KERNEL_OVERHEAD_MB + initrd_compressed_mb + INIT_MEM_MB
+                   + TMPFS_FACTOR * initrd_unpacked_mb)
     return int(math.ceil(need / ALIGN_MB) * ALIGN_MB)
 
 
 def calibrate(low_ram_mb: int, high_ram_mb: int, initrd_compressed_mb: float,
-              initrd_unpacked_mb: float) -> Calibration:
+              initrd_unpacked_mb: float, tmpfs_root: bool = False) -> Calibration:
     """Split the requirement into Low and High for a machine with
     ``low_ram_mb`` of RAM below 4 GB and ``high_ram_mb`` above."""
     total = low_ram_mb + high_ram_mb
-    need = required_mb(total, initrd_compressed_mb, initrd_unpacked_mb)
+    need = required_mb(total, initrd_compressed_mb, initrd_unpacked_mb, tmpfs_root)
     max_low = max(0, low_ram_mb - LOW_KEEP_MB)
     if high_ram_mb > 0:
         return Calibration(total=total, low=DEFAULT_LOW_MB, high=need, min_low=DEFAULT_LOW_MB,
@@ -139,7 +152,7 @@ def initrd_sizes(path: str) -> Optional[Tuple[float, float]]:
     for line in listing.splitlines():
         fields = line.split()
         if len(fields) >= 9 and fields[0].startswith("-") and fields[4].isdigit():
-            unpacked += int(fields[4])
+            unpacked += (int(fields[4]) + 4095) // 4096 * 4096   # files occupy whole pages
     if unpacked == 0:
         return None
     return compressed, unpacked / 2**20

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         log.debug("initrd %s: %.1f MB compressed, %.1f MB unpacked", path, *sizes)
     low, high = calibrate.ram_ranges()
-    result = calibrate.calibrate(low // 2**20, high // 2**20, *sizes)
+    tmpfs_root = bool(cfg.commandline.strip()) and "rootfstype=ramfs" not in cfg.commandline.split()
+    result = calibrate.calibrate(low // 2**20, high // 2**20, *sizes, tmpfs_root=tmpfs_root)
     print("\n".join(result.lines()))
     return 0
