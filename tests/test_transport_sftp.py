@@ -354,6 +354,15 @@ def test_sftp_only_account_in_a_chroot(ssh_lab: SSHLab, sshd_sftp_only: ChrootSe
     assert (sshd_sftp_only.dumps / "crash" / "d" / "x").read_bytes() == b"in the chroot"
 
 
+def test_with_on_a_connected_target_logs_in_once(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:
+    before = sshd_sftp.log.read_text().count("Accepted publickey for " + ssh_lab.key_user.name)
+    with open_target(parse(sshd_sftp.url("sftp", ssh_lab.key_user.name, str(ssh_lab.fresh_dir(ssh_lab.key_user)))),
+                     ssh_lab.key_options(sshd_sftp)) as t:
+        t.listdir()
+    time.sleep(0.2)
+    assert sshd_sftp.log.read_text().count("Accepted publickey for " + ssh_lab.key_user.name) == before + 1
+
+
 # -- the saver through this transport ----------------------------------------
 
 def saver_config(ssh_lab: SSHLab, server: SSHD, **changes: object) -> Config:

@@ -286,6 +286,15 @@ def test_works_on_a_server_with_sftp_too(ssh_lab: SSHLab, sshd_sftp: SSHD) -> No
     assert (base / "x").read_bytes() == b"y"
 
 
+def test_with_on_a_connected_target_logs_in_once(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> None:
+    before = sshd_nosftp.log.read_text().count("Accepted publickey for " + ssh_lab.key_user.name)
+    with open_target(parse(sshd_nosftp.url("ssh", ssh_lab.key_user.name, str(ssh_lab.fresh_dir(ssh_lab.key_user)))),
+                     ssh_lab.key_options(sshd_nosftp)) as t:
+        t.listdir()
+    time.sleep(0.2)
+    assert sshd_nosftp.log.read_text().count("Accepted publickey for " + ssh_lab.key_user.name) == before + 1
+
+
 # -- the saver through this transport ----------------------------------------
 
 def saver_config(ssh_lab: SSHLab, server: SSHD) -> Config:

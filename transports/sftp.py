@@ -109,12 +109,18 @@ class SFTPTransport(Transport):
         super().__init__(url, options)
         self._conn: Optional[sshauth.SSHConnection] = None
         self._sftp: Optional[_Client] = None
+        self._wanted = False
         self.request_size = DEFAULT_REQUEST_SIZE
         self.read_size = DEFAULT_REQUEST_SIZE
 
     # -- connection -------------------------------------------------------
 
     def connect(self) -> None:
+        """Connect (once: a connected transport stays as it is)."""
+        if self._live():
+            return
+        self._drop()
+        self._wanted = True
         self._conn = sshauth.connect(self.url, self.options)
         try:
             channel = self._conn.open_session()
@@ -130,6 +136,10 @@ class SFTPTransport(Transport):
         except BaseException:
             self.close()
             raise
+
+    def _live(self) -> bool:
+        return (self._sftp is not None and self._conn is not None and self._conn.alive
+                and not self._sftp.get_channel().closed)
 
     def _read_limits(self) -> None:
         if "limits@openssh.com" not in self.sftp.extensions:
@@ -164,6 +174,11 @@ class SFTPTransport(Transport):
             log.info("%s: created %s", self.url.masked(), current)
 
     def close(self) -> None:
+        self._wanted = False
+        self._drop()
+
+    def _drop(self) -> None:
+        """Forget the connection (after a failure: the next operation makes a new one)."""
         if self._sftp is not None:
             try:
                 self._sftp.close()
@@ -178,13 +193,12 @@ class SFTPTransport(Transport):
     def sftp(self) -> _Client:
         """The SFTP session; after the connection dropped, a new one (so that
         the saver can still record a failure in README.txt)."""
-        if self._sftp is None or self._conn is None:
+        if not self._wanted:
             raise TransportError(f"{self.url.masked()}: not connected")
-        if not self._conn.alive:
+        if not self._live():
             log.warning("%s: the connection was lost; connecting again", self.url.masked())
-            self.close()
             self.connect()
-            assert self._sftp is not None
+        assert self._sftp is not None
         return self._sftp
 
     def _path(self, rel: str) -> str:
@@ -325,6 +339,7 @@ class SFTPTransport(Transport):
             reason = "no such file or directory"
         elif isinstance(exc, (EOFError, paramiko.SSHException, socket.timeout)) or str(exc) == "Socket is closed":
             reason = f"the connection was lost ({sshauth.describe(exc)})"
+            self._drop()
         elif isinstance(exc, OSError) and exc.errno is None:
             reason = f"the server says: {str(exc)[:200]}"
         else:

@@ -89,8 +89,14 @@ class SSHTransport(Transport):
     def __init__(self, url: TargetURL, options: TransportOptions) -> None:
         super().__init__(url, options)
         self._conn: Optional[sshauth.SSHConnection] = None
+        self._wanted = False
 
     def connect(self) -> None:
+        """Connect (once: a connected transport stays as it is)."""
+        if self._conn is not None and self._conn.alive:
+            return
+        self._drop()
+        self._wanted = True
         self._conn = sshauth.connect(self.url, self.options)
         try:
             base = shlex.quote(self.url.path)
@@ -103,6 +109,11 @@ class SSHTransport(Transport):
             raise
 
     def close(self) -> None:
+        self._wanted = False
+        self._drop()
+
+    def _drop(self) -> None:
+        """Forget the connection (after a failure: the next operation makes a new one)."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -111,13 +122,12 @@ class SSHTransport(Transport):
     def connection(self) -> sshauth.SSHConnection:
         """The SSH connection; after it dropped, a new one (so that the saver
         can still record a failure in README.txt)."""
-        if self._conn is None:
+        if not self._wanted:
             raise TransportError(f"{self.url.masked()}: not connected")
-        if not self._conn.alive:
+        if self._conn is None or not self._conn.alive:
             log.warning("%s: the connection was lost; connecting again", self.url.masked())
-            self.close()
             self.connect()
-            assert self._conn is not None
+        assert self._conn is not None
         return self._conn
 
     def _q(self, rel: str) -> str:
@@ -161,6 +171,7 @@ class SSHTransport(Transport):
                       ran=noise_end is not None)
 
     def _lost(self, what: str, exc: BaseException) -> TransportError:
+        self._drop()
         return TransportError(f"{self.url.masked()}: {what}: the connection was lost ({sshauth.describe(exc)})")
 
     def _fail(self, what: str, result: Result) -> TransportError:

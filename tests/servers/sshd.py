@@ -12,6 +12,7 @@ module (``from servers.sshd import ssh_users, sshd_sftp, sshd_nosftp``).
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -33,10 +34,31 @@ CLIENT_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing uses right now, below the kernel's
+    ephemeral range: a port we stop listening on is then not handed to some
+    other program's client socket or passive FTP listener a moment later."""
+    low, _high = _ephemeral_range()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_range() -> Tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def ipv6_loopback_works() -> bool:
