@@ -17,7 +17,6 @@ modules it needs.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import importlib.util
@@ -38,7 +37,10 @@ from capture import __version__, closure
 from capture import config as configuration
 from capture.config import Config
 from capture.errors import ConfigError, KdumpError, URLError
+from capture.saver import transport_options
 from capture.targeturl import TargetURL, parse as parse_url
+
+import transports
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,6 @@ NOT_LOCAL_FSTYPES = {
 #: our modules that only the production side runs (build-initrd, load, calibrate):
 #: carried as files, never imported by the tracer, so their imports stay out
 PRODUCTION_ONLY = frozenset({"capture.closure", "capture.initrd", "capture.kexec", "capture.calibrate"})
-#: what to import for each allowed optional package
-ROOT_ENTRY_MODULES = {"paramiko": ("paramiko",), "smb": ("smb.SMBConnection", "smb.base"),
-                      "nmb": ("nmb.NetBIOS",), "lz4": ("lz4.frame",)}
 DHCP_CLIENTS = ("dhclient", "dhcpcd", "udhcpc")
 DHCP_MODES = ("auto", "dhcp", "dhcp4", "dhcp6", "auto6")
 DEFAULT_COMPRESS = "xz"
@@ -165,15 +164,12 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
     initrd_config = config
     if url.is_remote:
         problems.extend(_check_host(url))
-    if url.scheme in ("sftp", "ssh"):
-        known_hosts, ssh_files, ssh_problems = _ssh_material(url, config)
-        files.extend(ssh_files)
-        problems.extend(ssh_problems)
-        # the initrd has only its own copy of the entries (none when KDUMP_HOST_KEY decides)
-        initrd_config = dataclasses.replace(initrd_config, known_hosts=KNOWN_HOSTS_PATH if known_hosts else "")
-    if url.scheme == "ftps" and config.ca_file:
-        problems.extend(_readable(config.ca_file, "KDUMP_CA_FILE"))
-        files.append(config.ca_file)
+    material = transports.initrd_material(url, transport_options(config))
+    files.extend(material.files)
+    problems.extend(material.problems)
+    known_hosts = material.known_hosts
+    # the initrd has only its own copy of the entries (none when KDUMP_HOST_KEY decides)
+    initrd_config = dataclasses.replace(initrd_config, known_hosts=KNOWN_HOSTS_PATH if known_hosts else "")
     if url.scheme == "file":
         try:
             mount = savedir_mount(url.path)
@@ -211,11 +207,7 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
 
 def allowed_roots(config: Config, url: TargetURL) -> List[str]:
     """The optional third-party packages the configured target needs."""
-    roots: List[str] = []
-    if url.scheme in ("sftp", "ssh"):
-        roots.append("paramiko")
-    if url.scheme == "cifs":
-        roots.extend(("smb", "nmb"))
+    roots = list(transports.initrd_profile(url).packages)
     if config.dumpformat == "raw":
         roots.append("lz4")
     return roots
@@ -243,10 +235,9 @@ def trace_closure(config: Config, url: TargetURL, executable: Optional[str] = No
     from capture.cli import COMMANDS
     required += [f"capture.commands.{name}" for name in COMMANDS]
     roots = allowed_roots(config, url)
-    for name in roots:
-        required.extend(ROOT_ENTRY_MODULES.get(name, ()))
-    if url.scheme == "ftps":
-        required.append("ssl")
+    required.extend(transports.initrd_profile(url).imports)
+    if config.dumpformat == "raw":
+        required.append("lz4.frame")
     own_modules = sorted({_module_of(f, root) for f in ours})
     optional = [m for m in own_modules + sorted(closure.static_imports(ours)) + list(closure.RUNTIME_STDLIB)
                 if m not in PRODUCTION_ONLY]
@@ -301,60 +292,6 @@ def _check_host(url: TargetURL) -> List[str]:
         return [f"KDUMP_SAVEDIR: cannot resolve the host {url.host!r} of {url.masked()}: "
                 f"{getattr(exc, 'strerror', None) or exc}"]
     return []
-
-
-def _readable(path: str, option: str) -> List[str]:
-    if not os.path.isfile(path):
-        return [f"{option}: {path} does not exist or is not a file"]
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        return [f"{option}: cannot read {path}: {exc.strerror}"]
-    return []
-
-
-def _ssh_material(url: TargetURL, config: Config) -> Tuple[str, List[str], List[str]]:
-    """The known_hosts lines for the target, the identity files to carry,
-    and the problems found."""
-    from transports import sshauth
-    from transports.base import TransportError, TransportOptions
-
-    problems: List[str] = []
-    lines = ""
-    options = TransportOptions(host_key=config.host_key, ssh_identity=config.ssh_identity,
-                               known_hosts=config.known_hosts or None)
-    if config.host_key.strip() == "*":
-        log.warning("KDUMP_HOST_KEY=*: the capture kernel will not check the identity of %s",
-                    sshauth.host_label(url))
-    else:
-        try:
-            policy = sshauth.HostKeyPolicy.from_options(url, options)
-        except TransportError as exc:
-            problems.append(str(exc))
-        else:
-            if not policy.expected:
-                problems.append(
-                    f"no host key for {sshauth.host_label(url)}: KDUMP_HOST_KEY is empty and {policy.source} "
-                    f"has no entry for it; set KDUMP_HOST_KEY=\"TYPE BASE64\" or run "
-                    f"ssh-keyscan -p {url.effective_port} {url.host} >> {policy.source}")
-            elif not config.host_key.strip():
-                name = url.host if url.effective_port == 22 else f"[{url.host}]:{url.effective_port}"
-                lines = "".join(f"{name} {k.key_type} {base64.b64encode(k.blob).decode()}\n"
-                                for k in policy.expected)
-    identities: List[str] = []
-    try:
-        loaded = sshauth.load_identities(options)
-    except TransportError as exc:
-        problems.append(str(exc))
-    else:
-        identities = [i.path for i in loaded]
-        if not loaded and not url.password:
-            paths, _ = sshauth.identity_paths(options)
-            problems.append(f"no way to log in to {url.masked()}: no password in KDUMP_SAVEDIR and none of "
-                            f"the identity files {', '.join(paths)} is a usable private key "
-                            "(set KDUMP_SSH_IDENTITY)")
-    return lines, identities, problems
 
 
 def savedir_mount(path: str) -> MountRecord:
@@ -459,9 +396,7 @@ def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], Lis
                 client6 = dhcp_client(6)
                 if client6:
                     optional.append(client6)
-    if url.scheme == "nfs":
-        # mount.nfs uses libtirpc, which reads /etc/netconfig
-        optional.extend(["mount.nfs", "mount.nfs4", "/etc/netconfig"])
+    optional.extend(transports.initrd_profile(url).optional_programs)
     for name in config.required_programs:
         path = _which(name)
         if path is None:
@@ -507,8 +442,7 @@ def kernel_modules(config: Config, url: TargetURL, mount: Optional[MountRecord])
             mods.extend(_device_modules(f"/sys/class/net/{iface}/device"))
         mods.extend(_netplan_modules(config, url))
         mods.append("af_packet")
-    if url.scheme == "nfs":
-        mods.extend(["nfs", "nfsv4", "nfsv3"])
+    mods.extend(transports.initrd_profile(url).kernel_modules)
     if mount is not None:
         mods.append(mount.fstype)
         dev = _mount_device(mount)

@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence
 from capture import collector, dumpdir, retention, targeturl
 from capture.config import Config
 from capture.dumpdir import INCOMPLETE, MARKER, README, DumpFacts
-from capture.dumpwriter import Written, compress_raw, rebuild_flattened, store_flattened
+from capture.dumpwriter import compress_raw, rebuild_flattened, store_flattened
 from capture.elfcore import ElfCore
 from capture.errors import DumpFormatError, KdumpError
 from capture.progress import Progress

@@ -1,7 +1,6 @@
 """The capture-kernel sequence around the save: scripts, transfer, exit status."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -44,6 +44,33 @@ class TransportOptions:
 
 
 @dataclass(frozen=True)
+class InitrdProfile:
+    """What a transport needs in the capture initrd besides our own code
+    (module attribute ``INITRD`` of each transport module)."""
+
+    packages: Tuple[str, ...] = ()
+    """Third-party top-level packages its imports may take into the initrd."""
+    imports: Tuple[str, ...] = ()
+    """Modules to trace as entry points of its import closure."""
+    kernel_modules: Tuple[str, ...] = ()
+    optional_programs: Tuple[str, ...] = ()
+    """Programs and files copied when the build system has them."""
+
+
+@dataclass
+class InitrdMaterial:
+    """What a target needs copied into the initrd, checked at build time
+    (module function ``initrd_material(url, options)``, where there is one)."""
+
+    files: List[str] = field(default_factory=list)
+    """Files carried as they are (identities, CA bundles)."""
+    known_hosts: str = ""
+    """known_hosts lines for the target, carried in the initrd's own file."""
+    problems: List[str] = field(default_factory=list)
+    """What would fail at crash time, worded for the administrator."""
+
+
+@dataclass(frozen=True)
 class DirEntry:
     """One name in a directory listing."""
 

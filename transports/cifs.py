@@ -47,7 +47,7 @@ from smb.smb2_structs import (SMB2CloseRequest, SMB2CreateRequest, SMB2Message, 
 from smb.smb_structs import OperationFailure, ProtocolError
 
 from capture.targeturl import TargetURL
-from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
+from transports.base import DirEntry, DumpFile, InitrdProfile, NoSpaceError, Transport, TransportError, TransportOptions
 
 log = logging.getLogger(__name__)
 # pysmb's SMB1 path logs a hash of the password at INFO level; its debug and
@@ -71,6 +71,8 @@ STATUS_FILE_IS_A_DIRECTORY = 0xC00000BA
 STATUS_BAD_NETWORK_NAME = 0xC00000CC
 STATUS_NOT_A_DIRECTORY = 0xC0000103
 STATUS_NETWORK_SESSION_EXPIRED = 0xC000035C
+STATUS_FILE_CLOSED = 0xC0000128
+STATUS_USER_SESSION_DELETED = 0xC0000203
 
 _STATUS_TEXT = {
     STATUS_ACCESS_DENIED: "permission denied",
@@ -85,6 +87,8 @@ _STATUS_TEXT = {
     STATUS_FILE_IS_A_DIRECTORY: "is a directory",
     STATUS_BAD_NETWORK_NAME: "no such share",
     STATUS_NOT_A_DIRECTORY: "not a directory",
+    STATUS_FILE_CLOSED: "the connection was lost and the server closed the file",
+    STATUS_USER_SESSION_DELETED: "the connection was lost and the server ended the session",
 }
 _NOT_FOUND = (STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_PATH_NOT_FOUND)
 
@@ -822,6 +826,9 @@ def _network_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return f"the connection failed ({type(exc).__name__})"
+
+
+INITRD = InitrdProfile(packages=("smb", "nmb"), imports=("smb.SMBConnection", "smb.base", "nmb.NetBIOS"))
 
 
 def open_target(url: TargetURL, options: TransportOptions) -> CifsTransport:

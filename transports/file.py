@@ -13,7 +13,7 @@ from pathlib import PurePosixPath
 from typing import BinaryIO, List, Optional
 
 from capture.targeturl import TargetURL
-from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
+from transports.base import DirEntry, DumpFile, InitrdProfile, NoSpaceError, Transport, TransportError, TransportOptions
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,9 @@ class FileTransport(Transport):
             return open(self._abs(path), "rb")
         except OSError as exc:
             raise _oserror("cannot read", self._abs(path), exc) from None
+
+
+INITRD = InitrdProfile()
 
 
 def open_target(url: TargetURL, options: TransportOptions) -> FileTransport:

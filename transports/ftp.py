@@ -34,7 +34,7 @@ import time
 from typing import BinaryIO, Callable, List, Optional
 
 from capture.targeturl import TargetURL
-from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
+from transports.base import DirEntry, DumpFile, InitrdMaterial, InitrdProfile, NoSpaceError, Transport, TransportError, TransportOptions
 
 log = logging.getLogger(__name__)
 
@@ -554,6 +554,23 @@ def _quit(conn: ftplib.FTP) -> None:
         conn.close()
     except Exception:  # noqa: BLE001
         pass
+
+
+INITRD = InitrdProfile(imports=("ssl",))
+
+
+def initrd_material(url: TargetURL, options: TransportOptions) -> InitrdMaterial:
+    """ftps with KDUMP_CA_FILE carries that bundle; it must be readable now."""
+    material = InitrdMaterial()
+    if url.scheme == "ftps" and options.ca_file:
+        try:
+            with open(options.ca_file, "rb"):
+                pass
+        except OSError as exc:
+            material.problems.append(f"KDUMP_CA_FILE: cannot read {options.ca_file}: {exc.strerror or exc}")
+        else:
+            material.files.append(options.ca_file)
+    return material
 
 
 def open_target(url: TargetURL, options: TransportOptions) -> FtpTransport:

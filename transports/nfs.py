@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from capture.targeturl import TargetURL
-from transports.base import TransportError, TransportOptions
+from transports.base import InitrdProfile, TransportError, TransportOptions
 from transports.file import FileTransport
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,11 @@ class NfsTransport(FileTransport):
             super().close()
         finally:
             self._unmount()
+
+
+# mount.nfs uses libtirpc, which reads /etc/netconfig
+INITRD = InitrdProfile(kernel_modules=("nfs", "nfsv4", "nfsv3"),
+                       optional_programs=("mount.nfs", "mount.nfs4", "/etc/netconfig"))
 
 
 def open_target(url: TargetURL, options: TransportOptions) -> NfsTransport:

@@ -47,6 +47,9 @@ _SFTP_PERMISSION_DENIED = 3
 _NETWORK_ERRORS = (OSError, EOFError, paramiko.SSHException)
 
 
+INITRD = sshauth.INITRD
+initrd_material = sshauth.initrd_material
+
 def open_target(url: TargetURL, options: TransportOptions) -> "SFTPTransport":
     transport = SFTPTransport(url, options)
     transport.connect()

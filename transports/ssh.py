@@ -49,6 +49,9 @@ _LIST = ('if [ ! -d {p} ]; then echo "no such directory" >&2; exit 1; fi; cd -- 
          'if [ -d "$f" ] && [ ! -L "$f" ]; then printf "d%s\\0" "$f"; else printf "f%s\\0" "$f"; fi; done')
 
 
+INITRD = sshauth.INITRD
+initrd_material = sshauth.initrd_material
+
 def open_target(url: TargetURL, options: TransportOptions) -> "SSHTransport":
     transport = SSHTransport(url, options)
     transport.connect()

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from capture.targeturl import TargetURL
-from transports.base import TransportError, TransportOptions
+from transports.base import InitrdMaterial, InitrdProfile, TransportError, TransportOptions
 
 log = logging.getLogger(__name__)
 
@@ -420,3 +420,43 @@ def remote_path(base: str, rel: str) -> str:
     if not parts:
         return base
     return base.rstrip("/") + "/" + "/".join(parts)
+
+
+INITRD = InitrdProfile(packages=("paramiko",), imports=("paramiko",))
+"""What ssh and sftp need in the capture initrd: paramiko and its cryptography stack."""
+
+
+def initrd_material(url: TargetURL, options: TransportOptions) -> InitrdMaterial:
+    """The target's host key as known_hosts lines (unless KDUMP_HOST_KEY
+    decides), the identity files to carry, and what would fail at crash time:
+    no known host key, no usable identity and no password."""
+    material = InitrdMaterial()
+    if options.host_key.strip() == "*":
+        log.warning("KDUMP_HOST_KEY=*: the capture kernel will not check the identity of %s", host_label(url))
+    else:
+        try:
+            policy = HostKeyPolicy.from_options(url, options)
+        except TransportError as exc:
+            material.problems.append(str(exc))
+        else:
+            if not policy.expected:
+                material.problems.append(
+                    f"no host key for {host_label(url)}: KDUMP_HOST_KEY is empty and {policy.source} "
+                    f"has no entry for it; set KDUMP_HOST_KEY=\"TYPE BASE64\" or run "
+                    f"ssh-keyscan -p {url.effective_port} {url.host} >> {policy.source}")
+            elif not options.host_key.strip():
+                name = url.host if url.effective_port == 22 else f"[{url.host}]:{url.effective_port}"
+                material.known_hosts = "".join(f"{name} {k.key_type} {base64.b64encode(k.blob).decode()}\n"
+                                               for k in policy.expected)
+    try:
+        loaded = load_identities(options)
+    except TransportError as exc:
+        material.problems.append(str(exc))
+    else:
+        material.files.extend(i.path for i in loaded)
+        if not loaded and not url.password:
+            paths, _ = identity_paths(options)
+            material.problems.append(
+                f"no way to log in to {url.masked()}: no password in KDUMP_SAVEDIR and none of the identity "
+                f"files {', '.join(paths)} is a usable private key (set KDUMP_SSH_IDENTITY)")
+    return material
