@@ -1,7 +1,7 @@
 """The matrix: one :class:`Case` per target and per behaviour worth a crash."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 STATIC_ADDRESS = "10.0.2.42"

@@ -3,8 +3,8 @@
 For each case: start the server on 127.0.0.1 (or make the ext4 disk of a file
 target and mount it on the host, so that ``kdump-saver build-initrd`` records
 its UUID), write the kdump configuration, build the capture initrd with
-``kdump-saver build-initrd``, ask ``kdump-saver load`` how it loads the capture
-kernel, build the production initramfs, boot it under QEMU, crash it, wait for
+``kdump-saver build-initrd``, build the production initramfs, boot it under
+QEMU; the production system runs ``kdump-saver load`` and crashes; wait for
 the capture kernel to save and reboot (``-no-reboot`` ends QEMU), then verify
 on the host.  Every console log is kept in the case's directory.
 """
@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -34,7 +33,6 @@ REPO = Path(__file__).resolve().parents[2]
 CAPTURE_DRIVERS = ("virtio_pci", "virtio_net", "virtio_blk")
 """QEMU's devices: the host that builds the initrd may have other drivers."""
 SAVED_LINE = r"kdump-saver: dump saved"
-CAPTURE_BOOT_LINE = r"Linux version .*"
 GUEST_TIMEOUT = 420.0
 
 
@@ -114,8 +112,8 @@ class Session:
     """A case's target and capture initrd, ready for one or more crashes.
 
     Entering starts the server (or makes and mounts the disk), writes the
-    kdump configuration, builds the capture initrd with ``kdump-saver
-    build-initrd`` and asks ``kdump-saver load`` for the load commands.
+    kdump configuration and builds the capture initrd with ``kdump-saver
+    build-initrd``; :meth:`crash` boots, crashes and checks, as often as asked.
     """
 
     def __init__(self, case: Case, workdir: Path, kernel: Optional[GuestKernel] = None) -> None:
@@ -235,6 +233,9 @@ def _check_dumps(case: Case, kernel: GuestKernel, crash: Crash, new: List[Path],
     name = new[0].name
     if target.remote and not name.startswith(f"qharness-{case.name}-"):
         crash.verdict.problems.append(f"{name}: a remote dump directory starts with the host name")
+    readme = new[0] / verify.README
+    if readme.exists() and any(s and s in readme.read_text(errors="replace") for s in target.secrets()):
+        crash.verdict.problems.append(f"{readme} contains a password")
     return crash.verdict.problems
 
 
