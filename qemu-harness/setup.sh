@@ -9,7 +9,7 @@ packages=(
   qemu-system-x86 linux-image-cloud-amd64 crash busybox-static kexec-tools
   makedumpfile dracut-core dracut-network cpio xz-utils e2fsprogs
   openssh-server openssh-client samba smbclient vsftpd
-  nfs-ganesha nfs-ganesha-vfs iproute2 python3-venv liblzo2-dev
+  nfs-ganesha nfs-ganesha-vfs iproute2
 )
 export DEBIAN_FRONTEND=noninteractive
 apt_install() {

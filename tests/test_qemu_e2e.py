@@ -58,3 +58,42 @@ def test_crash_is_saved(case: cases.Case, guest_kernel) -> None:
     if not result.ok:
         pytest.fail(result.report() + "\n" + result.console_logs(), pytrace=False)
     shutil.rmtree(base, ignore_errors=True)
+
+
+def test_initramfs_archives_round_trip_through_gnu_cpio(tmp_path: Path) -> None:
+    """The harness's newc writer produces what GNU cpio extracts, and its reader
+    reads GNU cpio's output back, xz-compressed and concatenated as in an initrd."""
+    require_program("cpio")
+    from qharness import cpio
+
+    arc = cpio.Archive()
+    arc.file("usr/bin/tool", b"#!/bin/sh\necho hi\n", 0o755)
+    arc.symlink("bin", "usr/bin")
+    arc.file("bin/other", b"via the link\n", 0o600)       # lands in usr/bin through the symlink
+    arc.file("etc/empty", b"", 0o644)
+    image = tmp_path / "mine.cpio"
+    arc.write_file(image)
+    out = tmp_path / "extracted"
+    out.mkdir()
+    with open(image, "rb") as f:
+        subprocess.run(["cpio", "-idm", "--quiet"], stdin=f, cwd=out, check=True)
+    assert (out / "usr/bin/tool").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert os.stat(out / "usr/bin/tool").st_mode & 0o777 == 0o755
+    assert os.readlink(out / "bin") == "usr/bin"
+    assert (out / "usr/bin/other").read_bytes() == b"via the link\n"
+    assert (out / "etc/empty").read_bytes() == b""
+
+    # GNU cpio's own archive, with a hard link, xz-compressed after a plain one
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d/a").write_bytes(b"shared content\n")
+    os.link(src / "d/a", src / "d/b")
+    listing = "\n".join(["d", "d/a", "d/b"]) + "\n"
+    gnu = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=listing.encode(), cwd=src,
+                         capture_output=True, check=True).stdout
+    combined = tmp_path / "combined.img"
+    combined.write_bytes(image.read_bytes() + subprocess.run(["xz", "--check=crc32", "-c"], input=gnu,
+                                                             capture_output=True, check=True).stdout)
+    members = dict(cpio.read_image(combined))
+    assert members["usr/bin/tool"].data == b"#!/bin/sh\necho hi\n"
+    assert members["d/a"].data == members["d/b"].data == b"shared content\n"

@@ -3,6 +3,9 @@
 Networking is QEMU user networking with ``restrict=on``: the guest gets
 10.0.2.15 by DHCP from QEMU and reaches nothing but the ``guestfwd`` rules,
 each mapping ``GUEST_SERVER:PORT`` to a service on the host's 127.0.0.1.
+Every forwarded connection is relayed by ``busybox nc 127.0.0.1 PORT``, which
+QEMU starts for it (``guestfwd=...-cmd:``): a ``tcp:`` chardev would carry a
+single connection for the life of QEMU, and FTP, NFS and retries need more.
 ``-no-reboot`` makes the capture kernel's reboot (or a poweroff) end QEMU.
 Every serial line is stored with the host time it arrived, so callers can
 measure from the panic to the end of the save.
