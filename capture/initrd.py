@@ -107,7 +107,6 @@ class Plan:
     files: Tuple[str, ...]              # identities, CA bundle, scripts: same path in the initrd
     known_hosts: str = ""
     mount: Optional[MountRecord] = None
-    boot_command: str = "capture-boot"
     stamp: Dict[str, str] = field(default_factory=dict)
 
     @property
@@ -202,7 +201,7 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
     return Plan(config=config, initrd_config=initrd_config, kernel=kernel, closure=trace,
                 programs=tuple(programs), optional_programs=tuple(optional_programs),
                 kernel_modules=tuple(kernel_modules(config, url, mount)), files=tuple(dict.fromkeys(files)),
-                known_hosts=known_hosts, mount=mount, boot_command=_boot_command(), stamp=stamp)
+                known_hosts=known_hosts, mount=mount, stamp=stamp)
 
 
 def allowed_roots(config: Config, url: TargetURL) -> List[str]:
@@ -270,15 +269,6 @@ def _dependency_path(roots: Sequence[str], own_root: str) -> List[str]:
         if p not in entries and p != own_root:
             entries.append(p)
     return entries
-
-
-def _boot_command() -> str:
-    """``capture-boot`` when this kdump-saver has it, else ``save``."""
-    if importlib.util.find_spec("capture.commands.capture_boot") is not None:
-        return "capture-boot"
-    log.warning("this kdump-saver has no capture-boot command: the initrd runs 'kdump-saver save' "
-                "(no network bring-up, no pre/post scripts)")
-    return "save"
 
 
 def _short_hostname() -> str:
@@ -514,7 +504,6 @@ def write_stage(p: Plan, stage: Path) -> None:
     conf.touch(mode=0o600)
     conf.write_text(configuration.serialize(p.initrd_config))
     (stage / "build-stamp").write_text(json.dumps(p.stamp, indent=1, sort_keys=True) + "\n")
-    (stage / "boot-command").write_text(p.boot_command + "\n")
     if p.known_hosts:
         (stage / "known_hosts").write_text(p.known_hosts)
     if p.mount is not None:

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Start-up step of the capture initrd: runs only when /proc/vmcore exists.
 # Mounts the file system that holds a local KDUMP_SAVEDIR (recorded at build
-# time in /etc/kdump-saver/fstab), then runs `kdump-saver <boot-command>`:
-# capture-boot (network, scripts, save, reboot) or, with an older saver, save.
+# time in /etc/kdump-saver/fstab), then runs `kdump-saver capture-boot`
+# (network, scripts, save, reboot).
 [ -e /proc/vmcore ] || exit 0
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
@@ -12,6 +12,7 @@ while read -r _dev _dir _type _opts _rest; do
         case ",$_opts," in *,noexec,*) mount -o remount,exec /run ;; esac
     fi
 done < /proc/mounts
+mounted=yes
 if [ -s /etc/kdump-saver/fstab ]; then
     while read -r src dir fstype opts rest; do
         case "$src" in ''|'#'*) continue ;; esac
@@ -19,25 +20,29 @@ if [ -s /etc/kdump-saver/fstab ]; then
         if ! mount -t "$fstype" -o "$opts" "$src" "$dir"; then
             echo "kdump-saver: mounting $src on $dir with -o $opts failed; trying -o rw" >&2
             if ! mount -t "$fstype" -o rw "$src" "$dir"; then
-                echo "kdump-saver: cannot mount $src on $dir ($fstype)" >&2
-                exit 1
+                echo "kdump-saver: cannot mount $src on $dir ($fstype): the dump cannot be saved" >&2
+                mounted=no
             fi
         fi
     done < /etc/kdump-saver/fstab
 fi
-cmd=$(cat /etc/kdump-saver/boot-command 2>/dev/null)
-[ -n "$cmd" ] || cmd=save
-if [ "$cmd" = save ]; then
-    /usr/bin/kdump-saver save
+# capture-boot reboots by itself; getting here after it means it could not
+# (killed, most likely out of memory): reboot anyway, so the machine never hangs
+rc=1
+if [ "$mounted" = yes ]; then
+    /usr/bin/kdump-saver capture-boot
     rc=$?
-    sync
-    while IFS='=' read -r key value; do
-        [ "$key" = KDUMP_IMMEDIATE_REBOOT ] || continue
-        case "$value" in
-            '"false"'|'"no"'|'"0"'|false|no|0) exit $rc ;;
-        esac
-    done < /etc/kdump-saver/kdump.conf
-    reboot -f || echo b > /proc/sysrq-trigger
-    exit $rc
 fi
-exec /usr/bin/kdump-saver "$cmd"
+if [ "$rc" -gt 128 ]; then
+    echo "kdump-saver: the saver was killed by signal $((rc - 128)), most likely for lack of memory;" \
+         "raise crashkernel= (see kdump-saver calibrate)" >&2
+fi
+sync
+while IFS='=' read -r key value; do
+    [ "$key" = KDUMP_IMMEDIATE_REBOOT ] || continue
+    case "$value" in
+        '"false"'|'"no"'|'"0"'|false|no|0) exit $rc ;;
+    esac
+done < /etc/kdump-saver/kdump.conf
+reboot -f || echo b > /proc/sysrq-trigger
+exit $rc

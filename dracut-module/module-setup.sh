@@ -67,7 +67,6 @@ install() {
     inst_dir /etc/kdump-saver
     inst_simple "$_stage/kdump.conf" /etc/kdump-saver/kdump.conf
     inst_simple "$_stage/build-stamp" /etc/kdump-saver/build-stamp
-    inst_simple "$_stage/boot-command" /etc/kdump-saver/boot-command
     [[ -f $_stage/known_hosts ]] && inst_simple "$_stage/known_hosts" /etc/kdump-saver/known_hosts
     [[ -f $_stage/fstab ]] && inst_simple "$_stage/fstab" /etc/kdump-saver/fstab
     chmod 0600 "${initdir}/etc/kdump-saver/kdump.conf"

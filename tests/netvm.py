@@ -162,7 +162,6 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
 while read name params; do insmod /mods/$name $params || echo "KDS-GUEST insmod $name failed"; done < /mods/order
 ip link set lo up
 cd {REPO}

@@ -828,7 +828,9 @@ def _network_reason(exc: BaseException) -> str:
     return f"the connection failed ({type(exc).__name__})"
 
 
-INITRD = InitrdProfile(packages=("smb", "nmb"), imports=("smb.SMBConnection", "smb.base", "nmb.NetBIOS"))
+# pysmb encodes names as UTF-16 at run time, through codecs the import tracer cannot see
+INITRD = InitrdProfile(packages=("smb", "nmb"), imports=("smb.SMBConnection", "smb.base", "nmb.NetBIOS",
+                                                        "encodings.utf_16_le", "encodings.utf_16"))
 
 
 def open_target(url: TargetURL, options: TransportOptions) -> CifsTransport:
