@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import logging
+import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, List, Optional, Tuple
+from typing import BinaryIO, Callable, List, Optional, Tuple, Type, TypeVar
 
 from capture.errors import KdumpError
 from capture.targeturl import TargetURL
+
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class TransportError(KdumpError):
@@ -190,3 +197,30 @@ class Transport(abc.ABC):
                     break
                 digest.update(block)
         return digest.hexdigest()
+
+
+def retry_until_timeout(url: TargetURL, timeout: int, attempt: Callable[[float], T],
+                        retryable: Tuple[Type[BaseException], ...],
+                        reason: Callable[[BaseException], str] = str,
+                        after_failure: Callable[[], None] = lambda: None, verb: str = "connect to") -> T:
+    """KDUMP_NET_TIMEOUT for every transport: call ``attempt(seconds_left)``
+    about once a second until it succeeds or ``timeout`` seconds have passed
+    (0: once).  A :class:`TransportError` is final at once; a ``retryable``
+    failure is retried, and when time is up it becomes a TransportError
+    ``cannot VERB URL: REASON (tried N times for T s)``."""
+    deadline = time.monotonic() + max(0, timeout)
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return attempt(max(0.0, deadline - time.monotonic()))
+        except TransportError:
+            raise
+        except retryable as exc:
+            after_failure()
+            why = reason(exc)
+            if time.monotonic() >= deadline:
+                tried = f" (tried {tries} times for {timeout} s)" if tries > 1 else ""
+                raise TransportError(f"cannot {verb} {url.masked()}: {why}{tried}") from None
+            log.info("cannot %s %s yet: %s; retrying", verb, url.masked(), why)
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

@@ -47,7 +47,8 @@ from smb.smb2_structs import (SMB2CloseRequest, SMB2CreateRequest, SMB2Message, 
 from smb.smb_structs import OperationFailure, ProtocolError
 
 from capture.targeturl import TargetURL
-from transports.base import DirEntry, DumpFile, InitrdProfile, NoSpaceError, Transport, TransportError, TransportOptions
+from transports.base import (DirEntry, DumpFile, InitrdProfile, NoSpaceError, Transport, TransportError,
+                             TransportOptions, retry_until_timeout)
 
 log = logging.getLogger(__name__)
 # pysmb's SMB1 path logs a hash of the password at INFO level; its debug and
@@ -615,24 +616,9 @@ class CifsTransport(Transport):
         if self.session is not None:
             return
 
-        deadline = time.monotonic() + max(0, self.options.net_timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                self._connect_once()
-                self._connected_once = True
-                break
-            except TransportError:
-                raise
-            except (OSError, NotConnectedError, SMBTimeout, Exception) as exc:  # noqa: BLE001
-                self._drop()
-                reason = _network_reason(exc)
-                if time.monotonic() >= deadline:
-                    tried = f" (tried {attempt} times for {self.options.net_timeout} s)" if attempt > 1 else ""
-                    raise TransportError(f"cannot connect to {self.url.masked()}: {reason}{tried}") from None
-                log.info("cannot connect to %s yet: %s; retrying", self.url.masked(), reason)
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        retry_until_timeout(self.url, self.options.net_timeout, lambda _left: self._connect_once(),
+                            (OSError, NotConnectedError, SMBTimeout, Exception), _network_reason, self._drop)
+        self._connected_once = True
         try:
             self._ensure_base()
         except BaseException:

@@ -30,11 +30,11 @@ import logging
 import posixpath
 import socket
 import ssl
-import time
 from typing import BinaryIO, Callable, List, Optional
 
 from capture.targeturl import TargetURL
-from transports.base import DirEntry, DumpFile, InitrdMaterial, InitrdProfile, NoSpaceError, Transport, TransportError, TransportOptions
+from transports.base import (DirEntry, DumpFile, InitrdMaterial, InitrdProfile, NoSpaceError, Transport,
+                             TransportError, TransportOptions, retry_until_timeout)
 
 log = logging.getLogger(__name__)
 
@@ -269,22 +269,8 @@ class FtpTransport(Transport):
         (``open_target`` connects, and ``with`` on the result calls this again)."""
         if self.conn is not None:
             return
-        deadline = time.monotonic() + max(0, self.options.net_timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                self.conn = self._login()
-                break
-            except TransportError:
-                raise
-            except (OSError, EOFError, ftplib.Error, ssl.SSLError) as exc:
-                reason = _net_reason(exc)
-                if time.monotonic() >= deadline:
-                    tried = f" (tried {attempt} times for {self.options.net_timeout} s)" if attempt > 1 else ""
-                    raise TransportError(f"cannot connect to {self.url.masked()}: {reason}{tried}") from None
-                log.info("cannot connect to %s yet: %s; retrying", self.url.masked(), reason)
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        self.conn = retry_until_timeout(self.url, self.options.net_timeout, lambda _left: self._login(),
+                                        (OSError, EOFError, ftplib.Error, ssl.SSLError), _net_reason)
         try:
             home = self._cmd("cannot ask the login directory", lambda c: c.pwd())
             self.base = posixpath.normpath(posixpath.join(home or "/", self.url.path.lstrip("/")))

@@ -25,12 +25,11 @@ import os
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from capture.targeturl import TargetURL
-from transports.base import InitrdProfile, TransportError, TransportOptions
+from transports.base import InitrdProfile, TransportError, TransportOptions, retry_until_timeout
 from transports.file import FileTransport
 
 log = logging.getLogger(__name__)
@@ -174,18 +173,8 @@ class NfsTransport(FileTransport):
             raise
 
     def _mount_with_retries(self) -> str:
-        deadline = time.monotonic() + max(0, self.options.net_timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return self._mount_once(max(MIN_ATTEMPT, deadline - time.monotonic()))
-            except _Retry as exc:
-                if time.monotonic() >= deadline:
-                    tried = f" (tried {attempt} times for {self.options.net_timeout} s)" if attempt > 1 else ""
-                    raise TransportError(f"cannot mount {self.url.masked()}: {exc}{tried}") from None
-                log.info("cannot mount %s yet: %s; retrying", self.url.masked(), exc)
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        return retry_until_timeout(self.url, self.options.net_timeout,
+                                   lambda left: self._mount_once(max(MIN_ATTEMPT, left)), (_Retry,), verb="mount")
 
     def _address(self) -> Optional[str]:
         try:
