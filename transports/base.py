@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, List, Optional, Tuple, Type, TypeVar
+from typing import BinaryIO, Callable, List, Optional, Sequence, Tuple, Type, TypeVar
 
 from capture.errors import KdumpError
 from capture.targeturl import TargetURL
@@ -224,3 +224,15 @@ def retry_until_timeout(url: TargetURL, timeout: int, attempt: Callable[[float],
                 raise TransportError(f"cannot {verb} {url.masked()}: {why}{tried}") from None
             log.info("cannot %s %s yet: %s; retrying", verb, url.masked(), why)
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def make_missing_dirs(paths: Sequence[str], is_dir: Callable[[str], bool], mkdir: Callable[[str], None]) -> None:
+    """Create those of ``paths`` (a directory's ancestors and itself, outermost
+    first) that are not directories yet; one that appears meanwhile is fine."""
+    for path in paths:
+        if is_dir(path):
+            continue
+        try:
+            mkdir(path)
+        except FileExistsError:
+            pass

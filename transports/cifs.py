@@ -48,7 +48,7 @@ from smb.smb_structs import OperationFailure, ProtocolError
 
 from capture.targeturl import TargetURL
 from transports.base import (DirEntry, DumpFile, InitrdProfile, NoSpaceError, Transport, TransportError,
-                             TransportOptions, retry_until_timeout)
+                             TransportOptions, make_missing_dirs, retry_until_timeout)
 
 log = logging.getLogger(__name__)
 # pysmb's SMB1 path logs a hash of the password at INFO level; its debug and
@@ -629,14 +629,7 @@ class CifsTransport(Transport):
         parts = [p for p in self.base.split("/") if p]
         if not parts or self._is_dir(self.base):
             return
-        for i in range(1, len(parts) + 1):
-            remote = "/".join(parts[:i])
-            if self._is_dir(remote):
-                continue
-            try:
-                self._mkdir_remote(remote)
-            except FileExistsError:
-                pass
+        make_missing_dirs(["/".join(parts[:i]) for i in range(1, len(parts) + 1)], self._is_dir, self._mkdir_remote)
         if not self._is_dir(self.base):
             raise TransportError(f"{self.url.masked()}: {self._where(self.base)} is not a directory")
 

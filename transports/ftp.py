@@ -34,7 +34,7 @@ from typing import BinaryIO, Callable, List, Optional
 
 from capture.targeturl import TargetURL
 from transports.base import (DirEntry, DumpFile, InitrdMaterial, InitrdProfile, NoSpaceError, Transport,
-                             TransportError, TransportOptions, retry_until_timeout)
+                             TransportError, TransportOptions, make_missing_dirs, retry_until_timeout)
 
 log = logging.getLogger(__name__)
 
@@ -283,14 +283,7 @@ class FtpTransport(Transport):
         if self._is_dir(self.base):
             return
         parts = [p for p in self.base.split("/") if p]
-        for i in range(1, len(parts) + 1):
-            path = "/" + "/".join(parts[:i])
-            if self._is_dir(path):
-                continue
-            try:
-                self._mkd(path)
-            except FileExistsError:
-                pass
+        make_missing_dirs(["/" + "/".join(parts[:i]) for i in range(1, len(parts) + 1)], self._is_dir, self._mkd)
         if not self._is_dir(self.base):
             raise TransportError(f"{self.url.masked()}: {self.base} is not a directory on the server")
 
