@@ -7,6 +7,7 @@ offset.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from capture.progress import Progress, pump_stderr
 log = logging.getLogger(__name__)
 
 FORMAT_FLAGS = {"compressed": "-c", "lzo": "-l", "snappy": "-p", "zstd": "-z", "elf": "-E"}
+PIPE_BYTES = 1 << 20
 THREADS_SAFE_FROM = (1, 7, 8)
 """makedumpfile before 1.7.8 can corrupt dumps written with --num-threads."""
 
@@ -129,6 +131,7 @@ class Collection:
         except OSError as exc:
             raise CollectorError(f"cannot start {cmd[0]}: {exc}") from None
         self.stdout = self.proc.stdout
+        _widen_pipe(self.stdout)
         self._stderr_thread = pump_stderr(self.proc.stderr, progress)
 
     def finish(self, timeout: Optional[float] = None) -> None:
@@ -164,6 +167,14 @@ class Collection:
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None and not pipe.closed:
                 pipe.close()
+
+
+def _widen_pipe(pipe) -> None:
+    """Let makedumpfile run up to PIPE_BYTES ahead of the writer instead of the default 64 KiB."""
+    try:
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (OSError, AttributeError):  # an unprivileged user over /proc/sys/fs/pipe-max-size
+        pass
 
 
 def dump_dmesg(mdf: Makedumpfile, vmcore: str) -> bytes:

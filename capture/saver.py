@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable, List, Optional, Sequence
 
@@ -163,7 +163,10 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: co
                 run.abort()
                 raise
             run.finish()
-        out.close()
+        if written.sha256 is None:
+            written = replace(written, sha256=out.close_and_hash())
+        else:
+            out.close()
     except BaseException:
         out.abort()
         raise

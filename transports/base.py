@@ -109,6 +109,13 @@ class DumpFile(abc.ABC):
     def close(self) -> None:
         """Flush, make durable and close."""
 
+    def close_and_hash(self) -> Optional[str]:
+        """:meth:`close`, and the sha256 of the whole file as stored where this
+        file can read it back while it is made durable; ``None`` leaves the
+        digest to :meth:`Transport.sha256` after the rename."""
+        self.close()
+        return None
+
     def abort(self) -> None:
         """Close after a failure: best effort, never raises."""
         try:

@@ -6,21 +6,45 @@ through this one.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
+import threading
 from pathlib import PurePosixPath
-from typing import BinaryIO, List, Optional
+from typing import BinaryIO, Callable, List, Optional
 
 from capture.targeturl import TargetURL
 from transports.base import DirEntry, DumpFile, InitrdProfile, NoSpaceError, Transport, TransportError, TransportOptions
 
 log = logging.getLogger(__name__)
 
+HASH_BLOCK = 1 << 20
+
 
 def _oserror(what: str, path: str, exc: OSError) -> TransportError:
     cls = NoSpaceError if exc.errno in (errno.ENOSPC, errno.EDQUOT) else TransportError
     return cls(f"{what} {path}: {exc.strerror or exc}")
+
+
+class _Background:
+    """Run ``call`` in a thread; :meth:`wait` re-raises what it raised."""
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(call,), name="fsync")
+        self._thread.start()
+
+    def _run(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 class LocalFile(DumpFile):
@@ -57,6 +81,24 @@ class LocalFile(DumpFile):
             raise _oserror("cannot flush", self._path, exc) from None
         finally:
             os.close(fd)
+
+    def close_and_hash(self) -> Optional[str]:
+        """Hash the file from the page cache while another thread fsyncs it."""
+        try:
+            reader = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _oserror("cannot read back", self._path, exc) from None
+        digest = hashlib.sha256()
+        flush = _Background(self.close)
+        try:
+            with os.fdopen(reader, "rb", buffering=0) as f:
+                for block in iter(lambda: f.read(HASH_BLOCK), b""):
+                    digest.update(block)
+        except OSError as exc:
+            flush.wait()
+            raise _oserror("cannot read back", self._path, exc) from None
+        flush.wait()
+        return digest.hexdigest()
 
     def abort(self) -> None:
         if self._fd >= 0:
