@@ -303,8 +303,19 @@ def test_info_cli(reference_dumps, tmp_path: Path) -> None:
 
     part = copy_prefix(flat, tmp_path / "part.flat", 1 << 20)
     incomplete = kdump_saver("info", str(part))
-    assert incomplete.returncode == 0, incomplete.stderr
+    assert incomplete.returncode == 2, incomplete.stderr
     assert "INCOMPLETE" in incomplete.stdout
+    assert f"{part} is INCOMPLETE: " in incomplete.stderr and "Traceback" not in incomplete.stderr
+
+    data = bytearray(flat.read_bytes())
+    second = 4096 + 16 + struct.unpack_from(">q", data, 4096 + 8)[0]
+    struct.pack_into(">q", data, second + 8, -7)
+    broken = tmp_path / "broken.flat"
+    broken.write_bytes(data)
+    corrupt = kdump_saver("info", str(broken))
+    assert corrupt.returncode == 2
+    assert f"corrupt flattened record at stream offset {second}" in corrupt.stderr
+    assert "Traceback" not in corrupt.stderr + corrupt.stdout
 
     text = tmp_path / "README.txt"
     text.write_text("vmcore status: saved successfully\n")
