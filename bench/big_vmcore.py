@@ -9,7 +9,7 @@ minus the 256M crashkernel) and is a little over twice its size.
 
     .venv/bin/python bench/big_vmcore.py [--output PATH] [--workdir DIR]
 
-Takes about two minutes; needs root and qemu-harness/setup.sh.
+Takes about three minutes; needs root and qemu-harness/setup.sh.
 """
 from __future__ import annotations
 
