@@ -4,8 +4,10 @@ The command line is built as SUSE's kdump builds it: the running kernel's
 ``/proc/cmdline`` without the arguments that must not reach a capture
 kernel (the root file system, the crash reservation, hibernation resume,
 CPU and memory limits, dracut ``rd.*`` switches, a previous network setup),
-plus ``irqpoll reset_devices rootfstype=ramfs nr_cpus=KDUMP_CPUS panic=1``
-and the network arguments.  KDUMP_COMMANDLINE replaces the whole generated line;
+plus ``irqpoll reset_devices rootfstype=ramfs nr_cpus=KDUMP_CPUS panic=1``,
+``rd.shell=0 rd.emergency=reboot`` (unless KDUMP_CONTINUE_ON_ERROR or
+KDUMP_IMMEDIATE_REBOOT is false: then the administrator wants a shell), and
+the network arguments.  KDUMP_COMMANDLINE replaces the whole generated line;
 KDUMP_COMMANDLINE_APPEND is added at the end, and an ``ip=`` in it replaces
 the generated network arguments.
 """
@@ -40,6 +42,9 @@ DROPPED_PREFIXES = ("rd.",)
 #: so a 60 MB initrd would need a 250 MB reservation; a ramfs has no limit
 #: (nothing mounts a root file system in the capture kernel)
 ADDED = ("irqpoll", "reset_devices", "rootfstype=ramfs")
+#: dracut failing before the saver runs reboots instead of waiting in an
+#: emergency shell that nobody watches
+REBOOT_ON_INITRD_FAILURE = ("rd.shell=0", "rd.emergency=reboot")
 NETWORK_KEYS = ("ip", "ifname", "vlan", "bond", "bridge", "nameserver", "rd.route", "rd.neednet")
 CRASH_SIZE = "/sys/kernel/kexec_crash_size"
 CRASH_LOADED = "/sys/kernel/kexec_crash_loaded"
@@ -89,6 +94,8 @@ def capture_cmdline(config: Config, running: str, network: Sequence[str] = ()) -
         args = split(config.commandline)
     else:
         args = filter_cmdline(running) + list(ADDED)
+        if config.continue_on_error and config.immediate_reboot:
+            args.extend(REBOOT_ON_INITRD_FAILURE)
         if config.cpus > 0:
             args.append(f"nr_cpus={config.cpus}")
         args.append("panic=1")

@@ -34,18 +34,26 @@ def test_drops_what_a_capture_kernel_must_not_get() -> None:
     for dropped in ("BOOT_IMAGE", "root", "ro", "crashkernel", "resume", "quiet", "rd.lvm.lv", "nr_cpus=8"):
         assert not any(a == dropped or a.startswith(dropped + "=") for a in args if a != "nr_cpus=32"), dropped
     assert args[:3] == ["console=tty0", "console=ttyS0,115200", "mitigations=auto"]
-    assert args[3:] == ["irqpoll", "reset_devices", "rootfstype=ramfs", "nr_cpus=32", "panic=1"]
+    assert args[3:] == ["irqpoll", "reset_devices", "rootfstype=ramfs", "rd.shell=0", "rd.emergency=reboot",
+                        "nr_cpus=32", "panic=1"]
 
 
 def test_kdump_cpus_zero_means_no_nr_cpus_and_network_follows() -> None:
     net = ["ifname=kdump0:52:54:00:12:34:56", "ip=kdump0:dhcp"]
     line = kexec.capture_cmdline(Config(cpus=0), "console=ttyS0 root=/dev/vda1", net)
-    assert line == "console=ttyS0 irqpoll reset_devices rootfstype=ramfs panic=1 ifname=kdump0:52:54:00:12:34:56 ip=kdump0:dhcp"
+    assert line == ("console=ttyS0 irqpoll reset_devices rootfstype=ramfs rd.shell=0 rd.emergency=reboot panic=1 "
+                    "ifname=kdump0:52:54:00:12:34:56 ip=kdump0:dhcp")
 
 
 def test_init_arguments_after_double_dash_and_rdinit_are_dropped() -> None:
     line = kexec.capture_cmdline(Config(cpus=1), "console=ttyS0 rdinit=/sbin/x panic=30 -- --single")
-    assert line == "console=ttyS0 irqpoll reset_devices rootfstype=ramfs nr_cpus=1 panic=1"
+    assert line == "console=ttyS0 irqpoll reset_devices rootfstype=ramfs rd.shell=0 rd.emergency=reboot nr_cpus=1 panic=1"
+
+
+@pytest.mark.parametrize("setting", [{"continue_on_error": False}, {"immediate_reboot": False}])
+def test_an_administrator_who_wants_a_shell_keeps_dracuts_emergency_shell(setting) -> None:
+    line = kexec.capture_cmdline(Config(cpus=0, **setting), "console=ttyS0")
+    assert line == "console=ttyS0 irqpoll reset_devices rootfstype=ramfs panic=1"
 
 
 def test_commandline_replaces_and_append_extends() -> None:
@@ -64,7 +72,7 @@ def test_an_ip_in_append_replaces_the_generated_network() -> None:
 
 def test_quoted_values_survive() -> None:
     line = kexec.capture_cmdline(Config(cpus=0), 'console=ttyS0 dyndbg="file x.c +p"')
-    assert line == 'console=ttyS0 dyndbg="file x.c +p" irqpoll reset_devices rootfstype=ramfs panic=1'
+    assert line == 'console=ttyS0 dyndbg="file x.c +p" irqpoll reset_devices rootfstype=ramfs rd.shell=0 rd.emergency=reboot panic=1'
 
 
 def test_load_command_argv() -> None:
@@ -74,7 +82,8 @@ def test_load_command_argv() -> None:
     argv = cmd.argv()
     assert argv[:4] == ["kexec", "-p", "/boot/vmlinuz-6.1.0-56-cloud-amd64",
                         "--initrd=/boot/initrd-6.1.0-56-cloud-amd64-kdump"]
-    assert argv[4] == "--append=console=ttyS0 irqpoll reset_devices rootfstype=ramfs nr_cpus=32 panic=1"
+    assert argv[4] == ("--append=console=ttyS0 irqpoll reset_devices rootfstype=ramfs rd.shell=0 "
+                       "rd.emergency=reboot nr_cpus=32 panic=1")
     assert "--noefi" in argv[5:]
 
 

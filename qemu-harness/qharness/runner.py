@@ -34,6 +34,8 @@ CAPTURE_DRIVERS = ("virtio_pci", "virtio_net", "virtio_blk")
 """QEMU's devices: the host that builds the initrd may have other drivers."""
 SAVED_LINE = r"kdump-saver: dump saved"
 GUEST_TIMEOUT = 420.0
+REBOOT_ON_INITRD_FAILURE = ("rd.shell=0", "rd.emergency=reboot")
+"""What ``kdump-saver load`` must put on the capture command line (the matrix keeps the defaults)."""
 
 
 class HarnessError(RuntimeError):
@@ -212,6 +214,9 @@ def _check_console(case: Case, run: guest.GuestRun, hidden: List[str]) -> List[s
     capture_cmdline = [line for _, line in run.lines if "Kernel command line:" in line][1:]
     if case.static_ip and not any(f"ip={STATIC_ADDRESS}:" in line for line in capture_cmdline):
         problems.append(f"the capture kernel's command line has no static ip={STATIC_ADDRESS}:...")
+    if capture_cmdline and not all(a in capture_cmdline[0].split() for a in REBOOT_ON_INITRD_FAILURE):
+        problems.append(f"the capture kernel's command line lacks {' '.join(REBOOT_ON_INITRD_FAILURE)}: "
+                        "a failing initrd would wait in a shell instead of rebooting")
     if run.timed_out:
         problems.append(f"the capture kernel did not reboot ({run.ending})")
     if case.expect_saved and not run.has(SAVED_LINE):
