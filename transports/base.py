@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, List, Optional, Sequence, Tuple, Type, TypeVar
@@ -204,6 +205,21 @@ class Transport(abc.ABC):
                     break
                 digest.update(block)
         return digest.hexdigest()
+
+
+def network_reason(exc: BaseException) -> str:
+    """Why a connection to a server failed, in words for the console."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server running?)"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "no answer (timed out)"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host name"
+    if isinstance(exc, EOFError):
+        return "the server closed the connection"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"the connection failed ({type(exc).__name__})"
 
 
 def retry_until_timeout(url: TargetURL, timeout: int, attempt: Callable[[float], T],

@@ -48,7 +48,7 @@ from smb.smb_structs import OperationFailure, ProtocolError
 
 from capture.targeturl import TargetURL
 from transports.base import (DirEntry, DumpFile, InitrdProfile, NoSpaceError, Transport, TransportError,
-                             TransportOptions, make_missing_dirs, retry_until_timeout)
+                             TransportOptions, make_missing_dirs, network_reason, retry_until_timeout)
 
 log = logging.getLogger(__name__)
 # pysmb's SMB1 path logs a hash of the password at INFO level; its debug and
@@ -552,7 +552,7 @@ class CifsTransport(Transport):
         except Exception as exc:  # noqa: BLE001 - any failure to reconnect is reported the same way
             self._drop()
             raise TransportError(f"{what} on {self.url.masked()}: cannot reconnect: "
-                                 f"{_network_reason(exc)}") from None
+                                 f"{network_reason(exc)}") from None
 
     def _drop(self) -> None:
         conn, self.conn, self.session = self.conn, None, None
@@ -617,7 +617,7 @@ class CifsTransport(Transport):
             return
 
         retry_until_timeout(self.url, self.options.net_timeout, lambda _left: self._connect_once(),
-                            (OSError, NotConnectedError, SMBTimeout, Exception), _network_reason, self._drop)
+                            (OSError, NotConnectedError, SMBTimeout, Exception), network_reason, self._drop)
         self._connected_once = True
         try:
             self._ensure_base()
@@ -793,18 +793,6 @@ def _failure_status(exc) -> int:
         if getattr(message, "status", 0):
             return message.status
     return STATUS_ACCESS_DENIED
-
-
-def _network_reason(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the server running?)"
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "no answer (timed out)"
-    if isinstance(exc, socket.gaierror):
-        return "unknown host name"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return f"the connection failed ({type(exc).__name__})"
 
 
 # pysmb encodes names as UTF-16 at run time, through codecs the import tracer cannot see

@@ -34,7 +34,8 @@ from typing import BinaryIO, Callable, List, Optional
 
 from capture.targeturl import TargetURL
 from transports.base import (DirEntry, DumpFile, InitrdMaterial, InitrdProfile, NoSpaceError, Transport,
-                             TransportError, TransportOptions, make_missing_dirs, retry_until_timeout)
+                             TransportError, TransportOptions, make_missing_dirs, network_reason,
+                             retry_until_timeout)
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +51,9 @@ def _reply_code(exc: BaseException) -> str:
 
 
 def _net_reason(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the server running?)"
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return "no answer (timed out)"
-    if isinstance(exc, socket.gaierror):
-        return "unknown host name"
-    if isinstance(exc, EOFError):
-        return "the server closed the connection"
     if isinstance(exc, ftplib.Error):
         return f"the server answered {str(exc).strip()!r}"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return f"the connection failed ({type(exc).__name__})"
+    return network_reason(exc)
 
 
 class _FtpTls(ftplib.FTP_TLS):
