@@ -22,7 +22,6 @@ bench/transports_ssh.py [--rounds N] [--big]``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import statistics
 import subprocess
@@ -30,53 +29,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, List
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from capture.flattened import FlatReader  # noqa: E402
 from capture.targeturl import parse  # noqa: E402
 from conftest import CACHE, FIXTURE_NAME  # noqa: E402
+from payloads import BLOCK, blocks, flattened_stream, rebuilt, records, sha256  # noqa: E402
 from servers.sshd import SSHD, TestUsers  # noqa: E402
 from transports import open_target  # noqa: E402
 from transports.base import TransportOptions  # noqa: E402
-
-BLOCK = 1 << 20
-
-
-def flattened_stream(vmcore: Path) -> Path:
-    """The fixture's flattened -l -d 31 stream, made once (shared cache with the tests)."""
-    out = CACHE / "reference" / "flat-l-d31"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            subprocess.run(["makedumpfile", "-F", "-l", "-d", "31", str(vmcore)], check=True, stdout=f,
-                           stderr=subprocess.DEVNULL)
-        tmp.rename(out)
-    return out
-
-
-def rebuilt(flat: Path, workdir: Path) -> Path:
-    out = workdir / "rebuilt"
-    with open(flat, "rb") as f:
-        subprocess.run(["makedumpfile", "-R", str(out)], stdin=f, check=True, capture_output=True)
-    return out
-
-
-def records(flat: Path) -> Iterator[Tuple[int, bytes]]:
-    with open(flat, "rb") as f:
-        yield from FlatReader(f).records()
-
-
-def blocks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(BLOCK)
-            if not data:
-                return
-            yield data
 
 
 def main() -> int:
@@ -192,16 +155,8 @@ def main() -> int:
 
 
 def check(got: Path, want: Path) -> None:
-    if sha(got) != sha(want):
+    if sha256(got) != sha256(want):
         raise SystemExit(f"{got} differs from {want}")
-
-
-def sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(BLOCK), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 if __name__ == "__main__":
