@@ -20,7 +20,8 @@ from capture.flattened import FlatReader
 from capture.saver import save
 from capture.targeturl import parse
 from conftest import require, require_program, sha256_of
-from servers.smbd import SambaServer, free_port
+from servers.common import free_port
+from servers.smbd import SambaServer
 from transports import cifs, open_target
 from transports.base import NoSpaceError, TransportError, TransportOptions
 

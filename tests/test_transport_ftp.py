@@ -25,7 +25,8 @@ from capture.errors import KdumpError
 from capture.saver import save
 from capture.targeturl import parse
 from conftest import REPO, require, require_program, sha256_of
-from servers.ftpd import FtpServer, TestCA, free_port
+from servers.common import free_port
+from servers.ftpd import FtpServer, TestCA
 from transports import open_target
 from transports.base import NoSpaceError, TransportError, TransportOptions
 

@@ -18,7 +18,7 @@ import pytest
 
 from capture.targeturl import parse
 from conftest import require, require_program
-from servers.smbd import free_port
+from servers.common import free_port
 from transports import nfs
 from transports.base import TransportError, TransportOptions
 from transports.nfs import NfsTransport, RunResult, export_candidates, mount_commands, run_command

@@ -26,7 +26,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
+
+from servers.common import children_of, ensure_unix_user, free_port
 
 USER = "kdftptest"
 #: where the account's random password is kept (root only), so that test
@@ -47,26 +49,8 @@ def account_password() -> str:
     return password
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
-def children_of(pid: int) -> List[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
 
 
 class TestCA:
@@ -104,11 +88,6 @@ def _openssl(*args: object) -> None:
     subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
 
 
-def ensure_unix_user(name: str) -> None:
-    if subprocess.run(["id", "-u", name], capture_output=True).returncode == 0:
-        return
-    subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/", "--shell", "/bin/sh", name],
-                   check=True, capture_output=True)
 
 
 class FtpServer:
@@ -174,7 +153,7 @@ class FtpServer:
 
     def start(self) -> "FtpServer":
         vsftpd = shutil.which("vsftpd") or "/usr/sbin/vsftpd"
-        ensure_unix_user(self.user)
+        ensure_unix_user(self.user, shell="/bin/sh", home="/")
         subprocess.run(["chpasswd"], input=f"{self.user}:{self.password}\n", text=True,
                        check=True, capture_output=True)
         subprocess.run(["usermod", "-U", self.user], capture_output=True)

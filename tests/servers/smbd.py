@@ -22,40 +22,17 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
+
+from servers.common import children_of, ensure_unix_user, free_port
 
 USER = "kdsmbtest"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
-def ensure_unix_user(name: str) -> None:
-    """Create a system account ``name`` (no home, no shell) if it is missing."""
-    if subprocess.run(["id", "-u", name], capture_output=True).returncode == 0:
-        return
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                   check=True, capture_output=True)
 
 
-def children_of(pid: int) -> List[int]:
-    """Direct child processes of ``pid`` (from /proc)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
 
 
 class SambaServer:

@@ -27,6 +27,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from conftest import require, require_program
+from servers.common import parent_pids
 from transports.base import TransportOptions
 
 #: client key types generated for the key user
@@ -258,16 +259,7 @@ class SSHD:
         """The sshd processes serving connections: every descendant of the listener."""
         if self.proc is None:
             return []
-        parent_of: Dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parent_of[int(entry)] = int(fields[1])
+        parent_of = parent_pids()
         found: List[int] = []
         wanted = {self.proc.pid}
         while True:
