@@ -65,6 +65,19 @@ def makedumpfile() -> str:
 
 
 @pytest.fixture(scope="session")
+def file_target_result(fixture_vmcore: Path, tmp_path_factory: pytest.TempPathFactory, makedumpfile: str) -> Path:
+    """The dump directory the saver writes to a local directory: what a
+    network target must hold (lzo, dump level 31)."""
+    from capture.config import Config
+    from capture.saver import save
+
+    out = tmp_path_factory.mktemp("file-target")
+    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=1), vmcore=str(fixture_vmcore),
+                  savedir=str(out))
+    return out / result.directory
+
+
+@pytest.fixture(scope="session")
 def reference_dumps(fixture_vmcore: Path, makedumpfile: str) -> "ReferenceDumps":
     """makedumpfile's own output for the fixture, made once and cached."""
     return ReferenceDumps(fixture_vmcore, makedumpfile)
@@ -98,6 +111,11 @@ class ReferenceDumps:
                                check=True, stdout=f, stderr=subprocess.DEVNULL)
             tmp.rename(out)
         return out
+
+
+def head_of(path: Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(size)
 
 
 def sha256_of(path: Path) -> str:

@@ -1,16 +1,13 @@
 """The cifs transport against a real Samba smbd on 127.0.0.1 (SMB2 over direct TCP)."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import random
 import stat
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +17,7 @@ from capture.flattened import FlatReader
 from capture.saver import save
 from capture.targeturl import parse
 from conftest import require, require_program, sha256_of
-from servers.common import free_port
+from servers.common import established, free_port, tmpfs
 from servers.smbd import SambaServer
 from transports import cifs, open_target
 from transports.base import NoSpaceError, TransportError, TransportOptions
@@ -43,16 +40,6 @@ def smbd(tmp_path_factory):
     server.remove()
 
 
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str):
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    require(r.returncode == 0, f"cannot mount a tmpfs: {r.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def test_user_with_domain_is_split():
@@ -314,15 +301,6 @@ def test_saver_keeps_free_space_on_a_small_share(tmp_path, fixture_vmcore):
         server.remove()
 
 
-def established(port: int) -> int:
-    """Established TCP connections whose server side is 127.0.0.1:``port``."""
-    count = 0
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
-                count += 1
-    return count
 
 
 def test_with_on_a_connected_transport_keeps_one_session(smbd):

@@ -6,10 +6,8 @@ with openssl for the test.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -25,7 +23,7 @@ from capture.errors import KdumpError
 from capture.saver import save
 from capture.targeturl import parse
 from conftest import REPO, require, require_program, sha256_of
-from servers.common import free_port
+from servers.common import established, free_port, tmpfs
 from servers.ftpd import FtpServer, TestCA
 from transports import open_target
 from transports.base import NoSpaceError, TransportError, TransportOptions
@@ -68,17 +66,6 @@ def flat_stream(reference_dumps) -> Path:
     return reference_dumps.flattened("-l", 31)
 
 
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str, owner: str):
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                       capture_output=True, text=True)
-    require(r.returncode == 0, f"cannot mount a tmpfs for the full-disk test: {r.stderr.strip()}")
-    try:
-        shutil.chown(path, owner)
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def send_file(transport, src: Path, name: str, block: int = 1 << 16) -> None:
@@ -357,15 +344,6 @@ def test_saver_stopped_by_a_full_ftp_server_leaves_an_incomplete_dump(tmp_path, 
         server.remove()
 
 
-def established(port: int) -> int:
-    """Established TCP connections whose server side is 127.0.0.1:``port``."""
-    count = 0
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
-                count += 1
-    return count
 
 
 def test_with_on_a_connected_transport_keeps_one_session(ftpd):

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from capture.config import Config
 from capture.errors import KdumpError
 from capture.saver import save
 from capture.targeturl import parse
-from conftest import require, require_program
+from conftest import head_of, require, require_program
 from servers.sshd import SSHD, ChrootServer, SSHLab, TestUsers, ssh_keygen
 from transports import open_target
 from transports.base import NoSpaceError, TransportError
@@ -32,9 +31,6 @@ pytest_plugins = ["servers.sshd"]
 MiB = 1 << 20
 
 
-def head_of(path: Path, size: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(size)
 
 
 def fingerprint_of(pub_line: str, tmp: Path) -> str:
@@ -365,21 +361,8 @@ def test_with_on_a_connected_target_logs_in_once(ssh_lab: SSHLab, sshd_sftp: SSH
 
 # -- the saver through this transport ----------------------------------------
 
-def saver_config(ssh_lab: SSHLab, server: SSHD, **changes: object) -> Config:
-    options = ssh_lab.key_options(server)
-    values = dict(dumpformat="lzo", dumplevel=31, net_timeout=0, known_hosts=options.known_hosts,
-                  ssh_identity=options.ssh_identity, free_disk_size=1)
-    values.update(changes)
-    return Config(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def file_target_result(fixture_vmcore: Path, tmp_path_factory: pytest.TempPathFactory, makedumpfile: str) -> Path:
-    """The dump directory the saver writes to a local directory (the reference)."""
-    out = tmp_path_factory.mktemp("file-target")
-    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=1), vmcore=str(fixture_vmcore),
-                  savedir=str(out))
-    return out / result.directory
 
 
 def test_saver_writes_the_same_vmcore_as_the_file_target(ssh_lab: SSHLab, sshd_sftp: SSHD, fixture_vmcore: Path,
@@ -389,7 +372,7 @@ def test_saver_writes_the_same_vmcore_as_the_file_target(ssh_lab: SSHLab, sshd_s
     user = ssh_lab.password_user
     base = ssh_lab.fresh_dir(user) / "crash"
     url = sshd_sftp.url("scp", user.name, str(base), user.password)
-    config = saver_config(ssh_lab, sshd_sftp, ssh_identity=(), known_hosts=str(ssh_lab.known_hosts(sshd_sftp)))
+    config = ssh_lab.saver_config(sshd_sftp, ssh_identity=(), known_hosts=str(ssh_lab.known_hosts(sshd_sftp)))
     result = save(config, vmcore=str(fixture_vmcore), savedir=url)
     saved = base / result.directory
     assert sorted(os.listdir(saved)) == sorted(os.listdir(file_target_result))
@@ -420,7 +403,7 @@ def test_saver_with_the_connection_cut_leaves_nothing_complete(ssh_lab: SSHLab, 
     cutter.start()
     try:
         with pytest.raises(KdumpError) as err:
-            save(saver_config(ssh_lab, sshd_sftp), vmcore=str(fixture_vmcore), savedir=url)
+            save(ssh_lab.saver_config(sshd_sftp), vmcore=str(fixture_vmcore), savedir=url)
     finally:
         stop.set()
         cutter.join()
@@ -435,7 +418,7 @@ def test_saver_with_the_connection_cut_leaves_nothing_complete(ssh_lab: SSHLab, 
 def test_saver_to_a_stopped_server_fails_clearly(ssh_lab: SSHLab, ssh_users: TestUsers, fixture_vmcore: Path,
                                                  makedumpfile: str) -> None:
     server = SSHD(ssh_lab.workdir / "sshd-stopped-saver", ssh_users.names).start()
-    config = saver_config(ssh_lab, server)
+    config = ssh_lab.saver_config(server)
     server.stop(hold_port=True)
     base = ssh_lab.fresh_dir(ssh_lab.key_user)
     try:
@@ -451,7 +434,7 @@ def test_saver_on_a_small_disk_stops_with_a_clear_error(ssh_lab: SSHLab, sshd_sf
     fs = ssh_lab.small_fs(ssh_lab.key_user, 4096)
     url = sshd_sftp.url("sftp", ssh_lab.key_user.name, str(fs))
     with pytest.raises(KdumpError) as err:
-        save(saver_config(ssh_lab, sshd_sftp, free_disk_size=1), vmcore=str(fixture_vmcore), savedir=url)
+        save(ssh_lab.saver_config(sshd_sftp, free_disk_size=1), vmcore=str(fixture_vmcore), savedir=url)
     assert "Traceback" not in str(err.value)
     (saved,) = [p for p in fs.iterdir()]
     assert not (saved / "vmcore").exists()

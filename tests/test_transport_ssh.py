@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from capture.config import Config
 from capture.errors import KdumpError
 from capture.saver import save
 from capture.targeturl import parse
+from conftest import head_of
 from servers.sshd import SSHD, ChrootServer, SSHLab, TestUsers, ssh_keygen
 from transports import open_target
 from transports.base import NoSpaceError, TransportError
@@ -34,9 +34,6 @@ MiB = 1 << 20
 HOSTILE = "a dir 'q' \"dq\" $(cd;touch pwned) `cd;touch pwned`;x&&cd;touch pwned\nnext line * ?"
 
 
-def head_of(path: Path, size: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(size)
 
 
 def ssh_target(lab: SSHLab, server: SSHD, path: Path, **changes: object):
@@ -297,19 +294,8 @@ def test_with_on_a_connected_target_logs_in_once(ssh_lab: SSHLab, sshd_nosftp: S
 
 # -- the saver through this transport ----------------------------------------
 
-def saver_config(ssh_lab: SSHLab, server: SSHD) -> Config:
-    options = ssh_lab.key_options(server)
-    return Config(dumpformat="lzo", dumplevel=31, net_timeout=0, known_hosts=options.known_hosts or "",
-                  ssh_identity=options.ssh_identity, free_disk_size=1)
 
 
-@pytest.fixture(scope="module")
-def file_target_result(fixture_vmcore: Path, tmp_path_factory: pytest.TempPathFactory, makedumpfile: str) -> Path:
-    """The dump directory the saver writes to a local directory (the reference)."""
-    out = tmp_path_factory.mktemp("file-target")
-    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=1), vmcore=str(fixture_vmcore),
-                  savedir=str(out))
-    return out / result.directory
 
 
 def test_saver_stream_rebuilds_to_the_file_targets_vmcore(ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path,
@@ -317,7 +303,7 @@ def test_saver_stream_rebuilds_to_the_file_targets_vmcore(ssh_lab: SSHLab, sshd_
                                                           tmp_path: Path) -> None:
     base = ssh_lab.fresh_dir(ssh_lab.key_user) / "crash"
     url = sshd_nosftp.url("ssh", ssh_lab.key_user.name, str(base))
-    result = save(saver_config(ssh_lab, sshd_nosftp), vmcore=str(fixture_vmcore), savedir=url)
+    result = save(ssh_lab.saver_config(sshd_nosftp), vmcore=str(fixture_vmcore), savedir=url)
     saved = base / result.directory
     assert sorted(os.listdir(saved)) == sorted(n.replace("vmcore", "vmcore.flat") if n == "vmcore" else n
                                                for n in os.listdir(file_target_result))
@@ -350,7 +336,7 @@ def test_saver_with_the_connection_cut_leaves_nothing_complete(ssh_lab: SSHLab, 
     cutter.start()
     try:
         with pytest.raises(KdumpError) as err:
-            save(saver_config(ssh_lab, sshd_nosftp), vmcore=str(fixture_vmcore), savedir=url)
+            save(ssh_lab.saver_config(sshd_nosftp), vmcore=str(fixture_vmcore), savedir=url)
     finally:
         stop.set()
         cutter.join()
@@ -379,7 +365,7 @@ def test_saver_retention_touches_only_this_hosts_dumps(ssh_lab: SSHLab, sshd_nos
             (base / name / MARKER).write_bytes(marker_bytes(host, datetime(2026, 11, 20, tzinfo=timezone.utc)))
     (base / "plain file").write_text("keep me")
     subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", str(base)], check=True)
-    config = dataclasses.replace(saver_config(ssh_lab, sshd_nosftp), keep_old_dumps=1)
+    config = dataclasses.replace(ssh_lab.saver_config(sshd_nosftp), keep_old_dumps=1)
     result = save(config, vmcore=str(fixture_vmcore), savedir=sshd_nosftp.url("ssh", user.name, str(base)))
     remaining = sorted(os.listdir(base))
     expected = sorted(set(layout) - {"fixture-host-2026-11-20-10-00"} | {"plain file", result.directory})
@@ -392,7 +378,7 @@ def test_saver_on_a_small_disk_stops_with_a_clear_error(ssh_lab: SSHLab, sshd_no
     fs = ssh_lab.small_fs(ssh_lab.key_user, 4096)
     url = sshd_nosftp.url("ssh", ssh_lab.key_user.name, str(fs))
     with pytest.raises(KdumpError) as err:
-        save(saver_config(ssh_lab, sshd_nosftp), vmcore=str(fixture_vmcore), savedir=url)
+        save(ssh_lab.saver_config(sshd_nosftp), vmcore=str(fixture_vmcore), savedir=url)
     assert "Traceback" not in str(err.value)
     (saved,) = [p for p in fs.iterdir()]
     assert not (saved / "vmcore.flat").exists()

@@ -28,6 +28,7 @@ import pytest
 
 from conftest import require, require_program
 from servers.common import parent_pids
+from capture.config import Config
 from transports.base import TransportOptions
 
 #: client key types generated for the key user
@@ -356,6 +357,15 @@ class SSHLab:
                                          ssh_identity=(), net_timeout=0)
         values.update(changes)
         return TransportOptions(**values)  # type: ignore[arg-type]
+
+    def saver_config(self, server: SSHD, **changes: object) -> Config:
+        """A configuration saving the fixture as lzo -d 31 with the key user's options."""
+        options = self.key_options(server)
+        values: Dict[str, object] = dict(dumpformat="lzo", dumplevel=31, net_timeout=0,
+                                         known_hosts=options.known_hosts or "",
+                                         ssh_identity=options.ssh_identity, free_disk_size=1)
+        values.update(changes)
+        return Config(**values)  # type: ignore[arg-type]
 
     def cleanup(self) -> None:
         for path in self._mounts:
