@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from capture.elfcore import ElfCore, FileReader, Note, Segment
@@ -105,6 +105,8 @@ class Ring:
     infos: Tuple[int, int]
     text: Tuple[int, int]
     prb_vaddr: int
+    descs_vaddr: int
+    infos_vaddr: int
     text_vaddr: int
 
 
@@ -122,7 +124,8 @@ def locate_ring(core: ElfCore) -> Ring:
     return Ring(prb=(file_offset(core, prb_vaddr), len(prb)),
                 descs=(file_offset(core, descs), count * vi["SIZE(prb_desc)"]),
                 infos=(file_offset(core, infos), count * vi["SIZE(printk_info)"]),
-                text=(file_offset(core, data), size), prb_vaddr=prb_vaddr, text_vaddr=data)
+                text=(file_offset(core, data), size), prb_vaddr=prb_vaddr, descs_vaddr=descs, infos_vaddr=infos,
+                text_vaddr=data)
 
 
 def patch_file(path: Path, offset: int, data: bytes) -> None:
@@ -230,6 +233,117 @@ def wrapped_log_buf(records_end: List[bytes], records_start: List[bytes], buf_le
     return bytes(buf), first, next_idx
 
 
+# -- lockless rings built here (the layout of Linux 5.10+) ---------------------------------------
+
+#: the VMCOREINFO Linux 5.10+ exports on x86_64 for the ring buffer (the fixtures' values)
+PRB_INFO = {
+    "SIZE(printk_ringbuffer)": "88", "OFFSET(printk_ringbuffer.desc_ring)": "0",
+    "OFFSET(printk_ringbuffer.text_data_ring)": "48", "OFFSET(printk_ringbuffer.fail)": "80",
+    "SIZE(prb_desc_ring)": "48", "OFFSET(prb_desc_ring.count_bits)": "0", "OFFSET(prb_desc_ring.descs)": "8",
+    "OFFSET(prb_desc_ring.infos)": "16", "OFFSET(prb_desc_ring.head_id)": "24", "OFFSET(prb_desc_ring.tail_id)": "32",
+    "SIZE(prb_desc)": "24", "OFFSET(prb_desc.state_var)": "0", "OFFSET(prb_desc.text_blk_lpos)": "8",
+    "SIZE(prb_data_blk_lpos)": "16", "OFFSET(prb_data_blk_lpos.begin)": "0", "OFFSET(prb_data_blk_lpos.next)": "8",
+    "SIZE(printk_info)": "88", "OFFSET(printk_info.seq)": "0", "OFFSET(printk_info.ts_nsec)": "8",
+    "OFFSET(printk_info.text_len)": "16", "OFFSET(printk_info.caller_id)": "20", "OFFSET(printk_info.dev_info)": "24",
+    "SIZE(prb_data_ring)": "32", "OFFSET(prb_data_ring.size_bits)": "0", "OFFSET(prb_data_ring.data)": "8",
+    "OFFSET(prb_data_ring.head_lpos)": "16", "OFFSET(prb_data_ring.tail_lpos)": "24",
+    "SIZE(atomic_long_t)": "8", "OFFSET(atomic_long_t.counter)": "0",
+}
+ID_MASK = (1 << 62) - 1
+RESERVED, COMMITTED, FINALIZED, REUSABLE = range(4)
+FAILED_LPOS = 0x1
+
+
+@dataclass(frozen=True)
+class Rec:
+    """One record to put in a built ring: its text, what printk_info says, its descriptor state."""
+    text: bytes
+    ts: int = 0
+    state: int = FINALIZED
+    caller: int = 1
+    text_len: Optional[int] = None
+    dataless: bool = False
+
+
+@dataclass(frozen=True)
+class PrbImage:
+    descs: bytes
+    infos: bytes
+    text: bytes
+    count_bits: int
+    size_bits: int
+    head_id: int
+    tail_id: int
+    head_lpos: int
+    tail_lpos: int
+
+    def prb(self, descs: int, infos: int, text: int) -> bytes:
+        """struct printk_ringbuffer pointing at the three arrays."""
+        return struct.pack("<IIQQQQQ", self.count_bits, 0, descs, infos, self.head_id, self.tail_id, 0) + \
+            struct.pack("<IIQQQ", self.size_bits, 0, text, self.head_lpos, self.tail_lpos) + bytes(8)
+
+
+def build_prb(recs: Sequence[Rec], count_bits: int, size_bits: int, first_id: int, first_lpos: int) -> PrbImage:
+    """Records stored the way the kernel's data_alloc() does: a block that would cross the end of
+    the ring starts over at offset 0, its begin staying in the previous wrap."""
+    count, ring = 1 << count_bits, 1 << size_bits
+    descs, infos, text = bytearray(count * 24), bytearray(count * 88), bytearray(ring)
+    lpos = first_lpos
+    for i, rec in enumerate(recs):
+        desc_id = (first_id + i) & ID_MASK
+        slot = desc_id % count
+        if rec.dataless:
+            begin = end = FAILED_LPOS
+        else:
+            size = 8 + len(rec.text) + (-len(rec.text) % 8)
+            begin, end = lpos, lpos + size
+            if begin // ring != end // ring:
+                end = end // ring * ring + size
+            at = (end - size) % ring
+            text[at:at + 8 + len(rec.text)] = struct.pack("<Q", desc_id) + rec.text
+            lpos = end
+        struct.pack_into("<QQQ", descs, slot * 24, rec.state << 62 | desc_id, begin, end)
+        text_len = len(rec.text) if rec.text_len is None else rec.text_len
+        struct.pack_into("<QQHBBI", infos, slot * 88, i, rec.ts, text_len, 0, 0, rec.caller)
+    return PrbImage(bytes(descs), bytes(infos), bytes(text), count_bits, size_bits,
+                    (first_id + len(recs) - 1) & ID_MASK, first_id, lpos, first_lpos)
+
+
+PRB_VAR, PRB, DESCS, INFOS, TEXT = (0xFFFFFFFF82000000, 0xFFFFFFFF82001000, 0xFFFF888001000000,
+                                    0xFFFF888002000000, 0xFFFF888004000000)
+
+
+def prb_core(image: PrbImage, info: Optional[Dict[str, str]] = None) -> ElfCore:
+    info = dict(PRB_INFO if info is None else info, **{"SYMBOL(prb)": f"{PRB_VAR:x}"})
+    return synthetic_core(info, {PRB_VAR: struct.pack("<Q", PRB), PRB: image.prb(DESCS, INFOS, TEXT),
+                                 DESCS: image.descs, INFOS: image.infos, TEXT: image.text})
+
+
+#: a wrapped text block, a data-less record, unfinished and reusable descriptors, a text_len longer
+#: than its block (makedumpfile cuts it at the block's end, padding included), ids crossing the mask
+WRAPPING_RECORDS = [
+    Rec(b"oldest", ts=1_000_000_000),
+    Rec(b"x" * 40, ts=1_500_000_000, caller=0x80000001),
+    Rec(b"wraps to the start", ts=2_000_000_000, caller=42),
+    Rec(b"", ts=2_100_000_000, dataless=True),
+    Rec(b"being written", ts=2_200_000_000, state=RESERVED),
+    Rec(b"committed\nsecond line", ts=2_300_000_000, state=COMMITTED),
+    Rec(b"gone", ts=2_400_000_000, state=REUSABLE),
+    Rec(b"cut", ts=2_500_000_000, text_len=200),
+    Rec(b"newest \xe2\x80\x94 \x07", ts=3_000_000_000),
+]
+WRAPPING_DMESG = (b"[    1.000000] oldest\n"
+                  b"[    1.500000] " + b"x" * 40 + b"\n"
+                  b"[    2.000000] wraps to the start\n"
+                  b"[    2.300000] committed" + INDENT + b"second line\n"
+                  b"[    2.500000] cut\\x00\\x00\\x00\\x00\\x00\n"
+                  b"[    3.000000] newest \\xffffffe2\\xffffff80\\xffffff94 \\x07\n")
+
+
+def wrapping_image() -> PrbImage:
+    return build_prb(WRAPPING_RECORDS, count_bits=4, size_bits=8, first_id=ID_MASK - 3, first_lpos=(5 << 8) + 176)
+
+
 # -- the real fixtures ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(FIXTURE_SIZES))
@@ -286,6 +400,62 @@ def test_random_text_bytes_escaped_like_makedumpfile(vmcore_612: Path, makedumpf
         assert b"\\xffffff" in expected and b"\\x0" in expected and INDENT in expected
         with ElfCore.open(str(copy)) as core:
             assert extract_dmesg(core) == expected
+
+
+def test_ring_layout_synthetic() -> None:
+    image = wrapping_image()
+    begin, end = struct.unpack_from("<QQ", image.descs, ((ID_MASK - 1) % 16) * 24 + 8)
+    assert begin % 256 > end % 256 and image.text[8:26] == b"wraps to the start"  # the third block wrapped
+    assert extract_dmesg(prb_core(image)) == WRAPPING_DMESG
+    with_callers = extract_dmesg(prb_core(image), caller_id=True)
+    assert with_callers.startswith(b"[    1.000000] [      T1] oldest\n[    1.500000] [      C1] xxx")
+    assert b"[    2.000000] [     T42] wraps to the start\n" in with_callers
+    assert extract_dmesg(prb_core(build_prb([], 4, 8, 0, 0))) == b""
+
+
+def test_ring_layout_equals_makedumpfile(vmcore_612: Path, makedumpfile: str, scratch_copy, tmp_path: Path) -> None:
+    """The wrapping ring written over the 6.12 fixture's own ring: makedumpfile agrees byte for byte."""
+    copy = scratch_copy(vmcore_612)
+    with ElfCore.open(str(copy)) as core:
+        ring = locate_ring(core)
+    image = wrapping_image()
+    patch_file(copy, ring.prb[0], image.prb(ring.descs_vaddr, ring.infos_vaddr, ring.text_vaddr))
+    patch_file(copy, ring.descs[0], image.descs)
+    patch_file(copy, ring.infos[0], image.infos)
+    patch_file(copy, ring.text[0], image.text)
+    assert dump_dmesg(makedumpfile, copy, tmp_path / "dmesg.txt") == WRAPPING_DMESG
+    with ElfCore.open(str(copy)) as core:
+        assert extract_dmesg(core) == WRAPPING_DMESG
+
+
+def test_ring_text_beyond_the_ring_is_corrupt(vmcore_612: Path) -> None:
+    """Every record claiming the whole ring: stopped once the text exceeds the ring, partial log kept."""
+    with ElfCore.open(str(vmcore_612)) as core:
+        ring = locate_ring(core)
+        descs = bytearray(core._read_at(*ring.descs))
+        infos = bytearray(core._read_at(*ring.infos))
+        size = ring.text[1]
+        for slot in range(len(descs) // 24):
+            state_var, begin, _ = struct.unpack_from("<QQQ", descs, slot * 24)
+            struct.pack_into("<QQ", descs, slot * 24 + 8, begin - begin % size, begin - begin % size + size - 8)
+            struct.pack_into("<H", infos, slot * 88 + 16, 0xFFFF)
+        hostile = ElfCore(core.name, overlay(core._read_at, [(ring.descs[0], bytes(descs)), (ring.infos[0], bytes(infos))]),
+                          core.size, core.machine, core.little_endian, core.segments, core.notes)
+        with pytest.raises(PrintkCorruptError, match="more text than the 131072-byte ring") as err:
+            extract_dmesg(hostile)
+    assert err.value.partial.startswith(b"[    0.000000] Linux version 6.12.117")
+
+
+def test_ring_records_jumping_around_a_big_ring_are_corrupt() -> None:
+    """A ring too big to read whole, whose records alternate between its two ends: not read over and over."""
+    image = build_prb([Rec(b"a")] * 64, count_bits=6, size_bits=23, first_id=0, first_lpos=0)
+    descs = bytearray(image.descs)
+    for slot in range(64):
+        begin = (slot % 2) * (7 << 20) + slot * 64
+        struct.pack_into("<QQ", descs, slot * 24 + 8, begin, begin + 16)
+    image = PrbImage(bytes(descs), image.infos, image.text, 6, 23, 63, 0, 0, 0)
+    with pytest.raises(PrintkCorruptError, match="jump back and forth in the printk text ring"):
+        extract_dmesg(prb_core(image))
 
 
 # -- the log_buf of struct printk_log (Linux 3.5-5.9) -----------------------------------------------
@@ -454,7 +624,9 @@ def test_mutated_vmcoreinfo_gives_bytes_or_dump_format_error(core_612: ElfCore, 
         out = extract_dmesg(with_vmcoreinfo(core_612, info))
     except DumpFormatError as exc:
         assert str(exc)
+        event(f"{type(exc).__name__}: {re.sub(r'0x[0-9a-f]+|[0-9]+', 'N', str(exc).split(': ', 1)[-1])[:70]}")
         return
+    event("bytes")
     assert isinstance(out, bytes) and len(out) <= MAX_OUTPUT_BYTES
 
 
@@ -479,21 +651,32 @@ def test_corrupt_ring_data_gives_bytes_or_dump_format_error(core_612: ElfCore, d
         out = extract_dmesg(hostile, caller_id=data.draw(st.booleans()))
     except DumpFormatError as exc:
         assert str(exc)
+        event(f"{type(exc).__name__}: {re.sub(r'0x[0-9a-f]+|[0-9]+', 'N', str(exc).split(': ', 1)[-1])[:70]}")
         return
+    event("bytes")
     assert isinstance(out, bytes) and len(out) <= MAX_OUTPUT_BYTES
 
 
 @HYPOTHESIS
-@given(buf=st.binary(min_size=0, max_size=2048), first=st.integers(0, 2100), next_idx=st.integers(0, 2100),
-       caller=st.booleans(), little=st.booleans())
-def test_random_log_buf_gives_bytes_or_dump_format_error(buf: bytes, first: int, next_idx: int, caller: bool,
-                                                         little: bool) -> None:
-    core = log_buf_core(buf or b"\0", first, next_idx, log_buf_info(with_caller=caller), little=little)
+@given(texts=st.lists(st.binary(max_size=24), max_size=12), slack=st.integers(0, 64),
+       flips=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=12),
+       first=st.integers(0, 1 << 16), next_idx=st.integers(0, 1 << 16), caller=st.booleans(), little=st.booleans())
+def test_corrupt_log_buf_gives_bytes_or_dump_format_error(texts: List[bytes], slack: int, flips: List[Tuple[int, int]],
+                                                         first: int, next_idx: int, caller: bool, little: bool) -> None:
+    """Well-formed records with bytes overwritten anywhere (lengths included) and arbitrary indexes."""
+    recs = [printk_log(i * 1_000_000, t, caller=i if caller else None, little=little) for i, t in enumerate(texts)]
+    buf = bytearray(b"".join(recs) + bytes(max(slack, 24)))
+    for pos, value in flips:
+        buf[pos % len(buf)] = value
+    core = log_buf_core(bytes(buf), first % (len(buf) + 8), next_idx % (len(buf) + 8),
+                        log_buf_info(with_caller=caller), little=little)
     try:
         out = extract_dmesg(core, caller_id=caller)
     except DumpFormatError as exc:
         assert str(exc)
+        event(f"{type(exc).__name__}: {re.sub(r'0x[0-9a-f]+|[0-9]+', 'N', str(exc).split(': ', 1)[-1])[:70]}")
         return
+    event("bytes")
     assert isinstance(out, bytes)
 
 

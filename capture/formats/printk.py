@@ -47,7 +47,8 @@ MAX_DESC_COUNT = MAX_LOG_BYTES >> 5
 MAX_STRUCT_SIZE = 1 << 12
 #: output beyond this is not legitimate: a full text ring renders to about its own size
 MAX_OUTPUT_BYTES = 1 << 27
-#: buffers are read from the dump this many bytes at a time
+#: buffers up to this size are read whole, larger ones a chunk at a time
+WHOLE_WINDOW = 4 << 20
 CHUNK = 1 << 20
 
 # kernel/printk/printk_ringbuffer.h: the top two bits of a descriptor's state_var are its state
@@ -167,7 +168,11 @@ class _Memory:
 
 
 class _Window:
-    """``size`` bytes of kernel memory from ``base``, read a :data:`CHUNK` at a time (one chunk kept)."""
+    """``size`` bytes of kernel memory from ``base``: read whole when small, else a :data:`CHUNK` at a
+    time with one chunk kept.  Records are visited in ring order, so a chunked window reads its
+    bytes about once; reading more than twice the window means corrupt records that jump back
+    and forth, and raises :class:`PrintkCorruptError` instead of thrashing.
+    """
 
     def __init__(self, memory: _Memory, base: int, size: int, what: str) -> None:
         if base + size > 1 << 64:
@@ -177,6 +182,8 @@ class _Window:
         self._base = base
         self._size = size
         self._what = what
+        self._chunk = size if size <= WHOLE_WINDOW else CHUNK
+        self._budget = 2 * size + 2 * CHUNK
         self._start = -1
         self._data = b""
 
@@ -189,9 +196,14 @@ class _Window:
                                   f"are outside {self._what} ({self._size} bytes)")
         parts = []
         while length > 0:
-            start = offset - offset % CHUNK
+            start = offset - offset % self._chunk
             if start != self._start:
-                self._data = self._memory.read(self._base + start, min(CHUNK, self._size - start), self._what)
+                size = min(self._chunk, self._size - start)
+                self._budget -= size
+                if self._budget < 0:
+                    raise PrintkCorruptError(f"{self._memory.core.name}: the kernel log is corrupt: its records "
+                                             f"jump back and forth in {self._what}")
+                self._data = self._memory.read(self._base + start, size, self._what)
                 self._start = start
             piece = self._data[offset - start:offset - start + length]
             parts.append(piece)
