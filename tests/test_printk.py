@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from capture.elfcore import ElfCore, FileReader, Note, Segment
+from capture.elfcore import ElfCore, Note
 from capture.errors import DumpFormatError
 from capture.formats.printk import MAX_OUTPUT_BYTES, PrintkCorruptError, extract_dmesg
-from conftest import CACHE, require, require_program, shared_dir
+from conftest import CACHE, require, shared_dir
 
 FIXTURE_SIZES = {"vmcore-6.1-cloud-512M": 410_705_920, "vmcore-6.12-cloud-512M": 414_896_128}
 PT_LOAD, PT_NOTE = 1, 4

@@ -32,7 +32,7 @@ import logging
 import re
 import struct
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from capture.elfcore import ElfCore
 from capture.errors import DumpFormatError
