@@ -578,8 +578,10 @@ def test_missing_vmcoreinfo_pieces(vmcore_612: Path) -> None:
             extract_dmesg(with_vmcoreinfo(core, {k: v for k, v in info.items() if k != "OFFSET(prb_desc.state_var)"}))
         with pytest.raises(DumpFormatError, match="the pointer prb .* is not in the dump"):
             extract_dmesg(with_vmcoreinfo(core, dict(info, **{"SYMBOL(prb)": "1000"})))
-        with pytest.raises(DumpFormatError, match="outside its 24-byte structure"):
+        with pytest.raises(DumpFormatError, match="outside its 24-byte structure prb_desc"):
             extract_dmesg(with_vmcoreinfo(core, dict(info, **{"OFFSET(prb_desc.text_blk_lpos)": "20"})))
+        with pytest.raises(DumpFormatError, match="printk_info.ts_nsec and printk_info.text_len at overlapping"):
+            extract_dmesg(with_vmcoreinfo(core, dict(info, **{"OFFSET(printk_info.text_len)": "12"})))
 
 
 def test_implausible_ring_sizes(vmcore_612: Path) -> None:

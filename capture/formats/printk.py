@@ -29,10 +29,11 @@ buffers can hold, so hostile data costs bounded memory and time.
 from __future__ import annotations
 
 import logging
+import operator
 import re
 import struct
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 from capture.elfcore import ElfCore
 from capture.errors import DumpFormatError
@@ -44,7 +45,7 @@ MAX_LOG_BYTES = 1 << 26
 #: largest descriptor ring believed (the kernel makes one descriptor per 32 bytes of text)
 MAX_DESC_COUNT = MAX_LOG_BYTES >> 5
 #: largest printk structure believed (the real ones are below 100 bytes)
-MAX_STRUCT_SIZE = 1 << 12
+MAX_STRUCT_SIZE = 512
 #: output beyond this is not legitimate: a full text ring renders to about its own size
 MAX_OUTPUT_BYTES = 1 << 27
 #: buffers up to this size are read whole, larger ones a chunk at a time
@@ -55,6 +56,7 @@ CHUNK = 1 << 20
 DESC_FLAGS_SHIFT = 62
 DESC_ID_MASK = (1 << DESC_FLAGS_SHIFT) - 1
 DESC_COMMITTED, DESC_FINALIZED = 1, 2
+_READABLE = (DESC_COMMITTED, DESC_FINALIZED)
 #: a data block starts with the id of its descriptor (an unsigned long)
 BLOCK_ID_SIZE = 8
 #: printk_info.caller_id: the top bit says "CPU number", otherwise it is a thread id
@@ -85,9 +87,9 @@ def extract_dmesg(core: ElfCore, *, caller_id: bool = False) -> bytes:
     inconsistent, with the lines decoded up to there.  An I/O error on the
     file is the reader's :class:`KdumpError`.
     """
-    info = _VmcoreInfo(core.name, core.vmcoreinfo)
     if not core.vmcoreinfo:
         raise DumpFormatError(f"{core.name}: no VMCOREINFO note, so the kernel log cannot be found")
+    info = _VmcoreInfo(core.name, core.vmcoreinfo)
     lines = _LineFormat(signed_char=core.machine not in UNSIGNED_CHAR_MACHINES)
     memory = _Memory(core)
     if info.has("SYMBOL(prb)"):
@@ -151,7 +153,8 @@ class _Memory:
     def __init__(self, core: ElfCore) -> None:
         self.core = core
         bo = "<" if core.little_endian else ">"
-        self.u16 = struct.Struct(bo + "H")
+        #: the struct module's byte order character
+        self.order = bo
         self.u32 = struct.Struct(bo + "I")
         self.u64 = struct.Struct(bo + "Q")
 
@@ -211,22 +214,39 @@ class _Window:
             length -= len(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-
-@dataclass(frozen=True)
-class _Field:
-    """An integer member of a structure read as bytes: where it is and how wide."""
-    offset: int
-    st: struct.Struct
-
-    def get(self, blob: bytes) -> int:
-        return self.st.unpack_from(blob, self.offset)[0]
+    def view(self, offset: int, length: int) -> Tuple[bytes, int]:
+        """Like :meth:`read`, as (buffer, position in it), without copying when one chunk holds the bytes."""
+        at = offset - self._start
+        if self._start >= 0 and at >= 0 and at + length <= len(self._data) and offset + length <= self._size:
+            return self._data, at
+        return self.read(offset, length), 0
 
 
-def _field(name: str, offset: int, st: struct.Struct, struct_size: int, dump: str) -> _Field:
-    if offset + st.size > struct_size:
-        raise DumpFormatError(f"{dump}: VMCOREINFO puts {name} at byte {offset}, outside its "
-                              f"{struct_size}-byte structure")
-    return _Field(offset, st)
+class _Members:
+    """Integer members of one structure (name, offset, struct code), unpacked by one call in the
+    order given; VMCOREINFO decides the offsets, so each is checked against the structure's size."""
+
+    def __init__(self, dump: str, struct_name: str, struct_size: int, order: str,
+                 members: Sequence[Tuple[str, int, str]]) -> None:
+        for name, offset, code in members:
+            if offset + struct.calcsize(code) > struct_size:
+                raise DumpFormatError(f"{dump}: VMCOREINFO puts {name} at byte {offset}, outside "
+                                      f"its {struct_size}-byte structure {struct_name}")
+        by_offset = sorted(range(len(members)), key=lambda i: members[i][1])
+        fmt, end, previous = order, 0, ""
+        for i in by_offset:
+            name, offset, code = members[i]
+            if offset < end:
+                raise DumpFormatError(f"{dump}: VMCOREINFO puts {previous} and {name} at overlapping bytes "
+                                      f"of {struct_name}")
+            fmt += f"{offset - end}x{code}"
+            end, previous = offset + struct.calcsize(code), name
+        whole = struct.Struct(fmt).unpack_from
+        if by_offset == sorted(by_offset):
+            self.unpack = whole
+        else:
+            pick = operator.itemgetter(*[by_offset.index(i) for i in range(len(members))])
+            self.unpack = lambda buf, pos=0: pick(whole(buf, pos))
 
 
 # -- lines -----------------------------------------------------------------------------
@@ -260,45 +280,42 @@ class _Output:
 
     def __init__(self, dump: str) -> None:
         self.dump = dump
-        self.parts: List[bytes] = []
-        self.size = 0
+        self.text = bytearray()
+        self.records = 0
 
     def add(self, line: bytes) -> None:
-        self.size += len(line)
-        if self.size > MAX_OUTPUT_BYTES:
+        if len(self.text) + len(line) > MAX_OUTPUT_BYTES:
             raise self.corrupt(f"the kernel log would exceed {MAX_OUTPUT_BYTES >> 20} MiB")
-        self.parts.append(line)
+        self.text += line
+        self.records += 1
 
     def corrupt(self, why: str) -> PrintkCorruptError:
         return PrintkCorruptError(f"{self.dump}: the kernel log is corrupt: {why}; "
-                                  f"{len(self.parts)} records were read before", b"".join(self.parts))
+                                  f"{self.records} records were read before", bytes(self.text))
 
     def result(self) -> bytes:
-        return b"".join(self.parts)
+        return bytes(self.text)
 
 
 # -- the lockless ring buffer (Linux 5.10+) --------------------------------------------
 
 def _read_ringbuffer(mem: _Memory, info: _VmcoreInfo, lines: _LineFormat, caller_id: bool) -> bytes:
     dump = info.name
-    u16, u32, u64 = mem.u16, mem.u32, mem.u64
-    prb_addr = mem.word(info.symbol("prb"), u64, "the pointer prb")
+    prb_addr = mem.word(info.symbol("prb"), mem.u64, "the pointer prb")
     prb_size = info.size("printk_ringbuffer")
     prb = mem.read(prb_addr, prb_size, "struct printk_ringbuffer")
     counter = info.offset("atomic_long_t.counter")
     desc_ring = info.offset("printk_ringbuffer.desc_ring")
     text_ring = info.offset("printk_ringbuffer.text_data_ring")
 
-    def ring_field(name: str, base: int, st: struct.Struct, extra: int = 0) -> int:
-        return _field(name, base + info.offset(name) + extra, st, prb_size, dump).get(prb)
-
-    count_bits = ring_field("prb_desc_ring.count_bits", desc_ring, u32)
-    descs_addr = ring_field("prb_desc_ring.descs", desc_ring, u64)
-    infos_addr = ring_field("prb_desc_ring.infos", desc_ring, u64)
-    head_id = ring_field("prb_desc_ring.head_id", desc_ring, u64, counter)
-    tail_id = ring_field("prb_desc_ring.tail_id", desc_ring, u64, counter)
-    size_bits = ring_field("prb_data_ring.size_bits", text_ring, u32)
-    data_addr = ring_field("prb_data_ring.data", text_ring, u64)
+    def member(name: str, base: int, code: str, extra: int = 0) -> Tuple[str, int, str]:
+        return name, base + info.offset(name) + extra, code
+    (count_bits, descs_addr, infos_addr, head_id, tail_id, size_bits, data_addr) = _Members(
+        dump, "printk_ringbuffer", prb_size, mem.order,
+        [member("prb_desc_ring.count_bits", desc_ring, "I"), member("prb_desc_ring.descs", desc_ring, "Q"),
+         member("prb_desc_ring.infos", desc_ring, "Q"), member("prb_desc_ring.head_id", desc_ring, "Q", counter),
+         member("prb_desc_ring.tail_id", desc_ring, "Q", counter),
+         member("prb_data_ring.size_bits", text_ring, "I"), member("prb_data_ring.data", text_ring, "Q")]).unpack(prb)
     if count_bits >= 32 or 1 << count_bits > MAX_DESC_COUNT:
         raise DumpFormatError(f"{dump}: implausible printk descriptor ring of 2^{count_bits} entries")
     if size_bits >= 64 or 1 << size_bits > MAX_LOG_BYTES:
@@ -308,14 +325,16 @@ def _read_ringbuffer(mem: _Memory, info: _VmcoreInfo, lines: _LineFormat, caller
 
     desc_size = info.size("prb_desc")
     lpos = info.offset("prb_desc.text_blk_lpos")
-    state_var = _field("prb_desc.state_var", info.offset("prb_desc.state_var") + counter, u64, desc_size, dump)
-    begin_f = _field("prb_data_blk_lpos.begin", lpos + info.offset("prb_data_blk_lpos.begin"), u64, desc_size, dump)
-    next_f = _field("prb_data_blk_lpos.next", lpos + info.offset("prb_data_blk_lpos.next"), u64, desc_size, dump)
+    desc_unpack = _Members(dump, "prb_desc", desc_size, mem.order, [
+        ("prb_desc.state_var", info.offset("prb_desc.state_var") + counter, "Q"),
+        ("prb_data_blk_lpos.begin", lpos + info.offset("prb_data_blk_lpos.begin"), "Q"),
+        ("prb_data_blk_lpos.next", lpos + info.offset("prb_data_blk_lpos.next"), "Q")]).unpack
     info_size = info.size("printk_info")
-    ts_f = _field("printk_info.ts_nsec", info.offset("printk_info.ts_nsec"), u64, info_size, dump)
-    len_f = _field("printk_info.text_len", info.offset("printk_info.text_len"), u16, info_size, dump)
     caller_at = info.optional_offset("printk_info.caller_id") if caller_id else None
-    caller_f = None if caller_at is None else _field("printk_info.caller_id", caller_at, u32, info_size, dump)
+    info_unpack = _Members(dump, "printk_info", info_size, mem.order, [
+        ("printk_info.ts_nsec", info.offset("printk_info.ts_nsec"), "Q"),
+        ("printk_info.text_len", info.offset("printk_info.text_len"), "H")]
+        + ([] if caller_at is None else [("printk_info.caller_id", caller_at, "I")])).unpack
 
     descs = _Window(mem, descs_addr, count * desc_size, "the printk descriptors")
     infos = _Window(mem, infos_addr, count * info_size, "the printk infos")
@@ -332,16 +351,15 @@ def _read_ringbuffer(mem: _Memory, info: _VmcoreInfo, lines: _LineFormat, caller
     for step in range(span + 1):
         desc_id = (tail_id + step) & DESC_ID_MASK
         slot = desc_id & (count - 1)
-        desc = descs.read(slot * desc_size, desc_size)
-        sv = state_var.get(desc)
-        if sv & DESC_ID_MASK != desc_id or sv >> DESC_FLAGS_SHIFT not in (DESC_COMMITTED, DESC_FINALIZED):
+        state_var, begin, end = desc_unpack(*descs.view(slot * desc_size, desc_size))
+        if state_var & DESC_ID_MASK != desc_id or state_var >> DESC_FLAGS_SHIFT not in _READABLE:
             continue
-        begin = begin_f.get(desc) % ring_size
-        end = next_f.get(desc) % ring_size
+        begin %= ring_size
+        end %= ring_size
         if begin == end:
             continue
-        record = infos.read(slot * info_size, info_size)
-        length = len_f.get(record)
+        fields = info_unpack(*infos.view(slot * info_size, info_size))
+        ts_nsec, length = fields[0], fields[1]
         if begin > end:
             begin = 0
         begin += BLOCK_ID_SIZE
@@ -351,8 +369,7 @@ def _read_ringbuffer(mem: _Memory, info: _VmcoreInfo, lines: _LineFormat, caller
         text_total += length
         if text_total > ring_size:
             raise out.corrupt(f"the records hold more text than the {ring_size}-byte ring")
-        caller = caller_f.get(record) if caller_f else None
-        out.add(lines.line(ts_f.get(record), caller, text.read(begin, length)))
+        out.add(lines.line(ts_nsec, None if caller_at is None else fields[2], text.read(begin, length)))
     return out.result()
 
 
@@ -366,12 +383,13 @@ def _read_log_buf(mem: _Memory, info: _VmcoreInfo, lines: _LineFormat, caller_id
                                   "whose plain-text log is not supported")
     name = "printk_log" if info.has("SIZE(printk_log)") else "log"
     header = info.size(name)
-    u16, u32, u64 = mem.u16, mem.u32, mem.u64
-    len_f = _field(f"{name}.len", info.offset(f"{name}.len"), u16, header, dump)
-    text_len_f = _field(f"{name}.text_len", info.offset(f"{name}.text_len"), u16, header, dump)
-    ts_f = _field(f"{name}.ts_nsec", info.offset(f"{name}.ts_nsec"), u64, header, dump)
+    u32, u64 = mem.u32, mem.u64
     caller_at = info.optional_offset(f"{name}.caller_id") if caller_id else None
-    caller_f = None if caller_at is None else _field(f"{name}.caller_id", caller_at, u32, header, dump)
+    entry_unpack = _Members(dump, name, header, mem.order, [
+        (f"{name}.len", info.offset(f"{name}.len"), "H"),
+        (f"{name}.text_len", info.offset(f"{name}.text_len"), "H"),
+        (f"{name}.ts_nsec", info.offset(f"{name}.ts_nsec"), "Q")]
+        + ([] if caller_at is None else [(f"{name}.caller_id", caller_at, "I")])).unpack
 
     buf_addr = mem.word(info.symbol("log_buf"), u64, "the pointer log_buf")
     buf_len = mem.word(info.symbol("log_buf_len"), u32, "log_buf_len")
@@ -390,14 +408,14 @@ def _read_log_buf(mem: _Memory, info: _VmcoreInfo, lines: _LineFormat, caller_id
         if visited[at >> 3] & 1 << (at & 7):
             raise out.corrupt(f"the records loop back to offset {at}")
         visited[at >> 3] |= 1 << (at & 7)
-        size = len_f.get(buf.read(at, header))
+        size = entry_unpack(*buf.view(at, header))[0]
         # a record of length 0 marks the end of the buffer: the next record is at its start
         record = at if size else 0
-        entry = buf.read(record, header)
-        length = min(text_len_f.get(entry), buf_len - record - header)
-        caller = caller_f.get(entry) if caller_f else None
-        out.add(lines.line(ts_f.get(entry), caller, buf.read(record + header, length)))
-        following = at + size if size else len_f.get(entry)
+        fields = entry_unpack(*buf.view(record, header))
+        length = min(fields[1], buf_len - record - header)
+        caller = None if caller_at is None else fields[3]
+        out.add(lines.line(fields[2], caller, buf.read(record + header, length)))
+        following = at + size if size else fields[0]
         if following > last:
             raise out.corrupt(f"a record at offset {record} points to offset {following}, "
                               f"outside the {buf_len}-byte log_buf")
