@@ -446,6 +446,21 @@ def test_ring_text_beyond_the_ring_is_corrupt(vmcore_612: Path) -> None:
     assert err.value.partial.startswith(b"[    0.000000] Linux version 6.12.117")
 
 
+def test_ring_tail_too_far_from_head_reads_the_last_ring_full(vmcore_612: Path, caplog) -> None:
+    """A tail id a million ids behind the head (more than the 4096 descriptors): the last 4096 ids are
+    read, which still holds every record, with a warning."""
+    with ElfCore.open(str(vmcore_612)) as core:
+        ring = locate_ring(core)
+        prb = core._read_at(*ring.prb)
+        head_id = struct.unpack_from("<Q", prb, 24)[0]
+        hostile = ElfCore(core.name, overlay(core._read_at, [(ring.prb[0] + 32, struct.pack("<Q", head_id - 10**6))]),
+                          core.size, core.machine, core.little_endian, core.segments, core.notes)
+        with caplog.at_level("WARNING", logger="capture.formats.printk"):
+            out = extract_dmesg(hostile)
+    assert out == (shared_dir() / "fixtures" / "vmcore-6.12-cloud-512M.dmesg.txt").read_bytes()
+    assert "are 1000000 apart in a ring of 4096; reading the last 4096" in caplog.text
+
+
 def test_ring_records_jumping_around_a_big_ring_are_corrupt() -> None:
     """A ring too big to read whole, whose records alternate between its two ends: not read over and over."""
     image = build_prb([Rec(b"a")] * 64, count_bits=6, size_bits=23, first_id=0, first_lpos=0)
