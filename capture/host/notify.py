@@ -61,7 +61,7 @@ NOTIFIED = ".kdump-saver-notified"
 DEFAULT_PORT = 25
 CONNECT_TIMEOUT = 5.0
 """Seconds for the connection and the server's greeting."""
-DIALOGUE_TIMEOUT = 30.0
+DIALOGUE_TIMEOUT = 15.0
 """Seconds for each later answer of the server."""
 
 _SUCCESS = "saved successfully"
@@ -207,9 +207,8 @@ def sender(settings: MailSettings, hostname: str) -> str:
 
 
 def subject(news: DumpNews) -> str:
-    if news.complete:
-        return f"Kernel crash dump of {news.host} (crashed {news.crash_time})"
-    return f"INCOMPLETE kernel crash dump of {news.host} (crashed {news.crash_time})"
+    """``kdump: HOST crashed TIME, dump saved`` (or ``dump INCOMPLETE``)."""
+    return f"kdump: {news.host} crashed {news.crash_time}, dump {'saved' if news.complete else 'INCOMPLETE'}"
 
 
 def compose(news: DumpNews, settings: MailSettings, from_addr: str, hostname: str) -> EmailMessage:
@@ -244,14 +243,18 @@ class Mailer:
         self.connect_timeout = connect_timeout
         self.encrypted = False
         self._smtp: Optional[smtplib.SMTP] = None
+        self._limit = connect_timeout
+        """The timeout in force, for the words of a timed-out wait."""
 
     def __enter__(self) -> "Mailer":
-        smtp = smtplib.SMTP(local_hostname=self.hostname, timeout=self.connect_timeout)
-        self._smtp = smtp
+        self._limit = self.connect_timeout
         try:
-            smtp.connect(self.settings.host, self.settings.port)
+            smtp = smtplib.SMTP(self.settings.host, self.settings.port, local_hostname=self.hostname,
+                                timeout=self.connect_timeout)
+            self._smtp = smtp
             if smtp.sock is not None:
                 smtp.sock.settimeout(DIALOGUE_TIMEOUT)
+            self._limit = DIALOGUE_TIMEOUT
             smtp.ehlo_or_helo_if_needed()
             if smtp.has_extn("starttls"):
                 smtp.starttls(context=ssl.create_default_context())
@@ -311,7 +314,9 @@ class Mailer:
         elif isinstance(exc, smtplib.SMTPNotSupportedError):
             reason = "the server offers no AUTH, but KDUMP_SMTP_USER is set"
         elif isinstance(exc, smtplib.SMTPServerDisconnected):
-            reason = "the server closed the connection"
+            # smtplib reports a read that timed out as a disconnection
+            timed_out = str(exc).endswith("timed out")
+            reason = f"no answer (timed out after {self._limit:g} s)" if timed_out else "the server closed the connection"
         elif isinstance(exc, smtplib.SMTPException):
             reason = str(exc)
         elif isinstance(exc, ssl.SSLCertVerificationError):
@@ -319,6 +324,8 @@ class Mailer:
                       "SSL_CERT_FILE selects another bundle)")
         elif isinstance(exc, ssl.SSLError):
             reason = f"TLS failed ({exc.reason or exc})"
+        elif isinstance(exc, (socket.timeout, TimeoutError)):
+            reason = f"no answer (timed out after {self._limit:g} s)"
         elif isinstance(exc, OSError):
             reason = network_reason(exc)
         else:
