@@ -15,11 +15,14 @@ import email.policy
 import json
 import logging
 import os
+import re
 import secrets
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
@@ -31,7 +34,7 @@ import pytest
 from capture.config import Config
 from capture.dumpdir import INCOMPLETE, MARKER, README, DumpFacts, incomplete_readme, marker_bytes
 from capture.errors import KdumpError
-from capture.host.notify import CONNECT_TIMEOUT, NOTIFIED, NotifyError, notify, parse_server
+from capture.host.notify import CONNECT_TIMEOUT, DIALOGUE_TIMEOUT, NOTIFIED, NotifyError, notify, parse_server
 from capture.saver import save
 from conftest import REPO, require, require_program
 from servers.common import free_port
@@ -302,6 +305,34 @@ def test_a_down_mail_server_delays_briefly_and_the_mail_goes_out_at_the_next_run
     assert (tmp_path / name / NOTIFIED).exists()
 
 
+def test_a_server_that_stalls_after_its_greeting_is_given_up(tmp_path, fixture_vmcore, makedumpfile) -> None:
+    port = free_port()
+    config = mail_config(port)
+    name = save_dump(config, fixture_vmcore, str(tmp_path))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", port))
+    listener.listen(1)
+
+    def greet_and_stall() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"220 stalling server\r\n")
+            conn.recv(1024)   # the EHLO, never answered
+            time.sleep(DIALOGUE_TIMEOUT + 5)
+
+    server = threading.Thread(target=greet_and_stall, daemon=True)
+    server.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(NotifyError, match=f"timed out after {DIALOGUE_TIMEOUT:g} s"):
+            notify(config, savedir=str(tmp_path))
+        waited = time.monotonic() - started
+    finally:
+        listener.close()
+    assert waited < DIALOGUE_TIMEOUT + 3, f"a stalled server held the run for {waited:.1f} s"
+    assert not (tmp_path / name / NOTIFIED).exists()
+
+
 def test_failed_save_is_announced_as_incomplete_and_one_being_written_is_not(tmp_path, fixture_vmcore,
                                                                             makedumpfile) -> None:
     with mail_server() as (inbox, port):
@@ -318,8 +349,16 @@ def test_failed_save_is_announced_as_incomplete_and_one_being_written_is_not(tmp
                                                                   directory=running.name, hostname=HOST)))
         (running / f"vmcore{INCOMPLETE}").write_bytes(b"partial")
 
+        # a README that says saved but a file still being written: not final, not announced
+        leftover = Path(shutil.copytree(tmp_path / failed, tmp_path / "2030-01-02-00-00"))
+        readme = (leftover / README).read_text().split("\n\n", 1)[1]   # without the INCOMPLETE banner
+        readme = re.sub(r"(?m)^vmcore status: .*$", "vmcore status: saved successfully", readme)
+        (leftover / README).write_text(readme)
+        (leftover / f"dmesg.txt{INCOMPLETE}").write_bytes(b"partial")
+
         assert notify(config, savedir=str(tmp_path)).announced == [failed]
         assert len(inbox.mails) == 1
+        assert not (leftover / NOTIFIED).exists()
         message = inbox.mails[0].message
         assert message["Subject"].strip() == f"kdump: {HOST} crashed {crash_time_of(tmp_path / failed)}, dump INCOMPLETE"
         assert "vmcore status: INCOMPLETE: makedumpfile failed" in body(inbox.mails[0])
