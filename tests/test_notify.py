@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -344,7 +345,7 @@ def test_failed_save_is_announced_as_incomplete_and_one_being_written_is_not(tmp
         # what the saver has written when a save is still running (or its capture kernel died)
         running = tmp_path / "2030-01-01-00-00"
         running.mkdir()
-        (running / MARKER).write_bytes(marker_bytes(HOST, __import__("datetime").datetime.now()))
+        (running / MARKER).write_bytes(marker_bytes(HOST, datetime.now(timezone.utc)))
         (running / README).write_text(incomplete_readme(DumpFacts(status="being written", target=str(tmp_path),
                                                                   directory=running.name, hostname=HOST)))
         (running / f"vmcore{INCOMPLETE}").write_bytes(b"partial")
