@@ -35,7 +35,8 @@ import pytest
 from capture.config import Config
 from capture.dumpdir import INCOMPLETE, MARKER, README, DumpFacts, incomplete_readme, marker_bytes
 from capture.errors import KdumpError
-from capture.host.notify import CONNECT_TIMEOUT, DIALOGUE_TIMEOUT, NOTIFIED, NotifyError, notify, parse_server
+from capture.host.notify import (CONNECT_TIMEOUT, DIALOGUE_TIMEOUT, NOTIFIED, SMTPS_PORT, NotifyError, notify,
+                                 parse_server)
 from capture.saver import save
 from conftest import REPO, require, require_program
 from servers.common import free_port
@@ -68,6 +69,11 @@ class Received:
     authenticated: bool
 
 
+def encrypted(server, session) -> bool:
+    """Whether an aiosmtpd session runs over TLS: after STARTTLS, or from the first byte."""
+    return session.ssl is not None or server.transport.get_extra_info("ssl_object") is not None
+
+
 @dataclass
 class Inbox:
     """The aiosmtpd handler: keeps every mail and every AUTH attempt."""
@@ -80,14 +86,14 @@ class Inbox:
     async def handle_DATA(self, server, session, envelope) -> str:
         message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         self.mails.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message,
-                                   session.ssl is not None, bool(session.authenticated)))
+                                   encrypted(server, session), bool(session.authenticated)))
         return "250 Message accepted"
 
     def authenticate(self, server, session, envelope, mechanism, auth_data):
         from aiosmtpd.smtp import AuthResult
 
         user, password = auth_data.login.decode(), auth_data.password.decode()
-        self.logins.append((user, session.ssl is not None))
+        self.logins.append((user, encrypted(server, session)))
         ok = (user, password) == self.credentials
         return AuthResult(success=ok, handled=False)   # handled=False: the server answers 535 itself
 
@@ -99,17 +105,18 @@ class Cert:
 
 
 @contextlib.contextmanager
-def mail_server(port: int = 0, tls: Optional[Cert] = None,
-                credentials: Optional[Tuple[str, str]] = None) -> Iterator[Tuple[Inbox, int]]:
-    """An SMTP server on 127.0.0.1: STARTTLS with ``tls``, AUTH with ``credentials``
-    (offered on plain connections too: refusing to log in unencrypted is the client's job)."""
+def mail_server(port: int = 0, tls: Optional[Cert] = None, credentials: Optional[Tuple[str, str]] = None,
+                implicit_tls: bool = False) -> Iterator[Tuple[Inbox, int]]:
+    """An SMTP server on 127.0.0.1: STARTTLS with ``tls`` (TLS from the first
+    byte with ``implicit_tls``), AUTH with ``credentials`` (offered on plain
+    connections too: refusing to log in unencrypted is the client's job)."""
     controller_class = aiosmtpd_controller()
     inbox = Inbox(credentials)
     kwargs = {}
     if tls is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(tls.cert), str(tls.key))
-        kwargs["tls_context"] = context
+        kwargs["ssl_context" if implicit_tls else "tls_context"] = context
     if credentials is not None:
         kwargs.update(authenticator=inbox.authenticate, auth_require_tls=False)
     controller = controller_class(inbox, hostname="127.0.0.1", port=port or free_port(), **kwargs)
@@ -247,6 +254,19 @@ def test_session_encrypted_when_offered_and_logged_in_when_a_user_is_set(tmp_pat
         assert notify(config, savedir=str(tmp_path)).announced == [name]
         assert [(m.tls, m.authenticated) for m in inbox.mails] == [(starttls, auth)]
         assert inbox.logins == ([("kdump", True)] if auth else [])
+
+
+def test_port_465_is_tls_from_the_first_byte(tmp_path, fixture_vmcore, makedumpfile, trusted) -> None:
+    require(os.geteuid() == 0, "port 465 is privileged: the SMTPS test needs root")
+    with socket.socket() as probe:
+        require(probe.connect_ex(("127.0.0.1", SMTPS_PORT)) != 0, "127.0.0.1:465 is taken by another program")
+    credentials = ("kdump", "pw-" + secrets.token_hex(8))
+    with mail_server(port=SMTPS_PORT, tls=trusted, credentials=credentials, implicit_tls=True) as (inbox, port):
+        config = mail_config(port, smtp_user=credentials[0], smtp_password=credentials[1])
+        name = save_dump(config, fixture_vmcore, str(tmp_path))
+        assert notify(config, savedir=str(tmp_path)).announced == [name]
+        assert [(m.tls, m.authenticated) for m in inbox.mails] == [(True, True)]
+        assert inbox.logins == [("kdump", True)]
 
 
 def test_password_is_never_sent_unencrypted(tmp_path, fixture_vmcore, makedumpfile) -> None:

@@ -25,8 +25,9 @@ The mail server: ``host`` or ``host:port`` (``[v6addr]:port``), port 25 by
 default, ``localhost`` when KDUMP_SMTP_SERVER is empty (the local MTA, which
 is what SUSE's mailx-based notification uses).  Connecting and the server's
 greeting must take at most ``connect_timeout`` seconds (5 by default), every
-later answer at most :data:`DIALOGUE_TIMEOUT`.  STARTTLS is used whenever the
-server offers it, with the certificate checked against the system's CA store
+later answer at most :data:`DIALOGUE_TIMEOUT`.  Port 465 speaks TLS from the
+first byte (SMTPS); on every other port STARTTLS is used whenever the server
+offers it.  The certificate is checked against the system's CA store
 (OpenSSL's ``SSL_CERT_FILE``/``SSL_CERT_DIR`` select another one; SUSE has no
 option for this).  With KDUMP_SMTP_USER set the session logs in (AUTH), and
 only over an encrypted connection: KDUMP_SMTP_PASSWORD is never sent in clear
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 NOTIFIED = ".kdump-saver-notified"
 """Written into a dump directory once its mail was accepted."""
 DEFAULT_PORT = 25
+SMTPS_PORT = 465
+"""The port where the connection is TLS from the start (RFC 8314) instead of STARTTLS."""
 CONNECT_TIMEOUT = 5.0
 """Seconds for the connection and the server's greeting."""
 DIALOGUE_TIMEOUT = 15.0
@@ -249,14 +252,20 @@ class Mailer:
     def __enter__(self) -> "Mailer":
         self._limit = self.connect_timeout
         try:
-            smtp = smtplib.SMTP(self.settings.host, self.settings.port, local_hostname=self.hostname,
-                                timeout=self.connect_timeout)
+            if self.settings.port == SMTPS_PORT:
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(self.settings.host, self.settings.port,
+                                                      local_hostname=self.hostname, timeout=self.connect_timeout,
+                                                      context=ssl.create_default_context())
+                self.encrypted = True
+            else:
+                smtp = smtplib.SMTP(self.settings.host, self.settings.port, local_hostname=self.hostname,
+                                    timeout=self.connect_timeout)
             self._smtp = smtp
             if smtp.sock is not None:
                 smtp.sock.settimeout(DIALOGUE_TIMEOUT)
             self._limit = DIALOGUE_TIMEOUT
             smtp.ehlo_or_helo_if_needed()
-            if smtp.has_extn("starttls"):
+            if not self.encrypted and smtp.has_extn("starttls"):
                 smtp.starttls(context=ssl.create_default_context())
                 smtp.ehlo()
                 self.encrypted = True
