@@ -379,7 +379,8 @@ def test_failed_save_is_announced_as_incomplete_and_one_being_written_is_not(tmp
         assert len(inbox.mails) == 1
         assert not (leftover / NOTIFIED).exists()
         message = inbox.mails[0].message
-        assert message["Subject"].strip() == f"kdump: {HOST} crashed {crash_time_of(tmp_path / failed)}, dump INCOMPLETE"
+        crash_time = crash_time_of(tmp_path / failed)
+        assert message["Subject"].strip() == f"kdump: {HOST} crashed {crash_time}, dump INCOMPLETE"
         assert "vmcore status: INCOMPLETE: makedumpfile failed" in body(inbox.mails[0])
         assert not (running / NOTIFIED).exists()
         assert notify(config, savedir=str(tmp_path)).announced == []

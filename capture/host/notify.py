@@ -237,8 +237,9 @@ def mark(target: Transport, news: DumpNews, settings: MailSettings) -> None:
 
 
 class Mailer:
-    """One SMTP session: connected, encrypted when the server offers STARTTLS,
-    logged in when a user is set.  Every failure is a :class:`NotifyError`."""
+    """One SMTP session: connected, encrypted (SMTPS on port 465, elsewhere
+    STARTTLS when the server offers it), logged in when a user is set.  Every
+    failure is a :class:`NotifyError`."""
 
     def __init__(self, settings: MailSettings, hostname: str, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.settings = settings
@@ -281,7 +282,7 @@ class Mailer:
             self.close()
             raise NotifyError(f"cannot send mail through {self.settings.server}: "
                               f"{self._reason(exc)}") from None
-        log.debug("connected to %s (%s%s)", self.settings.server, "STARTTLS" if self.encrypted else "unencrypted",
+        log.debug("connected to %s (%s%s)", self.settings.server, "TLS" if self.encrypted else "unencrypted",
                   f", logged in as {self.settings.user}" if self.settings.user else "")
         return self
 
@@ -324,8 +325,10 @@ class Mailer:
             reason = "the server offers no AUTH, but KDUMP_SMTP_USER is set"
         elif isinstance(exc, smtplib.SMTPServerDisconnected):
             # smtplib reports a read that timed out as a disconnection
-            timed_out = str(exc).endswith("timed out")
-            reason = f"no answer (timed out after {self._limit:g} s)" if timed_out else "the server closed the connection"
+            if str(exc).endswith("timed out"):
+                reason = f"no answer (timed out after {self._limit:g} s)"
+            else:
+                reason = "the server closed the connection"
         elif isinstance(exc, smtplib.SMTPException):
             reason = str(exc)
         elif isinstance(exc, ssl.SSLCertVerificationError):
