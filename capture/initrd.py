@@ -45,7 +45,9 @@ import transports
 log = logging.getLogger(__name__)
 
 MODULE_NAME = "kdump-saver"
-MODULE_DIR = Path(__file__).resolve().parent.parent / "dracut-module"
+#: dracut-module/ of the source tree through the capture/host/dracut link, or the
+#: copy an installed wheel carries there as package data
+MODULE_DIR = (Path(__file__).resolve().parent / "host" / "dracut").resolve()
 DRACUT_BASEDIR = "/usr/lib/dracut"
 STAMP_PATH = "/etc/kdump-saver/build-stamp"
 KNOWN_HOSTS_PATH = "/etc/kdump-saver/known_hosts"

@@ -1,0 +1,1 @@
+"""Production side: runs on the installed system, never in the capture kernel."""
