@@ -90,6 +90,17 @@ def _all_modaliases() -> List[str]:
     return sorted(a for a in found if a)
 
 
+def test_the_initrd_of_the_target_kernel_has_the_nic_driver(case: Tuple[str, str, str], tmp_path: Path) -> None:
+    from test_initrd import build
+
+    require_program("dracut")
+    require_program("lsinitrd")
+    _, driver, kernel = case
+    built = build(tmp_path, "ftp", "KDUMP_SAVEDIR=ftp://kd:pw@127.0.0.1/crash\n", kernel)
+    assert [f for f in built.files if f"lib/modules/{kernel}/" in f
+            and os.path.basename(f).split(".ko")[0].replace("-", "_") == driver]
+
+
 def test_alias_matching_agrees_with_modprobe() -> None:
     modprobe = require_program("modprobe")
     kernels = installed_kernels()
