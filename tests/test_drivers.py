@@ -16,12 +16,11 @@ from typing import List, Tuple
 
 import pytest
 
-from capture import config as configuration
-from capture import initrd
-from capture.config import Config
+from capture.config import options as configuration
+from capture.config.options import Config
+from capture.config.targeturl import parse
 from capture.errors import KdumpError
-from capture.host import drivers
-from capture.targeturl import parse
+from capture.host import drivers, initrd
 from conftest import require, require_program
 
 

@@ -21,7 +21,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from capture import config as configuration
+from capture.config import options as configuration
 from conftest import REPO, require, require_program
 from test_initrd import Built, _ext4, kernel_version  # noqa: F401 (a fixture)
 

@@ -107,7 +107,7 @@ def test_wheel_lists_every_package_module_and_the_dracut_module(installed: Insta
 
 
 def test_installed_package_is_the_wheel_not_the_tree(installed: Installed) -> None:
-    proc = subprocess.run([installed.python, "-c", "import capture, capture.initrd as i; "
+    proc = subprocess.run([installed.python, "-c", "import capture, capture.host.initrd as i; "
                            "print(capture.__file__); print(i.MODULE_DIR)"],
                           cwd=installed.work, env=installed.env(), capture_output=True, text=True, check=True)
     package_file, module_dir = proc.stdout.split()
@@ -156,14 +156,14 @@ def test_installed_build_initrd_file_target_runs_in_a_chroot(installed: Installe
     root = tmp_path / "root"
     root.mkdir()
     subprocess.run(["lsinitrd", "--unpack", str(image)], cwd=root, check=True, capture_output=True)
-    from capture import config as configuration
+    from capture.config import options as configuration
     built = Built(image, root, configuration.load(str(conf)))
     site = subprocess.run([installed.python, "-c", "import capture, os; print(os.path.dirname(capture.__file__))"],
                           cwd=installed.work, env=installed.env(), capture_output=True, text=True,
                           check=True).stdout.strip()
     # the saver in the initrd is the installed one, with every subcommand
     assert built.has(f"{site}/commands/save.py")
-    assert built.has(f"{site}/saver.py")
+    assert built.has(f"{site}/save/sequence.py")
     assert not any(f.startswith(str(REPO).lstrip("/")) for f in built.files)
     assert built.has("usr/lib/kdump-saver/boot.sh")
     assert built.has("lib/dracut/hooks/pre-mount/90-kdump-saver-hook.sh")
