@@ -1,0 +1,306 @@
+"""Writing makedumpfile's kdump-compressed format, as makedumpfile's flattened stream.
+
+The file is laid out like ``makedumpfile -l`` / ``-c`` writes it (see
+:mod:`capture.kdumpfile` for the reader): block 0 the disk_dump_header
+(signature ``KDUMP   ``, header version 6), then the kdump_sub_header followed
+by a copy of the vmcore's ELF notes (``offset_vmcoreinfo`` points at the
+VMCOREINFO note's text inside them), then the 1st and 2nd page bitmaps, one
+24-byte page descriptor per dumped page, and the page data.  A page is stored
+LZO1X-1 compressed (raw, as makedumpfile's DUMP_DH_COMPRESSED_LZO expects) or
+zlib compressed, or as it is when compression does not make it smaller.  With
+dump level bit 1, every page full of zeros shares one zero page written
+first in the data area, exactly as makedumpfile does (the page stays in the
+2nd bitmap).
+
+The output is the flattened stream (``makedumpfile -F``): a 4096-byte header,
+then (offset, size) records, then an end marker, so the existing readers
+(:mod:`capture.flattened`) and every target take it unchanged.  Nothing is
+held in memory beyond the two bitmaps and about a megabyte of buffered
+output.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+import zlib
+from array import array
+from dataclasses import dataclass
+from typing import BinaryIO, Optional, Tuple
+
+from capture.errors import KdumpError
+from capture.flattened import END_MARKER, HEADER_SIZE, RECORD_HEADER, SIGNATURE, TYPE_FLAT_HEADER
+from capture.kdumpfile import (DUMP_DH_COMPRESSED_LZO, DUMP_DH_COMPRESSED_ZLIB, HEADER_SIZE as DISK_HEADER_SIZE,
+                               PAGE_DESC_SIZE, SUB_HEADER_SIZE, TIMESTAMP_OFFSET)
+
+try:
+    import lzo  # python-lzo
+except ImportError:  # the zlib fallback below
+    lzo = None
+
+log = logging.getLogger(__name__)
+
+HEADER_VERSION = 6
+UTS_SIZE = 6 * 65
+NT_PRSTATUS = 1
+#: buffered output is flushed as a record once it reaches this many bytes
+RECORD_BYTES = 1 << 20
+#: page kinds in a :class:`CompressedPages`
+RAW, COMPRESSED, ZERO_PAGE = 0, 1, 2
+COMPRESSIONS = {"lzo": DUMP_DH_COMPRESSED_LZO, "zlib": DUMP_DH_COMPRESSED_ZLIB}
+_DESC = struct.Struct("<qIIQ")
+
+
+class KdumpWriteError(KdumpError):
+    """The kdump-compressed stream could not be written as planned."""
+
+
+def available_compression(wanted: str = "lzo") -> str:
+    """``wanted`` when this Python can produce it, else ``"zlib"`` (always available)."""
+    if wanted == "lzo" and lzo is None:
+        log.info("python-lzo is not installed; compressing pages with zlib instead of lzo")
+        return "zlib"
+    if wanted not in COMPRESSIONS:
+        raise KdumpWriteError(f"unknown page compression {wanted!r} (lzo or zlib)")
+    return wanted
+
+
+@dataclass(frozen=True)
+class CompressedPages:
+    """A batch of pages after compression: one kind (RAW, COMPRESSED, ZERO_PAGE) and one stored size
+    per page, and the stored bytes of all non-zero pages back to back."""
+    kinds: bytes
+    sizes: array
+    data: bytes
+
+
+def compress_pages(pages: bytes, page_size: int, method: str, share_zero: bool) -> CompressedPages:
+    """Compress ``pages`` (a whole number of pages) one page at a time, like makedumpfile.
+
+    ``share_zero`` (dump level bit 1) turns pages full of zeros into ZERO_PAGE
+    entries without data.  A page that does not shrink is stored RAW.
+    """
+    zero = bytes(page_size)
+    kinds = bytearray(len(pages) // page_size)
+    sizes = array("I", bytes(4 * len(kinds)))
+    out = []
+    if method == "lzo":
+        compress = lzo.compress  # type: ignore[union-attr]
+
+        def pack(page: bytes) -> bytes:
+            return compress(page, 1, False)
+    else:
+        def pack(page: bytes) -> bytes:
+            return zlib.compress(page, 1)
+    for i in range(len(kinds)):
+        page = pages[i * page_size:(i + 1) * page_size]
+        if share_zero and page == zero:
+            kinds[i] = ZERO_PAGE
+            continue
+        packed = pack(page)
+        if len(packed) < page_size:
+            kinds[i] = COMPRESSED
+            sizes[i] = len(packed)
+            out.append(packed)
+        else:
+            sizes[i] = page_size
+            out.append(page)
+    return CompressedPages(bytes(kinds), sizes, b"".join(out))
+
+
+def locate_note(notes: bytes, owner: str) -> Optional[Tuple[int, int]]:
+    """``(offset, size)`` of the descriptor of the first ELF note named ``owner`` inside ``notes``."""
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, _type = struct.unpack_from("<III", notes, pos)
+        if namesz == 0 and descsz == 0:
+            return None
+        name_at = pos + 12
+        desc_at = name_at + ((namesz + 3) & ~3)
+        if desc_at + descsz > len(notes):
+            return None
+        if notes[name_at:name_at + namesz].split(b"\0", 1)[0] == owner.encode():
+            return desc_at, descsz
+        pos = desc_at + ((descsz + 3) & ~3)
+    return None
+
+
+def count_cpus(notes: bytes) -> int:
+    """Number of NT_PRSTATUS notes (one per CPU of the crashed kernel)."""
+    count = 0
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, ntype = struct.unpack_from("<III", notes, pos)
+        if namesz == 0 and descsz == 0:
+            break
+        name_at = pos + 12
+        if ntype == NT_PRSTATUS and notes[name_at:name_at + namesz].split(b"\0", 1)[0] == b"CORE":
+            count += 1
+        pos = name_at + ((namesz + 3) & ~3) + ((descsz + 3) & ~3)
+    return count
+
+
+@dataclass(frozen=True)
+class DumpHeader:
+    """What goes into the disk_dump_header and kdump_sub_header."""
+    utsname: bytes
+    timestamp: int
+    page_size: int
+    max_mapnr: int
+    dump_level: int
+    phys_base: int
+    notes: bytes
+    compression: str = "lzo"
+
+    def __post_init__(self) -> None:
+        if len(self.utsname) != UTS_SIZE:
+            raise KdumpWriteError(f"utsname must be {UTS_SIZE} bytes, not {len(self.utsname)}")
+        if self.compression not in COMPRESSIONS:
+            raise KdumpWriteError(f"unknown page compression {self.compression!r}")
+
+    @property
+    def sub_header_blocks(self) -> int:
+        return -(-(SUB_HEADER_SIZE + len(self.notes)) // self.page_size)
+
+    def bitmap_blocks(self, bitmap_size: int) -> int:
+        return -(-2 * bitmap_size // self.page_size)
+
+    def encode(self, bitmap_size: int) -> bytes:
+        """Block 0 and the sub header blocks (with the notes), ``(1 + sub_header_blocks)`` pages."""
+        bs = self.page_size
+        head = bytearray(bs * (1 + self.sub_header_blocks))
+        struct.pack_into("<8si390s", head, 0, b"KDUMP   ", HEADER_VERSION, self.utsname)
+        struct.pack_into("<qq", head, TIMESTAMP_OFFSET, self.timestamp, 0)
+        struct.pack_into("<IiiIIIIIIi", head, TIMESTAMP_OFFSET + 16, COMPRESSIONS[self.compression], bs,
+                         self.sub_header_blocks, self.bitmap_blocks(bitmap_size), min(self.max_mapnr, 0xFFFFFFFF),
+                         0, 0, 0, 0, count_cpus(self.notes))
+        assert TIMESTAMP_OFFSET + 16 + 40 == DISK_HEADER_SIZE
+        offset_note = bs + SUB_HEADER_SIZE
+        found = locate_note(self.notes, "VMCOREINFO")
+        off_info, size_info = (offset_note + found[0], found[1]) if found else (0, 0)
+        struct.pack_into("<QiiQQqQqQqQQQQ", head, bs, self.phys_base & ((1 << 64) - 1), self.dump_level, 0, 0, 0,
+                         off_info, size_info, offset_note if self.notes else 0, len(self.notes), 0, 0, 0, 0,
+                         self.max_mapnr)
+        head[offset_note:offset_note + len(self.notes)] = self.notes
+        return bytes(head)
+
+
+class FlatStream:
+    """makedumpfile's flattened stream onto ``out``: :meth:`record` writes ``data`` for ``offset``."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        #: bytes of flattened stream written
+        self.bytes_written = 0
+        #: end of the real file as far as written
+        self.file_size = 0
+        header = bytearray(HEADER_SIZE)
+        header[:16] = SIGNATURE.ljust(16, b"\0")
+        struct.pack_into(">qq", header, 16, TYPE_FLAT_HEADER, 1)
+        self._write(bytes(header))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._out.write(data)
+        except OSError as exc:
+            raise KdumpWriteError(f"cannot write the dump stream: {exc.strerror or exc}") from None
+        self.bytes_written += len(data)
+
+    def record(self, offset: int, data: bytes) -> None:
+        if not data:
+            return
+        self._write(RECORD_HEADER.pack(offset, len(data)))
+        self._write(data)
+        self.file_size = max(self.file_size, offset + len(data))
+
+    def end(self) -> None:
+        self._write(RECORD_HEADER.pack(END_MARKER, END_MARKER))
+        flush = getattr(self._out, "flush", None)
+        if flush is not None:
+            try:
+                flush()
+            except OSError as exc:
+                raise KdumpWriteError(f"cannot write the dump stream: {exc.strerror or exc}") from None
+
+
+class KdumpStreamWriter:
+    """Writes one kdump-compressed dump as a flattened stream.
+
+    The constructor writes the headers and both bitmaps; :meth:`add` takes
+    compressed pages in page-frame order (exactly ``num_dumpable`` of them in
+    all) and :meth:`finish` writes what is buffered and the end marker.
+    """
+
+    def __init__(self, out: BinaryIO, header: DumpHeader, present: bytes, dumpable: bytes,
+                 num_dumpable: int) -> None:
+        if len(present) != len(dumpable) or len(present) % header.page_size:
+            raise KdumpWriteError("the two bitmaps must have the same size, a whole number of pages")
+        self.header = header
+        self.num_dumpable = num_dumpable
+        self.stream = FlatStream(out)
+        bs = header.page_size
+        self.stream.record(0, header.encode(len(present)))
+        bitmap_offset = (1 + header.sub_header_blocks) * bs
+        self.stream.record(bitmap_offset, bytes(present))
+        self.stream.record(bitmap_offset + len(present), bytes(dumpable))
+        self.desc_offset = bitmap_offset + header.bitmap_blocks(len(present)) * bs
+        self.data_offset = self.desc_offset + num_dumpable * PAGE_DESC_SIZE
+        self._desc_buf = bytearray()
+        self._desc_at = self.desc_offset
+        self._data_buf = bytearray()
+        self._data_at = self.data_offset
+        self._next_data = self.data_offset
+        self.pages_written = 0
+        self.zero_pages = 0
+        self._zero_desc: Optional[bytes] = None
+        if header.dump_level & 1:
+            self._zero_desc = _DESC.pack(self._next_data, bs, 0, 0)
+            self._data_buf += bytes(bs)
+            self._next_data += bs
+
+    def add(self, batch: CompressedPages) -> None:
+        """Append the descriptors and data of ``batch`` (the next pages in frame order)."""
+        count = len(batch.kinds)
+        if self.pages_written + count > self.num_dumpable:
+            raise KdumpWriteError(f"more pages than the bitmap marks dumpable ({self.num_dumpable})")
+        flag = COMPRESSIONS[self.header.compression]
+        pack = _DESC.pack
+        descs = self._desc_buf
+        offset = self._next_data
+        zero = self._zero_desc
+        sizes = batch.sizes
+        for i, kind in enumerate(batch.kinds):
+            if kind == ZERO_PAGE:
+                if zero is None:
+                    raise KdumpWriteError("a shared zero page without dump level bit 1")
+                descs += zero
+                self.zero_pages += 1
+                continue
+            size = sizes[i]
+            descs += pack(offset, size, flag if kind == COMPRESSED else 0, 0)
+            offset += size
+        self._next_data = offset
+        self._data_buf += batch.data
+        self.pages_written += count
+        if len(self._desc_buf) >= RECORD_BYTES:
+            self._flush_desc()
+        if len(self._data_buf) >= RECORD_BYTES:
+            self._flush_data()
+
+    def _flush_desc(self) -> None:
+        self.stream.record(self._desc_at, bytes(self._desc_buf))
+        self._desc_at += len(self._desc_buf)
+        self._desc_buf.clear()
+
+    def _flush_data(self) -> None:
+        self.stream.record(self._data_at, bytes(self._data_buf))
+        self._data_at += len(self._data_buf)
+        self._data_buf.clear()
+
+    def finish(self) -> int:
+        """Write the rest and the end marker; returns the size of the real (rebuilt) file."""
+        if self.pages_written != self.num_dumpable:
+            raise KdumpWriteError(f"wrote {self.pages_written} pages, the bitmap marks {self.num_dumpable}")
+        self._flush_desc()
+        self._flush_data()
+        self.stream.end()
+        return self._next_data
