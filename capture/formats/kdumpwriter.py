@@ -25,7 +25,7 @@ import struct
 import zlib
 from array import array
 from dataclasses import dataclass
-from typing import BinaryIO, Optional, Tuple
+from typing import BinaryIO, Optional, Sequence, Tuple
 
 from capture.errors import KdumpError
 from capture.flattened import END_MARKER, HEADER_SIZE, RECORD_HEADER, SIGNATURE, TYPE_FLAT_HEADER
@@ -73,37 +73,42 @@ class CompressedPages:
     data: bytes
 
 
-def compress_pages(pages: bytes, page_size: int, method: str, share_zero: bool) -> CompressedPages:
-    """Compress ``pages`` (a whole number of pages) one page at a time, like makedumpfile.
+def compress_pages(pieces: Sequence[bytes], page_size: int, method: str, share_zero: bool) -> CompressedPages:
+    """Compress the pages of ``pieces`` (each a whole number of pages) one page at a time, like makedumpfile.
 
     ``share_zero`` (dump level bit 1) turns pages full of zeros into ZERO_PAGE
     entries without data.  A page that does not shrink is stored RAW.
     """
     zero = bytes(page_size)
-    kinds = bytearray(len(pages) // page_size)
-    sizes = array("I", bytes(4 * len(kinds)))
+    count = sum(len(p) for p in pieces) // page_size
+    kinds = bytearray(count)
+    sizes = array("I", bytes(4 * count))
     out = []
+    append = out.append
     if method == "lzo":
-        compress = lzo.compress  # type: ignore[union-attr]
+        lzo_compress = lzo.compress  # type: ignore[union-attr]
 
         def pack(page: bytes) -> bytes:
-            return compress(page, 1, False)
+            return lzo_compress(page, 1, False)
     else:
         def pack(page: bytes) -> bytes:
             return zlib.compress(page, 1)
-    for i in range(len(kinds)):
-        page = pages[i * page_size:(i + 1) * page_size]
-        if share_zero and page == zero:
-            kinds[i] = ZERO_PAGE
-            continue
-        packed = pack(page)
-        if len(packed) < page_size:
-            kinds[i] = COMPRESSED
-            sizes[i] = len(packed)
-            out.append(packed)
-        else:
-            sizes[i] = page_size
-            out.append(page)
+    i = 0
+    for piece in pieces:
+        for at in range(0, len(piece), page_size):
+            page = piece[at:at + page_size]
+            if share_zero and page == zero:
+                kinds[i] = ZERO_PAGE
+            else:
+                packed = pack(page)
+                if len(packed) < page_size:
+                    kinds[i] = COMPRESSED
+                    sizes[i] = len(packed)
+                    append(packed)
+                else:
+                    sizes[i] = page_size
+                    append(page)
+            i += 1
     return CompressedPages(bytes(kinds), sizes, b"".join(out))
 
 

@@ -277,7 +277,7 @@ class PageLayout:
             notes.append("compound page orders unknown: only head pages of large folios are classified")
 
         free_len = v.number("LENGTH(zone.free_area)", 1, 64)
-        ssb = v.required("NUMBER(SECTION_SIZE_BITS)", page_size.bit_length() - 1, 46)
+        ssb = v.required("NUMBER(SECTION_SIZE_BITS)", max(20, page_size.bit_length() - 1), 46)
         mpb = v.required("NUMBER(MAX_PHYSMEM_BITS)", ssb + 1, 60)
         mem_section = v.address("SYMBOL(mem_section)")
         vmemmap = v.address("SYMBOL(vmemmap)")

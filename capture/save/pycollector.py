@@ -18,11 +18,8 @@ makedumpfile-style progress lines on stderr::
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import multiprocessing
 import sys
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,12 +27,12 @@ from typing import BinaryIO, Deque, Dict, Iterator, List, Mapping, Optional, Seq
 
 from capture.elfcore import PT_NOTE, ElfCore
 from capture.errors import KdumpError
-from capture.formats.kdumpwriter import (UTS_SIZE, CompressedPages, DumpHeader, KdumpStreamWriter,
-                                         available_compression, compress_pages)
+from capture.formats.kdumpwriter import (CompressedPages, DumpHeader, KdumpStreamWriter, available_compression,
+                                         compress_pages)
 from capture.formats.kmem import PhysicalMemory
 from capture.formats.pageclass import (CACHE, CACHE_PRIVATE, CLASS_NAMES, FREE, USER, Bitmaps, PageClassError,
                                        PageClassifier, bitmap_bytes, build_bitmaps, unpack_bits)
-from capture.kdumpfile import PAGE_DESC_SIZE, SUB_HEADER_SIZE
+from capture.kdumpfile import PAGE_DESC_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -256,9 +253,9 @@ def read_and_compress(memory: PhysicalMemory, runs: List[Run], page_size: int, m
                       close: bool = False) -> CompressedPages:
     """Read the pages of ``runs`` and compress them (a worker process's task)."""
     try:
-        data = b"".join(memory.pread(off, n * page_size) if off >= 0 else
-                        memory.read(paddr, n * page_size, holes_as_zeros=True) for paddr, n, off in runs)
-        return compress_pages(data, page_size, method, share_zero)
+        pieces = [memory.pread(off, n * page_size) if off >= 0 else
+                  memory.read(paddr, n * page_size, holes_as_zeros=True) for paddr, n, off in runs]
+        return compress_pages(pieces, page_size, method, share_zero)
     finally:
         if close:
             memory.close()
@@ -270,6 +267,9 @@ def _batches(memory: PhysicalMemory, tasks: Iterator[List[Run]], page_size: int,
         for runs in tasks:
             yield read_and_compress(memory, runs, page_size, method, share_zero)
         return
+    import multiprocessing  # only with worker processes
+    import threading
+
     methods = multiprocessing.get_all_start_methods()
     # fork is fast, but only safe while no other thread may hold a lock the child inherits
     start = "fork" if "fork" in methods and threading.active_count() == 1 else "spawn"
@@ -414,6 +414,8 @@ class _StderrProgress:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="pycollector", description="kdump-compressed flattened dump on stdout")
     parser.add_argument("-d", "--dump-level", type=int, default=31)
     parser.add_argument("--cpus", type=int, default=1)
