@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import struct
 import zlib
-from array import array
 from dataclasses import dataclass
 from typing import BinaryIO, Optional, Sequence, Tuple
 
@@ -44,8 +43,6 @@ UTS_SIZE = 6 * 65
 NT_PRSTATUS = 1
 #: buffered output is flushed as a record once it reaches this many bytes
 RECORD_BYTES = 1 << 20
-#: page kinds in a :class:`CompressedPages`
-RAW, COMPRESSED, ZERO_PAGE = 0, 1, 2
 COMPRESSIONS = {"lzo": DUMP_DH_COMPRESSED_LZO, "zlib": DUMP_DH_COMPRESSED_ZLIB}
 _DESC = struct.Struct("<qIIQ")
 
@@ -65,27 +62,59 @@ def available_compression(wanted: str = "lzo") -> str:
 
 
 @dataclass(frozen=True)
+class PageCoding:
+    """How pages are stored: compression, page size, and where the shared zero page is (dump level
+    bit 1; None stores pages full of zeros like any other)."""
+    method: str
+    page_size: int
+    zero_page_offset: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class CompressedPages:
-    """A batch of pages after compression: one kind (RAW, COMPRESSED, ZERO_PAGE) and one stored size
-    per page, and the stored bytes of all non-zero pages back to back."""
-    kinds: bytes
-    sizes: array
+    """A batch of pages ready to append: page descriptors whose data offsets count from the start of
+    ``data`` (``rebase`` adds the batch's real position), and the stored bytes back to back.
+
+    ``rebase_mask`` has a 1 in the lowest byte of every descriptor offset that
+    is relative (all but the shared zero page's), so rebasing is one
+    big-integer multiply-add instead of a loop over pages.
+    """
+    count: int
+    zero_pages: int
+    descriptors: bytes
+    rebase_mask: bytes
     data: bytes
 
+    def rebase(self, base: int) -> bytes:
+        """The descriptors with ``base`` added to every relative data offset."""
+        if not self.descriptors:
+            return b""
+        value = int.from_bytes(self.descriptors, "little") + base * int.from_bytes(self.rebase_mask, "little")
+        return value.to_bytes(len(self.descriptors), "little")
 
-def compress_pages(pieces: Sequence[bytes], page_size: int, method: str, share_zero: bool) -> CompressedPages:
+
+_RELATIVE = b"\x01" + bytes(PAGE_DESC_SIZE - 1)
+_ABSOLUTE = bytes(PAGE_DESC_SIZE)
+
+
+def compress_pages(pieces: Sequence[bytes], coding: PageCoding) -> CompressedPages:
     """Compress the pages of ``pieces`` (each a whole number of pages) one page at a time, like makedumpfile.
 
-    ``share_zero`` (dump level bit 1) turns pages full of zeros into ZERO_PAGE
-    entries without data.  A page that does not shrink is stored RAW.
+    With ``coding.zero_page_offset`` a page full of zeros gets a descriptor
+    pointing at the shared zero page and no data.  A page that does not
+    shrink is stored as it is (descriptor flags 0).
     """
+    page_size = coding.page_size
     zero = bytes(page_size)
-    count = sum(len(p) for p in pieces) // page_size
-    kinds = bytearray(count)
-    sizes = array("I", bytes(4 * count))
+    share_zero = coding.zero_page_offset is not None
+    zero_desc = _DESC.pack(coding.zero_page_offset or 0, page_size, 0, 0)
+    flag = COMPRESSIONS[coding.method]
+    descs = bytearray()
+    mask = bytearray()
     out = []
     append = out.append
-    if method == "lzo":
+    pack_desc = _DESC.pack
+    if coding.method == "lzo":
         lzo_compress = lzo.compress  # type: ignore[union-attr]
 
         def pack(page: bytes) -> bytes:
@@ -93,23 +122,27 @@ def compress_pages(pieces: Sequence[bytes], page_size: int, method: str, share_z
     else:
         def pack(page: bytes) -> bytes:
             return zlib.compress(page, 1)
-    i = 0
+    offset = 0
+    zeros = 0
     for piece in pieces:
         for at in range(0, len(piece), page_size):
             page = piece[at:at + page_size]
             if share_zero and page == zero:
-                kinds[i] = ZERO_PAGE
+                descs += zero_desc
+                mask += _ABSOLUTE
+                zeros += 1
+                continue
+            packed = pack(page)
+            if len(packed) < page_size:
+                descs += pack_desc(offset, len(packed), flag, 0)
+                offset += len(packed)
+                append(packed)
             else:
-                packed = pack(page)
-                if len(packed) < page_size:
-                    kinds[i] = COMPRESSED
-                    sizes[i] = len(packed)
-                    append(packed)
-                else:
-                    sizes[i] = page_size
-                    append(page)
-            i += 1
-    return CompressedPages(bytes(kinds), sizes, b"".join(out))
+                descs += pack_desc(offset, page_size, 0, 0)
+                offset += page_size
+                append(page)
+            mask += _RELATIVE
+    return CompressedPages(len(descs) // PAGE_DESC_SIZE, zeros, bytes(descs), bytes(mask), b"".join(out))
 
 
 def locate_note(notes: bytes, owner: str) -> Optional[Tuple[int, int]]:
@@ -230,9 +263,10 @@ class FlatStream:
 class KdumpStreamWriter:
     """Writes one kdump-compressed dump as a flattened stream.
 
-    The constructor writes the headers and both bitmaps; :meth:`add` takes
-    compressed pages in page-frame order (exactly ``num_dumpable`` of them in
-    all) and :meth:`finish` writes what is buffered and the end marker.
+    The constructor writes the headers and both bitmaps; :attr:`coding` says
+    how to compress pages for :meth:`add`, which takes them in page-frame
+    order (exactly ``num_dumpable`` of them in all); :meth:`finish` writes
+    what is buffered and the end marker.
     """
 
     def __init__(self, out: BinaryIO, header: DumpHeader, present: bytes, dumpable: bytes,
@@ -251,61 +285,37 @@ class KdumpStreamWriter:
         self.data_offset = self.desc_offset + num_dumpable * PAGE_DESC_SIZE
         self._desc_buf = bytearray()
         self._desc_at = self.desc_offset
-        self._data_buf = bytearray()
-        self._data_at = self.data_offset
         self._next_data = self.data_offset
         self.pages_written = 0
         self.zero_pages = 0
-        self._zero_desc: Optional[bytes] = None
+        zero_at = None
         if header.dump_level & 1:
-            self._zero_desc = _DESC.pack(self._next_data, bs, 0, 0)
-            self._data_buf += bytes(bs)
+            zero_at = self._next_data
+            self.stream.record(zero_at, bytes(bs))
             self._next_data += bs
+        self.coding = PageCoding(header.compression, bs, zero_at)
 
     def add(self, batch: CompressedPages) -> None:
-        """Append the descriptors and data of ``batch`` (the next pages in frame order)."""
-        count = len(batch.kinds)
-        if self.pages_written + count > self.num_dumpable:
+        """Append ``batch``, the next pages in frame order, compressed with :attr:`coding`."""
+        if self.pages_written + batch.count > self.num_dumpable:
             raise KdumpWriteError(f"more pages than the bitmap marks dumpable ({self.num_dumpable})")
-        flag = COMPRESSIONS[self.header.compression]
-        pack = _DESC.pack
-        descs = self._desc_buf
-        offset = self._next_data
-        zero = self._zero_desc
-        sizes = batch.sizes
-        for i, kind in enumerate(batch.kinds):
-            if kind == ZERO_PAGE:
-                if zero is None:
-                    raise KdumpWriteError("a shared zero page without dump level bit 1")
-                descs += zero
-                self.zero_pages += 1
-                continue
-            size = sizes[i]
-            descs += pack(offset, size, flag if kind == COMPRESSED else 0, 0)
-            offset += size
-        self._next_data = offset
-        self._data_buf += batch.data
-        self.pages_written += count
+        self._desc_buf += batch.rebase(self._next_data)
+        self.stream.record(self._next_data, batch.data)
+        self._next_data += len(batch.data)
+        self.pages_written += batch.count
+        self.zero_pages += batch.zero_pages
         if len(self._desc_buf) >= RECORD_BYTES:
             self._flush_desc()
-        if len(self._data_buf) >= RECORD_BYTES:
-            self._flush_data()
 
     def _flush_desc(self) -> None:
         self.stream.record(self._desc_at, bytes(self._desc_buf))
         self._desc_at += len(self._desc_buf)
         self._desc_buf.clear()
 
-    def _flush_data(self) -> None:
-        self.stream.record(self._data_at, bytes(self._data_buf))
-        self._data_at += len(self._data_buf)
-        self._data_buf.clear()
-
     def finish(self) -> int:
         """Write the rest and the end marker; returns the size of the real (rebuilt) file."""
         if self.pages_written != self.num_dumpable:
             raise KdumpWriteError(f"wrote {self.pages_written} pages, the bitmap marks {self.num_dumpable}")
         self._flush_desc()
-        self._flush_data()
         self.stream.end()
         return self._next_data

@@ -27,8 +27,8 @@ from typing import BinaryIO, Deque, Dict, Iterator, List, Mapping, Optional, Seq
 
 from capture.elfcore import PT_NOTE, ElfCore
 from capture.errors import KdumpError
-from capture.formats.kdumpwriter import (CompressedPages, DumpHeader, KdumpStreamWriter, available_compression,
-                                         compress_pages)
+from capture.formats.kdumpwriter import (CompressedPages, DumpHeader, KdumpStreamWriter, PageCoding,
+                                         available_compression, compress_pages)
 from capture.formats.kmem import PhysicalMemory
 from capture.formats.pageclass import (CACHE, CACHE_PRIVATE, CLASS_NAMES, FREE, USER, Bitmaps, PageClassError,
                                        PageClassifier, bitmap_bytes, build_bitmaps, unpack_bits)
@@ -249,23 +249,24 @@ def page_tasks(memory: PhysicalMemory, dumpable: bytes, page_size: int,
         yield task
 
 
-def read_and_compress(memory: PhysicalMemory, runs: List[Run], page_size: int, method: str, share_zero: bool,
+def read_and_compress(memory: PhysicalMemory, runs: List[Run], coding: PageCoding,
                       close: bool = False) -> CompressedPages:
     """Read the pages of ``runs`` and compress them (a worker process's task)."""
+    size = coding.page_size
     try:
-        pieces = [memory.pread(off, n * page_size) if off >= 0 else
-                  memory.read(paddr, n * page_size, holes_as_zeros=True) for paddr, n, off in runs]
-        return compress_pages(pieces, page_size, method, share_zero)
+        pieces = [memory.pread(off, n * size) if off >= 0 else
+                  memory.read(paddr, n * size, holes_as_zeros=True) for paddr, n, off in runs]
+        return compress_pages(pieces, coding)
     finally:
         if close:
             memory.close()
 
 
-def _batches(memory: PhysicalMemory, tasks: Iterator[List[Run]], page_size: int, method: str, share_zero: bool,
+def _batches(memory: PhysicalMemory, tasks: Iterator[List[Run]], coding: PageCoding,
              cpus: int) -> Iterator[CompressedPages]:
     if cpus <= 1:
         for runs in tasks:
-            yield read_and_compress(memory, runs, page_size, method, share_zero)
+            yield read_and_compress(memory, runs, coding)
         return
     import multiprocessing  # only with worker processes
     import threading
@@ -277,7 +278,7 @@ def _batches(memory: PhysicalMemory, tasks: Iterator[List[Run]], page_size: int,
     try:
         pending: Deque = deque()
         for runs in tasks:
-            pending.append(pool.apply_async(read_and_compress, (memory, runs, page_size, method, share_zero, True)))
+            pending.append(pool.apply_async(read_and_compress, (memory, runs, coding, True)))
             if len(pending) >= TASKS_PER_WORKER * cpus:
                 yield pending.popleft().get()
         while pending:
@@ -315,7 +316,7 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
         total = bitmaps.num_dumpable
         writer = KdumpStreamWriter(out_fileobj, header, bytes(bitmaps.present), bytes(bitmaps.dumpable), total)
         tasks = page_tasks(plan.memory, bitmaps.dumpable, plan.page_size)
-        for batch in _batches(plan.memory, tasks, plan.page_size, method, bool(plan.dump_level & 1), max(1, cpus)):
+        for batch in _batches(plan.memory, tasks, writer.coding, max(1, cpus)):
             writer.add(batch)
             if progress is not None:
                 _report(progress, "Copying data", 100.0 * writer.pages_written / max(1, total))
@@ -379,13 +380,12 @@ def estimate_size(vmcore_path: str, dump_level: int, sample_pages: int = 4096,
                                        off + k * plan.page_size if off >= 0 else -1))
                 index += n
         stored = 0
+        bs = plan.page_size
+        coding = PageCoding(method, bs, 0 if plan.dump_level & 1 else None)
         for lo in range(0, len(picked), TASK_PAGES):
-            batch = read_and_compress(plan.memory, picked[lo:lo + TASK_PAGES], plan.page_size, method,
-                                      bool(plan.dump_level & 1))
-            stored += len(batch.data)
+            stored += len(read_and_compress(plan.memory, picked[lo:lo + TASK_PAGES], coding).data)
         per_page = stored / len(picked) if picked else 0.0
         header = _header(plan, method)
-        bs = plan.page_size
         fixed = (1 + header.sub_header_blocks) * bs + 2 * bitmap_bytes(bitmaps.max_mapnr, bs)
         zero_page = bs if plan.dump_level & 1 else 0
         size = fixed + total * PAGE_DESC_SIZE + zero_page + round(per_page * total)
