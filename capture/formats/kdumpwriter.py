@@ -243,7 +243,8 @@ class FlatStream:
             raise KdumpWriteError(f"cannot write the dump stream: {exc.strerror or exc}") from None
         self.bytes_written += len(data)
 
-    def record(self, offset: int, data: bytes) -> None:
+    def record(self, offset: int, data: "bytes | bytearray") -> None:
+        """Write ``data`` (any bytes-like object, written as it is) for ``offset`` of the real file."""
         if not data:
             return
         self._write(RECORD_HEADER.pack(offset, len(data)))
@@ -269,8 +270,8 @@ class KdumpStreamWriter:
     what is buffered and the end marker.
     """
 
-    def __init__(self, out: BinaryIO, header: DumpHeader, present: bytes, dumpable: bytes,
-                 num_dumpable: int) -> None:
+    def __init__(self, out: BinaryIO, header: DumpHeader, present: "bytes | bytearray",
+                 dumpable: "bytes | bytearray", num_dumpable: int) -> None:
         if len(present) != len(dumpable) or len(present) % header.page_size:
             raise KdumpWriteError("the two bitmaps must have the same size, a whole number of pages")
         self.header = header
@@ -279,8 +280,8 @@ class KdumpStreamWriter:
         bs = header.page_size
         self.stream.record(0, header.encode(len(present)))
         bitmap_offset = (1 + header.sub_header_blocks) * bs
-        self.stream.record(bitmap_offset, bytes(present))
-        self.stream.record(bitmap_offset + len(present), bytes(dumpable))
+        self.stream.record(bitmap_offset, present)
+        self.stream.record(bitmap_offset + len(present), dumpable)
         self.desc_offset = bitmap_offset + header.bitmap_blocks(len(present)) * bs
         self.data_offset = self.desc_offset + num_dumpable * PAGE_DESC_SIZE
         self._desc_buf = bytearray()

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from capture.elfcore import PT_NOTE, ElfCore
-from capture.errors import KdumpError
+from capture.errors import DumpFormatError, KdumpError
 from capture.formats.kdumpwriter import (CompressedPages, DumpHeader, KdumpStreamWriter, PageCoding,
                                          available_compression, compress_pages)
 from capture.formats.kmem import PhysicalMemory
-from capture.formats.pageclass import (CACHE, CACHE_PRIVATE, CLASS_NAMES, FREE, USER, Bitmaps, PageClassError,
+from capture.formats.pageclass import (CACHE, CACHE_PRIVATE, CLASS_NAMES, FREE, USER, Bitmaps,
                                        PageClassifier, bitmap_bytes, build_bitmaps, unpack_bits)
 from capture.kdumpfile import PAGE_DESC_SIZE
 
@@ -150,7 +150,7 @@ def _plan(vmcore_path: str, dump_level: int, progress: Optional[object]) -> _Pla
         if wants_struct_pages:
             try:
                 classifier = PageClassifier.open(core, memory)
-            except PageClassError as exc:
+            except DumpFormatError as exc:
                 if dump_level & (CACHE | CACHE_PRIVATE | USER | FREE):
                     notes.append(f"pages cannot be classified ({exc}); only zero pages are left out")
                 level = dump_level & 1
@@ -274,7 +274,12 @@ def _batches(memory: PhysicalMemory, tasks: Iterator[List[Run]], coding: PageCod
     methods = multiprocessing.get_all_start_methods()
     # fork is fast, but only safe while no other thread may hold a lock the child inherits
     start = "fork" if "fork" in methods and threading.active_count() == 1 else "spawn"
-    pool = multiprocessing.get_context(start).Pool(cpus)
+    try:
+        pool = multiprocessing.get_context(start).Pool(cpus)
+    except (OSError, ImportError) as exc:  # e.g. no /dev/shm for the pool's semaphores in an initrd
+        log.warning("pycollector: cannot start %d worker processes (%s); compressing in this process", cpus, exc)
+        yield from _batches(memory, tasks, coding, 1)
+        return
     try:
         pending: Deque = deque()
         for runs in tasks:
@@ -314,7 +319,7 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
         header = _header(plan, method)
         bitmaps = plan.bitmaps
         total = bitmaps.num_dumpable
-        writer = KdumpStreamWriter(out_fileobj, header, bytes(bitmaps.present), bytes(bitmaps.dumpable), total)
+        writer = KdumpStreamWriter(out_fileobj, header, bitmaps.present, bitmaps.dumpable, total)
         tasks = page_tasks(plan.memory, bitmaps.dumpable, plan.page_size)
         for batch in _batches(plan.memory, tasks, writer.coding, max(1, cpus)):
             writer.add(batch)
