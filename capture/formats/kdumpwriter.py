@@ -24,7 +24,7 @@ import logging
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Optional, Sequence, Tuple
+from typing import BinaryIO, Iterable, Optional, Sequence, Tuple
 
 from capture.errors import KdumpError
 from capture.flattened import END_MARKER, HEADER_SIZE, RECORD_HEADER, SIGNATURE, TYPE_FLAT_HEADER
@@ -264,25 +264,31 @@ class FlatStream:
 class KdumpStreamWriter:
     """Writes one kdump-compressed dump as a flattened stream.
 
-    The constructor writes the headers and both bitmaps; :attr:`coding` says
+    The constructor writes the headers and both bitmaps (the 1st given in pieces); :attr:`coding` says
     how to compress pages for :meth:`add`, which takes them in page-frame
     order (exactly ``num_dumpable`` of them in all); :meth:`finish` writes
     what is buffered and the end marker.
     """
 
-    def __init__(self, out: BinaryIO, header: DumpHeader, present: "bytes | bytearray",
+    def __init__(self, out: BinaryIO, header: DumpHeader, present: Iterable["bytes | bytearray"],
                  dumpable: "bytes | bytearray", num_dumpable: int) -> None:
-        if len(present) != len(dumpable) or len(present) % header.page_size:
-            raise KdumpWriteError("the two bitmaps must have the same size, a whole number of pages")
+        size = len(dumpable)
+        if size % header.page_size:
+            raise KdumpWriteError("a bitmap must be a whole number of pages")
         self.header = header
         self.num_dumpable = num_dumpable
         self.stream = FlatStream(out)
         bs = header.page_size
-        self.stream.record(0, header.encode(len(present)))
+        self.stream.record(0, header.encode(size))
         bitmap_offset = (1 + header.sub_header_blocks) * bs
-        self.stream.record(bitmap_offset, present)
-        self.stream.record(bitmap_offset + len(present), dumpable)
-        self.desc_offset = bitmap_offset + header.bitmap_blocks(len(present)) * bs
+        at = bitmap_offset
+        for piece in present:
+            self.stream.record(at, piece)
+            at += len(piece)
+        if at != bitmap_offset + size:
+            raise KdumpWriteError(f"the 1st bitmap has {at - bitmap_offset} bytes, the 2nd {size}")
+        self.stream.record(bitmap_offset + size, dumpable)
+        self.desc_offset = bitmap_offset + header.bitmap_blocks(size) * bs
         self.data_offset = self.desc_offset + num_dumpable * PAGE_DESC_SIZE
         self._desc_buf = bytearray()
         self._desc_at = self.desc_offset

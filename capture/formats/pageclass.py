@@ -31,7 +31,7 @@ import logging
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from capture.elfcore import PT_LOAD, ElfCore
 from capture.errors import DumpFormatError
@@ -194,7 +194,10 @@ class PageLayout:
     order_source: Optional[Tuple[str, int]]
     #: (offset inside the first tail page, value) of a hugetlb compound_dtor, or None
     hugetlb_dtor: Optional[Tuple[int, int]]
+    #: buddy orders are below this (LENGTH(zone.free_area), or FALLBACK_MAX_ORDER when not exported)
     max_free_order: int
+    #: LENGTH(zone.free_area) as exported (unaccepted pages come in blocks of its largest order)
+    free_area_length: Optional[int]
     section_size_bits: int
     max_physmem_bits: int
     mem_section: Optional[int]
@@ -297,6 +300,7 @@ class PageLayout:
                      pg_head=pg_head, pg_hugetlb=bit("PG_hugetlb"), page_types=page_types,
                      type_in_top_byte=type_in_top_byte, order_source=order_source, hugetlb_dtor=hugetlb_dtor,
                      max_free_order=free_len if free_len is not None else FALLBACK_MAX_ORDER,
+                     free_area_length=free_len,
                      section_size_bits=ssb, max_physmem_bits=mpb, mem_section=mem_section,
                      mem_section_length=ms_len, mem_section_size=ms_size, off_section_mem_map=ms_off,
                      vmemmap=vmemmap)
@@ -452,12 +456,16 @@ class PageClassifier:
         memmap = MemMap.read(aspace, layout, memory.max_pfn(layout.page_size))
         return cls(layout, aspace, memmap)
 
-    def classify(self, start_pfn: int, end_pfn: int) -> Iterator[Tuple[int, bytearray]]:
+    def classify(self, start_pfn: int, end_pfn: int,
+                 present: Optional[Callable[[int, int], bytes]] = None) -> Iterator[Tuple[int, bytearray]]:
         """Yield ``(first_pfn, codes)`` for ``[start_pfn, end_pfn)`` in ascending chunks of at most
         :data:`CHUNK_PAGES`; ``codes`` holds one class (KEEP, CACHE, ...) per frame.
 
         Chunks must be consumed in order: a compound page or a free block that
-        starts in one chunk carries its class into the next.
+        starts in one chunk carries its class into the next.  ``present(first_pfn,
+        count)`` gives one byte (0 or 1) per frame telling whether the dump holds
+        it; like makedumpfile, a compound page or free block is only followed
+        from a head the dump holds.
         """
         carry_end, carry_code = start_pfn, KEEP
         pfn = start_pfn
@@ -465,12 +473,13 @@ class PageClassifier:
             n = min(CHUNK_PAGES - pfn % CHUNK_PAGES, end_pfn - pfn)
             raw, unreadable = self.memmap.struct_pages(self.aspace, pfn, n)
             self.counts.unreadable_struct_pages += unreadable
-            codes, carry_end, carry_code = self._chunk(raw, pfn, n, carry_end, carry_code)
+            held = present(pfn, n) if present is not None else None
+            codes, carry_end, carry_code = self._chunk(raw, pfn, n, carry_end, carry_code, held)
             yield pfn, codes
             pfn += n
 
-    def _chunk(self, raw: bytes, base: int, n: int, carry_end: int, carry_code: int
-               ) -> Tuple[bytearray, int, int]:
+    def _chunk(self, raw: bytes, base: int, n: int, carry_end: int, carry_code: int,
+               held: Optional[bytes]) -> Tuple[bytearray, int, int]:
         L = self.layout
         S = L.struct_size
         ones = _ints(b"\x01" * n)
@@ -545,7 +554,7 @@ class PageClassifier:
         buddy_b = buddy.to_bytes(n, "little") if buddy else b""
         unacc_b = unaccepted.to_bytes(n, "little") if unaccepted else b""
         for i in _positions(ranged.to_bytes(n, "little")):
-            if i < skip:
+            if i < skip or (held is not None and not held[i]):
                 continue
             code = codes[i]
             if buddy_b and buddy_b[i]:
@@ -554,7 +563,7 @@ class PageClassifier:
                     codes[i] = KEEP
                     continue
             elif unacc_b and unacc_b[i]:
-                order = L.max_free_order - 1
+                order = L.free_area_length - 1 if L.free_area_length else 0
             else:
                 order = self._compound_order(raw, i, n, base + i)
             if not order:
@@ -607,35 +616,65 @@ def exclusion_table(dump_level: int, layout: Optional[PageLayout]) -> bytes:
 
 @dataclass
 class Bitmaps:
-    """makedumpfile's two page bitmaps, one bit per frame, least significant bit first.
+    """makedumpfile's two page bitmaps, one bit per frame, least significant bit first, each
+    ``size`` bytes (a whole number of pages).
 
-    ``present`` (the 1st bitmap) marks frames the vmcore holds; ``dumpable``
-    (the 2nd) the frames written.  Each is ``len_bitmap // 2`` bytes, a whole
-    number of pages.
+    The 1st bitmap (frames the vmcore holds) follows from the PT_LOAD
+    segments, so only its ``ranges`` are kept and :meth:`present_pieces`
+    renders it; ``dumpable`` (the 2nd, the frames written) is held whole:
+    32 MiB for a terabyte of 4 KiB pages.
     """
     max_mapnr: int
-    present: bytearray
+    size: int
+    ranges: List[Tuple[int, int]]
     dumpable: bytearray
     counts: ClassCounts
     notes: Tuple[str, ...] = ()
 
     @property
     def num_dumpable(self) -> int:
-        return sum(bin(chunk).count("1") for chunk in _int_chunks(self.dumpable))
+        return popcount(self.dumpable)
+
+    @property
+    def pages_present(self) -> int:
+        return sum(end - start for start, end in self.ranges)
 
     def is_dumpable(self, pfn: int) -> bool:
         return bool(self.dumpable[pfn >> 3] >> (pfn & 7) & 1)
 
+    def present_pieces(self, piece: int = 1 << 20) -> Iterator[bytes]:
+        """The 1st bitmap in consecutive pieces of at most ``piece`` bytes."""
+        for lo in range(0, self.size, piece):
+            hi = min(self.size, lo + piece)
+            out = bytearray(hi - lo)
+            for start, end in self.ranges:
+                start, end = max(start, lo * 8), min(end, hi * 8)
+                if start < end:
+                    _fill(out, start - lo * 8, end - lo * 8, True)
+            yield bytes(out)
 
-def _int_chunks(data: bytearray) -> Iterator[int]:
+
+def popcount(bitmap: "bytes | bytearray") -> int:
+    """Number of set bits."""
     step = 1 << 16
-    for i in range(0, len(data), step):
-        yield int.from_bytes(data[i:i + step], "little")
+    return sum(bin(int.from_bytes(bitmap[i:i + step], "little")).count("1") for i in range(0, len(bitmap), step))
 
 
 def bitmap_bytes(max_mapnr: int, page_size: int) -> int:
     """Size of one bitmap: enough bits for ``max_mapnr`` frames, rounded up to whole pages."""
     return -(-(-(-max_mapnr // 8)) // page_size) * page_size
+
+
+def _merged(ranges: List[Tuple[int, int]], limit: int) -> List[Tuple[int, int]]:
+    out: List[Tuple[int, int]] = []
+    for start, end in sorted((s, min(e, limit)) for s, e in ranges):
+        if start >= end:
+            continue
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
 
 
 def build_bitmaps(memory: PhysicalMemory, page_size: int, dump_level: int,
@@ -646,22 +685,25 @@ def build_bitmaps(memory: PhysicalMemory, page_size: int, dump_level: int,
     if classifier is not None and classifier.memmap.end_pfn:
         max_mapnr = min(max_mapnr, classifier.memmap.end_pfn)
     size = bitmap_bytes(max_mapnr, page_size)
-    present = bytearray(size)
-    for start, end in memory.pfn_ranges(page_size):
-        _set_range(present, start, min(end, max_mapnr))
-    dumpable = bytearray(present)
+    ranges = _merged(memory.pfn_ranges(page_size), max_mapnr)
+    dumpable = bytearray(size)
+    for start, end in ranges:
+        _fill(dumpable, start, end, True)
     for start, end in memory.nodata_pfn_ranges(page_size):
-        _clear_range(dumpable, start, min(end, max_mapnr))
+        _fill(dumpable, start, min(end, max_mapnr), False)
     counts = classifier.counts if classifier is not None else ClassCounts()
     if classifier is None:
-        return Bitmaps(max_mapnr, present, dumpable, counts)
+        return Bitmaps(max_mapnr, size, ranges, dumpable, counts)
     table = exclusion_table(dump_level, classifier.layout)
     total = max(1, max_mapnr)
-    for first, codes in classifier.classify(0, max_mapnr):
+    def held(first: int, n: int) -> bytes:
+        return unpack_bits(bytes(dumpable[first // 8:first // 8 + -(-n // 8)]))[:n]
+
+    for first, codes in classifier.classify(0, max_mapnr, held):
         n = len(codes)
         lo = first // 8
         span = -(-n // 8)
-        here = unpack_bits(bytes(dumpable[lo:lo + span]))[:n]
+        here = held(first, n)
         present_codes = (_ints(bytes(codes)) & (_ints(here) * 0xFF)).to_bytes(n, "little")
         counts.add(present_codes)
         excluded = _ints(present_codes.translate(table))
@@ -669,7 +711,7 @@ def build_bitmaps(memory: PhysicalMemory, page_size: int, dump_level: int,
         dumpable[lo:lo + span] = pack_bits(keep)
         if progress is not None:
             _report(progress, "Excluding unnecessary pages", 100.0 * (first + n) / total)
-    return Bitmaps(max_mapnr, present, dumpable, counts, classifier.layout.notes)
+    return Bitmaps(max_mapnr, size, ranges, dumpable, counts, classifier.layout.notes)
 
 
 def _report(progress: object, phase: str, percent: float) -> None:
@@ -678,14 +720,6 @@ def _report(progress: object, phase: str, percent: float) -> None:
     report = getattr(progress, "maybe_report", None)
     if report is not None:
         report()
-
-
-def _set_range(bitmap: bytearray, start: int, end: int) -> None:
-    _fill(bitmap, start, end, True)
-
-
-def _clear_range(bitmap: bytearray, start: int, end: int) -> None:
-    _fill(bitmap, start, end, False)
 
 
 def _fill(bitmap: bytearray, start: int, end: int, value: bool) -> None:

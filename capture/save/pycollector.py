@@ -319,7 +319,7 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
         header = _header(plan, method)
         bitmaps = plan.bitmaps
         total = bitmaps.num_dumpable
-        writer = KdumpStreamWriter(out_fileobj, header, bitmaps.present, bitmaps.dumpable, total)
+        writer = KdumpStreamWriter(out_fileobj, header, bitmaps.present_pieces(), bitmaps.dumpable, total)
         tasks = page_tasks(plan.memory, bitmaps.dumpable, plan.page_size)
         for batch in _batches(plan.memory, tasks, writer.coding, max(1, cpus)):
             writer.add(batch)
@@ -330,7 +330,7 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
             log.warning("pycollector: %s", note)
         return CollectResult(
             requested_level=dump_level, dump_level=plan.dump_level, compression=method,
-            pages_present=_popcount(bitmaps.present), pages_dumped=total, zero_pages=writer.zero_pages,
+            pages_present=bitmaps.pages_present, pages_dumped=total, zero_pages=writer.zero_pages,
             excluded={CLASS_NAMES[c]: n for c, n in bitmaps.counts.by_class.items() if n},
             file_size=file_size, stream_bytes=writer.stream.bytes_written,
             seconds=time.monotonic() - started, notes=tuple(plan.notes))
@@ -345,10 +345,6 @@ def _report(progress: object, phase: str, percent: float) -> None:
     report = getattr(progress, "maybe_report", None)
     if report is not None:
         report()
-
-
-def _popcount(bitmap: bytes) -> int:
-    return sum(bin(int.from_bytes(bitmap[i:i + 65536], "little")).count("1") for i in range(0, len(bitmap), 65536))
 
 
 # -- estimating the size --------------------------------------------------------------------------
