@@ -111,17 +111,13 @@ def compress_pages(pieces: Sequence[bytes], coding: PageCoding) -> CompressedPag
     flag = COMPRESSIONS[coding.method]
     descs = bytearray()
     mask = bytearray()
-    out = []
+    out: list = []
     append = out.append
     pack_desc = _DESC.pack
-    if coding.method == "lzo":
-        lzo_compress = lzo.compress  # type: ignore[union-attr]
-
-        def pack(page: bytes) -> bytes:
-            return lzo_compress(page, 1, False)
-    else:
-        def pack(page: bytes) -> bytes:
-            return zlib.compress(page, 1)
+    use_lzo = coding.method == "lzo"
+    lzo_compress = lzo.compress if use_lzo else None  # type: ignore[union-attr]
+    zlib_compress = zlib.compress
+    relative, absolute = _RELATIVE, _ABSOLUTE
     offset = 0
     zeros = 0
     for piece in pieces:
@@ -129,19 +125,20 @@ def compress_pages(pieces: Sequence[bytes], coding: PageCoding) -> CompressedPag
             page = piece[at:at + page_size]
             if share_zero and page == zero:
                 descs += zero_desc
-                mask += _ABSOLUTE
+                mask += absolute
                 zeros += 1
                 continue
-            packed = pack(page)
-            if len(packed) < page_size:
-                descs += pack_desc(offset, len(packed), flag, 0)
-                offset += len(packed)
+            packed = lzo_compress(page, 1, False) if use_lzo else zlib_compress(page, 1)  # type: ignore[misc]
+            size = len(packed)
+            if size < page_size:
+                descs += pack_desc(offset, size, flag, 0)
                 append(packed)
             else:
-                descs += pack_desc(offset, page_size, 0, 0)
-                offset += page_size
+                size = page_size
+                descs += pack_desc(offset, size, 0, 0)
                 append(page)
-            mask += _RELATIVE
+            offset += size
+            mask += relative
     return CompressedPages(len(descs) // PAGE_DESC_SIZE, zeros, bytes(descs), bytes(mask), b"".join(out))
 
 

@@ -264,6 +264,9 @@ def read_and_compress(memory: PhysicalMemory, runs: List[Run], coding: PageCodin
 
 def _batches(memory: PhysicalMemory, tasks: Iterator[List[Run]], coding: PageCoding,
              cpus: int) -> Iterator[CompressedPages]:
+    """Compressed batches in task order; with ``cpus`` > 1 this process and ``cpus - 1`` worker
+    processes share the tasks round robin (every result crossing a pipe costs copies, so this
+    process does its share instead of only waiting)."""
     if cpus <= 1:
         for runs in tasks:
             yield read_and_compress(memory, runs, coding)
@@ -275,23 +278,33 @@ def _batches(memory: PhysicalMemory, tasks: Iterator[List[Run]], coding: PageCod
     # fork is fast, but only safe while no other thread may hold a lock the child inherits
     start = "fork" if "fork" in methods and threading.active_count() == 1 else "spawn"
     try:
-        pool = multiprocessing.get_context(start).Pool(cpus)
+        pool = multiprocessing.get_context(start).Pool(cpus - 1)
     except (OSError, ImportError) as exc:  # e.g. no /dev/shm for the pool's semaphores in an initrd
-        log.warning("pycollector: cannot start %d worker processes (%s); compressing in this process", cpus, exc)
+        log.warning("pycollector: cannot start %d worker processes (%s); compressing in this process",
+                    cpus - 1, exc)
         yield from _batches(memory, tasks, coding, 1)
         return
     try:
         pending: Deque = deque()
-        for runs in tasks:
-            pending.append(pool.apply_async(read_and_compress, (memory, runs, coding, True)))
+        for index, runs in enumerate(tasks):
+            if index % cpus == cpus - 1:
+                pending.append(runs)
+            else:
+                pending.append(pool.apply_async(read_and_compress, (memory, runs, coding, True)))
             if len(pending) >= TASKS_PER_WORKER * cpus:
-                yield pending.popleft().get()
+                yield _resolve(pending.popleft(), memory, coding)
         while pending:
-            yield pending.popleft().get()
+            yield _resolve(pending.popleft(), memory, coding)
         pool.close()
     finally:
         pool.terminate()
         pool.join()
+
+
+def _resolve(item: object, memory: PhysicalMemory, coding: PageCoding) -> CompressedPages:
+    if isinstance(item, list):
+        return read_and_compress(memory, item, coding)
+    return item.get()  # type: ignore[attr-defined]
 
 
 # -- the collector --------------------------------------------------------------------------------
@@ -301,7 +314,7 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
     """Write the kdump-compressed dump of ``vmcore_path`` at ``dump_level`` to ``out_fileobj``
     as makedumpfile's flattened stream (``makedumpfile -F -l -d LEVEL`` equivalent).
 
-    ``cpus`` > 1 compresses pages in that many worker processes.
+    ``cpus`` > 1 compresses pages in this process and ``cpus - 1`` worker processes.
     ``compression`` is "lzo" (falls back to "zlib" without python-lzo) or "zlib".
     ``progress`` (a :class:`capture.progress.Progress` or anything with ``phase``,
     ``percent`` and ``maybe_report()``) is told the phase and percentage.
