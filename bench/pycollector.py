@@ -4,8 +4,9 @@ For each vmcore, compression and dump level, prints the median wall time of
 `makedumpfile -F -l -d N VMCORE > FILE` (`-c` for zlib) and of
 `python -m capture.save.pycollector -d N [--zlib] [--cpus 2] VMCORE > FILE`
 (both write the same flattened stream to a file), their ratio (target <= 3
-single process; with --cpus 2 this process and one worker share the pages), and the peak RSS of each run (target <= 60 MB, flat in the dump
-size: compare level 0 with level 31, and the big vmcore when present).  The
+single process; with --cpus 2 this process and one worker share the pages),
+and the peak RSS of each run (target <= 60 MB, flat in the dump size:
+compare level 0 with level 31, and the big vmcore when present).  The
 RSS is the child's own, from wait4(2); with worker processes it is the
 largest of the processes, each worker being its own process.
 
@@ -72,7 +73,8 @@ def bench(vmcore: str, compression: str, level: int, runs: int, tmp: Path) -> No
     double = median_run(ours + ["--cpus", "2", vmcore], tmp / "ours2.flat", runs, env)
     size_mb = os.path.getsize(vmcore) / 1e6
     print(f"{Path(vmcore).name} ({size_mb:.0f} MB), dump level {level}, {compression}, median of {runs}")
-    print(f"  makedumpfile -F {flag}      {reference[0]:6.2f} s  {reference[1]:5.1f} MB RSS  {reference[2] / 1e6:6.1f} MB out")
+    print(f"  makedumpfile -F {flag}      {reference[0]:6.2f} s  {reference[1]:5.1f} MB RSS  "
+          f"{reference[2] / 1e6:6.1f} MB out")
     for name, res in (("pycollector cpus=1", single), ("pycollector cpus=2", double)):
         ratio = res[0] / reference[0]
         verdict = "ok" if ratio <= TIME_TARGET and res[1] <= RSS_TARGET_MB else "OVER TARGET"

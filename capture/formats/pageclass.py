@@ -190,8 +190,9 @@ class PageLayout:
     page_types: Dict[str, int]
     #: True for the one-byte page type of Linux 6.12 and later (type in bits 24..31, the rest free)
     type_in_top_byte: bool
-    #: ("byte", offset) inside the first tail page, ("flags1", 0) for folio._flags_1 & 0xff, or None
-    order_source: Optional[Tuple[str, int]]
+    #: offset inside the first tail page of the byte holding the compound order (folio._flags_1 & 0xff
+    #: is the low byte of its flags word), or None when unknown
+    order_offset: Optional[int]
     #: (offset inside the first tail page, value) of a hugetlb compound_dtor, or None
     hugetlb_dtor: Optional[Tuple[int, int]]
     #: buddy orders are below this (LENGTH(zone.free_area), or FALLBACK_MAX_ORDER when not exported)
@@ -260,23 +261,23 @@ class PageLayout:
 
         version = kernel_version(v._get("OSRELEASE"))
         struct_end = size - 1
-        order_source: Optional[Tuple[str, int]] = None
+        order_offset: Optional[int] = None
         hugetlb_dtor: Optional[Tuple[int, int]] = None
         if "HUGETLB" in page_types or v.number("NUMBER(PG_hugetlb)", 0, 63) is not None:
-            order_source = ("flags1", off_flags)
+            order_offset = off_flags
         else:
             folio_order = v.number("OFFSET(folio._folio_order)", size, 2 * size - 1)
             order_off = (folio_order - size) if folio_order is not None else \
                 v.number("OFFSET(page.compound_order)", 0, struct_end)
             if order_off is not None and version >= (4, 16, 0):
-                order_source = ("byte", order_off)
+                order_offset = order_off
             dtor_value = v.number("NUMBER(HUGETLB_PAGE_DTOR)", 0, 255)
             folio_dtor = v.number("OFFSET(folio._folio_dtor)", size, 2 * size - 1)
             dtor_off = (folio_dtor - size) if folio_dtor is not None else \
                 v.number("OFFSET(page.compound_dtor)", 0, struct_end)
             if dtor_off is not None and dtor_value is not None:
                 hugetlb_dtor = (dtor_off, dtor_value)
-        if order_source is None:
+        if order_offset is None:
             notes.append("compound page orders unknown: only head pages of large folios are classified")
 
         free_len = v.number("LENGTH(zone.free_area)", 1, 64)
@@ -298,7 +299,7 @@ class PageLayout:
                      pg_lru=pg_lru, pg_private=bit("PG_private"), pg_swapcache=bit("PG_swapcache"),
                      pg_swapbacked=bit("PG_swapbacked"), pg_slab=bit("PG_slab"), pg_hwpoison=bit("PG_hwpoison"),
                      pg_head=pg_head, pg_hugetlb=bit("PG_hugetlb"), page_types=page_types,
-                     type_in_top_byte=type_in_top_byte, order_source=order_source, hugetlb_dtor=hugetlb_dtor,
+                     type_in_top_byte=type_in_top_byte, order_offset=order_offset, hugetlb_dtor=hugetlb_dtor,
                      max_free_order=free_len if free_len is not None else FALLBACK_MAX_ORDER,
                      free_area_length=free_len,
                      section_size_bits=ssb, max_physmem_bits=mpb, mem_section=mem_section,
@@ -579,11 +580,9 @@ class PageClassifier:
     def _compound_order(self, raw: bytes, i: int, n: int, pfn: int) -> int:
         """Order of the compound page whose head is frame ``i`` of the chunk (0 when unknown or invalid)."""
         L = self.layout
-        if L.order_source is None or i + 1 >= n:
+        if L.order_offset is None or i + 1 >= n:
             return 0
-        kind, off = L.order_source
-        at = (i + 1) * L.struct_size + off
-        order = raw[at]  # folio._flags_1 & 0xff is the low byte of the flags word (little-endian)
+        order = raw[(i + 1) * L.struct_size + L.order_offset]
         if order >= MAX_COMPOUND_ORDER or pfn & ((1 << order) - 1):
             return 0
         return order
