@@ -340,6 +340,38 @@ def test_unusable_vmcoreinfo_still_saves_everything_but_zero_pages(fixture_vmcor
     assert any("SIZE(page)" in note for note in result.notes)
 
 
+def test_truncated_vmcore_fails_clearly_and_leaves_no_end_marker(fixture_vmcore, tmp_path):
+    vmcore = tmp_path / "vmcore"
+    with open(fixture_vmcore, "rb") as src, open(vmcore, "wb") as dst:
+        dst.write(src.read(100 << 20))
+    with open(tmp_path / "flat", "wb") as out:
+        with pytest.raises(KdumpError, match="truncated"):
+            collect(str(vmcore), 31, out)
+    with open(tmp_path / "flat", "rb") as f:
+        reader = FlatReader(f)
+        with pytest.raises(KdumpError, match="truncated"):
+            reader.drain()
+
+
+class FullDisk:
+    """A sink that takes ``limit`` bytes, then fails like a full disk."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def write(self, data) -> int:
+        if len(data) > self.left:
+            raise OSError(28, "No space left on device")
+        self.left -= len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_write_error_is_a_clear_error(fixture_vmcore, cpus):
+    with pytest.raises(KdumpError, match="No space left on device"):
+        collect(str(fixture_vmcore), 31, FullDisk(5 << 20), cpus=cpus)
+
+
 # -- property: mutated VMCOREINFO ----------------------------------------------------------------
 
 KEYS = ["PAGESIZE", "SIZE(page)", "OFFSET(page.flags)", "OFFSET(page._mapcount)", "OFFSET(page.mapping)",
