@@ -13,6 +13,7 @@ import lzma
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -207,6 +208,20 @@ def test_flattened_stream_is_whole(ours61):
 
 def test_worker_processes_write_the_same_stream(ours61):
     assert ours61.flat(31, cpus=2).read_bytes() == ours61.flat(31).read_bytes()
+
+
+def test_spawned_workers_write_the_same_stream(ours61, fixture_vmcore, tmp_path):
+    """With another thread alive (as in the saver) workers are spawned, not forked."""
+    done = threading.Event()
+    waiter = threading.Thread(target=done.wait)
+    waiter.start()
+    try:
+        with open(tmp_path / "flat", "wb") as out:
+            collect(str(fixture_vmcore), 31, out, cpus=3)
+    finally:
+        done.set()
+        waiter.join()
+    assert (tmp_path / "flat").read_bytes() == ours61.flat(31).read_bytes()
 
 
 def test_crash_opens_our_dump(ours61):
