@@ -28,8 +28,9 @@ from typing import Dict, List, Tuple
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from capture import config as configuration  # noqa: E402
-from capture import initrd, targeturl  # noqa: E402
+from capture.config import options as configuration  # noqa: E402
+from capture.config import targeturl  # noqa: E402
+from capture.host import initrd  # noqa: E402
 
 KINDS = ("file", "sftp", "ssh", "ftp", "cifs", "nfs")
 LAB_UNPACKED_MB = 54.0

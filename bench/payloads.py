@@ -10,7 +10,7 @@ from typing import Iterator, Tuple
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from capture.flattened import FlatReader  # noqa: E402
+from capture.formats.flattened import FlatReader  # noqa: E402
 from conftest import CACHE  # noqa: E402
 
 BLOCK = 1 << 20

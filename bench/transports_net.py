@@ -38,7 +38,7 @@ from typing import Callable, List
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from capture.targeturl import parse  # noqa: E402
+from capture.config.targeturl import parse  # noqa: E402
 from conftest import CACHE, FIXTURE_NAME  # noqa: E402
 from payloads import blocks, flattened_stream, rebuilt, records, sha256  # noqa: E402
 from servers.ftpd import FtpServer  # noqa: E402

@@ -22,6 +22,7 @@ COMMANDS = [
     "build_initrd",
     "load",
     "status",
+    "notify",
     "calibrate",
     "test",
 ]

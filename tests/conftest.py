@@ -68,8 +68,8 @@ def makedumpfile() -> str:
 def file_target_result(fixture_vmcore: Path, tmp_path_factory: pytest.TempPathFactory, makedumpfile: str) -> Path:
     """The dump directory the saver writes to a local directory: what a
     network target must hold (lzo, dump level 31)."""
-    from capture.config import Config
-    from capture.saver import save
+    from capture.config.options import Config
+    from capture.save.sequence import save
 
     out = tmp_path_factory.mktemp("file-target")
     result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=1), vmcore=str(fixture_vmcore),

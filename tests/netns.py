@@ -36,18 +36,20 @@ mine, seen = os.stat(spec["resolv_conf"]), os.stat("/etc/resolv.conf")
 if (mine.st_dev, mine.st_ino) != (seen.st_dev, seen.st_ino):
     sys.exit("refusing to run: /etc/resolv.conf is not the test namespace's own file")
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(message)s")
-from capture import netargs, network
+from capture.net import plan as netargs
+from capture.net import bringup as network
 from capture.errors import KdumpError
 try:
     if spec["config"] is not None:
-        from capture import config, targeturl
+        from capture.config import options as config
+        from capture.config import targeturl
         cfg = config.parse_text(spec["config"])
         done = network.prepare(cfg, targeturl.parse(cfg.savedir), cmdline=spec["cmdline"],
                                state_dir=spec["state_dir"], dhcp_client=spec["client"])
         print(json.dumps({"ok": True, "prepared": done}))
         sys.exit(0)
     if spec["netconfig"] is not None:
-        from capture import config
+        from capture.config import options as config
         netconfig = config.parse_text('KDUMP_NETCONFIG="%s"\n' % spec["netconfig"]).netconfig
         plan = netargs.choose_plan(spec["cmdline"], netconfig)
     else:
@@ -207,7 +209,7 @@ class Lab:
     def bring_up(self, ns: str, cmdline: str, target: Optional[str], timeout: int,
                  client: Optional[str] = None, netconfig: Optional[str] = None,
                  config: Optional[str] = None) -> "Outcome":
-        """Run ``capture.network.bring_up(parse_cmdline(cmdline), ...)`` inside ``ns``; with
+        """Run ``capture.net.bringup.bring_up(parse_cmdline(cmdline), ...)`` inside ``ns``; with
         ``netconfig`` (a KDUMP_NETCONFIG value) the plan is ``choose_plan(cmdline, netconfig)``;
         with ``config`` (sysconfig text) ``network.prepare`` runs instead, for its KDUMP_SAVEDIR."""
         state = self.tmp / f"state-{ns}-{next(_COUNTER)}"

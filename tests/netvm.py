@@ -132,7 +132,7 @@ def build_initramfs(root: Path, out: Path, version: str, node_ids: List[str]) ->
         for entry in site.iterdir():
             if entry.name in _SITE_KEEP or entry.name.split("-")[0] in _SITE_KEEP and entry.name.endswith(".dist-info"):
                 _copy_tree(root, entry) if entry.is_dir() else _copy_file(root, str(entry))
-    for part in ("capture", "tests/conftest.py", "tests/netns.py", "tests/netvm.py", "tests/test_network.py",
+    for part in ("capture", "transports", "tests/conftest.py", "tests/netns.py", "tests/netvm.py", "tests/test_network.py",
                  "pyproject.toml"):
         path = REPO / part
         _copy_tree(root, path) if path.is_dir() else _copy_file(root, str(path))

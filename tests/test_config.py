@@ -14,8 +14,9 @@ from typing import Dict, List
 
 import pytest
 
-from capture import config, sysconfig
-from capture.config import Config, NetConfig
+from capture.config import options as config
+from capture.config import sysconfig
+from capture.config.options import Config, NetConfig
 from capture.errors import ConfigError, KdumpError
 from conftest import REPO, require_program
 
@@ -600,7 +601,7 @@ def test_error_lines_stay_one_line_each() -> None:
 
 def warnings_for(text: str, caplog: pytest.LogCaptureFixture) -> List[str]:
     caplog.clear()
-    with caplog.at_level(logging.DEBUG, logger="capture.config"):
+    with caplog.at_level(logging.DEBUG, logger="capture.config.options"):
         config.parse_text(text, "/etc/sysconfig/kdump")
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 

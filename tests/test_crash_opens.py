@@ -11,8 +11,8 @@ import subprocess
 
 import pytest
 
-from capture.config import Config
-from capture.saver import save
+from capture.config.options import Config
+from capture.save.sequence import save
 from conftest import require, require_program
 
 RELEASE = "6.1.0-56-cloud-amd64"

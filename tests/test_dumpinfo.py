@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from capture import kdumpfile
-from capture.dumpinfo import describe
-from capture.elfcore import ElfCore, FileReader, NotACoreError
+from capture.formats import kdumpfile
+from capture.formats.dumpinfo import describe
+from capture.formats.elfcore import ElfCore, FileReader, NotACoreError
 from capture.errors import DumpFormatError
 from conftest import REPO, require_program
 

@@ -17,7 +17,7 @@ from typing import List, Tuple
 import pytest
 
 from capture.errors import DumpFormatError, KdumpError
-from capture.flattened import CHUNK_SIZE, HEADER_SIZE, FlatIndex, FlatReader, reassemble
+from capture.formats.flattened import CHUNK_SIZE, HEADER_SIZE, FlatIndex, FlatReader, reassemble
 from conftest import REPO, sha256_of
 
 FORMATS = [("-l", 31), ("-c", 1), ("-E", 31)]

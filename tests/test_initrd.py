@@ -19,8 +19,8 @@ from typing import Dict, Iterator, List
 
 import pytest
 
-from capture import config as configuration
-from capture import initrd as initrd_mod
+from capture.config import options as configuration
+from capture.host import initrd as initrd_mod
 from conftest import REPO, require, require_program
 from servers.sshd import SSHD, SSHLab, ssh_lab, ssh_users, ssh_workdir, sshd_sftp  # noqa: F401
 
@@ -179,7 +179,9 @@ def test_file_initrd_carries_python_makedumpfile_and_config(file_initrd: Built, 
     assert file_initrd.has("usr/lib/kdump-saver/boot.sh")
     assert file_initrd.has("lib/dracut/hooks/pre-mount/90-kdump-saver-hook.sh")
     assert file_initrd.has("lib/dracut/hooks/cmdline/99-kdump-saver-cmdline.sh")
-    assert any(f.endswith("capture/saver.py") for f in file_initrd.files)
+    assert any(f.endswith("capture/save/sequence.py") for f in file_initrd.files)
+    # the production side stays on the production system
+    assert not [f for f in file_initrd.files if "/capture/host/" in f]
     assert any(f.endswith("transports/file.py") for f in file_initrd.files)
     # only what the file target needs: no ssh stack, no pysmb, no lz4
     for package in ("paramiko", "cryptography", "nacl", "bcrypt", "smb", "tqdm", "lz4"):
@@ -357,7 +359,7 @@ def _is_shared(interpreter: str) -> bool:
     ("nfs://127.0.0.1/d", "compressed", set(), {"paramiko", "smb", "lz4"}),
 ])
 def test_closure_has_only_the_target_dependencies(savedir: str, fmt: str, wanted: set, unwanted: set) -> None:
-    from capture.targeturl import parse
+    from capture.config.targeturl import parse
 
     cfg = configuration.Config(savedir=savedir, dumpformat=fmt)
     trace = initrd_mod.trace_closure(cfg, parse(savedir))
@@ -370,7 +372,7 @@ def test_closure_has_only_the_target_dependencies(savedir: str, fmt: str, wanted
 
 
 def test_a_hard_import_of_a_blocked_package_fails_the_build(tmp_path: Path) -> None:
-    from capture import closure
+    from capture.host import closure
     from capture.errors import KdumpError
 
     pkg = tmp_path / "kdtracepkg"

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from capture import calibrate, kexec
+from capture.host import crashkernel as calibrate
+from capture.host import kexec
 from capture.commands import test as test_command
-from capture.config import Config, NetConfig, parse_text
+from capture.config.options import Config, NetConfig, parse_text
 from capture.errors import KdumpError
 from conftest import REPO
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from capture import config
-from capture.config import NetConfig
+from capture.config import options as config
+from capture.config.options import NetConfig
 from capture.errors import ConfigError
-from capture.netargs import (ANY_INTERFACE, AUTO6, DHCP, DHCP6, STATIC, Address, Bond, Bridge, Interface,
+from capture.net.plan import (ANY_INTERFACE, AUTO6, DHCP, DHCP6, STATIC, Address, Bond, Bridge, Interface,
                              NetPlan, Rename, Route, Vlan, choose_plan, describe, from_netconfig,
                              parse_cmdline, split_cmdline, to_cmdline, vlan_id_from_name)
-from capture.network import needs_network
+from capture.net.bringup import needs_network
 
 
 def only(plan: NetPlan) -> Interface:

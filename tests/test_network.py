@@ -4,7 +4,7 @@ Each test builds a "server" namespace (a gateway at 198.51.100.1 /
 2001:db8:1::1 on a veth, the dump target 203.0.113.10 / 2001:db8:ff::10 on its
 loopback with a TCP listener, optionally dnsmasq for DHCP, DHCPv6, router
 advertisements and DNS) and a "client" namespace where
-``capture.network.bring_up`` runs (tests/netns.py).  Results are checked in
+``capture.net.bringup.bring_up`` runs (tests/netns.py).  Results are checked in
 the resulting ``ip -j`` state and by reaching the listener.  Every address
 exists only inside these namespaces.
 """
@@ -448,7 +448,8 @@ def test_bond_active_backup_fails_over(lab, request):
 
 _DETECT = r"""
 import json, sys
-from capture import netargs, netdetect
+from capture.net import plan as netargs
+from capture.host import netdetect
 from capture.errors import KdumpError
 try:
     plan = netdetect.resolve_auto(sys.argv[1] or None)
@@ -620,7 +621,9 @@ def test_resolve_netconfig_on_the_production_side(lab, netconfig, expected):
     lab.ip(prod, "route", "add", "default", "via", GATEWAY)
     (Path("/etc/netns") / prod / "resolv.conf").write_text("nameserver 198.51.100.53\n")
     code = ("import json, sys\n"
-            "from capture import config, netargs, netdetect\n"
+            "from capture.config import options as config\n"
+            "from capture.host import netdetect\n"
+            "from capture.net import plan as netargs\n"
             "net = config.parse_text('KDUMP_NETCONFIG=\"%s\"\\n' % sys.argv[1]).netconfig\n"
             "print(json.dumps(netargs.to_cmdline(netdetect.resolve_netconfig(net, sys.argv[2]))))\n")
     assert json.loads(lab.run_python(prod, code, netconfig, TARGET).stdout) == expected
@@ -628,8 +631,8 @@ def test_resolve_netconfig_on_the_production_side(lab, netconfig, expected):
 
 def test_resolve_netconfig_names_a_missing_interface(lab):
     prod = lab.netns("prod")
-    code = ("from capture import netdetect\n"
-            "from capture.config import NetConfig\n"
+    code = ("from capture.host import netdetect\n"
+            "from capture.config.options import NetConfig\n"
             "from capture.errors import ConfigError\n"
             "try:\n"
             "    netdetect.resolve_netconfig(NetConfig(mode='dhcp', interface='eth7'), None)\n"
@@ -640,7 +643,7 @@ def test_resolve_netconfig_names_a_missing_interface(lab):
 
 
 def test_nameservers_skip_loopback_resolvers(tmp_path):
-    from capture.netdetect import nameservers
+    from capture.host.netdetect import nameservers
     resolv, upstream = tmp_path / "resolv.conf", tmp_path / "upstream.conf"
     resolv.write_text("# stub\nnameserver 127.0.0.53\noptions edns0\nsearch example\n"
                       "nameserver fe80::1%eth0\nnameserver 2001:db8::0053\n")

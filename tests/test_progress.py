@@ -5,7 +5,7 @@ import logging
 import re
 import subprocess
 
-from capture.progress import Progress, parse_progress
+from capture.save.progress import Progress, parse_progress
 
 
 def test_parse_real_makedumpfile_progress(fixture_vmcore, makedumpfile):
@@ -23,7 +23,7 @@ def test_parse_real_makedumpfile_progress(fixture_vmcore, makedumpfile):
 def test_reports_are_rate_limited_and_phases_announced(caplog):
     now = [0.0]
     progress = Progress(interval=5.0, clock=lambda: now[0])
-    caplog.set_level(logging.INFO, logger="capture.progress")
+    caplog.set_level(logging.INFO, logger="capture.save.progress")
     for i in range(600):  # a minute of progress lines, ten a second
         now[0] = i / 10
         progress.feed_line(f"Copying data                 : [{i / 6:5.1f} %] /  eta: {60 - i // 10}s")

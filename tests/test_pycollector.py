@@ -22,12 +22,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from capture.elfcore import ElfCore, FileReader
+from capture.formats.elfcore import ElfCore
+from capture.formats.readat import FileReader
 from capture.errors import KdumpError
-from capture.flattened import FlatReader, reassemble
+from capture.formats.flattened import FlatReader, reassemble
 from capture.formats.kmem import PhysicalMemory
 from capture.formats.pageclass import PageClassError, PageClassifier, PageLayout
-from capture.kdumpfile import completeness_problems, parse_header
+from capture.formats.kdumpfile import completeness_problems, parse_header
 from capture.save.pycollector import collect, estimate_size, makedumpfile_misfilters
 from conftest import CACHE, require, require_program, shared_dir
 

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from capture.config import Config
-from capture.dumpdir import parse_name
+from capture.config.options import Config
+from capture.save.dumpdir import parse_name
 from capture.errors import KdumpError
-from capture.saver import save
+from capture.save.sequence import save
 from conftest import sha256_of
 
 

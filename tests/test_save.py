@@ -11,9 +11,9 @@ from pathlib import Path
 import lz4.frame
 import pytest
 
-from capture.config import Config
+from capture.config.options import Config
 from capture.errors import KdumpError
-from capture.saver import save
+from capture.save.sequence import save
 from conftest import REPO, sha256_of
 
 CLI = [sys.executable, "-m", "capture.cli"]

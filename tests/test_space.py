@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from capture.config import Config
-from capture.saver import save
-from capture.space import SpaceLimitReached
+from capture.config.options import Config
+from capture.save.sequence import save
+from capture.save.space import SpaceLimitReached
 from conftest import require, sha256_of
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from capture.errors import URLError
-from capture.targeturl import parse
+from capture.config.targeturl import parse
 
 
 @pytest.mark.parametrize("text,scheme,host,port,user,password,path", [

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from capture.config import Config
+from capture.config.options import Config
 from capture.errors import KdumpError
-from capture.flattened import FlatReader
-from capture.saver import save
-from capture.targeturl import parse
+from capture.formats.flattened import FlatReader
+from capture.save.sequence import save
+from capture.config.targeturl import parse
 from conftest import require, require_program, sha256_of
 from servers.common import established, free_port, tmpfs
 from servers.smbd import SambaServer

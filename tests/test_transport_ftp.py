@@ -18,10 +18,10 @@ from typing import Tuple
 
 import pytest
 
-from capture.config import Config
+from capture.config.options import Config
 from capture.errors import KdumpError
-from capture.saver import save
-from capture.targeturl import parse
+from capture.save.sequence import save
+from capture.config.targeturl import parse
 from conftest import REPO, require, require_program, sha256_of
 from servers.common import established, free_port, tmpfs
 from servers.ftpd import FtpServer, TestCA

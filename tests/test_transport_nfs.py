@@ -16,7 +16,7 @@ from typing import List, Sequence
 
 import pytest
 
-from capture.targeturl import parse
+from capture.config.targeturl import parse
 from conftest import require, require_program
 from servers.common import free_port
 from transports import nfs

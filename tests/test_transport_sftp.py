@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from capture.errors import KdumpError
-from capture.saver import save
-from capture.targeturl import parse
+from capture.save.sequence import save
+from capture.config.targeturl import parse
 from conftest import head_of, require, require_program
 from servers.sshd import SSHD, ChrootServer, SSHLab, TestUsers, ssh_keygen
 from transports import open_target
@@ -320,7 +320,7 @@ def test_unreachable_network_is_a_clear_error(tmp_path: Path) -> None:
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
         script = (
             "import sys\n"
-            "from capture.targeturl import parse\n"
+            "from capture.config.targeturl import parse\n"
             "from transports import open_target\n"
             "from transports.base import TransportError, TransportOptions\n"
             "try:\n"

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from capture.errors import KdumpError
-from capture.saver import save
-from capture.targeturl import parse
+from capture.save.sequence import save
+from capture.config.targeturl import parse
 from conftest import head_of
 from servers.sshd import SSHD, ChrootServer, SSHLab, TestUsers, ssh_keygen
 from transports import open_target
@@ -352,7 +352,7 @@ def test_saver_retention_touches_only_this_hosts_dumps(ssh_lab: SSHLab, sshd_nos
                                                        makedumpfile: str) -> None:
     from datetime import datetime, timezone
 
-    from capture.dumpdir import MARKER, marker_bytes
+    from capture.save.dumpdir import MARKER, marker_bytes
 
     user = ssh_lab.key_user
     base = ssh_lab.fresh_dir(user) / HOSTILE

@@ -14,11 +14,13 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Callable, List, Optional, Sequence, Tuple, Type, TypeVar
 
 from capture.errors import KdumpError
-from capture.targeturl import TargetURL
 
+if TYPE_CHECKING:
+    from capture.config.options import Config
+    from capture.config.targeturl import TargetURL
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,13 @@ class TransportOptions:
     mount_options: str = ""
     """Extra mount options for nfs (KDUMP_NFS_OPTIONS)."""
 
+    @classmethod
+    def from_config(cls, config: "Config") -> "TransportOptions":
+        """The options the configuration gives every transport."""
+        return cls(net_timeout=config.net_timeout, host_key=config.host_key,
+                   known_hosts=config.known_hosts or None, ssh_identity=config.ssh_identity,
+                   ca_file=config.ca_file or None, mount_options=config.nfs_options)
+
 
 @dataclass(frozen=True)
 class InitrdProfile:
@@ -76,6 +85,11 @@ class InitrdMaterial:
     """known_hosts lines for the target, carried in the initrd's own file."""
     problems: List[str] = field(default_factory=list)
     """What would fail at crash time, worded for the administrator."""
+
+
+def no_initrd_material(url: "TargetURL", options: TransportOptions) -> InitrdMaterial:
+    """``initrd_material`` of a transport that needs nothing copied and nothing checked."""
+    return InitrdMaterial()
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ import socket
 import struct
 import time
 import weakref
-from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from smb.SMBConnection import SMBConnection
 from smb.base import NotConnectedError, NotReadyError, SMBTimeout, _PendingRequest
@@ -46,11 +46,13 @@ from smb.smb2_structs import (SMB2CloseRequest, SMB2CreateRequest, SMB2Message, 
                               SMB2ReadRequest, SMB2SetInfoRequest, SMB2TreeConnectRequest, SMB2WriteRequest)
 from smb.smb_structs import OperationFailure, ProtocolError
 
-from capture.targeturl import TargetURL
+from capture.config.targeturl import TargetURL
 from transports.base import (DirEntry, DumpFile, InitrdProfile, NoSpaceError, Transport, TransportError,
-                             TransportOptions, make_missing_dirs, network_reason, retry_until_timeout)
+                             TransportOptions, make_missing_dirs, network_reason, no_initrd_material,
+                             retry_until_timeout)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # pysmb's SMB1 path logs a hash of the password at INFO level; its debug and
 # info output is of no use on a console anyway
 logging.getLogger("SMB").setLevel(logging.WARNING)
@@ -240,7 +242,7 @@ class SmbSession:
         """After requests sent by pysmb itself: assume the minimum."""
         self.credits = 1
 
-    def call(self, payload, tid: Optional[int] = None):
+    def call(self, payload: Any, tid: Optional[int] = None) -> Any:
         """Send one SMB2 request and return the reply message (any status)."""
         conn = self.conn
         message = _message(payload)
@@ -515,7 +517,7 @@ class CifsTransport(Transport):
     def _where(self, remote: str) -> str:
         return f"{self.share}/{remote}" if remote else self.share
 
-    def _io(self, what: str, action: Callable[[], object]):
+    def _io(self, what: str, action: Callable[[], T]) -> T:
         """Run ``action``; turn SMB and connection failures into TransportError."""
         if self.session is None:
             self._reconnect(what)
@@ -571,8 +573,8 @@ class CifsTransport(Transport):
             log.debug("closing a handle on %s failed: %s", self.url.masked(), type(exc).__name__)
 
     def _with_handle(self, what: str, remote: str, access: int, disposition: int, options: int,
-                     use: Callable[[bytes], object]):
-        def run():
+                     use: Callable[[bytes], T]) -> T:
+        def run() -> T:
             fid = self.session.open(remote, access, disposition, options)
             try:
                 return use(fid)
@@ -647,7 +649,7 @@ class CifsTransport(Transport):
     # -- the Transport surface ----------------------------------------
 
     def _mkdir_remote(self, remote: str) -> None:
-        def run():
+        def run() -> None:
             fid = self.session.open(remote, _FILE_LIST_DIRECTORY | _FILE_READ_ATTRIBUTES, _FILE_CREATE,
                                     _FILE_DIRECTORY_FILE)
             self.session.close_handle(fid)
@@ -683,7 +685,7 @@ class CifsTransport(Transport):
     def listdir(self, path: str = "") -> List[DirEntry]:
         remote = self._remote(path)
 
-        def run():
+        def run() -> List[Any]:
             try:
                 return self.conn.listPath(self.share, "/" + remote, timeout=self.io_timeout)
             except OperationFailure as exc:
@@ -696,7 +698,7 @@ class CifsTransport(Transport):
     def read_small(self, path: str, limit: int = 65536) -> Optional[bytes]:
         remote = self._remote(path)
 
-        def run():
+        def run() -> bytes:
             fid = self.session.open(remote, _FILE_READ_DATA | _FILE_READ_ATTRIBUTES, _FILE_OPEN,
                                     _FILE_NON_DIRECTORY_FILE)
             try:
@@ -764,7 +766,7 @@ class _RawStatus(Exception):
         self.status = status
 
 
-def _raw(run: Callable[[], object]):
+def _raw(run: Callable[[], T]) -> T:
     """Run ``run``, passing an NT status up as :class:`_RawStatus` for the caller to interpret."""
     try:
         return run()
@@ -798,6 +800,7 @@ def _failure_status(exc) -> int:
 # pysmb encodes names as UTF-16 at run time, through codecs the import tracer cannot see
 INITRD = InitrdProfile(packages=("smb", "nmb"), imports=("smb.SMBConnection", "smb.base", "nmb.NetBIOS",
                                                         "encodings.utf_16_le", "encodings.utf_16"))
+initrd_material = no_initrd_material
 
 
 def open_target(url: TargetURL, options: TransportOptions) -> CifsTransport:

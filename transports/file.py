@@ -14,8 +14,9 @@ import threading
 from pathlib import PurePosixPath
 from typing import BinaryIO, Callable, List, Optional
 
-from capture.targeturl import TargetURL
-from transports.base import DirEntry, DumpFile, InitrdProfile, NoSpaceError, Transport, TransportError, TransportOptions
+from capture.config.targeturl import TargetURL
+from transports.base import (DirEntry, DumpFile, InitrdProfile, NoSpaceError, Transport, TransportError,
+                             TransportOptions, no_initrd_material)
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +200,7 @@ class FileTransport(Transport):
 
 
 INITRD = InitrdProfile()
+initrd_material = no_initrd_material
 
 
 def open_target(url: TargetURL, options: TransportOptions) -> FileTransport:

@@ -30,14 +30,15 @@ import logging
 import posixpath
 import socket
 import ssl
-from typing import BinaryIO, Callable, List, Optional
+from typing import BinaryIO, Callable, List, Optional, Tuple, TypeVar
 
-from capture.targeturl import TargetURL
+from capture.config.targeturl import TargetURL
 from transports.base import (DirEntry, DumpFile, InitrdMaterial, InitrdProfile, NoSpaceError, Transport,
                              TransportError, TransportOptions, make_missing_dirs, network_reason,
                              retry_until_timeout)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: bytes collected before they are sent on the data connection
 SEND_BLOCK = 1 << 20
@@ -60,7 +61,7 @@ class _FtpTls(ftplib.FTP_TLS):
     """FTP_TLS whose data connections resume the control connection's TLS
     session, as servers like vsftpd demand by default (require_ssl_reuse)."""
 
-    def ntransfercmd(self, cmd, rest=None):
+    def ntransfercmd(self, cmd: str, rest: Optional[int] = None) -> Tuple[socket.socket, Optional[int]]:
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
         if self._prot_p:
             conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
@@ -302,7 +303,7 @@ class FtpTransport(Transport):
         if conn is not None:
             _quit(conn)
 
-    def _cmd(self, what: str, action: Callable[[ftplib.FTP], object]):
+    def _cmd(self, what: str, action: Callable[[ftplib.FTP], T]) -> T:
         """Run ``action`` on the control connection; map failures to TransportError."""
         conn = self._ctl()
         try:

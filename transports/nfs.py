@@ -28,8 +28,9 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from capture.targeturl import TargetURL
-from transports.base import InitrdProfile, TransportError, TransportOptions, retry_until_timeout
+from capture.config.targeturl import TargetURL
+from transports.base import (InitrdProfile, TransportError, TransportOptions, no_initrd_material,
+                             retry_until_timeout)
 from transports.file import FileTransport
 
 log = logging.getLogger(__name__)
@@ -245,6 +246,7 @@ class NfsTransport(FileTransport):
 # mount.nfs uses libtirpc, which reads /etc/netconfig
 INITRD = InitrdProfile(kernel_modules=("nfs", "nfsv4", "nfsv3"),
                        optional_programs=("mount.nfs", "mount.nfs4", "/etc/netconfig"))
+initrd_material = no_initrd_material
 
 
 def open_target(url: TargetURL, options: TransportOptions) -> NfsTransport:

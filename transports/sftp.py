@@ -24,7 +24,7 @@ from paramiko.sftp import (CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_FSET
                            CMD_OPEN, CMD_STATUS, CMD_VERSION, CMD_WRITE, SFTP_FLAG_CREATE, SFTP_FLAG_TRUNC,
                            SFTP_FLAG_WRITE, SFTP_OK, SFTPError, int64)
 
-from capture.targeturl import TargetURL
+from capture.config.targeturl import TargetURL
 from transports import sshauth
 from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
 

@@ -23,7 +23,7 @@ from typing import BinaryIO, List, Optional
 
 import paramiko
 
-from capture.targeturl import TargetURL
+from capture.config.targeturl import TargetURL
 from transports import sshauth
 from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
 

@@ -27,7 +27,6 @@ import logging
 import os
 import pwd
 import socket
-import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -35,8 +34,9 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from capture.targeturl import TargetURL
-from transports.base import InitrdMaterial, InitrdProfile, TransportError, TransportOptions
+from capture.config.targeturl import TargetURL
+from transports.base import (InitrdMaterial, InitrdProfile, TransportError, TransportOptions,
+                             retry_until_timeout)
 
 log = logging.getLogger(__name__)
 
@@ -267,26 +267,14 @@ def connect(url: TargetURL, options: TransportOptions) -> SSHConnection:
         paths, _ = identity_paths(options)
         raise TransportError(f"{url.masked()}: no way to log in as {user}: none of the keys "
                              f"{', '.join(paths)} exists and the URL has no password")
-    deadline = time.monotonic() + max(0, options.net_timeout)
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            transport = _handshake(url, policy)
-        except _Retryable as exc:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                waited = f" (tried {attempt} times over {options.net_timeout} s)" if attempt > 1 else ""
-                raise TransportError(f"cannot connect to {url.masked()}: {exc.reason}{waited}") from None
-            log.info("%s: %s; retrying (%d s left)", host_label(url), exc.reason, int(remaining))
-            time.sleep(min(1.0 + attempt * 0.5, 3.0, remaining))
-            continue
-        try:
-            _authenticate(url, transport, user, identities)
-        except BaseException:
-            transport.close()
-            raise
-        return SSHConnection(url, transport)
+    transport = retry_until_timeout(url, options.net_timeout, lambda _left: _handshake(url, policy),
+                                    (_Retryable,), reason=lambda exc: exc.reason)
+    try:
+        _authenticate(url, transport, user, identities)
+    except BaseException:
+        transport.close()
+        raise
+    return SSHConnection(url, transport)
 
 
 class _Retryable(Exception):

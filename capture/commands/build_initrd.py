@@ -5,7 +5,7 @@ import argparse
 import logging
 import os
 
-from capture import config as configuration
+from capture.config import options as configuration
 from capture.errors import KdumpError
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from capture import initrd
+    from capture.host import initrd
 
     cfg = configuration.load(args.config)
-    kernel = args.kernel or cfg.kernelver or initrd.running_kernel()
+    kernel = initrd.kernel_release(cfg, args.kernel)
     output = args.output or initrd.default_output(kernel)
     out_dir = os.path.dirname(os.path.abspath(output))
     if not args.check and not os.path.isdir(out_dir):
@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
         log.info("the configuration is fit for a capture initrd (%s target, %d files of Python)",
                  plan.target.scheme, len(plan.closure.files))
         return 0
-    options = initrd.BuildOptions(output=output, systemd=args.systemd, compress=args.compress,
+    build_options = initrd.BuildOptions(output=output, systemd=args.systemd, compress=args.compress,
                                   add_drivers=tuple(args.add_drivers.split()))
-    path = initrd.build(plan, options)
+    path = initrd.build(plan, build_options)
     print(path)
     return 0

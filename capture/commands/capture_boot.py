@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from capture import config as configuration
+from capture.config import options as configuration
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +19,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from capture.captureboot import capture_boot
+    from capture.save.boot import capture_boot
 
     return capture_boot(configuration.load(args.config), vmcore=args.vmcore, allow_reboot=not args.no_reboot)

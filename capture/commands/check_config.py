@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from capture import config
+from capture.config import options as config
 
 log = logging.getLogger(__name__)
 

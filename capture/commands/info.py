@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from capture.dumpinfo import describe
+from capture.formats.dumpinfo import describe
 
 log = logging.getLogger(__name__)
 

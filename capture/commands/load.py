@@ -5,7 +5,7 @@ import argparse
 import logging
 import os
 
-from capture import config as configuration
+from capture.config import options as configuration
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_load(args: argparse.Namespace) -> int:
-    from capture import initrd, kexec
+    from capture.host import initrd
+    from capture.host import kexec
 
     cfg = configuration.load(args.config)
-    kernel = args.kernel or cfg.kernelver or initrd.running_kernel()
+    kernel = initrd.kernel_release(cfg, args.kernel)
     image = args.initrd or initrd.default_output(kernel)
     cmd = kexec.load_command(cfg, kernel, image, kexec.read_cmdline(), kexec.network_arguments(cfg))
     if args.dry_run:
@@ -51,7 +52,7 @@ def run_load(args: argparse.Namespace) -> int:
 
 
 def run_unload(args: argparse.Namespace) -> int:
-    from capture import kexec
+    from capture.host import kexec
 
     if args.dry_run:
         print("kexec -p -u")

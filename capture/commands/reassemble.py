@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from capture.flattened import reassemble, reassemble_stream
+from capture.formats.flattened import reassemble, reassemble_stream
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from capture import config as configuration
-from capture.saver import save
+from capture.config import options as configuration
+from capture.save.sequence import save
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from capture import config as configuration
+from capture.config import options as configuration
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def initrd_state(path: str, digest: str) -> str:
     """``current``, ``stale (...)``, ``missing`` or ``unknown (...)``."""
-    from capture import initrd
+    from capture.host import initrd
 
     if not os.path.exists(path):
         return "missing"
@@ -35,10 +35,11 @@ def initrd_state(path: str, digest: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from capture import initrd, kexec
+    from capture.host import initrd
+    from capture.host import kexec
 
     cfg = configuration.load(args.config)
-    kernel = args.kernel or cfg.kernelver or initrd.running_kernel()
+    kernel = initrd.kernel_release(cfg, args.kernel)
     path = args.initrd or initrd.default_output(kernel)
     reserved = kexec.reserved_bytes()
     loaded = kexec.is_loaded()

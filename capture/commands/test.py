@@ -33,7 +33,7 @@ def confirmed(stdin=None, stdout=None) -> bool:
 
 
 def run(args: argparse.Namespace, trigger: str = SYSRQ_TRIGGER) -> int:
-    from capture import kexec
+    from capture.host import kexec
 
     if kexec.is_loaded() is False:
         raise KdumpError("no capture kernel is loaded, so a crash would only reboot without a dump; "

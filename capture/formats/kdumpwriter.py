@@ -1,7 +1,7 @@
 """Writing makedumpfile's kdump-compressed format, as makedumpfile's flattened stream.
 
 The file is laid out like ``makedumpfile -l`` / ``-c`` writes it (see
-:mod:`capture.kdumpfile` for the reader): block 0 the disk_dump_header
+:mod:`capture.formats.kdumpfile` for the reader): block 0 the disk_dump_header
 (signature ``KDUMP   ``, header version 6), then the kdump_sub_header followed
 by a copy of the vmcore's ELF notes (``offset_vmcoreinfo`` points at the
 VMCOREINFO note's text inside them), then the 1st and 2nd page bitmaps, one
@@ -14,7 +14,7 @@ first in the data area, exactly as makedumpfile does (the page stays in the
 
 The output is the flattened stream (``makedumpfile -F``): a 4096-byte header,
 then (offset, size) records, then an end marker, so the existing readers
-(:mod:`capture.flattened`) and every target take it unchanged.  Nothing is
+(:mod:`capture.formats.flattened`) and every target take it unchanged.  Nothing is
 held in memory beyond the two bitmaps and about a megabyte of buffered
 output.
 """
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Optional, Sequence, Tuple
 
 from capture.errors import KdumpError
-from capture.flattened import END_MARKER, HEADER_SIZE, RECORD_HEADER, SIGNATURE, TYPE_FLAT_HEADER
-from capture.kdumpfile import (DUMP_DH_COMPRESSED_LZO, DUMP_DH_COMPRESSED_ZLIB, HEADER_SIZE as DISK_HEADER_SIZE,
+from capture.formats.flattened import END_MARKER, HEADER_SIZE, RECORD_HEADER, SIGNATURE, TYPE_FLAT_HEADER
+from capture.formats.kdumpfile import (DUMP_DH_COMPRESSED_LZO, DUMP_DH_COMPRESSED_ZLIB, HEADER_SIZE as DISK_HEADER_SIZE,
                                PAGE_DESC_SIZE, SUB_HEADER_SIZE, TIMESTAMP_OFFSET)
 
 try:

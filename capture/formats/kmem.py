@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from capture.elfcore import PT_LOAD, ElfCore
+from capture.formats.elfcore import PT_LOAD, ElfCore
 from capture.errors import DumpFormatError, KdumpError
 
 START_KERNEL_MAP = 0xFFFFFFFF80000000

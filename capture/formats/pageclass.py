@@ -33,7 +33,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from capture.elfcore import PT_LOAD, ElfCore
+from capture.formats.elfcore import PT_LOAD, ElfCore
 from capture.errors import DumpFormatError
 from capture.formats.kmem import PhysicalMemory, UnreadableMemory, X86_64AddressSpace
 

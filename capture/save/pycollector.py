@@ -25,14 +25,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import BinaryIO, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from capture.elfcore import PT_NOTE, ElfCore
+from capture.formats.elfcore import PT_NOTE, ElfCore
 from capture.errors import DumpFormatError, KdumpError
 from capture.formats.kdumpwriter import (CompressedPages, DumpHeader, KdumpStreamWriter, PageCoding,
                                          available_compression, compress_pages)
 from capture.formats.kmem import PhysicalMemory
 from capture.formats.pageclass import (CACHE, CACHE_PRIVATE, CLASS_NAMES, FREE, USER, Bitmaps,
                                        PageClassifier, bitmap_bytes, build_bitmaps, unpack_bits)
-from capture.kdumpfile import PAGE_DESC_SIZE
+from capture.formats.kdumpfile import PAGE_DESC_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
 
     ``cpus`` > 1 compresses pages in this process and ``cpus - 1`` worker processes.
     ``compression`` is "lzo" (falls back to "zlib" without python-lzo) or "zlib".
-    ``progress`` (a :class:`capture.progress.Progress` or anything with ``phase``,
+    ``progress`` (a :class:`capture.save.progress.Progress` or anything with ``phase``,
     ``percent`` and ``maybe_report()``) is told the phase and percentage.
 
     Levels the vmcore's VMCOREINFO cannot support are reduced, never guessed:

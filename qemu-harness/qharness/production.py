@@ -4,7 +4,8 @@ It carries static busybox (its applets under ``/qharness/bin``, last on
 PATH), ``kexec`` with its libraries, the guest kernel and the capture initrd
 at the paths ``kdump-saver load`` expects, and, merged in from
 ``base_image``, the capture initrd's own tree: the Python interpreter with
-kdump-saver's closure and the kernel modules, so that the production system
+kdump-saver's closure and the kernel modules, plus the production side
+(``capture/host``, which the capture initrd never carries), so that the production system
 runs ``kdump-saver load`` itself, against its own /proc/cmdline and network.
 Its ``/init`` brings up /proc, /sys and /dev, loads the virtio drivers,
 configures the network as the case says, writes a marker to the kernel log,
@@ -20,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import capture.host
 from qharness.cpio import Archive
 from qharness.kernel import GuestKernel
 
 BUSYBOX = Path("/bin/busybox")
 LOADED_LINE = "qharness: capture kernel loaded"
+HOST_PACKAGE = Path(capture.host.__file__).resolve().parent
 LOAD_FAILED_LINE = "qharness: load FAILED"
 UDHCPC_SCRIPT = """#!/bin/sh
 case "$1" in
@@ -63,6 +66,9 @@ def build(spec: ProductionSpec, out: Path) -> Path:
     arc = Archive()
     if spec.base_image is not None:
         arc.merge(spec.base_image, skip=("init",))
+        # the capture initrd never carries the production side; this system runs it
+        for source in sorted(HOST_PACKAGE.rglob("*.py")):
+            arc.copy_host_file(source)
     for d in ("proc", "sys", "dev", "tmp", "run", "root", "etc", "qharness/bin"):
         arc.dir(d)
     arc.chardev("dev/console", 5, 1)

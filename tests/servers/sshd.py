@@ -28,7 +28,7 @@ import pytest
 
 from conftest import require, require_program
 from servers.common import parent_pids
-from capture.config import Config
+from capture.config.options import Config
 from transports.base import TransportOptions
 
 #: client key types generated for the key user

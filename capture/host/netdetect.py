@@ -1,7 +1,7 @@
 """Production side: turn the running system's network into a capture-kernel plan (KDUMP_NETCONFIG).
 
 :func:`resolve_auto` follows ``ip -j route get TARGET`` to the interface that
-reaches the target and describes it as :class:`~capture.netargs.NetPlan`:
+reaches the target and describes it as :class:`~capture.net.plan.NetPlan`:
 
 * physical links are pinned by MAC and renamed (``ifname=kdump0:MAC``, like
   SUSE), because kernel names are not stable across kernels; bond slaves use
@@ -18,7 +18,7 @@ reaches the target and describes it as :class:`~capture.netargs.NetPlan`:
   replaced by their upstream servers when known, or left out).
 
 :func:`resolve_netconfig` does the same for any KDUMP_NETCONFIG value.  The
-result's ``description`` says what was found; :func:`capture.netargs.to_cmdline`
+result's ``description`` says what was found; :func:`capture.net.plan.to_cmdline`
 turns it into kernel arguments.
 """
 from __future__ import annotations
@@ -27,13 +27,13 @@ import ipaddress
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from capture.config import NetConfig
+from capture.config.options import NetConfig
 from capture.errors import ConfigError, KdumpError
-from capture.netargs import (AUTO6, DHCP, DHCP6, STATIC, Address, Bond, Bridge, Interface, NetPlan, Rename,
+from capture.net.plan import (AUTO6, DHCP, DHCP6, STATIC, Address, Bond, Bridge, Interface, NetPlan, Rename,
                              Route, Vlan, describe)
-from capture.network import IpTool, permanent_mac, resolve_host
+from capture.net.bringup import IpTool, permanent_mac, resolve_host
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def resolve_netconfig(netconfig: NetConfig, target_host: Optional[str], *,
     return plan
 
 
-def _route_to(ip: IpTool, target_host: Optional[str]):
+def _route_to(ip: IpTool, target_host: Optional[str]) -> Tuple[dict, str]:
     if target_host:
         try:
             addresses = resolve_host(target_host)

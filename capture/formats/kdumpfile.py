@@ -20,7 +20,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from capture.elfcore import ReadAt, parse_vmcoreinfo, split_utsname
+from capture.formats.elfcore import parse_vmcoreinfo, split_utsname
+from capture.formats.readat import ReadAt
 from capture.errors import DumpFormatError
 
 log = logging.getLogger(__name__)

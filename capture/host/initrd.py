@@ -1,7 +1,7 @@
 """Building the capture initrd: what goes in, checked before dracut runs.
 
 :func:`plan` turns a configuration into a :class:`Plan`: the traced Python
-closure (see :mod:`capture.closure`), the programs, kernel modules and files
+closure (see :mod:`capture.host.closure`), the programs, kernel modules and files
 the configured target needs, the normalized configuration with the
 production facts recorded (KDUMP_HOSTNAME, KDUMP_KNOWN_HOSTS, where a local
 KDUMP_SAVEDIR lives), and a build stamp.  Anything that would only fail at
@@ -33,19 +33,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from capture import __version__, closure
-from capture import config as configuration
-from capture.config import Config
-from capture.errors import ConfigError, KdumpError, URLError
-from capture.saver import transport_options
-from capture.targeturl import TargetURL, parse as parse_url
-
 import transports
+from capture import __version__
+from capture.config import options as configuration
+from capture.config.options import Config
+from capture.config.targeturl import TargetURL, parse as parse_url
+from capture.errors import ConfigError, KdumpError, URLError
+from capture.host import closure, netdetect
+from capture.net.plan import DHCP_CLIENTS, DHCP_NETCONFIG_MODES, netconfig_applies
+from transports.base import TransportOptions
 
 log = logging.getLogger(__name__)
 
 MODULE_NAME = "kdump-saver"
-MODULE_DIR = Path(__file__).resolve().parent.parent / "dracut-module"
+MODULE_DIR = Path(__file__).resolve().parent.parent.parent / "dracut-module"
 DRACUT_BASEDIR = "/usr/lib/dracut"
 STAMP_PATH = "/etc/kdump-saver/build-stamp"
 KNOWN_HOSTS_PATH = "/etc/kdump-saver/known_hosts"
@@ -71,11 +72,10 @@ NOT_LOCAL_FSTYPES = {
     "squashfs": "it is read-only",
     "iso9660": "it is read-only",
 }
-#: our modules that only the production side runs (build-initrd, load, calibrate):
-#: carried as files, never imported by the tracer, so their imports stay out
-PRODUCTION_ONLY = frozenset({"capture.closure", "capture.initrd", "capture.kexec", "capture.calibrate"})
-DHCP_CLIENTS = ("dhclient", "dhcpcd", "udhcpc")
-DHCP_MODES = ("auto", "dhcp", "dhcp4", "dhcp6", "auto6")
+#: the package that runs only on the production system (this module's own):
+#: neither carried into the capture initrd nor imported by the tracer
+HOST_PACKAGE = __package__ or "capture.host"
+HOST_DIR = Path(__file__).resolve().parent
 DEFAULT_COMPRESS = "xz"
 
 
@@ -135,6 +135,12 @@ def running_kernel() -> str:
     return os.uname().release
 
 
+def kernel_release(config: Config, requested: Optional[str] = None) -> str:
+    """The capture kernel's release: ``requested`` (``--kernel``), else
+    KDUMP_KERNELVER, else the running kernel's."""
+    return requested or config.kernelver or running_kernel()
+
+
 def config_digest(config: Config) -> str:
     """The hash recorded in the build stamp: the normalized configuration
     plus our version.  ``status`` recomputes it to tell a stale initrd."""
@@ -163,7 +169,7 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
     initrd_config = config
     if url.is_remote:
         problems.extend(_check_host(url))
-    material = transports.initrd_material(url, transport_options(config))
+    material = transports.initrd_material(url, TransportOptions.from_config(config))
     files.extend(material.files)
     problems.extend(material.problems)
     known_hosts = material.known_hosts
@@ -213,14 +219,14 @@ def allowed_roots(config: Config, url: TargetURL) -> List[str]:
 
 
 def trace_closure(config: Config, url: TargetURL, executable: Optional[str] = None) -> closure.Closure:
-    """Trace the saver's imports for this target (see :mod:`capture.closure`)."""
+    """Trace the saver's imports for this target (see :mod:`capture.host.closure`)."""
     from transports import module_for
 
-    capture_dir = Path(__file__).resolve().parent
+    capture_dir = HOST_DIR.parent
     root = str(capture_dir.parent)
     transports_dir = capture_dir.parent / "transports"
     transport = module_for(url.scheme)
-    ours = closure.python_sources(str(capture_dir))
+    ours = [f for f in closure.python_sources(str(capture_dir)) if not Path(f).is_relative_to(HOST_DIR)]
     ours += [str(transports_dir / "__init__.py"), str(transports_dir / "base.py"),
              str(transports_dir / (transport.rpartition(".")[2] + ".py"))]
     ours = [f for f in ours if os.path.isfile(f)]
@@ -230,7 +236,7 @@ def trace_closure(config: Config, url: TargetURL, executable: Optional[str] = No
             extra = transports_dir / (name.partition(".")[2] + ".py")
             if extra.is_file() and str(extra) not in ours:
                 ours.append(str(extra))
-    required = ["capture.cli", "capture.saver", "transports", transport]
+    required = ["capture.cli", "capture.save.sequence", "transports", transport]
     from capture.cli import COMMANDS
     required += [f"capture.commands.{name}" for name in COMMANDS]
     roots = allowed_roots(config, url)
@@ -239,12 +245,17 @@ def trace_closure(config: Config, url: TargetURL, executable: Optional[str] = No
         required.append("lz4.frame")
     own_modules = sorted({_module_of(f, root) for f in ours})
     optional = [m for m in own_modules + sorted(closure.static_imports(ours)) + list(closure.RUNTIME_STDLIB)
-                if m not in PRODUCTION_ONLY]
+                if not is_host_module(m)]
     path = [root] + _dependency_path(roots, root)
     own_files = ours + [p for p in (importlib.util.cache_from_source(f) for f in ours)
                         if os.path.isfile(p)]
     return closure.trace(list(dict.fromkeys(required)), optional, roots, path,
                          executable=executable, always=own_files)
+
+
+def is_host_module(name: str) -> bool:
+    """Whether the module ``name`` belongs to the production side (never in the initrd)."""
+    return name == HOST_PACKAGE or name.startswith(HOST_PACKAGE + ".")
 
 
 def _module_of(path: str, root: str) -> str:
@@ -358,10 +369,6 @@ def _which(name: str) -> Optional[str]:
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin")
 
 
-def needs_network(config: Config, url: TargetURL) -> bool:
-    return config.netconfig.mode != "none" and (url.is_remote or config.netconfig.force)
-
-
 def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], List[str], List[str]]:
     """(programs, optional programs, script files, problems)."""
     problems: List[str] = []
@@ -375,11 +382,11 @@ def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], Lis
             problems.append(f"{name} is not installed (install {what}); the capture initrd needs it")
         else:
             programs.append(path)
-    if needs_network(config, url) and config.netconfig.mode in DHCP_MODES:
+    if netconfig_applies(url, config.netconfig) and config.netconfig.mode in DHCP_NETCONFIG_MODES:
         client = dhcp_client()
         if client is None:
             problems.append(f"KDUMP_NETCONFIG={config.netconfig.mode or 'auto'} may need DHCP, but no DHCP "
-                            f"client is installed (one of {', '.join(DHCP_CLIENTS)})")
+                            f"client is installed (one of {', '.join(DHCP_CLIENTS[4])})")
         else:
             programs.append(client)
             if config.netconfig.mode in ("auto", "dhcp6", "auto6"):
@@ -409,14 +416,9 @@ def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], Lis
 
 
 def dhcp_client(version: int = 4) -> Optional[str]:
-    """The DHCP client capture.network will pick for IPv``version``: the
+    """The DHCP client the capture kernel will pick for IPv``version``: the
     first installed in its order of preference."""
-    try:
-        from capture.network import DHCP_CLIENTS as preferred
-        names = preferred[version]
-    except (ImportError, AttributeError, KeyError):
-        names = DHCP_CLIENTS
-    for name in names:
+    for name in DHCP_CLIENTS[version]:
         path = _which(name)
         if path:
             return path
@@ -427,7 +429,7 @@ def kernel_modules(config: Config, url: TargetURL, mount: Optional[MountRecord])
     """Kernel modules the capture kernel needs: the NIC driver(s) for a
     network target, the block driver and file system of a local one, nfs."""
     mods: List[str] = []
-    if needs_network(config, url):
+    if netconfig_applies(url, config.netconfig):
         for iface in _physical_interfaces():
             mods.extend(_device_modules(f"/sys/class/net/{iface}/device"))
         mods.extend(_netplan_modules(config, url))
@@ -453,9 +455,8 @@ def _physical_interfaces() -> List[str]:
 def _netplan_modules(config: Config, url: TargetURL) -> List[str]:
     """bonding, 8021q, bridge when the network plan of the target needs them."""
     try:
-        from capture import netdetect
         plan = netdetect.resolve_netconfig(config.netconfig, url.host or None)
-    except (ImportError, KdumpError, OSError) as exc:
+    except (KdumpError, OSError) as exc:
         log.debug("no network plan for the kernel modules: %s", exc)
         return []
     return ((["bonding"] if plan.bonds else []) + (["8021q"] if plan.vlans else [])

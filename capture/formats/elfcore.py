@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from capture.errors import DumpFormatError, KdumpError
+from capture.formats.readat import FileReader, ReadAt
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64", 21: "ppc64", 22: "s390x", 4
 
 UTS_FIELD = 65
 UTS_FIELDS = ("sysname", "nodename", "release", "version", "machine", "domainname")
-
-#: ``read_at(offset, size)``: up to ``size`` bytes of the dump at ``offset`` (short at its end)
-ReadAt = Callable[[int, int], bytes]
-
 
 @dataclass(frozen=True)
 class Segment:
@@ -83,49 +80,6 @@ class NotACoreError(DumpFormatError):
     def __init__(self, message: str, e_type: int) -> None:
         super().__init__(message)
         self.e_type = e_type
-
-
-class FileReader:
-    """A :data:`ReadAt` over a regular file (``pread`` on a held descriptor); close it when done."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            self._fd: Optional[int] = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise KdumpError(f"cannot open {path}: {exc.strerror}") from None
-        st = os.fstat(self._fd)
-        #: the file's size in bytes
-        self.size = st.st_size
-
-    def __call__(self, offset: int, length: int) -> bytes:
-        if self._fd is None:
-            raise ValueError(f"{self.path} is closed")
-        if length <= 0:
-            return b""
-        parts = []
-        while length > 0:
-            try:
-                data = os.pread(self._fd, min(length, 1 << 30), offset)
-            except OSError as exc:
-                raise KdumpError(f"cannot read {self.path}: {exc.strerror}") from None
-            if not data:
-                break
-            parts.append(data)
-            offset += len(data)
-            length -= len(data)
-        return b"".join(parts)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "FileReader":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class ElfCore:

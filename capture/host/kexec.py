@@ -20,8 +20,10 @@ import subprocess
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from capture.config import Config
+from capture.config.options import Config
+from capture.config.targeturl import parse as parse_url
 from capture.errors import KdumpError
+from capture.net.plan import netconfig_applies, split_cmdline, to_cmdline
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ def _key(arg: str) -> str:
 def filter_cmdline(cmdline: str) -> List[str]:
     """The running kernel's arguments that a capture kernel may keep."""
     kept: List[str] = []
-    for arg in split(cmdline):
+    for arg in split_cmdline(cmdline):
         if arg == "--":
             break   # the rest is for the production system's init
         key = _key(arg)
@@ -66,14 +68,6 @@ def filter_cmdline(cmdline: str) -> List[str]:
             continue
         kept.append(arg)
     return kept
-
-
-def split(cmdline: str) -> List[str]:
-    """Split a kernel command line like the kernel does (double quotes group)."""
-    try:
-        return shlex.split(cmdline, posix=True)
-    except ValueError:
-        return cmdline.split()
 
 
 def join(args: Sequence[str]) -> str:
@@ -89,9 +83,9 @@ def join(args: Sequence[str]) -> str:
 def capture_cmdline(config: Config, running: str, network: Sequence[str] = ()) -> str:
     """The capture kernel's command line for ``config``, given the running
     kernel's (``running``, as in /proc/cmdline) and the network arguments."""
-    append = split(config.commandline_append)
+    append = split_cmdline(config.commandline_append)
     if config.commandline.strip():
-        args = split(config.commandline)
+        args = split_cmdline(config.commandline)
     else:
         args = filter_cmdline(running) + list(ADDED)
         if config.continue_on_error and config.immediate_reboot:
@@ -107,16 +101,15 @@ def capture_cmdline(config: Config, running: str, network: Sequence[str] = ()) -
 
 def network_arguments(config: Config) -> List[str]:
     """The dracut network arguments describing the production network for
-    the target (:mod:`capture.netdetect`), or none when the target is local
+    the target (:mod:`capture.host.netdetect`), or none when the target is local
     and the network is not forced."""
-    from capture import netargs, netdetect
-    from capture.targeturl import parse
+    from capture.host import netdetect
 
-    url = parse(config.savedir)
-    if config.netconfig.mode == "none" or not (url.is_remote or config.netconfig.force):
+    url = parse_url(config.savedir)
+    if not netconfig_applies(url, config.netconfig):
         return []
     plan = netdetect.resolve_netconfig(config.netconfig, url.host or None)
-    return list(netargs.to_cmdline(plan))
+    return list(to_cmdline(plan))
 
 
 @dataclass(frozen=True)
@@ -139,7 +132,7 @@ def kernel_image(version: str) -> str:
 
 def load_command(config: Config, kernel: str, initrd: str, running_cmdline: str,
                  network: Sequence[str] = ()) -> LoadCommand:
-    extra = split(config.kexec_options)
+    extra = split_cmdline(config.kexec_options)
     if lockdown_active() and "-s" not in extra and "--kexec-file-syscall" not in extra:
         extra.insert(0, "-s")   # kexec_load is refused under lockdown; kexec_file_load is not
     return LoadCommand(kernel=kernel_image(kernel), initrd=initrd,

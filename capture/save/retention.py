@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
-from capture.dumpdir import parse_name, read_marker
+from capture.save.dumpdir import README, parse_name, read_marker
 from transports.base import Transport
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,18 @@ def expendable_before_success(old: List[OwnDump], keep: int) -> List[OwnDump]:
     if old and candidates and candidates[-1] == old[-1]:
         candidates = candidates[:-1]
     return candidates
+
+
+def saved_size(target: Transport, dump: OwnDump) -> Optional[int]:
+    """The bytes ``dump`` saved, as its README records them (None: not recorded)."""
+    raw = target.read_small(f"{dump.name}/{README}")
+    for line in (raw or b"").decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(": ")
+        words = value.split()
+        if key == "saved" and "bytes" in words[1:]:
+            count = words[words.index("bytes") - 1]
+            return int(count) if count.isdigit() and len(count) < 20 else None
+    return None
 
 
 def delete(target: Transport, dumps: List[OwnDump], why: str) -> List[str]:

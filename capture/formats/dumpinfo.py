@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, List, Optional
 
-from capture import flattened, kdumpfile
-from capture.elfcore import ELF_MAGIC, ElfCore, FileReader, NotACoreError
+from capture.formats import flattened
+from capture.formats import kdumpfile
+from capture.formats import INCOMPLETE
+from capture.formats.elfcore import ELF_MAGIC, ElfCore, NotACoreError
+from capture.formats.readat import FileReader, ReadAt
 from capture.errors import DumpFormatError, KdumpError
 
 log = logging.getLogger(__name__)
@@ -29,9 +32,6 @@ LZ4_MAGIC = 0x184D2204
 LZ4_SKIPPABLE = range(0x184D2A50, 0x184D2A60)
 NT_PRPSINFO = 3
 NT_FILE = 0x46494C45
-INCOMPLETE_SUFFIX = ".incomplete"
-
-ReadAt = Callable[[int, int], bytes]
 
 
 @dataclass
@@ -139,8 +139,8 @@ def describe(path: str) -> DumpInfo:
             _describe_lz4(path, reader, info)
         else:
             _describe_content(reader, reader.size, path, info, allow_flattened=True)
-    if path.endswith(INCOMPLETE_SUFFIX):
-        info.problems.append(f"the name ends in '{INCOMPLETE_SUFFIX}': whoever wrote it did not finish")
+    if path.endswith(INCOMPLETE):
+        info.problems.append(f"the name ends in '{INCOMPLETE}': whoever wrote it did not finish")
     info.complete = not info.problems
     return info
 

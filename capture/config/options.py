@@ -4,7 +4,7 @@ INTERFACE PINNED: the field names below are used by the saver, the
 transports and the initrd builder.
 
 :func:`load` / :func:`parse_text` read SUSE's file format (shell variable
-assignments, see :mod:`capture.sysconfig`) without ever executing it, check
+assignments, see :mod:`capture.config.sysconfig`) without ever executing it, check
 every KDUMP_* option and return a :class:`Config`.  All bad values of a file
 are reported together in one :class:`~capture.errors.ConfigError`, one line
 each: ``FILE:LINE: KEY="VALUE": what is allowed``.  Unknown KDUMP_* keys are
@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from capture import sysconfig, targeturl
+from capture.config import sysconfig
+from capture.config import targeturl
 from capture.errors import ConfigError, URLError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class NetConfig:
 class Config:
     """Every KDUMP_* option with SUSE's default."""
 
-    savedir: str = "/var/crash"                 # KDUMP_SAVEDIR (parse with capture.targeturl.parse)
+    savedir: str = "/var/crash"                 # KDUMP_SAVEDIR (parse with capture.config.targeturl.parse)
     dumplevel: int = 31                         # KDUMP_DUMPLEVEL 0..31
     dumpformat: str = "compressed"              # none, elf, compressed, lzo, snappy, zstd, raw (lowercased)
     keep_old_dumps: int = 0                     # KDUMP_KEEP_OLD_DUMPS >= -1
@@ -98,7 +99,7 @@ HOST_KEY_TYPES = (
 IFNAMSIZ = 16
 """The kernel's limit for interface names, including the terminating NUL."""
 
-_MASK = "***"
+_MASK = targeturl.MASK
 
 
 class _Invalid(Exception):
@@ -249,38 +250,11 @@ def _savedir(value: str) -> str:
     return text
 
 
-def _url_password(text: str) -> Optional[Tuple[str, str, str]]:
-    """(``scheme://user``, password, ``host/path``) if ``text`` looks like it carries a password.
-
-    Deliberately generous (the last ``@`` ends the user part), so that even a
-    malformed URL never shows its password."""
-    if "://" not in text:
-        return None
-    scheme, rest = text.split("://", 1)
-    at = rest.rfind("@")
-    if at < 0 or ":" not in rest[:at]:
-        return None
-    user, password = rest[:at].split(":", 1)
-    return f"{scheme}://{user}", password, rest[at + 1:]
-
-
-def mask_url(text: str) -> str:
-    """``text`` (a KDUMP_SAVEDIR value, valid or not) with any password replaced by ``***``."""
-    try:
-        return targeturl.parse(text).masked()
-    except URLError:
-        pass
-    parts = _url_password(text)
-    if parts is None:
-        return text
-    return f"{parts[0]}:{_MASK}@{parts[2]}"
-
-
 def _url_problem(text: str, error: URLError) -> str:
     """The message for a bad URL, computed without the password so it cannot leak."""
-    if _url_password(text) is None:
+    masked = targeturl.mask_password(text)
+    if masked == text:
         return str(error)
-    masked = mask_url(text)
     try:
         targeturl.parse(masked)
     except URLError as masked_error:
@@ -416,7 +390,7 @@ def has_password(config: Config) -> bool:
     try:
         return bool(targeturl.parse(config.savedir).password)
     except URLError:
-        return _url_password(config.savedir) is not None
+        return targeturl.mask_password(config.savedir) != config.savedir
 
 
 def parse_text(text: str, filename: str = "<string>") -> Config:
@@ -449,7 +423,7 @@ def parse_text(text: str, filename: str = "<string>") -> Config:
         try:
             values[option.field] = _convert(option, assignment, filename)
         except _Invalid as exc:
-            shown = _MASK if option.secret else (mask_url(assignment.value) if key == "KDUMP_SAVEDIR"
+            shown = _MASK if option.secret else (targeturl.masked_text(assignment.value) if key == "KDUMP_SAVEDIR"
                                                  else assignment.value)
             errors.append((assignment.line,
                            f"{filename}:{assignment.line}: {key}={sysconfig.quote(shown)}: {exc}"))
@@ -513,7 +487,7 @@ def render(config: Config) -> str:
     for option in OPTIONS:
         text = _format_text(getattr(config, option.field))
         if option.key == "KDUMP_SAVEDIR":
-            text = mask_url(text)
+            text = targeturl.masked_text(text)
         elif option.secret and text:
             text = _MASK
         lines.append(f"{option.key}={sysconfig.quote(text)}")

@@ -4,7 +4,7 @@ The flattened stream from makedumpfile is either rebuilt into the real file
 on the fly (targets that write at offsets) or stored as it comes
 (``vmcore.flat`` on append-only targets).  The raw format is /proc/vmcore
 itself, compressed into a standard LZ4 frame as it streams.  Every write is
-first claimed from the :class:`~capture.space.SpaceGuard`.
+first claimed from the :class:`~capture.save.space.SpaceGuard`.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO, Optional
 
-from capture.flattened import FlatReader
-from capture.progress import Progress
-from capture.space import SpaceGuard
+from capture.formats.flattened import FlatReader
+from capture.save.progress import Progress
+from capture.save.space import SpaceGuard
 from transports.base import DumpFile
 
 RAW_BLOCK = 4 << 20

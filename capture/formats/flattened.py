@@ -24,6 +24,7 @@ from bisect import bisect_left
 from typing import BinaryIO, Callable, Iterator, Optional, Tuple
 
 from capture.errors import DumpFormatError, KdumpError
+from capture.formats import INCOMPLETE
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ def reassemble_stream(stream: BinaryIO, out_path: str, name: str = "input") -> i
     """:func:`reassemble` reading the flattened stream from ``stream`` (a pipe is fine)."""
     if os.path.lexists(out_path):
         raise KdumpError(f"{out_path} already exists; not overwriting it")
-    tmp = out_path + ".incomplete"
+    tmp = out_path + INCOMPLETE
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:

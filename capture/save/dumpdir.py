@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import List, Optional
+from typing import Collection, List, Optional
 
 from capture import __version__
+from capture.formats import INCOMPLETE
 from transports.base import Transport
 
 MARKER = ".kdump-saver"
 TOOL = "kdump-saver"
 README = "README.txt"
-INCOMPLETE = ".incomplete"
 
 _NAME = re.compile(r"^(?:(?P<host>.+)-)?(?P<stamp>\d{4}-\d{2}-\d{2}-\d{2}-\d{2})(?:\.(?P<seq>\d+))?$")
 
@@ -54,10 +54,13 @@ def parse_name(name: str) -> Optional[DirName]:
     return DirName(name, m.group("host"), m.group("stamp"), int(m.group("seq") or 1))
 
 
-def create_unique(target: Transport, base: str) -> str:
-    """Create ``base`` (0700), or ``base.2``, ``base.3`` … if taken; never reuse one."""
+def create_unique(target: Transport, base: str, avoid: Collection[str] = ()) -> str:
+    """Create ``base`` (0700), or ``base.2``, ``base.3`` … if taken or in
+    ``avoid`` (names of dumps just deleted); never reuse one."""
     for seq in range(1, 1000):
         name = base if seq == 1 else f"{base}.{seq}"
+        if name in avoid:
+            continue
         try:
             target.mkdir(name)
             return name
@@ -106,7 +109,7 @@ class DumpFacts:
     vmcore_name: str = ""
     open_command: str = ""
     free_space: str = ""
-    notes: List[str] = None  # type: ignore[assignment]
+    notes: List[str] = field(default_factory=list)
 
     def render(self) -> str:
         rows = [

@@ -1,4 +1,4 @@
-"""Bringing a :class:`~capture.netargs.NetPlan` up in the capture kernel with iproute2's ``ip``.
+"""Bringing a :class:`~capture.net.plan.NetPlan` up in the capture kernel with iproute2's ``ip``.
 
 :func:`bring_up` renames links by MAC, creates bonds, bridges and VLANs,
 sets addresses and routes, runs the DHCP client found on PATH (dhclient,
@@ -29,28 +29,19 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from capture.config import Config, NetConfig
+from capture.config.options import Config, NetConfig
 from capture.errors import KdumpError
-from capture.netargs import (ANY_INTERFACE, AUTO6, DHCP, DHCP6, Bond, Bridge, Interface, NetPlan, Vlan,
-                             choose_plan, describe)
-from capture.targeturl import TargetURL
-from capture.targeturl import parse as parse_url
+from capture.net.plan import (ANY_INTERFACE, AUTO6, DHCP, DHCP6, DHCP_CLIENTS, Bond, Bridge, Interface,
+                              NetPlan, Vlan, choose_plan, describe, needs_network)
+from capture.config.targeturl import TargetURL
 
 log = logging.getLogger(__name__)
 
-#: DHCP clients in order of preference, per IP version
-DHCP_CLIENTS = {4: ("dhclient", "dhcpcd", "udhcpc"), 6: ("dhclient", "dhcpcd", "udhcpc6")}
 _VIRTUAL_KINDS = {"bond", "bridge", "vlan", "macvlan", "macvtap", "ipvlan", "vxlan", "dummy", "team",
                   "tun", "wireguard", "gre", "gretap", "ipip", "sit", "ip6tnl", "vrf", "ifb", "geneve"}
 _POLL = 0.2
-
-
-def needs_network(url: Union[TargetURL, str], netconfig: NetConfig) -> bool:
-    """Whether the network must be brought up: a remote target, or KDUMP_NETCONFIG ``...:force``."""
-    target = parse_url(url) if isinstance(url, str) else url
-    return target.is_remote or netconfig.force
 
 
 def prepare(config: Config, target: TargetURL, *, cmdline: Optional[str] = None, **options) -> bool:
@@ -635,7 +626,7 @@ def find_dhcp_client(version: int, wanted: Optional[str] = None) -> str:
                      f"(looked for {', '.join(n for n in names if n)} on PATH)")
 
 
-def _client_argv(client: str, version: int, iface: Interface, hook: Path, state: Path):
+def _client_argv(client: str, version: int, iface: Interface, hook: Path, state: Path) -> Tuple[List[str], str]:
     name, base = iface.name, Path(client).name
     tag = f"{name}-{version}"
     if base == "dhclient":
@@ -672,12 +663,13 @@ def lease_path(state: Path, name: str, version: int) -> Path:
 def write_hook(state: Path, client: str) -> Path:
     """The executable the DHCP client runs on lease events: it calls :func:`dhcp_hook`."""
     hook = state / f"hook-{client}"
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    package_parent = str(Path(__file__).resolve().parents[2])
     hook.write_text(f"#!{sys.executable}\n"
+                    "import os\n"
                     "import sys\n"
                     f"sys.path.insert(0, {package_parent!r})\n"
-                    "from capture.network import dhcp_hook\n"
-                    f"sys.exit(dhcp_hook({client!r}, {str(state)!r}, sys.argv[1:], dict(__import__('os').environ)))\n")
+                    "from capture.net.bringup import dhcp_hook\n"
+                    f"sys.exit(dhcp_hook({client!r}, {str(state)!r}, sys.argv[1:], dict(os.environ)))\n")
     hook.chmod(0o700)
     return hook
 

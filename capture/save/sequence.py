@@ -1,7 +1,14 @@
 """The save: from /proc/vmcore to a finished dump directory on the target.
 
 :func:`save` is the whole sequence, step by step; each step's details live
-in the module named after what it handles.
+in the module named after what it handles.  A caller that must act between
+the complete vmcore and the final README (capture-boot runs
+KDUMP_POSTSCRIPT there) uses the same steps through :func:`begin`::
+
+    with begin(config, vmcore) as dump:
+        dump.save_files()
+        dump.notes.append("...")
+        result = dump.finish()
 """
 from __future__ import annotations
 
@@ -10,17 +17,20 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Callable, List, Optional, Sequence
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
-from capture import collector, dumpdir, retention, targeturl
-from capture.config import Config
-from capture.dumpdir import INCOMPLETE, MARKER, README, DumpFacts
-from capture.dumpwriter import compress_raw, rebuild_flattened, store_flattened
-from capture.elfcore import ElfCore
+from capture.config.options import Config
+from capture.config.targeturl import TargetURL
+from capture.config.targeturl import parse as parse_url
 from capture.errors import DumpFormatError, KdumpError
-from capture.progress import Progress
-from capture.space import SpaceGuard
-from capture.targeturl import TargetURL
+from capture.formats import INCOMPLETE
+from capture.formats.elfcore import ElfCore
+from capture.save import collector, dumpdir, retention
+from capture.save.dumpdir import MARKER, README, DumpFacts
+from capture.save.dumpwriter import Written, compress_raw, rebuild_flattened, store_flattened
+from capture.save.progress import Progress
+from capture.save.space import SpaceGuard
 from transports import open_target
 from transports.base import Transport, TransportOptions
 
@@ -39,70 +49,104 @@ class SaveResult:
     facts: Optional[DumpFacts] = None
 
 
-def transport_options(config: Config) -> TransportOptions:
-    return TransportOptions(
-        net_timeout=config.net_timeout, host_key=config.host_key,
-        known_hosts=config.known_hosts or None, ssh_identity=config.ssh_identity,
-        ca_file=config.ca_file or None, mount_options=config.nfs_options)
+def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, TargetURL, None] = None,
+         notes: Sequence[str] = ()) -> SaveResult:
+    """Save ``vmcore`` as ``config`` says (to ``savedir`` instead of
+    KDUMP_SAVEDIR when given); raise :class:`KdumpError` unless the vmcore
+    (for format ``none``, the kernel log) was saved completely.  ``notes`` go
+    into the README."""
+    with begin(config, vmcore, savedir, notes) as dump:
+        dump.save_files()
+        return dump.finish()
 
 
-def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Optional[str] = None,
-         notes: Sequence[str] = (), after_vmcore: Optional[Callable[[], Optional[str]]] = None) -> SaveResult:
-    """Save ``vmcore`` as ``config`` says; raise :class:`KdumpError` unless the
-    vmcore (for format ``none``, the kernel log) was saved completely.
-
-    ``notes`` go into the README; ``after_vmcore`` runs once the vmcore is
-    complete, before the final README, and may return one more note."""
+@contextmanager
+def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, TargetURL, None] = None,
+          notes: Sequence[str] = ()) -> Iterator["DumpInProgress"]:
+    """The steps up to an empty dump directory marked incomplete; the block
+    then saves the files and finishes.  An exception in the block leaves the
+    README saying INCOMPLETE and why, and propagates."""
     started = time.monotonic()
-    url = targeturl.parse(savedir or config.savedir)
+    url = savedir if isinstance(savedir, TargetURL) else parse_url(savedir or config.savedir)
     crashed = read_crashed_kernel(vmcore)
     mdf = collector.probe()
     plan = collector.plan(config, mdf)
     for note in plan.notes:
         log.info("%s", note)
     hostname = config.hostname or crashed.nodename or "unknown"
-    crash_time = crashed.crash_time
-    log.info("saving the dump of %s (kernel %s, crashed %s) to %s",
-             hostname, crashed.release, crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"), url.masked())
+    log.info("saving the dump of %s (kernel %s, crashed %s) to %s", hostname, crashed.release,
+             crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"), url.masked())
 
-    with open_target(url, transport_options(config)) as target:
-        guard = SpaceGuard(target, config.free_disk_size << 20,
-                           make_room=lambda: _make_room(target, hostname, config.keep_old_dumps))
+    with open_target(url, TransportOptions.from_config(config)) as target:
+        guard = SpaceGuard(target, config.free_disk_size << 20)
+        deleted = make_room(target, guard, hostname, config.keep_old_dumps)
         guard.start()
-        name = dumpdir.create_unique(target, dumpdir.base_name(crash_time, hostname, url.is_remote))
+        name = dumpdir.create_unique(target, dumpdir.base_name(crashed.crash_time, hostname, url.is_remote),
+                                     avoid=deleted)
         facts = DumpFacts(
             status="being written", target=url.masked(), directory=name, hostname=hostname,
-            kernel_release=crashed.release,
-            crash_time=crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            kernel_release=crashed.release, crash_time=crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"),
             dump_level=None if plan.format in ("raw", "none") else plan.dump_level,
-            dump_format=_format_label(plan), memory_size=crashed.memory_size, notes=list(plan.notes) + list(notes))
+            dump_format=_format_label(plan), memory_size=crashed.memory_size,
+            notes=list(plan.notes) + list(notes))
         target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, datetime.now(timezone.utc)))
         target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
-        progress = Progress(interval=5.0)
+        dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started)
         try:
-            dmesg = _save_dmesg(target, name, mdf, vmcore, guard)
-            facts.panic = collector.panic_line(dmesg) or facts.panic
-            if plan.format != "none":
-                facts.vmcore_name, written = _save_vmcore(target, name, plan, mdf, config, vmcore,
-                                                          guard, progress)
-                facts.saved_bytes = written.size
-                facts.sha256 = written.sha256 or target.sha256(f"{name}/{facts.vmcore_name}")
-            if after_vmcore is not None:
-                facts.notes += [n for n in [after_vmcore()] if n]
-            facts.status = "saved successfully"
-            facts.duration = time.monotonic() - started
-            facts.free_space = guard.describe()
-            facts.open_command = _open_command(facts, url)
-            target.write_small(f"{name}/{README}", facts.render().encode())
+            yield dump
         except BaseException as exc:
-            _record_failure(target, facts, progress, exc, started)
+            if not dump.finished:
+                _record_failure(target, facts, dump.progress, exc, started)
             raise
-        old = retention.own_dumps(target, hostname, exclude=name)
-        retention.delete(target, retention.surplus(old, config.keep_old_dumps),
-                         f"KDUMP_KEEP_OLD_DUMPS={config.keep_old_dumps}")
-    log.info("dump saved: %s/%s (%s, %.1f MB, %.1f s)", url.masked().rstrip("/"), name,
-             facts.vmcore_name or "dmesg.txt", facts.saved_bytes / 1e6, facts.duration)
-    return SaveResult(url, name, [f for f in (facts.vmcore_name, "dmesg.txt", README) if f], facts)
+
+
+@dataclass
+class DumpInProgress:
+    """A dump directory being written: :meth:`save_files`, then :meth:`finish`."""
+
+    config: Config
+    vmcore: str
+    url: TargetURL
+    target: Transport
+    guard: SpaceGuard
+    mdf: collector.Makedumpfile
+    plan: collector.DumpPlan
+    facts: DumpFacts
+    started: float
+    progress: Progress = field(default_factory=lambda: Progress(interval=5.0))
+    finished: bool = False
+    """Whether the README says the dump is complete."""
+
+    @property
+    def notes(self) -> List[str]:
+        """The README's notes; append to add one before :meth:`finish`."""
+        return self.facts.notes
+
+    def save_files(self) -> None:
+        """The kernel log, then the vmcore (unless the format is ``none``)."""
+        name, facts = self.facts.directory, self.facts
+        dmesg = _save_dmesg(self.target, name, self.mdf, self.vmcore, self.guard)
+        facts.panic = collector.panic_line(dmesg) or facts.panic
+        if self.plan.format != "none":
+            facts.vmcore_name, written = _save_vmcore(self.target, name, self.plan, self.mdf, self.config,
+                                                      self.vmcore, self.guard, self.progress)
+            facts.saved_bytes = written.size
+            facts.sha256 = written.sha256 or self.target.sha256(f"{name}/{facts.vmcore_name}")
+
+    def finish(self) -> SaveResult:
+        """The final README, then KDUMP_KEEP_OLD_DUMPS."""
+        name, facts, keep = self.facts.directory, self.facts, self.config.keep_old_dumps
+        facts.status = "saved successfully"
+        facts.duration = time.monotonic() - self.started
+        facts.free_space = self.guard.describe()
+        facts.open_command = _open_command(facts, self.url)
+        self.target.write_small(f"{name}/{README}", facts.render().encode())
+        self.finished = True
+        old = retention.own_dumps(self.target, facts.hostname, exclude=name)
+        retention.delete(self.target, retention.surplus(old, keep), f"KDUMP_KEEP_OLD_DUMPS={keep}")
+        log.info("dump saved: %s/%s (%s, %.1f MB, %.1f s)", self.url.masked().rstrip("/"), name,
+                 facts.vmcore_name or "dmesg.txt", facts.saved_bytes / 1e6, facts.duration)
+        return SaveResult(self.url, name, [f for f in (facts.vmcore_name, "dmesg.txt", README) if f], facts)
 
 
 @dataclass(frozen=True)
@@ -140,7 +184,7 @@ def _save_dmesg(target: Transport, name: str, mdf: collector.Makedumpfile, vmcor
 
 
 def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: collector.Makedumpfile,
-                 config: Config, vmcore: str, guard: SpaceGuard, progress: Progress):
+                 config: Config, vmcore: str, guard: SpaceGuard, progress: Progress) -> Tuple[str, Written]:
     """Stream the vmcore into ``vmcore.incomplete``, then rename it to its final
     name: ``vmcore`` (rebuilt at offsets), ``vmcore.flat`` (append-only
     targets) or ``vmcore.lz4`` (raw)."""
@@ -175,13 +219,22 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: co
     return final, written
 
 
-def _make_room(target: Transport, hostname: str, keep: int) -> bool:
-    """Delete the oldest dump retention allows to go early; False when none may go."""
-    candidates = retention.expendable_before_success(retention.own_dumps(target, hostname), keep)
+def make_room(target: Transport, guard: SpaceGuard, hostname: str, keep: int) -> List[str]:
+    """Before anything is written: delete the old dumps retention would delete
+    after a success anyway (never the newest), oldest first, while the room
+    beyond KDUMP_FREE_DISK_SIZE is less than this host's last dump took."""
+    old = retention.own_dumps(target, hostname)
+    candidates = retention.expendable_before_success(old, keep)
     if not candidates:
-        return False
-    retention.delete(target, candidates[:1], "to make room for the new dump")
-    return True
+        return []
+    expected = retention.saved_size(target, old[-1])
+    deleted: List[str] = []
+    for dump in candidates:
+        room = guard.room()
+        if room is None or expected is None or room >= expected:
+            break
+        deleted += retention.delete(target, [dump], "to make room for the new dump")
+    return deleted
 
 
 def _record_failure(target: Transport, facts: DumpFacts, progress: Progress, exc: BaseException,

@@ -18,9 +18,9 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from capture.config import Config
+from capture.config.options import Config
 from capture.errors import KdumpError
-from capture.progress import Progress, pump_stderr
+from capture.save.progress import Progress, pump_stderr
 
 log = logging.getLogger(__name__)
 

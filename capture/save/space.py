@@ -3,13 +3,14 @@
 :class:`SpaceGuard` is asked before every write how many new bytes it
 brings; it keeps a budget from the last measurement and measures again
 every ``recheck`` bytes, or when the budget runs out.  When the budget
-cannot cover a write, it first lets the caller free room (old dumps that
-retention may delete), then stops the save before crossing the limit.
+cannot cover a write, it stops the save before crossing the limit.  Room is
+made before the save starts (:func:`capture.save.sequence.make_room`), never
+while a dump is being written.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import Optional
 
 from capture.errors import KdumpError
 from transports.base import Transport
@@ -22,11 +23,9 @@ class SpaceLimitReached(KdumpError):
 
 
 class SpaceGuard:
-    def __init__(self, target: Transport, limit_bytes: int,
-                 make_room: Optional[Callable[[], bool]] = None, recheck: int = 32 << 20) -> None:
+    def __init__(self, target: Transport, limit_bytes: int, recheck: int = 32 << 20) -> None:
         self.target = target
         self.limit = limit_bytes
-        self.make_room = make_room
         self.recheck = recheck
         self.known = True
         self._budget = 0
@@ -41,6 +40,11 @@ class SpaceGuard:
         self._budget = free - self.limit
         self._since_check = 0
         return free
+
+    def room(self) -> Optional[int]:
+        """Bytes that may still be written now before the limit (negative: already below), None: unknown."""
+        free = self.target.free_space()
+        return None if free is None else free - self.limit
 
     def start(self) -> None:
         """Check before writing anything; free room or refuse when already below the limit."""
@@ -59,12 +63,10 @@ class SpaceGuard:
         self._since_check += nbytes
         if self._budget - nbytes < 0 or self._since_check >= self.recheck:
             self._measure()
-            while self._budget - nbytes < 0:
-                if not (self.make_room and self.make_room()):
-                    raise SpaceLimitReached(
-                        f"the target has {max(self._budget + self.limit, 0) >> 20} MB free and "
-                        f"KDUMP_FREE_DISK_SIZE requires {self.limit >> 20} MB to stay free")
-                self._measure()
+            if self._budget - nbytes < 0:
+                raise SpaceLimitReached(
+                    f"the target has {max(self._budget + self.limit, 0) >> 20} MB free and "
+                    f"KDUMP_FREE_DISK_SIZE requires {self.limit >> 20} MB to stay free")
         self._budget -= nbytes
 
     def describe(self) -> str:

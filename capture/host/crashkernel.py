@@ -20,7 +20,7 @@ rounded up to a multiple of 8 MB, where
   old memory through /proc/vmcore.
 
 The capture command line carries ``rootfstype=ramfs`` (see
-:mod:`capture.kexec`).  Without it (a KDUMP_COMMANDLINE that leaves it out)
+:mod:`capture.host.kexec`).  Without it (a KDUMP_COMMANDLINE that leaves it out)
 the kernel unpacks the initramfs into a tmpfs limited to half of the memory
 left once the kernel and the compressed image are set aside, which adds::
 

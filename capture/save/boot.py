@@ -11,12 +11,13 @@ import logging
 import os
 import subprocess
 import threading
-from typing import Optional
 
-from capture import __version__, network, targeturl
-from capture.config import Config
+from capture import __version__
+from capture.config import targeturl
+from capture.config.options import Config
 from capture.errors import KdumpError
-from capture.saver import save
+from capture.net import bringup
+from capture.save import sequence
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
     status = 1
     try:
         url = targeturl.parse(config.savedir)
-        network.prepare(config, url)
+        bringup.prepare(config, url)
         notes = [script_note("KDUMP_PRESCRIPT", run_script("KDUMP_PRESCRIPT", config.prescript))] \
             if config.prescript else []
         if config.transfer:
@@ -37,7 +38,12 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
             if config.postscript:
                 run_script("KDUMP_POSTSCRIPT", config.postscript)
         else:
-            save(config, vmcore, notes=notes, after_vmcore=lambda: _postscript(config))
+            with sequence.begin(config, vmcore, url, notes) as dump:
+                dump.save_files()
+                if config.postscript:
+                    dump.notes.append(script_note("KDUMP_POSTSCRIPT",
+                                                  run_script("KDUMP_POSTSCRIPT", config.postscript)))
+                dump.finish()
             status = 0
     except KdumpError as exc:
         log.error("error: %s", exc)
@@ -63,12 +69,6 @@ def run_script(option: str, command: str) -> int:
 
 def script_note(option: str, status: int) -> str:
     return f"{option} exited with status {status}"
-
-
-def _postscript(config: Config) -> Optional[str]:
-    if not config.postscript:
-        return None
-    return script_note("KDUMP_POSTSCRIPT", run_script("KDUMP_POSTSCRIPT", config.postscript))
 
 
 def emergency_shell(why: str) -> None:

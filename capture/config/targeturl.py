@@ -7,21 +7,7 @@ from typing import Optional
 from urllib.parse import unquote, urlsplit
 
 from capture.errors import URLError
-
-#: accepted scheme -> canonical scheme
-SCHEMES = {
-    "file": "file",
-    "ftp": "ftp",
-    "ftps": "ftps",
-    "sftp": "sftp",
-    "scp": "sftp",
-    "ssh": "ssh",
-    "nfs": "nfs",
-    "cifs": "cifs",
-    "smb": "cifs",
-}
-
-DEFAULT_PORTS = {"ftp": 21, "ftps": 21, "sftp": 22, "ssh": 22, "nfs": 2049, "cifs": 445}
+from transports import schemes
 
 
 @dataclass(frozen=True)
@@ -43,7 +29,10 @@ class TargetURL:
 
     @property
     def effective_port(self) -> Optional[int]:
-        return self.port if self.port is not None else DEFAULT_PORTS.get(self.scheme)
+        if self.port is not None:
+            return self.port
+        known = schemes.lookup(self.scheme)
+        return known.default_port if known else None
 
     @property
     def host_for_url(self) -> str:
@@ -78,74 +67,95 @@ def parse(text: str) -> TargetURL:
         return TargetURL(scheme="file", path=_clean_path(value, value), given_scheme="")
     if "://" not in value:
         raise URLError(
-            f"{_safe(value)!r} is neither an absolute path nor a URL "
-            "(file, ftp, ftps, sftp, scp, ssh, nfs, cifs, smb)")
+            f"{mask_password(value)!r} is neither an absolute path nor a URL "
+            f"({', '.join(schemes.accepted_names())})")
     given, rest = value.split("://", 1)
-    scheme = SCHEMES.get(given.lower())
-    if scheme is None:
+    known = schemes.lookup(given)
+    if known is None:
         raise URLError(
-            f"unknown scheme {given!r} in {_safe(value)!r}; "
-            f"use one of {', '.join(sorted(SCHEMES))}")
+            f"unknown scheme {given!r} in {mask_password(value)!r}; "
+            f"use one of {', '.join(schemes.accepted_names())}")
+    scheme = known.name
     try:
         parts = urlsplit("x://" + rest)
         port = parts.port
     except ValueError as exc:
         why = "the port must be a number from 1 to 65535" if "Port" in str(exc) else "the host is malformed"
-        raise URLError(f"bad host or port in {_safe(value)!r}: {why} (a password containing "
+        raise URLError(f"bad host or port in {mask_password(value)!r}: {why} (a password containing "
                        "'/', '#', '?' or '@' must be percent-encoded, e.g. %2F)") from None
     if parts.query or parts.fragment:
-        raise URLError(f"{_safe(value)!r}: '?' and '#' must be percent-encoded (%3F, %23) in a target path")
+        raise URLError(f"{mask_password(value)!r}: '?' and '#' must be percent-encoded (%3F, %23) in a target path")
     host = parts.hostname or ""
     user = unquote(parts.username) if parts.username is not None else ""
     password = unquote(parts.password) if parts.password is not None else ""
     raw_path = parts.path
     if scheme == "file":
         if host not in ("", "localhost"):
-            raise URLError(f"{_safe(value)!r}: file URLs take no host (file:///path)")
+            raise URLError(f"{mask_password(value)!r}: file URLs take no host (file:///path)")
         if user or password or port is not None:
-            raise URLError(f"{_safe(value)!r}: file URLs take no user, password or port")
+            raise URLError(f"{mask_password(value)!r}: file URLs take no user, password or port")
         return TargetURL(scheme="file", path=_clean_path(unquote(raw_path) or "", value), given_scheme=given.lower())
     if not host:
-        raise URLError(f"{_safe(value)!r}: a {scheme} target needs a host")
+        raise URLError(f"{mask_password(value)!r}: a {scheme} target needs a host")
     if "[" in parts.netloc:
         try:
             ipaddress.IPv6Address(host.split("%", 1)[0])
         except ValueError:
-            raise URLError(f"{_safe(value)!r}: {host!r} in brackets is not an IPv6 address") from None
+            raise URLError(f"{mask_password(value)!r}: {host!r} in brackets is not an IPv6 address") from None
     elif ":" in host:
-        raise URLError(f"{_safe(value)!r}: IPv6 addresses must be written in brackets, like [::1]")
+        raise URLError(f"{mask_password(value)!r}: IPv6 addresses must be written in brackets, like [::1]")
     if port == 0:
-        raise URLError(f"{_safe(value)!r}: port 0 is not a port")
+        raise URLError(f"{mask_password(value)!r}: port 0 is not a port")
     path = _clean_path(unquote(raw_path) or "/", value)
     if scheme == "cifs" and len([p for p in path.split("/") if p]) < 1:
-        raise URLError(f"{_safe(value)!r}: a cifs target needs a share: cifs://[user[:password]@]host/SHARE/path")
+        raise URLError(f"{mask_password(value)!r}: a cifs target needs a share: cifs://[user[:password]@]host/SHARE/path")
     if scheme == "nfs" and user:
-        raise URLError(f"{_safe(value)!r}: nfs targets take no user or password")
+        raise URLError(f"{mask_password(value)!r}: nfs targets take no user or password")
     return TargetURL(scheme=scheme, path=path, host=host, port=port, user=user,
                      password=password, given_scheme=given.lower())
 
 
 def _clean_path(path: str, value: str) -> str:
     if not path.startswith("/"):
-        raise URLError(f"{_safe(value)!r}: the path must be absolute")
+        raise URLError(f"{mask_password(value)!r}: the path must be absolute")
     if "\0" in path:
-        raise URLError(f"{_safe(value)!r}: the path contains a NUL byte")
+        raise URLError(f"{mask_password(value)!r}: the path contains a NUL byte")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise URLError(f"{_safe(value)!r}: '..' is not allowed in the target path")
+        raise URLError(f"{mask_password(value)!r}: '..' is not allowed in the target path")
     return "/" + "/".join(parts)
 
 
-def _safe(value: str) -> str:
-    """``value`` with anything that may be a password replaced by ``***``, for
-    error messages; it errs on the side of hiding too much."""
+MASK = "***"
+
+
+def mask_password(value: str) -> str:
+    """``value`` (a KDUMP_SAVEDIR text, valid or not) with anything that may be
+    a password replaced by :data:`MASK`.
+
+    Deliberately generous, so that even a malformed URL never shows its
+    password: the last ``@`` ends the user part, and without an ``@`` a
+    ``host:word`` whose word is not a port number is taken for ``user:password``."""
     if "://" not in value:
         return value
     scheme, rest = value.split("://", 1)
     at = rest.rfind("@")
-    if at < 0:
+    if at >= 0:
+        userinfo, hostpath = rest[:at], rest[at + 1:]
+        if ":" not in userinfo:
+            return value
+        return f"{scheme}://{userinfo.split(':', 1)[0]}:{MASK}@{hostpath}"
+    authority, slash, path = rest.partition("/")
+    host, colon, port = authority.rpartition(":")
+    if not colon or port.isdigit() or authority.endswith("]") or not host:
         return value
-    userinfo, hostpath = rest[:at], rest[at + 1:]
-    if ":" not in userinfo:
-        return value
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpath}"
+    return f"{scheme}://{host}:{MASK}{slash}{path}"
+
+
+def masked_text(value: str) -> str:
+    """A KDUMP_SAVEDIR value for display: the parsed URL's masked form, or
+    :func:`mask_password` of the text when it does not parse."""
+    try:
+        return parse(value).masked()
+    except URLError:
+        return mask_password(value)

@@ -1,7 +1,7 @@
 """Network arguments of the capture kernel: dracut's ``ip=`` family and KDUMP_NETCONFIG, as a plan.
 
 The plan (:class:`NetPlan`) says which links to rename, create and configure;
-:mod:`capture.network` carries it out with ``ip``, :mod:`capture.netdetect`
+:mod:`capture.net.bringup` carries it out with ``ip``, :mod:`capture.host.netdetect`
 derives it from the production system, and :func:`to_cmdline` writes it back
 as the dracut arguments the capture kernel gets.
 
@@ -29,9 +29,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
-from capture.config import NetConfig, interface_name_problem
+from capture.config.options import NetConfig, interface_name_problem
+from capture.config.targeturl import TargetURL
+from capture.config.targeturl import parse as parse_url
 from capture.errors import ConfigError
 
 STATIC = "static"
@@ -39,6 +41,23 @@ DHCP = "dhcp"
 DHCP6 = "dhcp6"
 AUTO6 = "auto6"
 MODES = (STATIC, DHCP, DHCP6, AUTO6)
+
+#: DHCP clients in order of preference, per IP version
+DHCP_CLIENTS = {4: ("dhclient", "dhcpcd", "udhcpc"), 6: ("dhclient", "dhcpcd", "udhcpc6")}
+#: KDUMP_NETCONFIG modes that may need a DHCP client
+DHCP_NETCONFIG_MODES = ("auto", "dhcp", "dhcp4", "dhcp6", "auto6")
+
+
+def needs_network(url: Union[TargetURL, str], netconfig: NetConfig) -> bool:
+    """Whether the capture kernel brings the network up: a remote target, or KDUMP_NETCONFIG ``...:force``."""
+    target = parse_url(url) if isinstance(url, str) else url
+    return target.is_remote or netconfig.force
+
+
+def netconfig_applies(url: Union[TargetURL, str], netconfig: NetConfig) -> bool:
+    """Whether KDUMP_NETCONFIG describes that network (it is not ``none``), so that the
+    production side adds its network arguments, NIC drivers and DHCP client."""
+    return netconfig.mode != "none" and needs_network(url, netconfig)
 
 #: ip= methods as written -> plan mode
 _METHODS = {
