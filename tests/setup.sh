@@ -8,7 +8,7 @@ cd "$top"
 packages=(
   makedumpfile liblzo2-dev lz4 xz-utils python3-venv
   openssh-server openssh-client samba smbclient vsftpd curl
-  iproute2 kexec-tools openssl nfs-common crash
+  iproute2 kexec-tools openssl nfs-common crash python3-libkdumpfile
   dracut-core dracut-network cpio e2fsprogs linux-image-cloud-amd64
   dnsmasq-base isc-dhcp-client udhcpc dhcpcd-base busybox-static qemu-system-x86
 )
