@@ -179,3 +179,32 @@ def test_format_none_without_a_kernel_log_is_a_failure(tmp_path, fixture_vmcore,
     monkeypatch.setenv("PATH", f"{fake_makedumpfile(tmp_path, True)}:{os.environ['PATH']}")
     with pytest.raises(KdumpError, match="only the kernel log"):
         save(Config(dumpformat="none", free_disk_size=0), vmcore=str(vmcore), savedir=str(tmp_path / "crash"))
+
+
+def test_a_makedumpfile_that_always_fails_still_gives_a_complete_dump(tmp_path, fixture_vmcore, fixture_dmesg,
+                                                                       reference_dumps, monkeypatch):
+    monkeypatch.setenv("PATH", f"{fake_makedumpfile(tmp_path, False)}:{os.environ['PATH']}")
+    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=0), vmcore=str(fixture_vmcore),
+                  savedir=str(tmp_path / "crash"))
+    d = tmp_path / "crash" / result.directory
+    assert "vmcore status: saved successfully" in readme(d) and "collector: kdump-saver" in readme(d)
+    assert sha256_of(d / "vmcore") == sha256_of(reference_dumps.direct("-l", 31))
+    assert (d / "dmesg.txt").read_bytes() == fixture_dmesg.read_bytes()
+
+
+def test_a_killed_makedumpfile_is_replaced_by_our_collector(tmp_path, fixture_vmcore, reference_dumps,
+                                                            monkeypatch):
+    """makedumpfile dies of SIGKILL in the middle of the stream: the vmcore is started again."""
+    real = shutil.which("makedumpfile") or "/usr/sbin/makedumpfile"
+    wrapper = tmp_path / "bin" / "makedumpfile"
+    wrapper.parent.mkdir()
+    wrapper.write_text("#!/bin/sh\n"
+                       'case " $* " in *" -F "*) ' f'{real} "$@" | head -c 3000000; kill -9 $$;; esac\n'
+                       f'exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=0), vmcore=str(fixture_vmcore),
+                  savedir=str(tmp_path / "crash"))
+    d = tmp_path / "crash" / result.directory
+    assert "collector: kdump-saver" in readme(d) and "makedumpfile failed" in readme(d)
+    assert sha256_of(d / "vmcore") == sha256_of(reference_dumps.direct("-l", 31))

@@ -460,3 +460,23 @@ def test_layout_from_arbitrary_vmcoreinfo_never_crashes(info):
         assert str(exc)
         return
     assert layout.struct_size >= 16 and layout.page_size & (layout.page_size - 1) == 0
+
+
+def test_kdump_saver_save_on_6_12_keeps_every_slab_page_and_says_why(slab_pages, new_vmcore, ours612, tmp_path):
+    """The whole save at -d 31 on the kernel makedumpfile 1.7.2 mis-filters: the
+    saver decides up front to use its own collector, says so, and the dump it
+    calls complete has every slab page and is still filtered."""
+    from capture.config.options import Config
+    from capture.save.sequence import save
+
+    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=0), vmcore=str(new_vmcore),
+                  savedir=str(tmp_path))
+    d = tmp_path / result.directory
+    readme = (d / "README.txt").read_text()
+    assert "vmcore status: saved successfully" in readme
+    assert "collector: kdump-saver" in readme and "slab" in readme
+    present, kept, _ = bitmaps(d / "vmcore")
+    missing = [pfn for pfn in slab_pages if present >> pfn & 1 and not kept >> pfn & 1]
+    assert missing == [] and len(slab_pages) > 500
+    assert (d / "vmcore").stat().st_size < 0.6 * ours612.real(1).stat().st_size
+    assert b"newkernel-marker-readers" in (d / "dmesg.txt").read_bytes()

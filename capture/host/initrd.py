@@ -217,6 +217,8 @@ def allowed_roots(config: Config, url: TargetURL) -> List[str]:
     roots = list(transports.initrd_profile(url).packages)
     if config.dumpformat == "raw":
         roots.append("lz4")
+    elif config.dumpformat != "none":
+        roots.append("lzo")  # kdump-saver's own collector, when makedumpfile cannot be used
     return roots
 
 
@@ -245,6 +247,8 @@ def trace_closure(config: Config, url: TargetURL, executable: Optional[str] = No
     required.extend(transports.initrd_profile(url).imports)
     if config.dumpformat == "raw":
         required.append("lz4.frame")
+    elif config.dumpformat != "none":
+        required += ["capture.save.pycollector", "lzo"]
     own_modules = sorted({_module_of(f, root) for f in ours})
     optional = [m for m in own_modules + sorted(closure.static_imports(ours)) + list(closure.RUNTIME_STDLIB)
                 if not is_host_module(m)]

@@ -121,6 +121,7 @@ class DumpFacts:
     panic: str = "not found in the kernel log"
     dump_level: Optional[int] = None
     dump_format: str = ""
+    collector: str = ""
     memory_size: Optional[int] = None
     saved_bytes: int = 0
     duration: Optional[float] = None
@@ -141,6 +142,7 @@ class DumpFacts:
             ("panic", self.panic),
             ("dump level", "" if self.dump_level is None else str(self.dump_level)),
             ("dump format", self.dump_format),
+            ("collector", self.collector),
             ("memory size", _size(self.memory_size)),
             ("saved", f"{self.vmcore_name} {_size(self.saved_bytes)}".strip() if self.vmcore_name
              else _size(self.saved_bytes)),

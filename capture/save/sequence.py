@@ -18,8 +18,9 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from capture import __version__
 from capture.config.options import Config
 from capture.config.targeturl import TargetURL
 from capture.config.targeturl import parse as parse_url
@@ -70,18 +71,24 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
     started = time.monotonic()
     url = savedir if isinstance(savedir, TargetURL) else parse_url(savedir or config.savedir)
     crashed = read_crashed_kernel(vmcore)
-    mdf = collector.probe()
-    plan = collector.plan(config, mdf)
+    mdf, mdf_problem = _probe_makedumpfile()
+    plan = collector.plan(config, mdf, crashed.vmcoreinfo, mdf_problem=mdf_problem)
     for note in plan.notes:
         log.info("%s", note)
+    expected = expected_size(vmcore, plan)
     hostname = config.hostname or crashed.nodename or "unknown"
     log.info("saving the dump of %s (kernel %s, crashed %s) to %s", hostname, crashed.release,
              crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"), url.masked())
 
     with open_target(url, TransportOptions.from_config(config)) as target:
         guard = SpaceGuard(target, config.free_disk_size << 20)
+        if expected is not None:
+            room = guard.room()
+            log.info("the dump is expected to take about %.1f MB; the target has %s", expected / 1e6,
+                     "room for an unknown amount (it cannot tell its free space)" if room is None
+                     else f"room for {max(room, 0) / 1e6:.1f} MB more before KDUMP_FREE_DISK_SIZE")
         base = dumpdir.base_name(crashed.crash_time, hostname, url.is_remote)
-        deleted = make_room(target, guard, hostname, config.keep_old_dumps, base)
+        deleted = make_room(target, guard, hostname, config.keep_old_dumps, base, expected)
         guard.start()
         name = dumpdir.create_unique(target, base, avoid=deleted)
         facts = DumpFacts(
@@ -93,6 +100,9 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
         created = datetime.now(timezone.utc)
         target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, created))
         target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
+        facts.collector = _collector_label(plan, mdf)
+        if expected is not None:
+            facts.notes.append(f"expected size before saving: {expected} bytes")
         dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started, created)
         try:
             yield dump
@@ -111,7 +121,7 @@ class DumpInProgress:
     url: TargetURL
     target: Transport
     guard: SpaceGuard
-    mdf: collector.Makedumpfile
+    mdf: Optional[collector.Makedumpfile]
     plan: collector.DumpPlan
     facts: DumpFacts
     started: float
@@ -137,7 +147,7 @@ class DumpInProgress:
             raise KdumpError("KDUMP_DUMPFORMAT=none saves only the kernel log, and it could not be read")
         if self.plan.format != "none":
             facts.vmcore_name, written = _save_vmcore(self.target, name, self.plan, self.mdf, self.config,
-                                                      self.vmcore, self.guard, self.progress)
+                                                      self.vmcore, self.guard, self.progress, facts)
             facts.saved_bytes = written.size
             facts.sha256 = written.sha256 or self.target.sha256(f"{name}/{facts.vmcore_name}")
 
@@ -171,6 +181,7 @@ class CrashedKernel:
     crash_time: datetime
     nodename: Optional[str]
     memory_size: int
+    vmcoreinfo: Dict[str, str] = field(default_factory=dict)
 
 
 def read_crashed_kernel(vmcore: str) -> CrashedKernel:
@@ -185,10 +196,11 @@ def read_crashed_kernel(vmcore: str) -> CrashedKernel:
         else:
             log.warning("the vmcore has no CRASHTIME; naming the dump after the current clock")
             crash_time = datetime.now(timezone.utc)
-        return CrashedKernel(core.osrelease or "unknown", crash_time, core.nodename(), core.memory_size)
+        return CrashedKernel(core.osrelease or "unknown", crash_time, core.nodename(), core.memory_size,
+                             dict(core.vmcoreinfo))
 
 
-def _save_dmesg(target: Transport, name: str, mdf: collector.Makedumpfile, vmcore: str,
+def _save_dmesg(target: Transport, name: str, mdf: Optional[collector.Makedumpfile], vmcore: str,
                 guard: SpaceGuard, notes: List[str]) -> bytes:
     """``dmesg.txt``: from makedumpfile, else our own reader of the log in the
     vmcore; when neither works the vmcore is saved all the same and a note
@@ -223,12 +235,35 @@ def read_kernel_log(vmcore: str) -> bytes:
             return exc.partial
 
 
-def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: collector.Makedumpfile,
-                 config: Config, vmcore: str, guard: SpaceGuard, progress: Progress) -> Tuple[str, Written]:
+def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: Optional[collector.Makedumpfile],
+                 config: Config, vmcore: str, guard: SpaceGuard, progress: Progress,
+                 facts: DumpFacts) -> Tuple[str, Written]:
     """Stream the vmcore into ``vmcore.incomplete``, then rename it to its final
     name: ``vmcore`` (rebuilt at offsets), ``vmcore.flat`` (append-only
-    targets) or ``vmcore.lz4`` (raw)."""
+    targets) or ``vmcore.lz4`` (raw).  When makedumpfile fails, the file is
+    started again with kdump-saver's own collector."""
     partial = f"{name}/vmcore{INCOMPLETE}"
+    try:
+        final, written = _write_vmcore(target, partial, plan, mdf, config, vmcore, guard, progress)
+    except collector.CollectorError as exc:
+        retry = collector.fallback(plan, config, f"makedumpfile failed: {exc}")
+        if retry is None:
+            raise
+        log.warning("%s; starting the vmcore again with kdump-saver's own collector", exc)
+        facts.notes.append(retry.notes[-1])
+        facts.collector = _collector_label(retry, None)
+        facts.dump_format = _format_label(retry)
+        guard.remeasure()
+        final, written = _write_vmcore(target, partial, retry, None, config, vmcore, guard, progress)
+    progress.maybe_report(force=True)
+    target.rename(partial, f"{name}/{final}")
+    return final, written
+
+
+def _write_vmcore(target: Transport, partial: str, plan: collector.DumpPlan,
+                  mdf: Optional[collector.Makedumpfile], config: Config, vmcore: str, guard: SpaceGuard,
+                  progress: Progress) -> Tuple[str, Written]:
+    """Write ``partial`` completely (durable, hashed where it can be); return its final name."""
     out = target.create(partial)
     final = "vmcore.lz4" if plan.format == "raw" else "vmcore" if out.seekable else "vmcore.flat"
     try:
@@ -241,7 +276,7 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: co
                 writer = rebuild_flattened if out.seekable else store_flattened
                 written = writer(run.stdout, out, guard, progress)
             except DumpFormatError:
-                run.finish(timeout=10)  # makedumpfile's own failure explains a broken stream best
+                run.finish(timeout=10)  # the collector's own failure explains a broken stream best
                 raise
             except BaseException:
                 run.abort()
@@ -254,9 +289,32 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: co
     except BaseException:
         out.abort()
         raise
-    progress.maybe_report(force=True)
-    target.rename(partial, f"{name}/{final}")
     return final, written
+
+
+def _probe_makedumpfile() -> Tuple[Optional[collector.Makedumpfile], str]:
+    """makedumpfile, or None and why it cannot be used."""
+    try:
+        return collector.probe(), ""
+    except collector.CollectorError as exc:
+        log.warning("%s", exc)
+        return None, str(exc)
+
+
+def expected_size(vmcore: str, plan: collector.DumpPlan) -> Optional[int]:
+    """The dump's expected size from the page classification and a sample of
+    compressed pages (lzo or zlib, as kdump-saver's collector would write
+    it); None for the formats it cannot predict or when the vmcore does not tell."""
+    if plan.format not in ("lzo", "compressed"):
+        return None
+    from capture.save.pycollector import estimate_size
+
+    try:
+        return estimate_size(vmcore, plan.dump_level, compression="zlib" if plan.format == "compressed"
+                             else "lzo").size
+    except KdumpError as exc:
+        log.info("no size estimate: %s", exc)
+        return None
 
 
 def make_room(target: Transport, guard: SpaceGuard, hostname: str, keep: int, new_name: str,
@@ -303,6 +361,14 @@ def _record_failure(target: Transport, facts: DumpFacts, progress: Progress, exc
                            dumpdir.marker_bytes(facts.hostname, created, dumpdir.FAILED))
     except Exception as readme_exc:  # noqa: BLE001 - the original failure is what matters
         log.error("could not update README.txt after the failure: %s", readme_exc)
+
+
+def _collector_label(plan: collector.DumpPlan, mdf: Optional[collector.Makedumpfile]) -> str:
+    if not plan.uses_collector:
+        return ""
+    if plan.collector == collector.OWN:
+        return f"kdump-saver {__version__} ({plan.collector_reason})"
+    return f"makedumpfile {mdf.version_text}" if mdf else "makedumpfile"
 
 
 def _format_label(plan: collector.DumpPlan) -> str:
