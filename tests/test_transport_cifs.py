@@ -275,7 +275,8 @@ def test_saver_over_cifs_gives_what_the_file_target_gives(smbd, tmp_path, fixtur
     assert (d / "dmesg.txt").read_bytes() == (local_dir / "dmesg.txt").read_bytes()
     readme = (d / "README.txt").read_text()
     assert "vmcore status: saved successfully" in readme
-    assert f"sha256: {sha256_of(d / 'vmcore')}" in readme
+    # SMB2 servers offer no checksum, and the dump is never read back over the network
+    assert "sha256: not computed (the file was written at offsets" in readme
     assert "MB free after saving" in readme
     assert smbd.password not in readme and f"cifs://{smbd.user}:***@127.0.0.1" in readme
 

@@ -381,6 +381,8 @@ def test_saver_writes_the_same_vmcore_as_the_file_target(ssh_lab: SSHLab, sshd_s
     readme = (saved / "README.txt").read_text()
     assert "saved successfully" in readme and user.name in readme
     assert user.password not in readme and user.password not in caplog.text
+    # the hash comes from the server (sha256sum over the same SSH connection), not from reading the dump back
+    assert f"sha256: {hashlib.sha256((saved / 'vmcore').read_bytes()).hexdigest()}" in readme
     assert stat.S_IMODE(saved.stat().st_mode) == 0o700
     assert all(stat.S_IMODE((saved / n).stat().st_mode) == 0o600 for n in os.listdir(saved))
 

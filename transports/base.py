@@ -214,8 +214,15 @@ class Transport(abc.ABC):
             raise
         self.rename(partial, path)
 
+    def server_sha256(self, path: str) -> Optional[str]:
+        """The sha256 of a stored file computed by the server itself, so that
+        the file does not cross the network again; None when the server
+        cannot (the README then says the hash was not computed)."""
+        return None
+
     def sha256(self, path: str) -> str:
-        """The sha256 of a file as stored on the target."""
+        """The sha256 of a file as stored on the target, read back through the
+        transport (for checks; the save never reads a dump back)."""
         digest = hashlib.sha256()
         with self.open_read(path) as f:
             while True:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import shlex
 import socket
 import stat
 from typing import BinaryIO, Dict, List, Optional, Tuple
@@ -285,6 +286,33 @@ class SFTPTransport(Transport):
             self.sftp.rmdir(full)
         except _NETWORK_ERRORS as exc:
             raise self._error(f"cannot delete {path!r}", exc) from None
+
+    def server_sha256(self, path: str) -> Optional[str]:
+        """``sha256sum`` run by the server over this SSH connection, where it
+        allows commands (an sftp-only account does not: None)."""
+        full = self._path(path)
+        try:
+            channel = self._conn.open_session() if self._conn is not None else None
+            if channel is None:
+                return None
+            with channel:
+                channel.exec_command(f"sha256sum -- {shlex.quote(full)}")
+                out = b""
+                while len(out) < 4096:
+                    block = channel.recv(4096)
+                    if not block:
+                        break
+                    out += block
+                status = channel.recv_exit_status()
+        except (TransportError, *_NETWORK_ERRORS) as exc:
+            log.info("%s: the server cannot compute the sha256 of %s: %s", self.url.masked(), path, exc)
+            return None
+        digest = out.split(b" ", 1)[0].decode("ascii", "replace")
+        if status != 0 or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            log.info("%s: the server cannot compute the sha256 of %s (sha256sum exit status %s)",
+                     self.url.masked(), path, status)
+            return None
+        return digest
 
     def free_space(self) -> Optional[int]:
         if "statvfs@openssh.com" not in self.sftp.extensions:

@@ -39,6 +39,8 @@ from transports.base import Transport, TransportOptions
 log = logging.getLogger(__name__)
 
 DEBUG_VMLINUX = "/usr/lib/debug/boot/vmlinux-{release}"
+NO_SHA256 = ("not computed (the file was written at offsets and the server cannot hash it; "
+             "reading the dump back would send it over the network twice)")
 
 
 @dataclass
@@ -149,7 +151,8 @@ class DumpInProgress:
             facts.vmcore_name, written = _save_vmcore(self.target, name, self.plan, self.mdf, self.config,
                                                       self.vmcore, self.guard, self.progress, facts)
             facts.saved_bytes = written.size
-            facts.sha256 = written.sha256 or self.target.sha256(f"{name}/{facts.vmcore_name}")
+            facts.sha256 = written.sha256 or self.target.server_sha256(f"{name}/{facts.vmcore_name}") \
+                or NO_SHA256
 
     def finish(self) -> SaveResult:
         """The final README, then KDUMP_KEEP_OLD_DUMPS."""
