@@ -1,0 +1,145 @@
+"""An existing SUSE /etc/sysconfig/kdump works unchanged (issue 13).
+
+Checked against openSUSE/kdump (github.com/openSUSE/kdump, commit 34da4b88,
+2026-04-10): its template ``sysconfig.kdump.in``, ``kdump-read-config.sh``,
+the man page ``doc/man/kdump.5.txt.in``, the capture script
+``dracut/kdump-save``, ``init/load.sh`` and ``init/mkdumprd``.  Network tests
+run in namespaces the test creates (tests/netns.py); every address exists only
+inside them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, require
+from netns import Lab, ip_netns_available
+
+from capture.config import options as config
+from capture.config.options import Config, NetConfig
+from capture.errors import ConfigError
+from capture.net import plan as netargs
+
+DATA = Path(__file__).resolve().parent / "data" / "suse"
+CLI = [sys.executable, "-m", "capture.cli"]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+# ------------------------------------------------------------------ 1. KDUMP_NETCONFIG
+
+@pytest.mark.parametrize("text, net", [
+    ("eth0:auto", NetConfig("auto", "eth0", False)),
+    ("eth0:AUTO:force", NetConfig("auto", "eth0", True)),
+    ("default:dhcp", NetConfig("dhcp", "default", False)),
+    ("default:auto", NetConfig("auto", "default", False)),
+    ("default:static:force", NetConfig("static", "default", True)),
+    ("auto", NetConfig("auto", "", False)),
+])
+def test_netconfig_auto_mode_and_default_interface_are_read(text, net):
+    loaded = config.parse_text(f'KDUMP_NETCONFIG="{text}"\n').netconfig
+    assert loaded == net
+    assert loaded.on_default_route == (net.interface == "default")
+    assert config.parse_text(f'KDUMP_NETCONFIG="{config.format_netconfig(net)}"\n').netconfig == net
+
+
+def test_netconfig_default_without_a_mode_is_refused_as_suse_does():
+    with pytest.raises(ConfigError, match="KDUMP_NETCONFIG"):
+        config.parse_text('KDUMP_NETCONFIG="default"\n')
+
+
+@pytest.mark.parametrize("text, cmdline", [
+    ("eth0:auto", ["ip=eth0:dhcp"]),           # no production facts in the capture kernel: DHCP
+    ("default:dhcp", ["ip=dhcp"]),             # the default route is unknown there: first link
+    ("default:dhcp6", ["ip=dhcp6"]),
+])
+def test_netconfig_fallback_in_the_capture_kernel(text, cmdline):
+    plan = netargs.from_netconfig(config.parse_text(f'KDUMP_NETCONFIG="{text}"\n').netconfig)
+    assert netargs.to_cmdline(plan) == cmdline
+
+
+GATEWAY = "198.51.100.1"
+TARGET = "203.0.113.10"
+MAC0, MAC1 = "02:00:00:00:13:01", "02:00:00:00:13:02"
+
+_RESOLVE = r"""
+import json, sys
+from capture.config import options as config
+from capture.host import netdetect
+from capture.net import plan as netargs
+from capture.errors import KdumpError
+net = config.parse_text('KDUMP_NETCONFIG="%s"\n' % sys.argv[1]).netconfig
+try:
+    plan = netdetect.resolve_netconfig(net, sys.argv[2] or None)
+except KdumpError as exc:
+    print(json.dumps({"error": str(exc)}))
+else:
+    print(json.dumps({"cmdline": netargs.to_cmdline(plan), "description": plan.description}))
+"""
+
+
+@pytest.fixture
+def production():
+    """A production namespace: nic0 with a static address and the default route, nic1 with an
+    address that has a lease lifetime (what a DHCP client sets), both wired to a server namespace."""
+    problem = ip_netns_available()
+    require(problem is None, problem or "")
+    with Lab() as lab:
+        srv = lab.netns("srv")
+        prod = lab.netns("prod")
+        lab.veth(srv, "s0", prod, "nic0", mac_b=MAC0)
+        lab.veth(srv, "s1", prod, "nic1", mac_b=MAC1)
+        lab.ip(srv, "addr", "add", f"{GATEWAY}/24", "dev", "s0")
+        lab.ip(srv, "addr", "add", "192.0.2.1/24", "dev", "s1")
+        lab.ip(srv, "addr", "add", f"{TARGET}/32", "dev", "lo")
+        lab.ip(prod, "addr", "add", "198.51.100.7/24", "dev", "nic0")
+        lab.ip(prod, "addr", "add", "192.0.2.77/24", "dev", "nic1", "valid_lft", "3600", "preferred_lft", "3600")
+        for nic in ("nic0", "nic1"):
+            lab.ip(prod, "link", "set", nic, "up")
+        lab.ip(prod, "route", "add", "default", "via", GATEWAY)
+        (Path("/etc/netns") / prod / "resolv.conf").write_text("nameserver 198.51.100.53\n")
+        yield lab, prod
+
+
+def resolve(lab: Lab, ns: str, netconfig: str, target: str = TARGET) -> dict:
+    return json.loads(lab.run_python(ns, _RESOLVE, netconfig, target).stdout)
+
+
+@pytest.mark.parametrize("netconfig, cmdline, found", [
+    # auto on a card: static where the address is permanent, DHCP where it has a lease
+    ("nic0:auto", [f"ifname=kdump0:{MAC0}", f"ip=198.51.100.7::{GATEWAY}:24::kdump0:none",
+                   "nameserver=198.51.100.53"], "KDUMP_NETCONFIG=nic0:auto: "),
+    ("nic1:auto", [f"ifname=kdump0:{MAC1}", "ip=kdump0:dhcp"], "KDUMP_NETCONFIG=nic1:auto: "),
+    # default: the card of the default route (nic0), whatever the target
+    ("default:dhcp", [f"ifname=kdump0:{MAC0}", "ip=kdump0:dhcp"], "the default route is on nic0"),
+    ("default:auto", [f"ifname=kdump0:{MAC0}", f"ip=198.51.100.7::{GATEWAY}:24::kdump0:none",
+                      "nameserver=198.51.100.53"], "the default route is on nic0"),
+    ("default:static:force", [f"ifname=kdump0:{MAC0}", f"ip=198.51.100.7::{GATEWAY}:24::kdump0:none",
+                              "nameserver=198.51.100.53"], "the default route is on nic0"),
+])
+def test_netconfig_auto_and_default_resolved_at_build_time(production, netconfig, cmdline, found):
+    lab, prod = production
+    result = resolve(lab, prod, netconfig)
+    assert result.get("cmdline") == cmdline, result
+    assert found in result["description"]
+
+
+def test_netconfig_default_without_a_default_route_is_a_clear_error(production):
+    lab, prod = production
+    lab.ip(prod, "route", "del", "default")
+    result = resolve(lab, prod, "default:dhcp")
+    assert "no default route" in result["error"] and "eth0:dhcp" in result["error"]
+
+
+def test_netconfig_auto_on_a_card_without_an_address_is_a_clear_error(production):
+    lab, prod = production
+    lab.ip(prod, "addr", "flush", "dev", "nic1")
+    assert "nic1 has no IPv4 address" in resolve(lab, prod, "nic1:auto")["error"]
