@@ -143,3 +143,62 @@ def test_netconfig_auto_on_a_card_without_an_address_is_a_clear_error(production
     lab, prod = production
     lab.ip(prod, "addr", "flush", "dev", "nic1")
     assert "nic1 has no IPv4 address" in resolve(lab, prod, "nic1:auto")["error"]
+
+
+# ------------------------------------------------------------------ 3. KDUMP_SSH_IDENTITY, KDUMP_HOST_KEY
+
+def _root_ssh_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for root's home: ``$HOME`` is where ~/.ssh is looked up (as OpenSSH's tools do)."""
+    home = tmp_path / "roothome"
+    (home / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)        # a relative name must not be looked up here
+    return home / ".ssh"
+
+
+def test_relative_identity_is_a_file_in_roots_ssh_dir(tmp_path, monkeypatch):
+    from transports.base import TransportOptions
+    from transports.sshauth import identity_paths
+    ssh = _root_ssh_dir(tmp_path, monkeypatch)
+    cfg = config.parse_text('KDUMP_SSH_IDENTITY="kdump_key  /etc/kdump/other_key sub/k"\n')
+    paths, explicit = identity_paths(TransportOptions.from_config(cfg))
+    assert explicit and paths == (str(ssh / "kdump_key"), "/etc/kdump/other_key", str(ssh / "sub" / "k"))
+
+
+def test_host_key_pasted_from_a_pub_file_is_accepted(tmp_path):
+    require(subprocess.run(["which", "ssh-keygen"], capture_output=True).returncode == 0, "ssh-keygen missing")
+    key = tmp_path / "host_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "root@collector", "-f", str(key)],
+                   check=True, stdin=subprocess.DEVNULL)
+    pub = (tmp_path / "host_ed25519.pub").read_text().strip()
+    assert pub.endswith(" root@collector")
+    type_and_key = " ".join(pub.split()[:2])
+    assert config.parse_text(f'KDUMP_HOST_KEY="{pub}"\n').host_key == type_and_key
+    with pytest.raises(ConfigError, match="known_hosts line: leave out the host name"):
+        config.parse_text(f'KDUMP_HOST_KEY="collector {type_and_key}"\n')
+
+
+pytest_plugins = ["servers.sshd"]
+
+
+def test_sftp_save_with_relative_identities_and_a_pub_host_key(ssh_lab, sshd_sftp, fixture_vmcore, tmp_path,
+                                                               monkeypatch):
+    """SUSE's setup: ``ssh-keygen -f ~/.ssh/kdump_key``, KDUMP_SSH_IDENTITY=kdump_key (after another key
+    the server does not know), KDUMP_HOST_KEY pasted from the server's .pub file with its comment."""
+    from capture.save.sequence import save
+    from servers.sshd import ssh_keygen
+    ssh = _root_ssh_dir(tmp_path, monkeypatch)
+    ssh_keygen(ssh / "unknown_key", "ed25519")
+    (ssh / "kdump_key").write_bytes(ssh_lab.key_user.keys["ed25519"].read_bytes())
+    (ssh / "kdump_key").chmod(0o600)
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    url = sshd_sftp.url("sftp", ssh_lab.key_user.name, str(base))
+    text = (f'KDUMP_SAVEDIR="{url}"\nKDUMP_SSH_IDENTITY="unknown_key kdump_key"\n'
+            f'KDUMP_HOST_KEY="{sshd_sftp.host_keys["ed25519"]} root@collector.example"\n'
+            'KDUMP_DUMPFORMAT="lzo"\nKDUMP_FREE_DISK_SIZE=1\nKDUMP_NET_TIMEOUT=0\n')
+    result = save(config.parse_text(text), vmcore=str(fixture_vmcore))
+    saved = base / result.directory
+    assert "vmcore status: saved successfully" in (saved / "README.txt").read_text()
+    assert (saved / "vmcore").stat().st_size > 0
