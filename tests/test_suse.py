@@ -202,3 +202,92 @@ def test_sftp_save_with_relative_identities_and_a_pub_host_key(ssh_lab, sshd_sft
     saved = base / result.directory
     assert "vmcore status: saved successfully" in (saved / "README.txt").read_text()
     assert (saved / "vmcore").stat().st_size > 0
+
+
+# ------------------------------------------------------------------ 4. KDUMP_KERNELVER as a path
+
+BZIMAGE = Path("/boot/vmlinuz-6.1.0-57-cloud-amd64")
+BZIMAGE_RELEASE = "6.1.0-57-cloud-amd64"
+
+
+@pytest.fixture(scope="module")
+def bzimage() -> Path:
+    require(BZIMAGE.is_file(), f"{BZIMAGE} (the Debian 12 cloud kernel) is not installed")
+    return BZIMAGE
+
+
+def test_kernelver_path_is_the_image_and_its_release_is_read_from_it(bzimage, tmp_path):
+    from capture.host import initrd, kexec
+    odd = tmp_path / "kernels" / "the-kdump-kernel"      # a name that says nothing
+    odd.parent.mkdir()
+    odd.write_bytes(bzimage.read_bytes())
+    cfg = Config(kernelver=str(odd))
+    release = initrd.kernel_release(cfg)
+    assert release == BZIMAGE_RELEASE
+    assert initrd.default_output(release) == f"/boot/initrd-{BZIMAGE_RELEASE}-kdump"
+    cmd = kexec.load_command(cfg, release, "/tmp/initrd", "root=/dev/vda1")
+    assert cmd.kernel == str(odd)
+    # --kernel PATH decides over KDUMP_KERNELVER, for the release and for the image
+    assert initrd.kernel_release(Config(kernelver="5.10.0-1-amd64"), str(odd)) == BZIMAGE_RELEASE
+    assert kexec.load_command(Config(kernelver="5.10.0-1-amd64"), release, "/i", "",
+                              requested=str(odd)).kernel == str(odd)
+
+
+def test_load_dry_run_with_kernelver_path(bzimage, tmp_path):
+    conf = tmp_path / "kdump"
+    conf.write_text(f'KDUMP_KERNELVER="{bzimage}"\nKDUMP_SAVEDIR="/var/crash"\n')
+    res = run_cli("load", "--dry-run", "--config", str(conf))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"kexec -p {bzimage} --initrd=/boot/initrd-{BZIMAGE_RELEASE}-kdump ")
+    assert "vmlinuz-/boot" not in res.stdout
+
+
+def test_release_of_an_uncompressed_and_a_gzipped_vmlinux(bzimage, tmp_path):
+    """A vmlinux (ELF) and a vmlinux.gz carry no boot header: the 'Linux version' banner tells.
+    The vmlinux is the real one inside the Debian bzImage (its LZ4 payload, decompressed with lz4)."""
+    import gzip
+    import shutil
+    from capture.host import kexec
+    lz4 = shutil.which("lz4")
+    require(lz4 is not None, "lz4 is not installed")
+    data = bzimage.read_bytes()
+    start = data.find(b"\x02\x21\x4c\x18")            # LZ4 legacy frame: how this kernel is compressed
+    require(start > 0, f"{bzimage} has no LZ4 payload")
+    vmlinux = tmp_path / "vmlinux"
+    with open(vmlinux, "wb") as out:
+        subprocess.run([lz4, "-dc"], input=data[start:], stdout=out, stderr=subprocess.DEVNULL)
+    assert vmlinux.read_bytes()[:4] == b"\x7fELF"
+    assert kexec.image_release(str(vmlinux)) == BZIMAGE_RELEASE
+    packed = tmp_path / "image.gz"
+    with open(vmlinux, "rb") as src, gzip.open(packed, "wb", compresslevel=1) as dst:
+        shutil.copyfileobj(src, dst)
+    assert kexec.image_release(str(packed)) == BZIMAGE_RELEASE
+
+
+def test_release_from_the_name_when_the_image_tells_nothing(tmp_path):
+    from capture.host import kexec
+    image = tmp_path / "Image-6.6.13-arm64"
+    image.write_bytes(b"\0" * 4096)
+    assert kexec.image_release(str(image)) == "6.6.13-arm64"
+    with pytest.raises(ConfigError, match="cannot tell the kernel release"):
+        (tmp_path / "kernel").write_bytes(b"\0" * 4096)
+        kexec.image_release(str(tmp_path / "kernel"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        kexec.image_release(str(tmp_path / "absent"))
+
+
+def test_image_found_by_version_as_suse_mkdumprd_does(tmp_path):
+    from capture.host import kexec
+    boot, modules = tmp_path / "boot", tmp_path / "modules"
+    (modules / "6.4.0-1-default").mkdir(parents=True)
+    boot.mkdir()
+    find = lambda: kexec.kernel_image("6.4.0-1-default", "", str(modules), str(boot))  # noqa: E731
+    assert find() == str(boot / "vmlinuz-6.4.0-1-default")          # nothing there: the usual name
+    (boot / "vmlinux-6.4.0-1-default").write_bytes(b"x")
+    assert find() == str(boot / "vmlinux-6.4.0-1-default")
+    (boot / "Image-6.4.0-1-default").write_bytes(b"x")
+    assert find() == str(boot / "Image-6.4.0-1-default")            # Image before vmlinux
+    (modules / "6.4.0-1-default" / "image").write_bytes(b"x")
+    assert find() == str(modules / "6.4.0-1-default" / "image")     # image before Image
+    (modules / "6.4.0-1-default" / "vmlinuz").write_bytes(b"x")
+    assert find() == str(modules / "6.4.0-1-default" / "vmlinuz")   # modules dir first

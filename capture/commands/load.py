@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "panic=1 and the network arguments added; KDUMP_COMMANDLINE replaces it, "
                     "KDUMP_COMMANDLINE_APPEND extends it).")
     p.add_argument("--config", metavar="FILE", help=f"configuration file (default {configuration.DEFAULT_PATH})")
-    p.add_argument("--kernel", metavar="VERSION", help="kernel release (default KDUMP_KERNELVER, else the running one)")
+    p.add_argument("--kernel", metavar="VERSION", help="kernel release or image path "
+                   "(default KDUMP_KERNELVER, else the running one)")
     p.add_argument("--initrd", metavar="PATH", help="capture initrd (default /boot/initrd-VERSION-kdump)")
     p.add_argument("--dry-run", action="store_true", help="print the kexec command, load nothing")
     p.set_defaults(func=run_load)
@@ -37,7 +38,8 @@ def run_load(args: argparse.Namespace) -> int:
     cfg = configuration.load(args.config)
     kernel = initrd.kernel_release(cfg, args.kernel)
     image = args.initrd or initrd.default_output(kernel)
-    cmd = kexec.load_command(cfg, kernel, image, kexec.read_cmdline(), kexec.network_arguments(cfg))
+    cmd = kexec.load_command(cfg, kernel, image, kexec.read_cmdline(), kexec.network_arguments(cfg),
+                             requested=args.kernel or "")
     if args.dry_run:
         print(cmd)
         return 0
