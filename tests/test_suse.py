@@ -291,3 +291,60 @@ def test_image_found_by_version_as_suse_mkdumprd_does(tmp_path):
     assert find() == str(modules / "6.4.0-1-default" / "image")     # image before Image
     (modules / "6.4.0-1-default" / "vmlinuz").write_bytes(b"x")
     assert find() == str(modules / "6.4.0-1-default" / "vmlinuz")   # modules dir first
+
+
+# ------------------------------------------------------------------ 5. README keys
+
+#: The lines of the final README.txt that SUSE's capture script writes, with the form of their values:
+#: openSUSE/kdump dracut/kdump-save (commit 34da4b88), the heredoc "Kernel crashdump" at the end of
+#: main(), with DMESG_STATUS, VMCORE_STATUS, VMCOREINFO_DETAILS ("Kernel version: ${OSRELEASE}",
+#: "Crash time: $(date +%Y-%m-%dT%H:%M:%S -d @${CRASHTIME})") and DUMP_INFO ("Dump time: ${DUMPTIME_ISO}"
+#: from date +"%Y-%m-%dT%H:%M:%S", "Host: ${HOSTNAME}", "Dump level: ${KDUMP_DUMPLEVEL}",
+#: "Dump format: ${KDUMP_DUMPFORMAT}").
+SUSE_README_HEADER = ["Kernel crashdump", "----------------"]
+SUSE_README_KEYS = {
+    "dmesg status": r"saved successfully|error while saving.*",
+    "vmcore status": r"saved successfully|error while saving.*|skipped|deleted .*",
+    "Kernel version": r"\S+",
+    "Crash time": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d",
+    "Dump time": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d",
+    "Host": r"\S+",
+    "Dump level": r"\d+",
+    "Dump format": r"none|ELF|compressed|lzo|snappy|zstd|raw",
+}
+
+
+def readme_values(text: str) -> dict:
+    values: dict = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key in SUSE_README_KEYS:
+            assert key not in values, f"{key} twice in the README"
+            values[key] = value
+    return values
+
+
+@pytest.mark.parametrize("fmt, suse_format", [("compressed", "compressed"), ("elf", "ELF")])
+def test_readme_has_suses_keys_and_value_formats(tmp_path, fixture_vmcore, fmt, suse_format):
+    import re
+    from datetime import datetime
+    from capture.save.sequence import save
+    before = datetime.now().replace(microsecond=0)
+    result = save(Config(dumpformat=fmt, dumplevel=31, free_disk_size=1), vmcore=str(fixture_vmcore),
+                  savedir=str(tmp_path))
+    text = (tmp_path / result.directory / "README.txt").read_text()
+    assert text.startswith("vmcore status: saved successfully\n")          # our first line stays
+    lines = text.splitlines()
+    start = lines.index(SUSE_README_HEADER[0])
+    assert lines[start:start + 2] == SUSE_README_HEADER
+    values = readme_values(text)
+    assert set(values) == set(SUSE_README_KEYS), text
+    for key, form in SUSE_README_KEYS.items():
+        assert re.fullmatch(form, values[key]), (key, values[key])
+    assert values["Kernel version"] == "6.1.0-56-cloud-amd64"
+    assert values["Host"] == "fixture-host"
+    assert (values["Dump level"], values["Dump format"]) == ("31", suse_format)
+    crash = datetime.fromtimestamp(result.facts.crashed_at.timestamp())
+    assert values["Crash time"] == crash.strftime("%Y-%m-%dT%H:%M:%S")      # local time, as SUSE's date
+    assert datetime.fromisoformat(values["Dump time"]) >= before
+    assert values["dmesg status"] == values["vmcore status"] == "saved successfully"

@@ -88,7 +88,8 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
             kernel_release=crashed.release, crash_time=crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"),
             dump_level=None if plan.format in ("raw", "none") else plan.dump_level,
             dump_format=_format_label(plan), memory_size=crashed.memory_size,
-            notes=list(plan.notes) + list(notes))
+            notes=list(plan.notes) + list(notes), crashed_at=crashed.crash_time,
+            dump_started=datetime.now(timezone.utc), format_name=plan.format, configured_dump_level=plan.dump_level)
         target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, datetime.now(timezone.utc)))
         target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
         dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started)
@@ -126,6 +127,7 @@ class DumpInProgress:
         """The kernel log, then the vmcore (unless the format is ``none``)."""
         name, facts = self.facts.directory, self.facts
         dmesg = _save_dmesg(self.target, name, self.mdf, self.vmcore, self.guard)
+        facts.dmesg_status = "saved successfully"
         facts.panic = collector.panic_line(dmesg) or facts.panic
         if self.plan.format != "none":
             facts.vmcore_name, written = _save_vmcore(self.target, name, self.plan, self.mdf, self.config,
