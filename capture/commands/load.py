@@ -6,6 +6,7 @@ import logging
 import os
 
 from capture.config import options as configuration
+from capture.config import verbose
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def run_load(args: argparse.Namespace) -> int:
     from capture.host import kexec
 
     cfg = configuration.load(args.config)
+    verbose.debug_logging(cfg.verbose, saving=False)
     kernel = initrd.kernel_release(cfg, args.kernel)
     image = args.initrd or initrd.default_output(kernel)
     cmd = kexec.load_command(cfg, kernel, image, kexec.read_cmdline(), kexec.network_arguments(cfg),
@@ -43,6 +45,10 @@ def run_load(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(cmd)
         return 0
+    # KDUMP_VERBOSE 1: the command line to the system log (our stderr is the journal); 4: to stdout
+    log.log(logging.INFO if cfg.verbose & verbose.LOAD_LOG else logging.DEBUG, "loading: %s", cmd)
+    if cfg.verbose & verbose.LOAD_STDOUT:
+        print(f"kexec command line: {cmd}", flush=True)
     if os.path.exists(image):
         stamp = initrd.read_stamp(image)
         if stamp is not None and stamp.get("config_sha256") != initrd.config_digest(cfg):

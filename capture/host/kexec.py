@@ -24,6 +24,7 @@ import zlib
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from capture.config import verbose
 from capture.config.options import Config
 from capture.config.targeturl import parse as parse_url
 from capture.errors import ConfigError, KdumpError
@@ -237,6 +238,8 @@ def load_command(config: Config, kernel: str, initrd: str, running_cmdline: str,
     """The ``kexec -p`` call for release ``kernel``; ``requested`` is ``--kernel`` as given
     (default KDUMP_KERNELVER), which may be the image's path."""
     extra = split_cmdline(config.kexec_options)
+    if config.verbose & verbose.LOAD_DEBUG and not {"-d", "--debug"} & set(extra):
+        extra.insert(0, "-d")   # KDUMP_VERBOSE 16: kexec explains what it loads where
     if lockdown_active() and "-s" not in extra and "--kexec-file-syscall" not in extra:
         extra.insert(0, "-s")   # kexec_load is refused under lockdown; kexec_file_load is not
     return LoadCommand(kernel=kernel_image(kernel, requested or config.kernelver), initrd=initrd,

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from capture.config import verbose
 from capture.config.options import Config
 from capture.errors import KdumpError
 from capture.save.progress import Progress, pump_stderr
@@ -81,6 +82,8 @@ class DumpPlan:
     threads: int
     notes: Tuple[str, ...] = ()
     """Decisions the administrator should read (fallbacks, thread limits)."""
+    message_level: int = 7
+    """makedumpfile --message-level (KDUMP_VERBOSE 8 adds its debug messages)."""
 
 
 def plan(config: Config, mdf: Optional[Makedumpfile], cpus_online: Optional[int] = None) -> DumpPlan:
@@ -100,12 +103,14 @@ def plan(config: Config, mdf: Optional[Makedumpfile], cpus_online: Optional[int]
                          f"(fixed in 1.7.8); using one thread instead of {wanted}")
         elif wanted > 1:
             threads = wanted
-    return DumpPlan(config.dumpformat, fmt, config.dumplevel, threads, tuple(notes))
+    return DumpPlan(config.dumpformat, fmt, config.dumplevel, threads, tuple(notes),
+                    verbose.makedumpfile_message_level(config.verbose))
 
 
 def command(mdf: Makedumpfile, dump: DumpPlan, vmcore: str, extra_options: str = "") -> List[str]:
     """The makedumpfile command writing ``dump`` as a flattened stream to stdout."""
-    cmd = [mdf.path, "-F", FORMAT_FLAGS[dump.format], "-d", str(dump.dump_level)]
+    cmd = [mdf.path, "-F", FORMAT_FLAGS[dump.format], "-d", str(dump.dump_level),
+           "--message-level", str(dump.message_level)]
     if dump.threads > 1:
         cmd += ["--num-threads", str(dump.threads)]
     try:

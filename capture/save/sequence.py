@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
+from capture.config import verbose
 from capture.config.options import Config
 from capture.config.targeturl import TargetURL
 from capture.config.targeturl import parse as parse_url
@@ -92,7 +93,8 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
             dump_started=datetime.now(timezone.utc), format_name=plan.format, configured_dump_level=plan.dump_level)
         target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, datetime.now(timezone.utc)))
         target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
-        dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started)
+        dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started,
+                              Progress(interval=5.0, stdout=bool(config.verbose & verbose.PROGRESS)))
         try:
             yield dump
         except BaseException as exc:
