@@ -348,3 +348,192 @@ def test_readme_has_suses_keys_and_value_formats(tmp_path, fixture_vmcore, fmt, 
     assert values["Crash time"] == crash.strftime("%Y-%m-%dT%H:%M:%S")      # local time, as SUSE's date
     assert datetime.fromisoformat(values["Dump time"]) >= before
     assert values["dmesg status"] == values["vmcore status"] == "saved successfully"
+
+
+# ------------------------------------------------------------------ 2. KDUMP_VERBOSE
+
+@pytest.mark.parametrize("value", ["16", "31", "24"])
+def test_verbose_accepts_suses_full_range(value):
+    assert config.parse_text(f"KDUMP_VERBOSE={value}\n").verbose == int(value)
+
+
+def test_verbose_beyond_suses_bits_is_refused():
+    with pytest.raises(ConfigError, match="from 0 to 31"):
+        config.parse_text("KDUMP_VERBOSE=32\n")
+
+
+def _save_cli(tmp_path: Path, fixture_vmcore: Path, verbose: int) -> subprocess.CompletedProcess:
+    conf = tmp_path / f"kdump-{verbose}"
+    conf.write_text(f'KDUMP_VERBOSE={verbose}\nKDUMP_DUMPFORMAT="lzo"\nKDUMP_FREE_DISK_SIZE=1\n')
+    out = tmp_path / f"out-{verbose}"
+    out.mkdir()
+    res = run_cli("save", "--config", str(conf), "--vmcore", str(fixture_vmcore), "--savedir", str(out))
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_verbose_8_debugs_the_save_and_makedumpfile(tmp_path, fixture_vmcore, makedumpfile):
+    quiet = _save_cli(tmp_path, fixture_vmcore, 0)
+    loud = _save_cli(tmp_path, fixture_vmcore, 8)
+    assert "--message-level 7 " in quiet.stderr and "--message-level 15 " in loud.stderr
+    assert "KDUMP_VERBOSE=8: debug messages on" in loud.stderr
+    # makedumpfile's debug level prints the VMCOREINFO it read; our debug log shows its lines
+    assert "makedumpfile: OSRELEASE=6.1.0-56-cloud-amd64" in loud.stderr
+    assert "OSRELEASE=" not in quiet.stderr and "debug messages on" not in quiet.stderr
+
+
+def test_verbose_2_writes_progress_to_stdout(tmp_path, fixture_vmcore, makedumpfile):
+    assert _save_cli(tmp_path, fixture_vmcore, 0).stdout == ""
+    lines = _save_cli(tmp_path, fixture_vmcore, 2).stdout.splitlines()
+    assert lines and all(line.startswith("progress: ") for line in lines), lines
+    assert "100.0 %" in lines[-1]
+
+
+def test_verbose_8_traces_the_initrd_script(tmp_path):
+    """dracut-module/kdump-saver-boot.sh with KDUMP_VERBOSE 8 runs under set -x.  It stops at once
+    outside a capture kernel (no /proc/vmcore), so it is safe to run here."""
+    require(not os.path.exists("/proc/vmcore"), "this is a capture kernel: the script would save and reboot")
+    script = REPO / "dracut-module" / "kdump-saver-boot.sh"
+    traces = {}
+    for verbose in (0, 8, 24):
+        conf = tmp_path / f"kdump.conf.{verbose}"
+        conf.write_text(config.serialize(Config(verbose=verbose)))
+        res = subprocess.run(["sh", str(script)], env={**os.environ, "KDUMP_SAVER_CONF": str(conf)},
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode == 0
+        traces[verbose] = res.stderr
+    assert traces[0] == ""
+    assert "+ [ -e /proc/vmcore ]" in traces[8] and "+ [ -e /proc/vmcore ]" in traces[24]
+
+
+def test_verbose_load_bits(tmp_path, bzimage):
+    conf = tmp_path / "kdump"
+
+    def load(verbose: int, *extra: str) -> subprocess.CompletedProcess:
+        conf.write_text(f'KDUMP_VERBOSE={verbose}\nKDUMP_KERNELVER="{bzimage}"\n')
+        return run_cli("load", "--config", str(conf), "--initrd", str(tmp_path / "no-initrd"), *extra)
+
+    quiet = load(0, "--dry-run")
+    assert quiet.returncode == 0 and "kexec command line" not in quiet.stderr
+    assert " -d" not in quiet.stdout
+    assert f"kexec command line: kexec -p {bzimage}" in load(1, "--dry-run").stderr     # 1: to the log
+    debug = load(16, "--dry-run")                                                       # 16: kexec -d
+    assert debug.stdout.split()[-1] == "-d" or " -d " in debug.stdout
+    assert "KDUMP_VERBOSE=16: debug messages on" in debug.stderr
+    shown = load(4)          # 4: on stdout before loading; loading then fails (no initrd), nothing loaded
+    assert shown.returncode == 1 and shown.stdout.startswith(f"kexec command line: kexec -p {bzimage}")
+
+
+# ------------------------------------------------------------------ 6. reboot and scripts as SUSE
+
+def test_after_the_save_a_shell_then_the_reboot():
+    from capture.save.boot import end_steps
+    assert end_steps(Config(immediate_reboot=True), True) == ("reboot",)
+    assert end_steps(Config(immediate_reboot=False), True) == ("shell", "reboot")
+    assert end_steps(Config(immediate_reboot=False), False) == ()
+
+
+def test_transfer_runs_alone_without_pre_and_post_scripts(tmp_path, fixture_vmcore, caplog):
+    import logging
+    from capture.save.boot import capture_boot
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    text = (f'KDUMP_SAVEDIR="{tmp_path}/dumps"\nKDUMP_NETCONFIG=""\n'
+            f'KDUMP_PRESCRIPT="touch {marks}/pre"\nKDUMP_POSTSCRIPT="touch {marks}/post"\n'
+            f'KDUMP_TRANSFER="test -r {fixture_vmcore} && touch {marks}/transfer"\n')
+    with caplog.at_level(logging.INFO):
+        assert capture_boot(config.parse_text(text), vmcore=str(fixture_vmcore), allow_reboot=False) == 0
+    assert sorted(p.name for p in marks.iterdir()) == ["transfer"]
+    assert "KDUMP_PRESCRIPT and KDUMP_POSTSCRIPT are not run" in caplog.text
+    # without KDUMP_TRANSFER both scripts run around the save
+    text = text.replace("KDUMP_TRANSFER=", "KDUMP_OTHER=") + 'KDUMP_DUMPFORMAT="none"\n'
+    (tmp_path / "dumps").mkdir()
+    assert capture_boot(config.parse_text(text), vmcore=str(fixture_vmcore), allow_reboot=False) == 0
+    assert sorted(p.name for p in marks.iterdir()) == ["post", "pre", "transfer"]
+
+
+def test_check_config_states_the_reboot_and_script_rules(tmp_path):
+    conf = tmp_path / "kdump"
+    conf.write_text('KDUMP_IMMEDIATE_REBOOT="false"\nKDUMP_TRANSFER="/usr/local/bin/t"\n'
+                    'KDUMP_PRESCRIPT="/usr/local/bin/p"\n')
+    res = run_cli("check-config", "--config", str(conf))
+    assert res.returncode == 0, res.stderr
+    assert ("# after the save: a shell on the console; the machine reboots when it exits "
+            "(KDUMP_IMMEDIATE_REBOOT=false, as in SUSE's kdump)") in res.stdout
+    assert ("# KDUMP_TRANSFER replaces the save: it runs alone, KDUMP_PRESCRIPT and KDUMP_POSTSCRIPT "
+            "are not run (as in SUSE's kdump)") in res.stdout
+    conf.write_text('KDUMP_PRESCRIPT="/usr/local/bin/p"\nKDUMP_POSTSCRIPT="/usr/local/bin/q"\n')
+    res = run_cli("check-config", "--config", str(conf))
+    assert "# the save: KDUMP_PRESCRIPT, then the dump, then KDUMP_POSTSCRIPT" in res.stdout
+    assert "# after the save: the machine reboots (KDUMP_IMMEDIATE_REBOOT=true)" in res.stdout
+
+
+# ------------------------------------------------------------------ 8 and the checks: SUSE's files
+
+TEMPLATE = DATA / "sysconfig.kdump.defaults"
+REALISTIC = sorted(DATA.glob("*.conf"))
+#: the only warnings SUSE's template with every default may give: what kdump-saver leaves to others
+OUT_OF_SCOPE = ("KDUMP_UPDATE_BOOTLOADER",)
+
+
+def check_config_in_process(path: Path, caplog, capsys) -> tuple:
+    """``check-config`` as the command runs it; returns (warnings, stdout)."""
+    import argparse
+    import logging
+    from capture.commands import check_config
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        assert check_config.run(argparse.Namespace(config=str(path))) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    return warnings, capsys.readouterr().out
+
+
+def private_copy(src: Path, tmp_path: Path) -> Path:
+    """The file as an administrator keeps it: mode 0600 (some hold passwords)."""
+    dst = tmp_path / src.name
+    dst.write_text(src.read_text())
+    dst.chmod(0o600)
+    return dst
+
+
+def test_template_defaults_warn_only_about_what_is_out_of_scope(tmp_path, caplog, capsys):
+    warnings, out = check_config_in_process(private_copy(TEMPLATE, tmp_path), caplog, capsys)
+    assert len(warnings) == len(OUT_OF_SCOPE) and all(w.split(": ")[1] in OUT_OF_SCOPE for w in warnings), warnings
+    assert "never edits the boot loader" in warnings[0]
+    assert 'KDUMP_SAVEDIR="/var/crash"' in out and 'KDUMP_NETCONFIG="auto"' in out
+    assert config.load(str(private_copy(TEMPLATE, tmp_path))) == config.Config(source=str(tmp_path / TEMPLATE.name))
+    res = run_cli("check-config", "--config", str(private_copy(TEMPLATE, tmp_path)))
+    assert res.returncode == 0 and "# after the save: the machine reboots" in res.stdout
+
+
+def test_fadump_and_auto_resize_switched_on_are_named_out_of_scope(tmp_path, caplog, capsys):
+    conf = tmp_path / "kdump"
+    conf.write_text('KDUMP_FADUMP="true"\nKDUMP_FADUMP_SHELL="true"\nKDUMP_AUTO_RESIZE="yes"\n'
+                    'KDUMP_UPDATE_BOOTLOADER="false"\n')
+    warnings, _ = check_config_in_process(conf, caplog, capsys)
+    assert len(warnings) == 3, warnings
+    assert sum("firmware-assisted dump (POWER) is not supported" in w for w in warnings) == 2
+    assert any(w.startswith("KDUMP_AUTO_RESIZE=true: kdump-saver does not shrink") for w in warnings)
+
+
+@pytest.mark.parametrize("path", [TEMPLATE] + REALISTIC, ids=lambda p: p.name)
+def test_suse_configuration_through_check_config_and_save(path, tmp_path, fixture_vmcore, caplog, capsys):
+    from capture.save.sequence import save
+    conf = private_copy(path, tmp_path)
+    warnings, out = check_config_in_process(conf, caplog, capsys)
+    allowed = OUT_OF_SCOPE if path == TEMPLATE else ()
+    assert [w for w in warnings if w.split(": ")[1] not in allowed] == []
+    assert "dontsay" not in out                                   # passwords are masked
+    cfg = config.load(str(conf))
+    out_dir = tmp_path / "dumps"
+    out_dir.mkdir()
+    result = save(cfg, vmcore=str(fixture_vmcore), savedir=str(out_dir))
+    readme = (out_dir / result.directory / "README.txt").read_text()
+    assert readme.startswith("vmcore status: saved successfully\n")
+    values = readme_values(readme)
+    assert values["dmesg status"] == "saved successfully"
+    assert values["Dump level"] == str(cfg.dumplevel)
+    assert values["Dump format"] == {"elf": "ELF"}.get(cfg.dumpformat, cfg.dumpformat)
+    expected = {"none": set(), "raw": {"vmcore.lz4"}}.get(cfg.dumpformat, {"vmcore"})
+    assert {p.name for p in (out_dir / result.directory).iterdir()} == expected | {"dmesg.txt", "README.txt",
+                                                                                   ".kdump-saver"}

@@ -42,11 +42,11 @@ def run_load(args: argparse.Namespace) -> int:
     image = args.initrd or initrd.default_output(kernel)
     cmd = kexec.load_command(cfg, kernel, image, kexec.read_cmdline(), kexec.network_arguments(cfg),
                              requested=args.kernel or "")
+    # KDUMP_VERBOSE 1: the command line to the system log (our stderr is the journal); 4: to stdout
+    log.log(logging.INFO if cfg.verbose & verbose.LOAD_LOG else logging.DEBUG, "kexec command line: %s", cmd)
     if args.dry_run:
         print(cmd)
         return 0
-    # KDUMP_VERBOSE 1: the command line to the system log (our stderr is the journal); 4: to stdout
-    log.log(logging.INFO if cfg.verbose & verbose.LOAD_LOG else logging.DEBUG, "loading: %s", cmd)
     if cfg.verbose & verbose.LOAD_STDOUT:
         print(f"kexec command line: {cmd}", flush=True)
     if os.path.exists(image):

@@ -63,6 +63,7 @@ class Progress:
         with self._lock:
             if parsed is None:
                 self.messages.append(line)
+                log.debug("makedumpfile: %s", line)
             else:
                 phase, self.percent, self.eta = parsed
                 if phase != self.phase:
