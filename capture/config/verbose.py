@@ -10,8 +10,7 @@
   (paramiko's too), makedumpfile's debug message level, and shell tracing
   (``set -x``) of the capture initrd's scripts;
 * 16 (:data:`LOAD_DEBUG`): debugging when loading and detecting the capture
-  kernel: debug messages of ``load``, ``build-initrd`` and ``status``, and
-  ``kexec -d``.
+  kernel: debug messages of ``load`` and ``build-initrd``, and ``kexec -d``.
 """
 from __future__ import annotations
 
