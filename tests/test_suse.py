@@ -537,3 +537,18 @@ def test_suse_configuration_through_check_config_and_save(path, tmp_path, fixtur
     expected = {"none": set(), "raw": {"vmcore.lz4"}}.get(cfg.dumpformat, {"vmcore"})
     assert {p.name for p in (out_dir / result.directory).iterdir()} == expected | {"dmesg.txt", "README.txt",
                                                                                    ".kdump-saver"}
+
+
+def test_an_incomplete_readme_says_saved_successfully_nowhere(tmp_path, fixture_vmcore):
+    """Scripts grep for "saved successfully": in a dump that failed after its kernel log was saved,
+    the SUSE lines are those of SUSE's temporary README (no status, no "Kernel crashdump")."""
+    from capture.save.sequence import begin
+    with pytest.raises(RuntimeError):
+        with begin(Config(dumpformat="lzo", free_disk_size=1), str(fixture_vmcore), str(tmp_path)) as dump:
+            dump.save_files()
+            raise RuntimeError("the target vanished")
+    readme = next(tmp_path.glob("*/README.txt")).read_text()
+    assert readme.startswith("THIS DUMP IS INCOMPLETE.") and "vmcore status: INCOMPLETE" in readme
+    assert "saved successfully" not in readme and "Kernel crashdump" not in readme
+    values = readme_values(readme)
+    assert {"Kernel version", "Crash time", "Dump time", "Host", "Dump level", "Dump format"} <= set(values)

@@ -131,7 +131,8 @@ class DumpFacts:
     """The KDUMP_DUMPFORMAT value used (none, elf, compressed, lzo, snappy, zstd, raw)."""
     configured_dump_level: Optional[int] = None
 
-    def render(self) -> str:
+    def render(self, final: bool = True) -> str:
+        """The README; ``final`` when the save is complete (see :meth:`suse_lines`)."""
         rows = [
             ("vmcore status", self.status),
             ("target", self.target),
@@ -155,12 +156,14 @@ class DumpFacts:
             lines += [f"note: {n}" for n in self.notes]
         if self.open_command:
             lines += ["", "To open it:", f"  {self.open_command}"]
-        lines += [""] + self.suse_lines()
+        lines += [""] + self.suse_lines(final)
         return "\n".join(lines) + "\n"
 
-    def suse_lines(self) -> List[str]:
-        """The lines of SUSE's final README.txt (openSUSE/kdump dracut/kdump-save), same keys and
-        value formats; ``vmcore status`` is our first line already."""
+    def suse_lines(self, final: bool = True) -> List[str]:
+        """The lines of SUSE's README.txt (openSUSE/kdump dracut/kdump-save), same keys and
+        value formats; ``vmcore status`` is our first line already.  Like SUSE's temporary
+        README, one that is not ``final`` has no ``Kernel crashdump`` header and no
+        ``dmesg status``, so that no "saved successfully" is read from an incomplete dump."""
         level = self.dump_level if self.dump_level is not None else self.configured_dump_level
         rows = [
             ("dmesg status", self.dmesg_status or "not saved"),
@@ -171,7 +174,9 @@ class DumpFacts:
             ("Dump level", "" if level is None else str(level)),
             ("Dump format", SUSE_FORMAT_NAMES.get(self.format_name, self.format_name)),
         ]
-        lines = ["Kernel crashdump", "----------------"] + [f"{k}: {v}" for k, v in rows if v]
+        if not final:
+            rows = rows[1:]
+        lines = (["Kernel crashdump", "----------------"] if final else []) + [f"{k}: {v}" for k, v in rows if v]
         if self.vmcore_name == "vmcore.flat":
             lines.append("Note: vmcore saved in makedumpfile flattened format")
         return lines
@@ -182,7 +187,7 @@ def incomplete_readme(facts: DumpFacts) -> str:
             "kdump-saver was still writing it, or stopped before it finished.\n"
             "If this text is still here, the save did not complete: files ending in\n"
             f"'{INCOMPLETE}' hold only part of the data.\n\n")
-    return head + facts.render()
+    return head + facts.render(final=False)
 
 
 def _suse_time(moment: Optional[datetime]) -> str:
