@@ -16,7 +16,7 @@ from capture.errors import KdumpError
 from capture.formats.flattened import FlatReader
 from capture.save.sequence import save
 from capture.config.targeturl import parse
-from conftest import require, require_program, sha256_of
+from conftest import remove_tree, require, require_program, sha256_of
 from servers.common import established, free_port, tmpfs
 from servers.smbd import SambaServer
 from transports import cifs, open_target
@@ -125,10 +125,10 @@ def test_directory_operations(smbd):
         t.write_small("old", b"old")
         t.rename("new", "old")
         assert t.read_small("old") == b"new"
-        t.remove_tree("a")
+        remove_tree(t, "a")
         assert sorted(e.name for e in t.listdir()) == ["old"]
         with pytest.raises(TransportError):
-            t.remove_tree("")
+            t.rmdir("")
         with pytest.raises(TransportError, match="no such"):
             t.listdir("not-there")
     assert not (smbd.share_dir / "ops" / "a").exists()

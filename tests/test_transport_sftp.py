@@ -21,7 +21,7 @@ import pytest
 from capture.errors import KdumpError
 from capture.save.sequence import save
 from capture.config.targeturl import parse
-from conftest import head_of, require, require_program
+from conftest import remove_tree, head_of, require, require_program
 from servers.sshd import SSHD, ChrootServer, SSHLab, TestUsers, ssh_keygen
 from transports import open_target
 from transports.base import NoSpaceError, TransportError
@@ -91,7 +91,7 @@ def test_operations_arrive_on_the_server(ssh_lab: SSHLab, sshd_sftp: SSHD, fixtu
         free = t.free_space()
         assert free is not None and abs(free - st.f_bavail * st.f_frsize) < 256 * MiB
 
-        t.remove_tree("d1")
+        remove_tree(t, "d1")
         assert t.listdir() == [] and not (base / "d1").exists()
         with pytest.raises(TransportError, match="no such file"):
             t.create("nodir/file")

@@ -184,8 +184,13 @@ class Transport(abc.ABC):
         """At most ``limit`` bytes of a small file, ``None`` when it does not exist."""
 
     @abc.abstractmethod
-    def remove_tree(self, path: str) -> None:
-        """Delete a directory and everything in it."""
+    def remove(self, path: str) -> None:
+        """Delete one file (not a directory, never following a link's target)."""
+
+    @abc.abstractmethod
+    def rmdir(self, path: str) -> None:
+        """Delete an empty directory; :class:`TransportError` if it is not empty
+        or is the target's base directory."""
 
     @abc.abstractmethod
     def free_space(self) -> Optional[int]:

@@ -271,27 +271,20 @@ class SFTPTransport(Transport):
                 return None
             raise self._error(f"cannot read {path!r}", exc) from None
 
-    def remove_tree(self, path: str) -> None:
+    def remove(self, path: str) -> None:
+        try:
+            self.sftp.remove(self._path(path))
+        except _NETWORK_ERRORS as exc:
+            raise self._error(f"cannot delete {path!r}", exc) from None
+
+    def rmdir(self, path: str) -> None:
         full = self._path(path)
         if full == self.url.path:
             raise TransportError(f"{self.url.masked()}: refusing to remove the target directory itself")
         try:
-            if stat.S_ISLNK(self.sftp.lstat(full).st_mode or 0):
-                raise TransportError(f"{self.url.masked()}: refusing to delete {path!r}: a symbolic link")
-            self._remove_tree(full)
+            self.sftp.rmdir(full)
         except _NETWORK_ERRORS as exc:
-            raise self._error(f"cannot remove {path!r}", exc) from None
-
-    def _remove_tree(self, full: str) -> None:
-        for entry in self.sftp.listdir_attr(full):
-            if entry.filename in (".", ".."):
-                continue
-            child = full + "/" + entry.filename
-            if stat.S_ISDIR(entry.st_mode or 0):
-                self._remove_tree(child)
-            else:
-                self.sftp.remove(child)
-        self.sftp.rmdir(full)
+            raise self._error(f"cannot delete {path!r}", exc) from None
 
     def free_space(self) -> Optional[int]:
         if "statvfs@openssh.com" not in self.sftp.extensions:

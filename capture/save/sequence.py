@@ -26,6 +26,7 @@ from capture.config.targeturl import TargetURL
 from capture.config.targeturl import parse as parse_url
 from capture.errors import DumpFormatError, KdumpError
 from capture.formats import INCOMPLETE
+from capture.formats import printk
 from capture.formats.elfcore import ElfCore
 from capture.save import collector, dumpdir, retention
 from capture.save.dumpdir import MARKER, README, DumpFacts
@@ -80,10 +81,10 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
 
     with open_target(url, TransportOptions.from_config(config)) as target:
         guard = SpaceGuard(target, config.free_disk_size << 20)
-        deleted = make_room(target, guard, hostname, config.keep_old_dumps)
+        base = dumpdir.base_name(crashed.crash_time, hostname, url.is_remote)
+        deleted = make_room(target, guard, hostname, config.keep_old_dumps, base)
         guard.start()
-        name = dumpdir.create_unique(target, dumpdir.base_name(crashed.crash_time, hostname, url.is_remote),
-                                     avoid=deleted)
+        name = dumpdir.create_unique(target, base, avoid=deleted)
         facts = DumpFacts(
             status="being written", target=url.masked(), directory=name, hostname=hostname,
             kernel_release=crashed.release, crash_time=crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -91,15 +92,16 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
             dump_format=_format_label(plan), memory_size=crashed.memory_size,
             notes=list(plan.notes) + list(notes), crashed_at=crashed.crash_time,
             dump_started=datetime.now(timezone.utc), format_name=plan.format, configured_dump_level=plan.dump_level)
-        target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, datetime.now(timezone.utc)))
+        created = datetime.now(timezone.utc)
+        target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, created))
         target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
-        dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started,
+        dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started, created,
                               Progress(interval=5.0, stdout=bool(config.verbose & verbose.PROGRESS)))
         try:
             yield dump
         except BaseException as exc:
             if not dump.finished:
-                _record_failure(target, facts, dump.progress, exc, started)
+                _record_failure(target, facts, dump.progress, exc, started, created)
             raise
 
 
@@ -116,7 +118,10 @@ class DumpInProgress:
     plan: collector.DumpPlan
     facts: DumpFacts
     started: float
+    created: datetime
+    """When the directory was made (the marker's lease starts then)."""
     progress: Progress = field(default_factory=lambda: Progress(interval=5.0))
+    has_dmesg: bool = False
     finished: bool = False
     """Whether the README says the dump is complete."""
 
@@ -128,9 +133,12 @@ class DumpInProgress:
     def save_files(self) -> None:
         """The kernel log, then the vmcore (unless the format is ``none``)."""
         name, facts = self.facts.directory, self.facts
-        dmesg = _save_dmesg(self.target, name, self.mdf, self.vmcore, self.guard)
-        facts.dmesg_status = "saved successfully"
+        dmesg = _save_dmesg(self.target, name, self.mdf, self.vmcore, self.guard, facts.notes)
+        facts.dmesg_status = "saved successfully" if dmesg else "error while saving, see the notes"
         facts.panic = collector.panic_line(dmesg) or facts.panic
+        self.has_dmesg = bool(dmesg)
+        if self.plan.format == "none" and not dmesg:
+            raise KdumpError("KDUMP_DUMPFORMAT=none saves only the kernel log, and it could not be read")
         if self.plan.format != "none":
             facts.vmcore_name, written = _save_vmcore(self.target, name, self.plan, self.mdf, self.config,
                                                       self.vmcore, self.guard, self.progress)
@@ -146,11 +154,17 @@ class DumpInProgress:
         facts.open_command = _open_command(facts, self.url)
         self.target.write_small(f"{name}/{README}", facts.render().encode())
         self.finished = True
-        old = retention.own_dumps(self.target, facts.hostname, exclude=name)
-        retention.delete(self.target, retention.surplus(old, keep), f"KDUMP_KEEP_OLD_DUMPS={keep}")
+        self.target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(facts.hostname, self.created,
+                                                                         dumpdir.COMPLETE))
+        old = retention.own_dumps(self.target, facts.hostname, older_than=dumpdir.parse_name(name).sort_key)
+        _, problems = retention.delete(self.target, retention.surplus(old, keep), f"KDUMP_KEEP_OLD_DUMPS={keep}")
+        if problems:
+            facts.notes.extend(problems)
+            self.target.write_small(f"{name}/{README}", facts.render().encode())
         log.info("dump saved: %s/%s (%s, %.1f MB, %.1f s)", self.url.masked().rstrip("/"), name,
                  facts.vmcore_name or "dmesg.txt", facts.saved_bytes / 1e6, facts.duration)
-        return SaveResult(self.url, name, [f for f in (facts.vmcore_name, "dmesg.txt", README) if f], facts)
+        files = [facts.vmcore_name, dumpdir.DMESG if self.has_dmesg else "", README]
+        return SaveResult(self.url, name, [f for f in files if f], facts)
 
 
 @dataclass(frozen=True)
@@ -179,12 +193,38 @@ def read_crashed_kernel(vmcore: str) -> CrashedKernel:
 
 
 def _save_dmesg(target: Transport, name: str, mdf: collector.Makedumpfile, vmcore: str,
-                guard: SpaceGuard) -> bytes:
+                guard: SpaceGuard, notes: List[str]) -> bytes:
+    """``dmesg.txt``: from makedumpfile, else our own reader of the log in the
+    vmcore; when neither works the vmcore is saved all the same and a note
+    says why there is no kernel log."""
     log.info("extracting the kernel log")
-    dmesg = collector.dump_dmesg(mdf, vmcore)
+    try:
+        dmesg = collector.dump_dmesg(mdf, vmcore)
+    except KdumpError as exc:
+        log.warning("%s; reading the kernel log from the vmcore itself", exc)
+        try:
+            dmesg = read_kernel_log(vmcore)
+        except KdumpError as own_exc:
+            notes.append(f"no dmesg.txt: {exc}; kdump-saver's own reader: {own_exc}")
+            log.error("no kernel log: %s", own_exc)
+            return b""
+        notes.append(f"dmesg.txt was read by kdump-saver from the vmcore ({exc})")
     guard.claim(len(dmesg))
-    target.write_small(f"{name}/dmesg.txt", dmesg, partial_suffix=INCOMPLETE)
+    target.write_small(f"{name}/{dumpdir.DMESG}", dmesg, partial_suffix=INCOMPLETE)
     return dmesg
+
+
+def read_kernel_log(vmcore: str) -> bytes:
+    """The kernel log from the vmcore's printk buffer, as makedumpfile --dump-dmesg prints it;
+    what was readable before damage when the buffer is corrupt."""
+    with ElfCore.open(vmcore) as core:
+        try:
+            return printk.extract_dmesg(core)
+        except printk.PrintkCorruptError as exc:
+            if not exc.partial:
+                raise
+            log.warning("the kernel log is damaged; keeping what was readable: %s", exc)
+            return exc.partial
 
 
 def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: collector.Makedumpfile,
@@ -223,33 +263,48 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: co
     return final, written
 
 
-def make_room(target: Transport, guard: SpaceGuard, hostname: str, keep: int) -> List[str]:
-    """Before anything is written: delete the old dumps retention would delete
-    after a success anyway (never the newest), oldest first, while the room
-    beyond KDUMP_FREE_DISK_SIZE is less than this host's last dump took."""
-    old = retention.own_dumps(target, hostname)
+def make_room(target: Transport, guard: SpaceGuard, hostname: str, keep: int, new_name: str,
+              expected: Optional[int] = None) -> List[str]:
+    """Before anything is written: when the room beyond KDUMP_FREE_DISK_SIZE
+    is less than the new dump is expected to take (``expected``, else what
+    this host's newest complete dump took), delete old dumps retention would
+    delete after a success anyway, oldest first, until it is enough.  Never
+    the newest complete dump, never one being written; nothing at all when
+    no size is known, and none that sorts after ``new_name`` (the new dump's
+    base name).  Returns the names deleted."""
+    # the new dump will take a sequence number after every existing one of its minute
+    newest_possible = (dumpdir.parse_name(new_name).stamp, float("inf"))
+    old = retention.own_dumps(target, hostname, older_than=newest_possible)
     candidates = retention.expendable_before_success(old, keep)
-    if not candidates:
+    if expected is None:
+        expected = next((d.saved_bytes for d in reversed(old) if d.complete and d.saved_bytes), None)
+    room = guard.room()
+    if not candidates or room is None or expected is None or room >= expected:
         return []
-    expected = retention.saved_size(target, old[-1])
+    log.info("the target has room for %d MB more and the dump may take %d MB: deleting old dumps "
+             "KDUMP_KEEP_OLD_DUMPS=%d allows to go", max(room, 0) >> 20, expected >> 20, keep)
     deleted: List[str] = []
     for dump in candidates:
+        gone, problems = retention.delete(target, [dump], "to make room for the new dump")
+        deleted += gone
         room = guard.room()
-        if room is None or expected is None or room >= expected:
+        if room is None or room >= expected:
             break
-        deleted += retention.delete(target, [dump], "to make room for the new dump")
     return deleted
 
 
 def _record_failure(target: Transport, facts: DumpFacts, progress: Progress, exc: BaseException,
-                    started: float) -> None:
-    """Leave a README that says the dump is incomplete, why, and how much was saved."""
+                    started: float, created: datetime) -> None:
+    """Leave a README that says the dump is incomplete, why, and how much was saved,
+    and a marker that says the save is over (so retention may count it)."""
     reason = str(exc) if isinstance(exc, KdumpError) else f"{type(exc).__name__}: {exc}"
     facts.status = f"INCOMPLETE: {reason}"
     facts.saved_bytes = progress.bytes_written
     facts.duration = time.monotonic() - started
     try:
         target.write_small(f"{facts.directory}/{README}", dumpdir.incomplete_readme(facts).encode())
+        target.write_small(f"{facts.directory}/{MARKER}",
+                           dumpdir.marker_bytes(facts.hostname, created, dumpdir.FAILED))
     except Exception as readme_exc:  # noqa: BLE001 - the original failure is what matters
         log.error("could not update README.txt after the failure: %s", readme_exc)
 
