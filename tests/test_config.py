@@ -452,7 +452,7 @@ BAD_VALUES = [
     ("KDUMP_NET_TIMEOUT", "-5", "must be an integer, 0 or more"),
     ("KDUMP_CPUS", "-1", "must be an integer, 0 or more"),
     ("KDUMP_CPUS", "all", "must be an integer, 0 or more"),
-    ("KDUMP_VERBOSE", "16", "must be an integer from 0 to 15"),
+    ("KDUMP_VERBOSE", "32", "must be an integer from 0 to 31"),
     ("KDUMP_IMMEDIATE_REBOOT", "maybe", "must be a boolean: true/false, yes/no, 1/0 or on/off"),
     ("KDUMP_CONTINUE_ON_ERROR", "2", "must be a boolean"),
     ("KDUMP_AUTO_RESIZE", "y", "must be a boolean"),

@@ -10,7 +10,9 @@ The contract, shared by both schemes:
   with a :class:`TransportError` naming the host and the fingerprint seen.
 * Authentication tries the private keys of ``options.ssh_identity`` in order
   (default: ``~/.ssh/id_ed25519``, ``id_ecdsa``, ``id_rsa`` when present),
-  then the password of the URL.
+  then the password of the URL.  As in SUSE's kdump, a relative name in
+  KDUMP_SSH_IDENTITY is a file in root's ``~/.ssh`` (:func:`ssh_dir`: the
+  home of the user running kdump-saver), never in the current directory.
 * Connecting retries failures of the network (refused, unreachable, no
   banner yet) until ``options.net_timeout`` seconds have passed; 0 means a
   single try.  Refused authentication and a wrong host key are final.
@@ -101,7 +103,7 @@ class HostKeyPolicy:
             return cls(True, (), "KDUMP_HOST_KEY=*")
         if value:
             return cls(False, (_parse_host_key(value),), "KDUMP_HOST_KEY")
-        path = options.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+        path = options.known_hosts or os.path.join(ssh_dir(), "known_hosts")
         return cls(False, tuple(_known_hosts_keys(path, url)), path)
 
     def key_algorithms(self) -> Tuple[str, ...]:
@@ -175,12 +177,17 @@ class Identity:
     key: paramiko.PKey
 
 
+def ssh_dir() -> str:
+    """``~/.ssh`` of the user running kdump-saver (root): ``$HOME``, else the password database."""
+    return os.path.join(os.path.expanduser("~"), ".ssh")
+
+
 def identity_paths(options: TransportOptions) -> Tuple[Tuple[str, ...], bool]:
-    """The key files to try and whether they were named explicitly."""
+    """The key files to try (absolute paths) and whether they were named explicitly;
+    relative names are files in :func:`ssh_dir`."""
     if options.ssh_identity:
-        return tuple(options.ssh_identity), True
-    home = os.path.expanduser("~/.ssh")
-    return tuple(os.path.join(home, name) for name in DEFAULT_IDENTITIES), False
+        return tuple(os.path.join(ssh_dir(), os.path.expanduser(name)) for name in options.ssh_identity), True
+    return tuple(os.path.join(ssh_dir(), name) for name in DEFAULT_IDENTITIES), False
 
 
 def load_identities(options: TransportOptions) -> List[Identity]:

@@ -37,13 +37,26 @@ INITRD_PATH = "/etc/kdump-saver/kdump.conf"
 """Where the capture initrd carries the normalized configuration."""
 
 
+DEFAULT_ROUTE_INTERFACE = "default"
+"""The interface name SUSE reads as "the card of the default route" (``default:dhcp``)."""
+
+
 @dataclass(frozen=True)
 class NetConfig:
-    """KDUMP_NETCONFIG: ``auto``, ``IFACE:MODE[:force]``, or empty (no network)."""
+    """KDUMP_NETCONFIG: ``auto``, ``IFACE:MODE[:force]``, or empty (no network).
+
+    ``IFACE`` may be :data:`DEFAULT_ROUTE_INTERFACE` (the interface of the
+    default route) and ``MODE`` may be ``auto`` (static or DHCP, as that
+    interface is configured now); both are resolved when the initrd is built."""
 
     mode: str = "auto"          # "auto", "none", "static", "dhcp", "dhcp4", "dhcp6", "auto6"
-    interface: str = ""         # empty for auto / none
+    interface: str = ""         # empty for plain auto / none; "default" = the default route's interface
     force: bool = False         # ":force": bring the network up even for a local target
+
+    @property
+    def on_default_route(self) -> bool:
+        """Whether the interface is the one of the default route (``default:MODE``)."""
+        return self.interface == DEFAULT_ROUTE_INTERFACE
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,7 @@ class Config:
 BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "on": True,
                  "false": False, "no": False, "0": False, "off": False}
 DUMP_FORMATS = ("none", "elf", "compressed", "lzo", "snappy", "zstd", "raw")
-NET_MODES = ("static", "dhcp", "dhcp4", "dhcp6", "auto6")
+NET_MODES = ("static", "dhcp", "dhcp4", "dhcp6", "auto6", "auto")
 HOST_KEY_TYPES = (
     "ssh-ed25519", "ssh-ed448", "ssh-rsa", "ssh-dss",
     "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
@@ -160,7 +173,8 @@ def _size_mb(value: str) -> int:
 
 
 _NETCONFIG_ALLOWED = ('must be "auto", "auto:force", "" (no network) or IFACE:MODE[:force] with MODE one of '
-                      + ", ".join(NET_MODES))
+                      + ", ".join(NET_MODES) + f' and IFACE a card or "{DEFAULT_ROUTE_INTERFACE}" '
+                      "(the card of the default route)")
 
 
 def interface_name_problem(name: str) -> Optional[str]:
@@ -203,7 +217,7 @@ def format_netconfig(net: NetConfig) -> str:
     """``net`` as written in KDUMP_NETCONFIG."""
     if net.mode == "none":
         text = ""
-    elif net.mode == "auto":
+    elif net.mode == "auto" and not net.interface:
         text = "auto"
     else:
         text = f"{net.interface}:{net.mode}"
@@ -215,7 +229,8 @@ def _word_list(value: str) -> Tuple[str, ...]:
 
 
 _HOST_KEY_ALLOWED = ('must be empty (the key is taken from root\'s known_hosts when the initrd is built), '
-                     '"*" (no host key check) or "TYPE BASE64KEY" like "ssh-ed25519 AAAAC3Nza..."')
+                     '"*" (no host key check) or "TYPE BASE64KEY" like "ssh-ed25519 AAAAC3Nza...", '
+                     'optionally followed by a comment as in a .pub file')
 
 
 def _host_key(value: str) -> str:
@@ -224,9 +239,12 @@ def _host_key(value: str) -> str:
         return ""
     if words == ["*"]:
         return "*"
-    if len(words) != 2:
+    if len(words) < 2:
         raise _Invalid(_HOST_KEY_ALLOWED)
-    key_type, data = words
+    key_type, data = words[0], words[1]   # anything after is the comment of a .pub line (root@host)
+    if key_type not in HOST_KEY_TYPES and data in HOST_KEY_TYPES:
+        raise _Invalid(f"this looks like a known_hosts line: leave out the host name {key_type!r}; "
+                       + _HOST_KEY_ALLOWED)
     if key_type not in HOST_KEY_TYPES:
         raise _Invalid(f"unknown key type {key_type!r} (known: {', '.join(HOST_KEY_TYPES)}); {_HOST_KEY_ALLOWED}")
     try:
@@ -319,7 +337,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option("KDUMP_IMMEDIATE_REBOOT", "immediate_reboot", _boolean, empty_is_default=True),
     Option("KDUMP_CONTINUE_ON_ERROR", "continue_on_error", _boolean, empty_is_default=True),
     Option("KDUMP_CPUS", "cpus", _integer(0, None, "0 = all"), empty_is_default=True),
-    Option("KDUMP_VERBOSE", "verbose", _integer(0, 15, "a bitmask of 1, 2, 4 and 8"), empty_is_default=True),
+    Option("KDUMP_VERBOSE", "verbose", _integer(0, 31, "a bitmask of 1, 2, 4, 8 and 16"), empty_is_default=True),
     Option("KDUMP_PRESCRIPT", "prescript"),
     Option("KDUMP_POSTSCRIPT", "postscript"),
     Option("KDUMP_TRANSFER", "transfer"),
@@ -350,6 +368,9 @@ DEPRECATED = {"KDUMP_COPY_KERNEL": "it is deprecated and ignored (the kernel is 
 UNSUPPORTED_FEATURES = {
     "KDUMP_FADUMP": "firmware-assisted dump (POWER) is not supported by kdump-saver; ignored",
     "KDUMP_FADUMP_SHELL": "firmware-assisted dump (POWER) is not supported by kdump-saver; ignored",
+    "KDUMP_UPDATE_BOOTLOADER": "kdump-saver never edits the boot loader (SUSE does it with pbl, a SUSE-only "
+                               "tool); put crashkernel= on the kernel command line yourself "
+                               "('kdump-saver calibrate' suggests the size); ignored",
 }
 """SUSE booleans for features kdump-saver lacks: a warning only when they are switched on."""
 

@@ -139,8 +139,16 @@ def running_kernel() -> str:
 
 def kernel_release(config: Config, requested: Optional[str] = None) -> str:
     """The capture kernel's release: ``requested`` (``--kernel``), else
-    KDUMP_KERNELVER, else the running kernel's."""
-    return requested or config.kernelver or running_kernel()
+    KDUMP_KERNELVER, else the running kernel's.  Either may be, as in SUSE's
+    kdump, the absolute path of a kernel image: its release is read from the
+    image (:func:`capture.host.kexec.image_release`), and
+    :func:`capture.host.kexec.kernel_image` loads that very file."""
+    from capture.host import kexec
+
+    wanted = (requested or config.kernelver).strip()
+    if wanted.startswith("/"):
+        return kexec.image_release(wanted)
+    return wanted or running_kernel()
 
 
 def config_digest(config: Config) -> str:

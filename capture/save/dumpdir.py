@@ -108,9 +108,22 @@ def read_marker(target: Transport, dirname: str) -> Optional[dict]:
     return data
 
 
+#: KDUMP_DUMPFORMAT as SUSE's README writes it, by our format name
+SUSE_FORMAT_NAMES = {"elf": "ELF"}
+SUSE_TIME = "%Y-%m-%dT%H:%M:%S"
+"""SUSE's ``date +%Y-%m-%dT%H:%M:%S``: local time, no zone."""
+
+
 @dataclass
 class DumpFacts:
-    """What the README reports."""
+    """What the README reports.
+
+    :meth:`render` writes our lines (``vmcore status:`` first), then the block
+    SUSE's kdump-save writes at the end of a save (``Kernel crashdump``,
+    ``dmesg status:``, ``Kernel version:``, ``Crash time:``, ``Dump time:``,
+    ``Host:``, ``Dump level:``, ``Dump format:``), with SUSE's value formats,
+    so that supportconfig and administrators' scripts that read SUSE's
+    README.txt read ours."""
 
     status: str
     target: str
@@ -130,8 +143,16 @@ class DumpFacts:
     open_command: str = ""
     free_space: str = ""
     notes: List[str] = field(default_factory=list)
+    dmesg_status: str = ""
+    """SUSE's ``dmesg status``: ``saved successfully`` once dmesg.txt is written."""
+    crashed_at: Optional[datetime] = None
+    dump_started: Optional[datetime] = None
+    format_name: str = ""
+    """The KDUMP_DUMPFORMAT value used (none, elf, compressed, lzo, snappy, zstd, raw)."""
+    configured_dump_level: Optional[int] = None
 
-    def render(self) -> str:
+    def render(self, final: bool = True) -> str:
+        """The README; ``final`` when the save is complete (see :meth:`suse_lines`)."""
         rows = [
             ("vmcore status", self.status),
             ("target", self.target),
@@ -156,7 +177,30 @@ class DumpFacts:
             lines += [f"note: {n}" for n in self.notes]
         if self.open_command:
             lines += ["", "To open it:", f"  {self.open_command}"]
+        lines += [""] + self.suse_lines(final)
         return "\n".join(lines) + "\n"
+
+    def suse_lines(self, final: bool = True) -> List[str]:
+        """The lines of SUSE's README.txt (openSUSE/kdump dracut/kdump-save), same keys and
+        value formats; ``vmcore status`` is our first line already.  Like SUSE's temporary
+        README, one that is not ``final`` has no ``Kernel crashdump`` header and no
+        ``dmesg status``, so that no "saved successfully" is read from an incomplete dump."""
+        level = self.dump_level if self.dump_level is not None else self.configured_dump_level
+        rows = [
+            ("dmesg status", self.dmesg_status or "not saved"),
+            ("Kernel version", "" if self.kernel_release == "unknown" else self.kernel_release),
+            ("Crash time", _suse_time(self.crashed_at)),
+            ("Dump time", _suse_time(self.dump_started)),
+            ("Host", "" if self.hostname == "unknown" else self.hostname),
+            ("Dump level", "" if level is None else str(level)),
+            ("Dump format", SUSE_FORMAT_NAMES.get(self.format_name, self.format_name)),
+        ]
+        if not final:
+            rows = rows[1:]
+        lines = (["Kernel crashdump", "----------------"] if final else []) + [f"{k}: {v}" for k, v in rows if v]
+        if self.vmcore_name == "vmcore.flat":
+            lines.append("Note: vmcore saved in makedumpfile flattened format")
+        return lines
 
 
 def incomplete_readme(facts: DumpFacts) -> str:
@@ -164,7 +208,11 @@ def incomplete_readme(facts: DumpFacts) -> str:
             "kdump-saver was still writing it, or stopped before it finished.\n"
             "If this text is still here, the save did not complete: files ending in\n"
             f"'{INCOMPLETE}' hold only part of the data.\n\n")
-    return head + facts.render()
+    return head + facts.render(final=False)
+
+
+def _suse_time(moment: Optional[datetime]) -> str:
+    return moment.astimezone().strftime(SUSE_TIME) if moment is not None else ""
 
 
 def _size(n: Optional[int]) -> str:

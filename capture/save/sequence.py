@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from capture import __version__
+from capture.config import verbose
 from capture.config.options import Config
 from capture.config.targeturl import TargetURL
 from capture.config.targeturl import parse as parse_url
@@ -98,14 +99,16 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
             kernel_release=crashed.release, crash_time=crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"),
             dump_level=None if plan.format in ("raw", "none") else plan.dump_level,
             dump_format=_format_label(plan), memory_size=crashed.memory_size,
-            notes=list(plan.notes) + list(notes))
+            notes=list(plan.notes) + list(notes), crashed_at=crashed.crash_time,
+            dump_started=datetime.now(timezone.utc), format_name=plan.format, configured_dump_level=plan.dump_level)
         created = datetime.now(timezone.utc)
         target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, created))
         target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
         facts.collector = _collector_label(plan, mdf)
         if expected is not None:
             facts.notes.append(f"expected size before saving: {expected} bytes")
-        dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started, created)
+        dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started, created,
+                              Progress(interval=5.0, stdout=bool(config.verbose & verbose.PROGRESS)))
         try:
             yield dump
         except BaseException as exc:
@@ -143,6 +146,7 @@ class DumpInProgress:
         """The kernel log, then the vmcore (unless the format is ``none``)."""
         name, facts = self.facts.directory, self.facts
         dmesg = _save_dmesg(self.target, name, self.mdf, self.vmcore, self.guard, facts.notes)
+        facts.dmesg_status = "saved successfully" if dmesg else "error while saving, see the notes"
         facts.panic = collector.panic_line(dmesg) or facts.panic
         self.has_dmesg = bool(dmesg)
         if self.plan.format == "none" and not dmesg:
