@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -32,7 +33,7 @@ from capture.save.dumpwriter import Written, compress_raw, rebuild_flattened, st
 from capture.save.progress import Progress
 from capture.save.space import SpaceGuard
 from transports import open_target
-from transports.base import Transport, TransportOptions
+from transports.base import NoSpaceError, Transport, TransportOptions
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
     plan = collector.plan(config, mdf)
     for note in plan.notes:
         log.info("%s", note)
-    hostname = config.hostname or crashed.nodename or "unknown"
+    hostname = dumpdir.facts_text(config.hostname or crashed.nodename or "unknown")
     log.info("saving the dump of %s (kernel %s, crashed %s) to %s", hostname, crashed.release,
              crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"), url.masked())
 
@@ -89,8 +90,13 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
             dump_level=None if plan.format in ("raw", "none") else plan.dump_level,
             dump_format=_format_label(plan), memory_size=crashed.memory_size,
             notes=list(plan.notes) + list(notes))
-        target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, datetime.now(timezone.utc)))
-        target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
+        try:
+            target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, datetime.now(timezone.utc)))
+            target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
+        except KdumpError as exc:
+            _remove_new_directory(target, name)
+            why = "the target is full" if isinstance(exc, NoSpaceError) else "cannot start the dump"
+            raise KdumpError(f"{why}: {exc}") from None
         dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started)
         try:
             yield dump
@@ -126,7 +132,8 @@ class DumpInProgress:
         """The kernel log, then the vmcore (unless the format is ``none``)."""
         name, facts = self.facts.directory, self.facts
         dmesg = _save_dmesg(self.target, name, self.mdf, self.vmcore, self.guard)
-        facts.panic = collector.panic_line(dmesg) or facts.panic
+        panic = collector.panic_line(dmesg)
+        facts.panic = dumpdir.facts_text(panic) if panic else facts.panic
         if self.plan.format != "none":
             facts.vmcore_name, written = _save_vmcore(self.target, name, self.plan, self.mdf, self.config,
                                                       self.vmcore, self.guard, self.progress)
@@ -142,8 +149,17 @@ class DumpInProgress:
         facts.open_command = _open_command(facts, self.url)
         self.target.write_small(f"{name}/{README}", facts.render().encode())
         self.finished = True
-        old = retention.own_dumps(self.target, facts.hostname, exclude=name)
-        retention.delete(self.target, retention.surplus(old, keep), f"KDUMP_KEEP_OLD_DUMPS={keep}")
+        try:
+            old = retention.own_dumps(self.target, facts.hostname, exclude=name)
+            retention.delete(self.target, retention.surplus(old, keep), f"KDUMP_KEEP_OLD_DUMPS={keep}")
+        except KdumpError as exc:
+            # the dump is complete: a failure to delete old ones must not turn it into a failed save
+            log.error("the dump is saved, but KDUMP_KEEP_OLD_DUMPS=%d could not delete old dumps: %s", keep, exc)
+            facts.notes.append(f"KDUMP_KEEP_OLD_DUMPS={keep}: could not delete old dumps: {exc}")
+            try:
+                self.target.write_small(f"{name}/{README}", facts.render().encode())
+            except KdumpError as readme_exc:
+                log.error("could not add that to README.txt: %s", readme_exc)
         log.info("dump saved: %s/%s (%s, %.1f MB, %.1f s)", self.url.masked().rstrip("/"), name,
                  facts.vmcore_name or "dmesg.txt", facts.saved_bytes / 1e6, facts.duration)
         return SaveResult(self.url, name, [f for f in (facts.vmcore_name, "dmesg.txt", README) if f], facts)
@@ -171,7 +187,9 @@ def read_crashed_kernel(vmcore: str) -> CrashedKernel:
         else:
             log.warning("the vmcore has no CRASHTIME; naming the dump after the current clock")
             crash_time = datetime.now(timezone.utc)
-        return CrashedKernel(core.osrelease or "unknown", crash_time, core.nodename(), core.memory_size)
+        nodename = core.nodename()
+        return CrashedKernel(dumpdir.facts_text(core.osrelease or "unknown"), crash_time,
+                             dumpdir.facts_text(nodename) if nodename is not None else None, core.memory_size)
 
 
 def _save_dmesg(target: Transport, name: str, mdf: collector.Makedumpfile, vmcore: str,
@@ -244,10 +262,41 @@ def _record_failure(target: Transport, facts: DumpFacts, progress: Progress, exc
     facts.status = f"INCOMPLETE: {reason}"
     facts.saved_bytes = progress.bytes_written
     facts.duration = time.monotonic() - started
+    readme = f"{facts.directory}/{README}"
+    data = dumpdir.incomplete_readme(facts).encode()
     try:
-        target.write_small(f"{facts.directory}/{README}", dumpdir.incomplete_readme(facts).encode())
+        target.write_small(readme, data)
     except Exception as readme_exc:  # noqa: BLE001 - the original failure is what matters
-        log.error("could not update README.txt after the failure: %s", readme_exc)
+        log.warning("could not replace README.txt after the failure (%s); overwriting it in place", readme_exc)
+        _overwrite_in_place(target, readme, data)
+
+
+def _overwrite_in_place(target: Transport, path: str, data: bytes) -> None:
+    """Write ``data`` over ``path`` itself, on a target too full for a second file:
+    the partial ``path.tmp`` first replaces ``path`` (so none is left behind), then
+    truncating it frees the blocks the new text reuses."""
+    try:
+        target.rename(path + ".tmp", path)
+    except Exception as exc:  # noqa: BLE001 - there may be no partial file
+        log.debug("no partial %s.tmp to move away: %s", path, exc)
+    try:
+        out = target.create(path)
+        try:
+            out.write(data)
+            out.close()
+        except BaseException:
+            out.abort()
+            raise
+    except Exception as exc:  # noqa: BLE001 - the original failure is what matters
+        log.error("could not update README.txt after the failure: %s", exc)
+
+
+def _remove_new_directory(target: Transport, name: str) -> None:
+    """Delete the dump directory just created when not even its marker and README fit."""
+    try:
+        target.remove_tree(name)
+    except Exception as exc:  # noqa: BLE001 - the original failure is what matters
+        log.error("could not remove the unusable dump directory %s: %s", name, exc)
 
 
 def _format_label(plan: collector.DumpPlan) -> str:
@@ -261,8 +310,8 @@ def _format_label(plan: collector.DumpPlan) -> str:
 
 
 def _open_command(facts: DumpFacts, url: TargetURL) -> str:
-    vmlinux = DEBUG_VMLINUX.format(release=facts.kernel_release)
-    where = f"{url.path.rstrip('/')}/{facts.directory}" if not url.is_remote else facts.directory
+    vmlinux = shlex.quote(DEBUG_VMLINUX.format(release=facts.kernel_release))
+    where = shlex.quote(f"{url.path.rstrip('/')}/{facts.directory}" if not url.is_remote else facts.directory)
     if facts.vmcore_name == "vmcore":
         return f"crash {vmlinux} {where}/vmcore"
     if facts.vmcore_name == "vmcore.flat":
