@@ -594,7 +594,7 @@ def test_error_lines_stay_one_line_each() -> None:
     error = config_error('KDUMP_DUMPLEVEL="3\n1"\nKDUMP_CPUS="\t-1"\n')
     assert error.splitlines()[1:] == [
         '/etc/sysconfig/kdump:1: KDUMP_DUMPLEVEL="3\\n1": must be an integer from 0 to 31 (makedumpfile -d bits)',
-        '/etc/sysconfig/kdump:3: KDUMP_CPUS="\\t-1": must be an integer, 0 or more (0 = all)']
+        '/etc/sysconfig/kdump:3: KDUMP_CPUS="\\t-1": must be an integer from 0 to 65536 (0 = all)']
 
 
 # --- keys: unknown, deprecated, not ours -----------------------------------------------------------
