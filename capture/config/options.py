@@ -265,6 +265,8 @@ def _url_problem(text: str, error: URLError) -> str:
         targeturl.parse(masked)
     except URLError as masked_error:
         return str(masked_error)
+    if "control character" in str(error):
+        return f"{masked!r}: the password contains a control character (a percent-escape like %0A or %0D)"
     return ("the user or password part cannot be read; percent-encode '/', '?', '#', '@' and ':' "
             "in user names and passwords (like %2F for '/')")
 
