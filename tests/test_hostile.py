@@ -547,3 +547,28 @@ def test_ftp_failed_upload_is_not_left_readable_by_others(ftpd_umask_022):
     assert stat.S_IMODE((base / "d").stat().st_mode) == 0o700
     assert stat.S_IMODE((base / "d" / "vmcore.incomplete").stat().st_mode) == 0o600
     assert stat.S_IMODE((base / "d" / "README.txt").stat().st_mode) == 0o600
+
+
+def test_ftp_target_running_full_leaves_a_readme_that_says_so(tmp_path, fixture_vmcore, makedumpfile):
+    """vsftpd cannot tell its free space: the disk fills during the upload, and even
+    README.txt.tmp cannot be written; the README is replaced in place instead."""
+    _ftp_prerequisites()
+    from servers.common import tmpfs
+    from servers.ftpd import FtpServer
+    server = FtpServer(tmp_path / "srv")
+    try:
+        with tmpfs(server.home, "4m", "kdftptest"):
+            server.start()
+            with pytest.raises(KdumpError) as err:
+                save(Config(dumpformat="lzo", free_disk_size=0, net_timeout=0), vmcore=str(fixture_vmcore),
+                     savedir=server.url("/dumps"))
+            assert "451" in str(err.value) or "out of space" in str(err.value)
+            (d,) = list((server.home / "dumps").iterdir())
+            names = sorted(p.name for p in d.iterdir())
+            assert "README.txt.tmp" not in names and "README.txt" in names, names
+            readme = (d / "README.txt").read_text()
+            assert readme.startswith("THIS DUMP IS INCOMPLETE.") and "being written" not in readme
+            assert "vmcore status: INCOMPLETE: cannot write" in readme
+            server.stop()
+    finally:
+        server.remove()
