@@ -68,13 +68,13 @@ def parse(text: str) -> TargetURL:
         return TargetURL(scheme="file", path=_clean_path(value, value), given_scheme="")
     if "://" not in value:
         raise URLError(
-            f"{mask_password(value)!r} is neither an absolute path nor a URL "
+            f"{_shown(value)} is neither an absolute path nor a URL "
             f"({', '.join(schemes.accepted_names())})")
     given, rest = value.split("://", 1)
     known = schemes.lookup(given)
     if known is None:
         raise URLError(
-            f"unknown scheme {given!r} in {mask_password(value)!r}; "
+            f"unknown scheme {given!r} in {_shown(value)}; "
             f"use one of {', '.join(schemes.accepted_names())}")
     scheme = known.name
     try:
@@ -82,51 +82,51 @@ def parse(text: str) -> TargetURL:
         port = parts.port
     except ValueError as exc:
         why = "the port must be a number from 1 to 65535" if "Port" in str(exc) else "the host is malformed"
-        raise URLError(f"bad host or port in {mask_password(value)!r}: {why} (a password containing "
+        raise URLError(f"bad host or port in {_shown(value)}: {why} (a password containing "
                        "'/', '#', '?' or '@' must be percent-encoded, e.g. %2F)") from None
     if parts.query or parts.fragment:
-        raise URLError(f"{mask_password(value)!r}: '?' and '#' must be percent-encoded (%3F, %23) in a target path")
+        raise URLError(f"{_shown(value)}: '?' and '#' must be percent-encoded (%3F, %23) in a target path")
     host = parts.hostname or ""
     user = unquote(parts.username) if parts.username is not None else ""
     password = unquote(parts.password) if parts.password is not None else ""
     if _CONTROL.search(user):
-        raise URLError(f"{mask_password(value)!r}: the user name contains a control character")
+        raise URLError(f"{_shown(value)}: the user name contains a control character")
     if _CONTROL.search(password):
-        raise URLError(f"{mask_password(value)!r}: the password contains a control character")
+        raise URLError(f"{_shown(value)}: the password contains a control character")
     raw_path = parts.path
     if scheme == "file":
         if host not in ("", "localhost"):
-            raise URLError(f"{mask_password(value)!r}: file URLs take no host (file:///path)")
+            raise URLError(f"{_shown(value)}: file URLs take no host (file:///path)")
         if user or password or port is not None:
-            raise URLError(f"{mask_password(value)!r}: file URLs take no user, password or port")
+            raise URLError(f"{_shown(value)}: file URLs take no user, password or port")
         return TargetURL(scheme="file", path=_clean_path(unquote(raw_path) or "", value), given_scheme=given.lower())
     if not host:
-        raise URLError(f"{mask_password(value)!r}: a {scheme} target needs a host")
+        raise URLError(f"{_shown(value)}: a {scheme} target needs a host")
     hostport = parts.netloc.rpartition("@")[2]
     if "[" in hostport or "]" in hostport:
         if not _BRACKETED.fullmatch(hostport):
-            raise URLError(f"{mask_password(value)!r}: the host must be [IPv6 address] followed by "
+            raise URLError(f"{_shown(value)}: the host must be [IPv6 address] followed by "
                            "nothing or :PORT")
         address, _, zone = host.partition("%")
         try:
             ipaddress.IPv6Address(address)
         except ValueError:
-            raise URLError(f"{mask_password(value)!r}: {host!r} in brackets is not an IPv6 address") from None
+            raise URLError(f"{_shown(value)}: {host!r} in brackets is not an IPv6 address") from None
         if zone and not _ZONE.fullmatch(zone):
-            raise URLError(f"{mask_password(value)!r}: {zone!r} is not an interface name (IPv6 zone)")
+            raise URLError(f"{_shown(value)}: {zone!r} is not an interface name (IPv6 zone)")
     elif ":" in host:
-        raise URLError(f"{mask_password(value)!r}: IPv6 addresses must be written in brackets, like [::1]")
+        raise URLError(f"{_shown(value)}: IPv6 addresses must be written in brackets, like [::1]")
     else:
         problem = host_name_problem(host)
         if problem:
-            raise URLError(f"{mask_password(value)!r}: {problem}")
+            raise URLError(f"{_shown(value)}: {problem}")
     if port == 0:
-        raise URLError(f"{mask_password(value)!r}: port 0 is not a port")
+        raise URLError(f"{_shown(value)}: port 0 is not a port")
     path = _clean_path(unquote(raw_path) or "/", value)
     if scheme == "cifs" and len([p for p in path.split("/") if p]) < 1:
-        raise URLError(f"{mask_password(value)!r}: a cifs target needs a share: cifs://[user[:password]@]host/SHARE/path")
+        raise URLError(f"{_shown(value)}: a cifs target needs a share: cifs://[user[:password]@]host/SHARE/path")
     if scheme == "nfs" and user:
-        raise URLError(f"{mask_password(value)!r}: nfs targets take no user or password")
+        raise URLError(f"{_shown(value)}: nfs targets take no user or password")
     return TargetURL(scheme=scheme, path=path, host=host, port=port, user=user,
                      password=password, given_scheme=given.lower())
 
@@ -163,19 +163,29 @@ def host_name_problem(host: str) -> Optional[str]:
 
 def _clean_path(path: str, value: str) -> str:
     if not path.startswith("/"):
-        raise URLError(f"{mask_password(value)!r}: the path must be absolute")
+        raise URLError(f"{_shown(value)}: the path must be absolute")
     if "\0" in path:
-        raise URLError(f"{mask_password(value)!r}: the path contains a NUL byte")
+        raise URLError(f"{_shown(value)}: the path contains a NUL byte")
     if _CONTROL.search(path):
-        raise URLError(f"{mask_password(value)!r}: the path contains a control character "
+        raise URLError(f"{_shown(value)}: the path contains a control character "
                        "(a percent-escape like %0A or %0D)")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise URLError(f"{mask_password(value)!r}: '..' is not allowed in the target path")
+        raise URLError(f"{_shown(value)}: '..' is not allowed in the target path")
     return "/" + "/".join(parts)
 
 
 MASK = "***"
+#: characters of a bad target quoted in a message
+MAX_SHOWN = 200
+
+
+def _shown(value: str) -> str:
+    """``value`` masked and quoted for a message, cut to :data:`MAX_SHOWN` characters."""
+    masked = mask_password(value)
+    if len(masked) > MAX_SHOWN:
+        masked = f"{masked[:MAX_SHOWN]}...({len(masked)} characters)"
+    return repr(masked)
 
 
 def mask_password(value: str) -> str:
