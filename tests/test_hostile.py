@@ -424,8 +424,8 @@ def test_an_old_dump_that_cannot_be_deleted_leaves_the_save_complete(tmp_path, f
                       savedir=str(tmp_path))
         readme = (tmp_path / result.directory / "README.txt").read_text()
         assert readme.startswith("vmcore status: saved successfully")
-        assert "note: KDUMP_KEEP_OLD_DUMPS=-1: could not delete old dumps" in readme
-        assert "2020-01-01-00-00" in readme
+        assert [line for line in readme.splitlines()
+                if line.startswith("note:") and "2020-01-01-00-00" in line and "could not" in line], readme
         assert (old / "vmcore").exists()
     finally:
         subprocess.run(["chattr", "-i", str(old / "vmcore")], check=False)
@@ -445,7 +445,8 @@ def test_an_old_dump_that_cannot_be_deleted_gives_exit_status_0(tmp_path, fixtur
         result = run_cli("save", "--config", str(conf), "--vmcore", str(fixture_vmcore),
                          "--savedir", str(tmp_path / "target"), timeout=600)
         assert result.returncode == 0, result.stderr
-        assert "could not delete old dumps" in result.stderr and "Traceback" not in result.stderr
+        assert "2020-01-01-00-00" in result.stderr and "could not" in result.stderr
+        assert "Traceback" not in result.stderr
     finally:
         subprocess.run(["chattr", "-i", str(old / "vmcore")], check=False)
 
