@@ -32,6 +32,8 @@ from transports.base import TransportOptions
 pytest_plugins = ["servers.sshd"]
 MiB = 1 << 20
 HOSTILE = "a dir 'q' \"dq\" $(cd;touch pwned) `cd;touch pwned`;x&&cd;touch pwned\nnext line * ?"
+#: the same in a target URL, which refuses control characters at parse time (issue 12)
+HOSTILE_BASE = HOSTILE.replace("\n", " ")
 
 
 
@@ -91,7 +93,7 @@ def test_operations_arrive_on_the_server(ssh_lab: SSHLab, sshd_nosftp: SSHD, fix
 
 def test_hostile_names_arrive_literally_and_run_nothing(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> None:
     canary = ssh_lab.key_user.home / "pwned"
-    base = ssh_lab.fresh_dir(ssh_lab.key_user) / HOSTILE
+    base = ssh_lab.fresh_dir(ssh_lab.key_user) / HOSTILE_BASE
     with ssh_target(ssh_lab, sshd_nosftp, base) as t:
         t.mkdir(HOSTILE)
         with pytest.raises(FileExistsError):
@@ -107,7 +109,7 @@ def test_hostile_names_arrive_literally_and_run_nothing(ssh_lab: SSHLab, sshd_no
         assert t.listdir() == []
     assert base.is_dir()
     assert not canary.exists(), "a quoted name ran a command"
-    assert os.listdir(base.parent) == [HOSTILE] and os.listdir(base) == []
+    assert os.listdir(base.parent) == [HOSTILE_BASE] and os.listdir(base) == []
 
 
 def test_paths_cannot_leave_the_target(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> None:
@@ -355,7 +357,7 @@ def test_saver_retention_touches_only_this_hosts_dumps(ssh_lab: SSHLab, sshd_nos
     from capture.save.dumpdir import MARKER, marker_bytes
 
     user = ssh_lab.key_user
-    base = ssh_lab.fresh_dir(user) / HOSTILE
+    base = ssh_lab.fresh_dir(user) / HOSTILE_BASE
     base.mkdir()
     layout = {"fixture-host-2026-11-20-10-00": "fixture-host", "fixture-host-2026-11-21-10-00": "fixture-host",
               "other-2026-11-21-10-00": "other", "fixture-host-2026-11-19-10-00": None, "unrelated": None}

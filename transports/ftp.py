@@ -15,8 +15,11 @@ for the whole file, so :class:`FtpFile` is append-only
 (``seekable = False``).  A file's name is only final after
 :meth:`FtpTransport.rename` (RNFR/RNTO), which the saver calls at the end.
 
-Modes: after MKD and STOR the transport asks for 0700 / 0600 with
-``SITE CHMOD``; servers that do not know it keep their own umask.
+Modes: after MKD the transport asks for 0700 with ``SITE CHMOD``.  A file
+is first stored empty and made 0600, then written, so that not even an
+upload that fails half-way stays readable for others under the server's
+umask (0644 on pyftpdlib); servers that do not know ``SITE CHMOD`` keep
+their own umask and files are written at once.
 
 Free space: FTP has no standard way to ask.  ``AVBL`` (a draft extension a
 few servers offer) is tried once; otherwise :meth:`free_space` is ``None``.
@@ -204,6 +207,7 @@ class FtpTransport(Transport):
         self.base = ""
         self._avbl: Optional[bool] = None
         self._mlsd: Optional[bool] = None
+        self._chmod: Optional[bool] = None
 
     # -- connection ----------------------------------------------------
 
@@ -336,23 +340,30 @@ class FtpTransport(Transport):
             self._drop()
             raise TransportError(f"cannot look at {abs_path} on {self.url.masked()}: {_net_reason(exc)}") from None
 
-    def _site_chmod(self, mode: str, abs_path: str) -> None:
+    def _site_chmod(self, mode: str, abs_path: str) -> bool:
+        """``SITE CHMOD``; whether the server did it."""
         conn = self.conn
-        if conn is None:
-            return
+        if conn is None or self._chmod is False:
+            return False
         try:
             conn.sendcmd(f"SITE CHMOD {mode} {abs_path}")
-        except ftplib.Error:
-            log.debug("%s: SITE CHMOD not available", self.url.masked())
+        except ftplib.Error as exc:
+            self._chmod = False
+            log.debug("%s: SITE CHMOD not available: %s", self.url.masked(), str(exc).strip())
+            return False
         except (OSError, EOFError):
             self._drop()
+            return False
+        self._chmod = True
+        return True
 
     def _mkd(self, abs_path: str) -> None:
         conn = self._ctl()
         try:
             conn.mkd(abs_path)
         except ftplib.error_perm as exc:
-            if self._is_dir(abs_path):
+            # a directory, or a plain file, of that name: FileExistsError like the other transports
+            if self._is_dir(abs_path) or self._size(abs_path) is not None:
                 raise FileExistsError(errno.EEXIST, "exists", abs_path) from None
             raise TransportError(f"cannot create directory {abs_path} on {self.url.masked()}: "
                                  f"the server answered {str(exc).strip()!r}") from None
@@ -404,8 +415,27 @@ class FtpTransport(Transport):
 
     def create(self, path: str) -> FtpFile:
         remote = self._abs(path)
-        sock = self._cmd(f"cannot create {remote}", lambda c: c.transfercmd(f"STOR {remote}"))
+        # only once SITE CHMOD is known to work (the dump directory's MKD tried it)
+        precreated = self._chmod is True
+        if precreated:
+            self._create_private(remote)
+        try:
+            sock = self._cmd(f"cannot create {remote}", lambda c: c.transfercmd(f"STOR {remote}"))
+        except NoSpaceError:
+            raise
+        except TransportError:
+            if not precreated or self.conn is None:
+                raise
+            # a server that lets us create a file but not replace it: store it anew
+            log.debug("%s: storing %s again refused; storing it once", self.url.masked(), remote)
+            self._cmd(f"cannot replace {remote}", lambda c: c.delete(remote))
+            sock = self._cmd(f"cannot create {remote}", lambda c: c.transfercmd(f"STOR {remote}"))
         return FtpFile(self, sock, remote)
+
+    def _create_private(self, remote: str) -> None:
+        """Store ``remote`` empty and make it 0600."""
+        self._cmd(f"cannot create {remote}", lambda c: c.storbinary(f"STOR {remote}", io.BytesIO()))
+        self._site_chmod("600", remote)
 
     def rename(self, src: str, dst: str) -> None:
         asrc, adst = self._abs(src), self._abs(dst)

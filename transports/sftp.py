@@ -239,7 +239,10 @@ class SFTPTransport(Transport):
         old, new = self._path(src), self._path(dst)
         try:
             if "posix-rename@openssh.com" in self.sftp.extensions:
-                self._extended("posix-rename@openssh.com", old, new)
+                if hasattr(self.sftp, "posix_rename"):
+                    self.sftp.posix_rename(old, new)
+                else:
+                    self._extended("posix-rename@openssh.com", old, new)
             else:
                 if self._stat(new) is not None:
                     self.sftp.remove(new)

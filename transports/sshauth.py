@@ -64,6 +64,32 @@ _KEY_ALGORITHMS = {
 }
 
 
+def unverifiable_key_problem(key_type: str, where: str) -> Optional[str]:
+    """Why a host key of ``key_type`` cannot be checked in the capture kernel, or None
+    (paramiko verifies only the types of ``_KEY_ALGORITHMS``: no DSA since paramiko 4,
+    no Ed448, no FIDO ``sk-*`` keys)."""
+    if key_type in _KEY_ALGORITHMS:
+        return None
+    return (f"{where}: the host key type {key_type} cannot be verified by paramiko, which the capture kernel "
+            f"uses; record a key of type {', '.join(_KEY_ALGORITHMS)} for the server instead "
+            "(ssh-keyscan -t ed25519 HOST)")
+
+
+def _known_hosts_types(path: str, url: TargetURL) -> List[str]:
+    """Key types known_hosts lists for the target's host (plain, unhashed entries only)."""
+    names = {url.host, f"[{url.host}]:{url.effective_port}"}
+    found: List[str] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 3 and not line.startswith("#") and names & set(fields[0].split(",")):
+                    found.append(fields[1])
+    except OSError:
+        return []
+    return found
+
+
 def fingerprint(key: paramiko.PKey) -> str:
     """The OpenSSH form ``SHA256:...`` of a public key."""
     digest = hashlib.sha256(key.asbytes()).digest()
@@ -434,7 +460,14 @@ def initrd_material(url: TargetURL, options: TransportOptions) -> InitrdMaterial
         except TransportError as exc:
             material.problems.append(str(exc))
         else:
-            if not policy.expected:
+            verifiable = [k for k in policy.expected if k.key_type in _KEY_ALGORITHMS]
+            listed = [k.key_type for k in policy.expected]
+            if not listed and not options.host_key.strip():
+                listed = _known_hosts_types(policy.source, url)
+            unverifiable = sorted({t for t in listed if t not in _KEY_ALGORITHMS})
+            if not verifiable and unverifiable:
+                material.problems.extend(unverifiable_key_problem(t, policy.source) or "" for t in unverifiable)
+            elif not verifiable:
                 material.problems.append(
                     f"no host key for {host_label(url)}: KDUMP_HOST_KEY is empty and {policy.source} "
                     f"has no entry for it; set KDUMP_HOST_KEY=\"TYPE BASE64\" or run "
@@ -442,7 +475,7 @@ def initrd_material(url: TargetURL, options: TransportOptions) -> InitrdMaterial
             elif not options.host_key.strip():
                 name = url.host if url.effective_port == 22 else f"[{url.host}]:{url.effective_port}"
                 material.known_hosts = "".join(f"{name} {k.key_type} {base64.b64encode(k.blob).decode()}\n"
-                                               for k in policy.expected)
+                                               for k in verifiable)
     try:
         loaded = load_identities(options)
     except TransportError as exc:

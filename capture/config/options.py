@@ -132,20 +132,18 @@ def _boolean(value: str) -> bool:
     return BOOLEAN_WORDS[word]
 
 
-def _integer(minimum: int, maximum: Optional[int] = None, meaning: str = "") -> Callable[[str], int]:
-    if maximum is None:
-        allowed = f"must be an integer, {minimum} or more"
-    else:
-        allowed = f"must be an integer from {minimum} to {maximum}"
+def _integer(minimum: int, maximum: int, meaning: str = "") -> Callable[[str], int]:
+    """A converter to an integer of ``minimum..maximum`` (every number has a sane range)."""
+    allowed = f"must be an integer from {minimum} to {maximum}"
     if meaning:
         allowed += f" ({meaning})"
 
     def convert(value: str) -> int:
         text = value.strip()
-        if not re.fullmatch(r"-?[0-9]+", text):
+        if not re.fullmatch(r"-?[0-9]{1,20}", text):
             raise _Invalid(allowed)
         number = int(text)
-        if number < minimum or (maximum is not None and number > maximum):
+        if number < minimum or number > maximum:
             raise _Invalid(allowed)
         return number
     return convert
@@ -163,12 +161,20 @@ _SIZE_FACTOR_MB = {"": Fraction(1), "K": Fraction(1, 1024), "M": Fraction(1),
                    "G": Fraction(1024), "T": Fraction(1024 * 1024)}
 
 
+MAX_FREE_DISK_MB = 1 << 30
+"""KDUMP_FREE_DISK_SIZE above 1 PiB is surely a typing error."""
+
+
 def _size_mb(value: str) -> int:
-    match = _SIZE.fullmatch(value.strip())
+    allowed = ("must be a size in MB (like 64), or with a unit K, M, G or T (like 512K, 2G); "
+               f"0 to {MAX_FREE_DISK_MB} MB (1 PiB)")
+    text = value.strip()
+    match = _SIZE.fullmatch(text) if len(text) <= 40 else None
     if not match:
-        raise _Invalid("must be a size in MB (like 64), or with a unit K, M, G or T (like 512K, 2G); "
-                       "0 or more")
+        raise _Invalid(allowed)
     megabytes = Fraction(match.group(1)) * _SIZE_FACTOR_MB[(match.group(2) or "").upper()]
+    if megabytes > MAX_FREE_DISK_MB:
+        raise _Invalid(allowed)
     return math.ceil(megabytes)
 
 
@@ -277,6 +283,8 @@ def _url_problem(text: str, error: URLError) -> str:
         targeturl.parse(masked)
     except URLError as masked_error:
         return str(masked_error)
+    if "control character" in str(error):
+        return f"{masked!r}: the password contains a control character (a percent-escape like %0A or %0D)"
     return ("the user or password part cannot be read; percent-encode '/', '?', '#', '@' and ':' "
             "in user names and passwords (like %2F for '/')")
 
@@ -330,13 +338,14 @@ OPTIONS: Tuple[Option, ...] = (
     Option("KDUMP_DUMPLEVEL", "dumplevel", _integer(0, 31, "makedumpfile -d bits"), empty_is_default=True),
     Option("KDUMP_DUMPFORMAT", "dumpformat", _dumpformat, empty_is_default=True),
     Option("KDUMP_KEEP_OLD_DUMPS", "keep_old_dumps",
-           _integer(-1, None, "0 keeps all, N keeps N old dumps, -1 deletes all old dumps"), empty_is_default=True),
+           _integer(-1, 100000, "0 keeps all, N keeps N old dumps, -1 deletes all old dumps"), empty_is_default=True),
     Option("KDUMP_FREE_DISK_SIZE", "free_disk_size", _size_mb, empty_is_default=True),
     Option("KDUMP_NETCONFIG", "netconfig", _netconfig),
-    Option("KDUMP_NET_TIMEOUT", "net_timeout", _integer(0, None, "seconds, 0 = do not wait"), empty_is_default=True),
+    Option("KDUMP_NET_TIMEOUT", "net_timeout", _integer(0, 86400, "seconds, 0 = do not wait; at most a day"),
+           empty_is_default=True),
     Option("KDUMP_IMMEDIATE_REBOOT", "immediate_reboot", _boolean, empty_is_default=True),
     Option("KDUMP_CONTINUE_ON_ERROR", "continue_on_error", _boolean, empty_is_default=True),
-    Option("KDUMP_CPUS", "cpus", _integer(0, None, "0 = all"), empty_is_default=True),
+    Option("KDUMP_CPUS", "cpus", _integer(0, 65536, "0 = all"), empty_is_default=True),
     Option("KDUMP_VERBOSE", "verbose", _integer(0, 31, "a bitmask of 1, 2, 4, 8 and 16"), empty_is_default=True),
     Option("KDUMP_PRESCRIPT", "prescript"),
     Option("KDUMP_POSTSCRIPT", "postscript"),
@@ -446,6 +455,8 @@ def parse_text(text: str, filename: str = "<string>") -> Config:
         except _Invalid as exc:
             shown = _MASK if option.secret else (targeturl.masked_text(assignment.value) if key == "KDUMP_SAVEDIR"
                                                  else assignment.value)
+            if len(shown) > MAX_SHOWN:
+                shown = f"{shown[:MAX_SHOWN]}...({len(assignment.value)} characters)"
             errors.append((assignment.line,
                            f"{filename}:{assignment.line}: {key}={sysconfig.quote(shown)}: {exc}"))
     if errors:
@@ -454,6 +465,10 @@ def parse_text(text: str, filename: str = "<string>") -> Config:
         raise ConfigError(_printable(f"{filename}: {count} in the configuration:") + "\n"
                           + "\n".join(_printable(e) for _, e in errors))
     return Config(**values, source=None if filename == "<string>" else filename)
+
+
+MAX_SHOWN = 80
+"""Characters of a bad value quoted in an error message."""
 
 
 def _printable(text: str) -> str:

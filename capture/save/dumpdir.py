@@ -15,7 +15,9 @@ from datetime import datetime, timezone
 from typing import Collection, List, Optional, Tuple
 
 from capture import __version__
+from capture.errors import KdumpError
 from capture.formats import INCOMPLETE
+from capture.formats.untrusted import printable
 from transports.base import Transport
 
 MARKER = ".kdump-saver"
@@ -39,8 +41,22 @@ def stamp(crash_time: datetime) -> str:
 
 
 def base_name(crash_time: datetime, hostname: str, remote: bool) -> str:
-    """``YYYY-MM-DD-HH-MM`` on local targets, ``HOSTNAME-YYYY-MM-DD-HH-MM`` on remote ones."""
-    return f"{hostname}-{stamp(crash_time)}" if remote else stamp(crash_time)
+    """``YYYY-MM-DD-HH-MM`` on local targets, ``HOSTNAME-YYYY-MM-DD-HH-MM`` on remote ones
+    (the host name with anything but letters, digits, ``.``, ``-`` and ``_`` as ``_``)."""
+    return f"{name_part(hostname)}-{stamp(crash_time)}" if remote else stamp(crash_time)
+
+
+def name_part(text: str) -> str:
+    """``text`` (from the vmcore or the configuration) made safe as part of a file name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", text)[:64].lstrip(".")
+    return safe or "unknown"
+
+
+def facts_text(value: str) -> str:
+    """The one gate for a value that came from the vmcore (host name, kernel release,
+    panic line) or from an error on its way into README.txt, the marker, ``info`` or
+    the log: one line, control characters escaped, bounded length."""
+    return printable(value)
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,7 @@ def parse_name(name: str) -> Optional[DirName]:
 def create_unique(target: Transport, base: str, avoid: Collection[str] = ()) -> str:
     """Create ``base`` (0700), or ``base.2``, ``base.3`` … if taken or in
     ``avoid`` (names of dumps just deleted); never reuse one."""
-    for seq in range(1, 1000):
+    for seq in range(1, MAX_SEQ + 1):
         name = base if seq == 1 else f"{base}.{seq}"
         if name in avoid:
             continue
@@ -76,7 +92,12 @@ def create_unique(target: Transport, base: str, avoid: Collection[str] = ()) -> 
             return name
         except FileExistsError:
             continue
-    raise FileExistsError(f"{base}: a thousand dumps in the same minute")
+    raise KdumpError(f"cannot create a dump directory: {base} and {base}.2 to {base}.{MAX_SEQ} all exist "
+                     f"on {target.url.masked()}; move old dumps away")
+
+
+#: the most dump directories of one minute (``base``, ``base.2`` ... ``base.MAX_SEQ``)
+MAX_SEQ = 999
 
 
 def own_files() -> Tuple[str, ...]:
@@ -88,7 +109,7 @@ def own_files() -> Tuple[str, ...]:
 
 
 def marker_bytes(hostname: str, created: datetime, state: str = WRITING) -> bytes:
-    return (json.dumps({"tool": TOOL, "version": __version__, "host": hostname,
+    return (json.dumps({"tool": TOOL, "version": __version__, "host": facts_text(hostname),
                         "created": created.astimezone(timezone.utc).isoformat(),
                         "state": state, "files": list(own_files())}, sort_keys=True)
             + "\n").encode()
@@ -171,12 +192,12 @@ class DumpFacts:
             ("sha256", self.sha256),
             ("free space", self.free_space),
         ]
-        lines = [f"{k}: {v}" for k, v in rows if v]
+        lines = [f"{k}: {printable(v, 4096)}" for k, v in rows if v]
         if self.notes:
             lines.append("")
-            lines += [f"note: {n}" for n in self.notes]
+            lines += [f"note: {printable(n, 4096)}" for n in self.notes]
         if self.open_command:
-            lines += ["", "To open it:", f"  {self.open_command}"]
+            lines += ["", "To open it:", f"  {printable(self.open_command, 4096)}"]
         lines += [""] + self.suse_lines(final)
         return "\n".join(lines) + "\n"
 
