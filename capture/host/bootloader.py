@@ -140,6 +140,10 @@ def remove_dropin(root: str = "/") -> Optional[str]:
         os.unlink(path)
     except FileNotFoundError:
         return None
+    try:
+        os.rmdir(os.path.dirname(path))   # only when empty: it held nothing but ours
+    except OSError:
+        pass
     log.info("removed %s", path)
     return path
 

@@ -109,6 +109,8 @@ def start(options: StartOptions) -> StartResult:
             raise KdumpError("no memory is reserved for a capture kernel: add crashkernel=SIZE to the kernel "
                              "command line and reboot ('kdump-saver status' shows the change for the boot "
                              "loader)")
+        # the command line first: a network that cannot be described fails before a build
+        cmd = kexec.load_command(cfg, kernel, path, kexec.read_cmdline(), kexec.network_arguments(cfg))
         fresh = initrd.freshness(cfg, kernel, path)
         built = False
         if options.rebuild or not fresh.current:
@@ -119,7 +121,6 @@ def start(options: StartOptions) -> StartResult:
             built = True
         else:
             log.info("the capture initrd %s is current", path)
-        cmd = kexec.load_command(cfg, kernel, path, kexec.read_cmdline(), kexec.network_arguments(cfg))
         if options.dry_run:
             return StartResult(fresh, built, cmd, loaded=False)
         kexec.load(cmd)
