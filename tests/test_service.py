@@ -120,6 +120,38 @@ def test_enable_then_disable_in_a_tree_verifies_and_leaves_it_as_before(debian_t
     assert snapshot(debian_tree) == before
 
 
+def udev_runs(rules_dir: Path, action: str, device: str) -> List[str]:
+    """What udev would RUN for ``action`` on ``device`` with only the rules of
+    ``rules_dir`` (udevadm test in a private mount namespace; nothing runs)."""
+    script = (f"mount --bind {rules_dir} /etc/udev/rules.d && mount -t tmpfs tmpfs /usr/lib/udev/rules.d && "
+              f"mount -t tmpfs tmpfs /run/udev 2>/dev/null; udevadm test --action={action} {device}")
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert "70-kdump-saver.rules" in proc.stdout + proc.stderr, proc.stderr
+    return [line.split("'")[1] for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("run: '")]
+
+
+def test_udev_rule_reloads_the_service_on_cpu_and_memory_hotplug_only(debian_tree: Path) -> None:
+    require_program("udevadm")
+    require_program("unshare")
+    require(os.geteuid() == 0, "udevadm test in a mount namespace needs root")
+    memory = sorted(Path("/sys/devices/system/memory").glob("memory[0-9]*"))
+    cpus = sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*"))
+    require(bool(memory and cpus), "no memory block or CPU devices in sysfs")
+    require(not Path("/sys/devices/system/memory/crash_hotplug").exists(),
+            "this kernel updates the crash headers itself (crash_hotplug): the rule does nothing here")
+    write_conf(debian_tree, "KDUMP_SAVEDIR=/var/crash\n")
+    assert cli("enable", "--root", str(debian_tree), "--command", "/usr/bin/kdump-saver").returncode == 0
+    rules = debian_tree / "etc/udev/rules.d"
+    (rules / "99-local.rules").unlink()
+    reload = f"{install.systemctl_path()} --no-block try-reload-or-restart kdump-saver.service"
+    for action in ("add", "remove"):
+        assert udev_runs(rules, action, str(memory[-1])) == [reload]
+        assert udev_runs(rules, action, str(cpus[-1])) == [reload]
+    assert udev_runs(rules, "change", str(memory[-1])) == []
+    assert udev_runs(rules, "online", str(cpus[-1])) == []
+    assert udev_runs(rules, "add", "/sys/class/net/lo") == []
+
+
 def test_verify_catches_a_broken_unit(debian_tree: Path) -> None:
     """The verification above can fail: a command that is not in the tree."""
     write_conf(debian_tree, "KDUMP_SAVEDIR=/var/crash\n")
@@ -382,6 +414,51 @@ def test_start_rebuilds_after_a_configuration_edit(setup: Setup) -> None:
 
 
 # --- chroot, last dump --------------------------------------------------------------------------------
+
+CHROOT_BUILD = """set -e
+mount -t tmpfs tmpfs "$WORK"
+mkdir "$WORK/upper" "$WORK/work" "$WORK/tree"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$WORK/upper,workdir=$WORK/work" "$WORK/tree"
+echo image-host.example.org > "$WORK/tree/etc/hostname"
+for d in proc sys dev; do mount --rbind "/$d" "$WORK/tree/$d"; done
+mount --bind "$OUT" "$WORK/tree$OUT"
+cd "$REPO"
+exec chroot "$WORK/tree" "$@"
+"""
+
+
+def test_an_initrd_built_in_a_chroot_describes_the_image_and_is_never_current(
+        setup: Setup, tmp_path: Path) -> None:
+    """A cloud image prepared in a chroot (here: an overlay of this system
+    with its own /etc/hostname, in a private mount namespace) gets the tree's
+    kernel and hostname, and the booted machine rebuilds it."""
+    require_program("unshare")
+    require(Path("/proc/filesystems").read_text().find("overlay") >= 0, "no overlay file system")
+    conf = tmp_path / "kdump"
+    conf.write_text("\n".join(line for line in setup.conf.read_text().splitlines()
+                              if not line.startswith("KDUMP_KERNELVER")) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, WORK=str(work), OUT=str(out), REPO=str(REPO))
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", CHROOT_BUILD, "sh", "sh", "-c",
+                           f'cd "$REPO" && exec {PY} -m capture.cli build-initrd --config {conf} '
+                           f'--output {out}/initrd'],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    newest = initrd.installed_kernels()[-1]
+    assert f"in a chroot: using the newest kernel of the tree, {newest}" in proc.stderr
+    stamp = initrd.read_stamp(str(out / "initrd"))
+    assert stamp is not None
+    assert stamp["built_in_chroot"] is True
+    assert stamp["hostname"] == "image-host"
+    assert stamp["kernel"] == newest
+    status = cli("status", "--config", str(conf), "--kernel", newest, "--initrd", str(out / "initrd"),
+                 "--target-timeout", "0")
+    line = setup.initrd_line(status)
+    assert f"stale: {initrd.CHROOT_REASON}; hostname image-host -> {initrd.system_hostname()} (" in line
+
 
 def test_in_chroot_compares_our_root_with_inits(tmp_path: Path) -> None:
     assert initrd.in_chroot("/proc/self/root") is False

@@ -35,6 +35,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -149,8 +150,32 @@ def running_kernel() -> str:
 
 def kernel_release(config: Config, requested: Optional[str] = None) -> str:
     """The capture kernel's release: ``requested`` (``--kernel``), else
-    KDUMP_KERNELVER, else the running kernel's."""
-    return requested or config.kernelver or running_kernel()
+    KDUMP_KERNELVER, else the running kernel's; in a chroot (an image being
+    prepared) the newest kernel installed in the tree instead, since the
+    running kernel is the build machine's."""
+    if requested or config.kernelver:
+        return requested or config.kernelver
+    if in_chroot():
+        installed = installed_kernels()
+        if installed:
+            log.info("in a chroot: using the newest kernel of the tree, %s (set KDUMP_KERNELVER or --kernel "
+                     "for another)", installed[-1])
+            return installed[-1]
+    return running_kernel()
+
+
+def installed_kernels(modules_dir: str = "/lib/modules") -> List[str]:
+    """Releases with modules installed, oldest first (in version order)."""
+    try:
+        names = [n for n in os.listdir(modules_dir) if os.path.isfile(os.path.join(modules_dir, n, "modules.dep"))]
+    except OSError:
+        return []
+    return sorted(names, key=_version_key)
+
+
+def _version_key(release: str) -> Tuple[Tuple[int, object], ...]:
+    parts = re.split(r"[.\-+~]", release)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
 def config_digest(config: Config) -> str:
@@ -400,7 +425,7 @@ def freshness(config: Config, kernel: str, path: str) -> Freshness:
         return judge(path, None, {})
     try:
         current = current_inputs(config, kernel)
-    except KdumpError as exc:
+    except (KdumpError, OSError) as exc:
         return Freshness(path, "unknown", (f"cannot tell what a build would use now: {exc}",), stamp)
     return judge(path, stamp, current)
 
@@ -422,18 +447,38 @@ def system_hostname(proc_root: str = "/proc/1/root") -> str:
     return _short_hostname()
 
 
-def in_chroot(proc_root: str = "/proc/1/root") -> bool:
+def in_chroot(proc_root: str = "/proc/1/root", init_mountinfo: str = "/proc/1/mountinfo") -> bool:
     """Whether this process runs in a chroot: its root directory is not
-    init's (``proc_root``).  Without /proc (a bare chroot) that is assumed;
-    when init's root cannot be read (not root) it is not."""
+    init's (``proc_root``).  Without /proc (a bare chroot) that is assumed.
+    When init's root cannot be examined, the file system mounted at "/"
+    (device and directory, from mountinfo) is compared with init's: none
+    at all means a chroot into a plain directory; init's mountinfo
+    unreadable too means not a chroot."""
     try:
         ours = os.stat("/")
         inits = os.stat(proc_root)
     except PermissionError:
-        return False
+        init_root = _root_mount(init_mountinfo)
+        return init_root is not None and _root_mount("/proc/self/mountinfo") != init_root
     except OSError:
         return True
     return (ours.st_dev, ours.st_ino) != (inits.st_dev, inits.st_ino)
+
+
+def _root_mount(mountinfo: str) -> Optional[Tuple[str, str]]:
+    """(device, directory of that file system) of the mount at "/" in a
+    mountinfo file, or None (no such mount, or unreadable)."""
+    try:
+        with open(mountinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:   # the last mount at "/" is the one on top
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/":
+            found = (fields[2], fields[3])
+    return found
 
 
 def allowed_roots(config: Config, url: TargetURL) -> List[str]:
