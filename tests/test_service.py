@@ -152,6 +152,20 @@ def test_udev_rule_reloads_the_service_on_cpu_and_memory_hotplug_only(debian_tre
     assert udev_runs(rules, "add", "/sys/class/net/lo") == []
 
 
+def test_a_target_made_remote_after_enable_is_noticed(debian_tree: Path) -> None:
+    write_conf(debian_tree, "KDUMP_SAVEDIR=/var/crash\n")
+    assert cli("enable", "--root", str(debian_tree), "--command", "/usr/bin/kdump-saver").returncode == 0
+    remote = configuration.Config(savedir="sftp://dumps@192.0.2.7/srv")
+    assert install.network_ordering_missing(remote, str(debian_tree))
+    assert not install.network_ordering_missing(configuration.Config(), str(debian_tree))
+    write_conf(debian_tree, "KDUMP_SAVEDIR=sftp://dumps@192.0.2.7/srv\n")
+    assert cli("enable", "--root", str(debian_tree), "--command", "/usr/bin/kdump-saver").returncode == 0
+    assert not install.network_ordering_missing(remote, str(debian_tree))
+    write_conf(debian_tree, "KDUMP_SAVEDIR=/var/crash\n")   # and back: the drop-in goes
+    assert cli("enable", "--root", str(debian_tree), "--command", "/usr/bin/kdump-saver").returncode == 0
+    assert not (debian_tree / "etc/systemd/system/kdump-saver.service.d").exists()
+
+
 def test_verify_catches_a_broken_unit(debian_tree: Path) -> None:
     """The verification above can fail: a command that is not in the tree."""
     write_conf(debian_tree, "KDUMP_SAVEDIR=/var/crash\n")

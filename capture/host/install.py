@@ -131,6 +131,15 @@ def disable(root: Optional[str] = None, now: bool = False) -> List[str]:
     return removed
 
 
+def network_ordering_missing(config: Config, root: Optional[str] = None) -> bool:
+    """Whether the installed unit starts without waiting for the network
+    although KDUMP_SAVEDIR is remote now (the configuration changed after
+    ``enable``)."""
+    base = root or "/"
+    return (os.path.exists(_under(base, UNIT_PATH)) and _is_remote(config)
+            and not os.path.exists(_under(base, NETWORK_DROPIN)))
+
+
 def is_enabled(root: Optional[str] = None) -> bool:
     """Whether the unit is installed and wanted by multi-user.target."""
     return os.path.lexists(_under(root or "/", f"{WANTS_DIR}/{UNIT}"))

@@ -24,7 +24,7 @@ from typing import Iterator, Optional, Tuple
 
 from capture.config import options as configuration
 from capture.errors import KdumpError
-from capture.host import initrd, kexec
+from capture.host import initrd, install, kexec
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,9 @@ def start(options: StartOptions) -> StartResult:
     capture kernel, all under the lock."""
     with locked(options.lock, options.lock_timeout):
         cfg = configuration.load(options.config)
+        if install.network_ordering_missing(cfg):
+            log.warning("KDUMP_SAVEDIR is remote but %s does not wait for network-online.target; "
+                        "run 'kdump-saver enable' again", install.UNIT_PATH)
         kernel = initrd.kernel_release(cfg, options.kernel)
         path = options.initrd or initrd.default_output(kernel)
         if not options.dry_run and kexec.reserved_bytes() == 0:
