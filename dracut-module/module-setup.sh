@@ -30,6 +30,11 @@ installkernel() {
     hostonly='' instmods "${_mods[@]}"
 }
 
+_kdump_saver_libraries() {
+    # the shared libraries (ldd: the whole closure) of the given ELF files
+    ldd "$@" 2>/dev/null | sed -n -e 's/.*=> \(\/[^ ]*\) (0x.*/\1/p' -e 's/^[[:space:]]*\(\/[^ ]*\) (0x.*/\1/p' | sort -u
+}
+
 _kdump_saver_list() {
     # the non-empty lines of a staging list file
     [[ -s $KDUMP_SAVER_STAGE/$1 ]] || return 0
@@ -45,6 +50,14 @@ install() {
     # ELF files get their shared libraries (libpython, libssl, ...)
     mapfile -t _files < <(_kdump_saver_list python-files)
     inst_multiple "${_files[@]}" || dfatal "kdump-saver: cannot install the Python closure"
+    # dracut resolves the libraries only of files with an execute bit, and
+    # Debian installs extension modules 0644 (_ssl.*.so needs libssl.so.3)
+    mapfile -t _files < <(_kdump_saver_list python-files | grep -E '\.so(\.[0-9.]+)?$')
+    if ((${#_files[@]})); then
+        mapfile -t _files < <(_kdump_saver_libraries "${_files[@]}")
+        ((${#_files[@]})) && { inst_multiple "${_files[@]}" \
+            || dfatal "kdump-saver: cannot install the shared libraries of the Python closure"; }
+    fi
     while read -r _dir; do
         mkdir -p "${initdir}${_dir}"
     done < <(_kdump_saver_list python-dirs)

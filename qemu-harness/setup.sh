@@ -16,8 +16,11 @@ apt_install() {
   apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "$@" >/dev/null
 }
 missing=()
+# (dpkg-query's output goes to a variable first: under pipefail, `cmd | grep -q`
+# fails when grep exits at the first match and cmd then dies of SIGPIPE)
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "qemu-harness setup: installing ${missing[*]}"
@@ -26,8 +29,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The kernel that linux-image-cloud-amd64 depends on right now.
-kver=$(dpkg-query -W -f='${Depends}' linux-image-cloud-amd64 | grep -o 'linux-image-[^ ,]*-cloud-amd64' \
-       | head -1 | sed 's/^linux-image-//')
+depends=$(dpkg-query -W -f='${Depends}' linux-image-cloud-amd64)
+kver=$(grep -o 'linux-image-[^ ,]*-cloud-amd64' <<<"$depends" | sed -n '1s/^linux-image-//p' || true)
 if [ -z "$kver" ]; then
   echo "qemu-harness setup: cannot tell which kernel linux-image-cloud-amd64 depends on" >&2
   exit 1

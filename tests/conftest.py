@@ -11,8 +11,12 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from transports.base import Transport
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_NAME = "vmcore-6.1-cloud-512M"
@@ -113,6 +117,24 @@ class ReferenceDumps:
         return out
 
 
+@pytest.fixture
+def small_fs(tmp_path):
+    """Mount a tmpfs of the requested size in MB; unmounted afterwards."""
+    require(os.geteuid() == 0, "mounting a small tmpfs needs root")
+    mounts = []
+
+    def make(size_mb: int) -> Path:
+        mnt = tmp_path / f"fs{len(mounts)}"
+        mnt.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(mnt)], check=True)
+        mounts.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in mounts:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def head_of(path: Path, size: int) -> bytes:
     with open(path, "rb") as f:
         return f.read(size)
@@ -124,3 +146,14 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def remove_tree(target: "Transport", path: str) -> None:
+    """Delete a directory on a transport with its primitives (files, then the empty directory)."""
+    for entry in target.listdir(path):
+        child = f"{path}/{entry.name}"
+        if entry.is_dir:
+            remove_tree(target, child)
+        else:
+            target.remove(child)
+    target.rmdir(path)

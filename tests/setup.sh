@@ -8,13 +8,16 @@ cd "$top"
 packages=(
   makedumpfile liblzo2-dev lz4 xz-utils python3-venv
   openssh-server openssh-client samba smbclient vsftpd curl
-  iproute2 kexec-tools openssl nfs-common crash
+  iproute2 kexec-tools openssl nfs-common crash python3-libkdumpfile
   dracut-core dracut-network cpio e2fsprogs linux-image-cloud-amd64
   dnsmasq-base isc-dhcp-client udhcpc dhcpcd-base busybox-static qemu-system-x86
 )
 missing=()
+# (outputs go to variables first: under pipefail, `cmd | grep -q` fails when grep
+# exits at the first match and cmd then dies of SIGPIPE)
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
@@ -26,8 +29,9 @@ fi
 # crash(8) on dumps of the fixture needs the fixture kernel's symbols: optional,
 # installed while Debian's archive still has that kernel ABI.
 fixture_dbg=linux-image-6.1.0-56-cloud-amd64-dbg
+policy=$(apt-cache policy "$fixture_dbg" 2>/dev/null || true)
 if [ ! -e /usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64 ] \
-   && apt-cache policy "$fixture_dbg" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+   && grep -q 'Candidate: [0-9]' <<<"$policy"; then
   echo "setup: installing $fixture_dbg (283 MB download) for crash(8) on the fixture"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$fixture_dbg" >/dev/null
 fi

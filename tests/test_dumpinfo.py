@@ -324,3 +324,18 @@ def test_info_cli(reference_dumps, tmp_path: Path) -> None:
         bad = kdump_saver("info", str(path))
         assert bad.returncode == 1
         assert message in bad.stderr and "Traceback" not in bad.stderr + bad.stdout
+
+
+def test_info_tells_which_collector_wrote_a_saved_dump(tmp_path, fixture_vmcore):
+    from capture.config.options import Config
+    from capture.save.sequence import save
+
+    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=0), vmcore=str(fixture_vmcore),
+                  savedir=str(tmp_path))
+    info = describe(str(tmp_path / result.directory / "vmcore"))
+    assert info.collector is not None and info.collector.startswith("makedumpfile 1.")
+    assert "collector:" in info.format_text()
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "vmcore").write_bytes((tmp_path / result.directory / "vmcore").read_bytes())
+    assert describe(str(lone / "vmcore")).collector is None

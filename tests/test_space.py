@@ -10,25 +10,7 @@ import pytest
 from capture.config.options import Config
 from capture.save.sequence import save
 from capture.save.space import SpaceLimitReached
-from conftest import require, sha256_of
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """Mount a tmpfs of the requested size in MB; unmounted afterwards."""
-    require(os.geteuid() == 0, "mounting a small tmpfs needs root")
-    mounts = []
-
-    def make(size_mb: int) -> Path:
-        mnt = tmp_path / f"fs{len(mounts)}"
-        mnt.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs", str(mnt)], check=True)
-        mounts.append(mnt)
-        return mnt
-
-    yield make
-    for mnt in mounts:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+from conftest import sha256_of
 
 
 def free_mb(path: Path) -> float:

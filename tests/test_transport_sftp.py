@@ -21,7 +21,7 @@ import pytest
 from capture.errors import KdumpError
 from capture.save.sequence import save
 from capture.config.targeturl import parse
-from conftest import head_of, require, require_program
+from conftest import remove_tree, head_of, require, require_program
 from servers.sshd import SSHD, ChrootServer, SSHLab, TestUsers, ssh_keygen
 from transports import open_target
 from transports.base import NoSpaceError, TransportError
@@ -91,7 +91,7 @@ def test_operations_arrive_on_the_server(ssh_lab: SSHLab, sshd_sftp: SSHD, fixtu
         free = t.free_space()
         assert free is not None and abs(free - st.f_bavail * st.f_frsize) < 256 * MiB
 
-        t.remove_tree("d1")
+        remove_tree(t, "d1")
         assert t.listdir() == [] and not (base / "d1").exists()
         with pytest.raises(TransportError, match="no such file"):
             t.create("nodir/file")
@@ -381,6 +381,8 @@ def test_saver_writes_the_same_vmcore_as_the_file_target(ssh_lab: SSHLab, sshd_s
     readme = (saved / "README.txt").read_text()
     assert "saved successfully" in readme and user.name in readme
     assert user.password not in readme and user.password not in caplog.text
+    # the hash comes from the server (sha256sum over the same SSH connection), not from reading the dump back
+    assert f"sha256: {hashlib.sha256((saved / 'vmcore').read_bytes()).hexdigest()}" in readme
     assert stat.S_IMODE(saved.stat().st_mode) == 0o700
     assert all(stat.S_IMODE((saved / n).stat().st_mode) == 0o600 for n in os.listdir(saved))
 

@@ -21,7 +21,7 @@ import pytest
 from capture.errors import KdumpError
 from capture.save.sequence import save
 from capture.config.targeturl import parse
-from conftest import head_of
+from conftest import remove_tree, head_of
 from servers.sshd import SSHD, ChrootServer, SSHLab, TestUsers, ssh_keygen
 from transports import open_target
 from transports.base import NoSpaceError, TransportError
@@ -81,7 +81,7 @@ def test_operations_arrive_on_the_server(ssh_lab: SSHLab, sshd_nosftp: SSHD, fix
         free = t.free_space()
         assert free is not None and abs(free - st.f_bavail * st.f_frsize) < 256 * MiB
 
-        t.remove_tree("d1")
+        remove_tree(t, "d1")
         assert [e.name for e in t.listdir()] == [".hidden"] and not (base / "d1").exists()
         with pytest.raises(TransportError, match="cannot create 'nodir/file': .*(Directory nonexistent|No such file)"):
             t.create("nodir/file")
@@ -103,7 +103,7 @@ def test_hostile_names_arrive_literally_and_run_nothing(ssh_lab: SSHLab, sshd_no
         assert t.free_space() is not None
         assert t.sha256(f"{HOSTILE}/{HOSTILE}") == hashlib.sha256(b"literal").hexdigest()
         assert (base / HOSTILE / HOSTILE).read_bytes() == b"literal"
-        t.remove_tree(HOSTILE)
+        remove_tree(t, HOSTILE)
         assert t.listdir() == []
     assert base.is_dir()
     assert not canary.exists(), "a quoted name ran a command"
@@ -114,9 +114,9 @@ def test_paths_cannot_leave_the_target(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> No
     base = ssh_lab.fresh_dir(ssh_lab.key_user)
     with ssh_target(ssh_lab, sshd_nosftp, base / "t") as t:
         with pytest.raises(TransportError, match="inside the target"):
-            t.remove_tree("../")
+            t.rmdir("../")
         with pytest.raises(TransportError, match="target directory itself"):
-            t.remove_tree("")
+            t.rmdir("")
     assert (base / "t").is_dir()
 
 

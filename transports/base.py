@@ -184,8 +184,13 @@ class Transport(abc.ABC):
         """At most ``limit`` bytes of a small file, ``None`` when it does not exist."""
 
     @abc.abstractmethod
-    def remove_tree(self, path: str) -> None:
-        """Delete a directory and everything in it."""
+    def remove(self, path: str) -> None:
+        """Delete one file (not a directory, never following a link's target)."""
+
+    @abc.abstractmethod
+    def rmdir(self, path: str) -> None:
+        """Delete an empty directory; :class:`TransportError` if it is not empty
+        or is the target's base directory."""
 
     @abc.abstractmethod
     def free_space(self) -> Optional[int]:
@@ -209,8 +214,15 @@ class Transport(abc.ABC):
             raise
         self.rename(partial, path)
 
+    def server_sha256(self, path: str) -> Optional[str]:
+        """The sha256 of a stored file computed by the server itself, so that
+        the file does not cross the network again; None when the server
+        cannot (the README then says the hash was not computed)."""
+        return None
+
     def sha256(self, path: str) -> str:
-        """The sha256 of a file as stored on the target."""
+        """The sha256 of a file as stored on the target, read back through the
+        transport (for checks; the save never reads a dump back)."""
         digest = hashlib.sha256()
         with self.open_read(path) as f:
             while True:

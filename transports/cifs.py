@@ -712,19 +712,13 @@ class CifsTransport(Transport):
                 return None
             raise _status_error(f"cannot read {self._where(remote)} on {self.url.masked()}", exc.status) from None
 
-    def remove_tree(self, path: str) -> None:
+    def remove(self, path: str) -> None:
+        self._delete(self._remote(path), _FILE_NON_DIRECTORY_FILE)
+
+    def rmdir(self, path: str) -> None:
         if not [p for p in path.split("/") if p]:
             raise TransportError(f"refusing to delete the base directory of {self.url.masked()}")
-        self._remove(self._remote(path), path)
-
-    def _remove(self, remote: str, rel: str) -> None:
-        for entry in self.listdir(rel):
-            child_rel = f"{rel}/{entry.name}"
-            if entry.is_dir:
-                self._remove(f"{remote}/{entry.name}", child_rel)
-            else:
-                self._delete(f"{remote}/{entry.name}", _FILE_NON_DIRECTORY_FILE)
-        self._delete(remote, _FILE_DIRECTORY_FILE)
+        self._delete(self._remote(path), _FILE_DIRECTORY_FILE)
 
     def _delete(self, remote: str, kind: int) -> None:
         # FileDispositionInformation: DeletePending = 1; deleted at close

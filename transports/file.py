@@ -176,12 +176,21 @@ class FileTransport(Transport):
         except OSError as exc:
             raise _oserror("cannot read", self._abs(path), exc) from None
 
-    def remove_tree(self, path: str) -> None:
+    def remove(self, path: str) -> None:
+        full = self._abs(path)
+        if not path or os.path.isdir(full) and not os.path.islink(full):
+            raise TransportError(f"refusing to delete {full}: not a file")
+        try:
+            os.unlink(full)
+        except OSError as exc:
+            raise _oserror("cannot delete", full, exc) from None
+
+    def rmdir(self, path: str) -> None:
         full = self._abs(path)
         if not path or os.path.islink(full):
             raise TransportError(f"refusing to delete {full}")
         try:
-            shutil.rmtree(full)
+            os.rmdir(full)
         except OSError as exc:
             raise _oserror("cannot delete", full, exc) from None
 

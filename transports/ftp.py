@@ -466,19 +466,13 @@ class FtpTransport(Transport):
         sock = self._cmd(f"cannot read {remote}", lambda c: c.transfercmd(f"RETR {remote}"))
         return io.BufferedReader(FtpReader(self, sock, remote), buffer_size=SEND_BLOCK)
 
-    def remove_tree(self, path: str) -> None:
+    def remove(self, path: str) -> None:
+        target = self._abs(path)
+        self._cmd(f"cannot delete {target}", lambda c: c.delete(target))
+
+    def rmdir(self, path: str) -> None:
         if not [p for p in path.split("/") if p]:
             raise TransportError(f"refusing to delete the base directory of {self.url.masked()}")
-        self._remove(path)
-
-    def _remove(self, path: str) -> None:
-        for entry in self.listdir(path):
-            child = f"{path}/{entry.name}"
-            if entry.is_dir:
-                self._remove(child)
-            else:
-                target = self._abs(child)
-                self._cmd(f"cannot delete {target}", lambda c: c.delete(target))
         target = self._abs(path)
         self._cmd(f"cannot delete {target}", lambda c: c.rmd(target))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import shlex
 import socket
 import stat
 from typing import BinaryIO, Dict, List, Optional, Tuple
@@ -271,27 +272,47 @@ class SFTPTransport(Transport):
                 return None
             raise self._error(f"cannot read {path!r}", exc) from None
 
-    def remove_tree(self, path: str) -> None:
+    def remove(self, path: str) -> None:
+        try:
+            self.sftp.remove(self._path(path))
+        except _NETWORK_ERRORS as exc:
+            raise self._error(f"cannot delete {path!r}", exc) from None
+
+    def rmdir(self, path: str) -> None:
         full = self._path(path)
         if full == self.url.path:
             raise TransportError(f"{self.url.masked()}: refusing to remove the target directory itself")
         try:
-            if stat.S_ISLNK(self.sftp.lstat(full).st_mode or 0):
-                raise TransportError(f"{self.url.masked()}: refusing to delete {path!r}: a symbolic link")
-            self._remove_tree(full)
+            self.sftp.rmdir(full)
         except _NETWORK_ERRORS as exc:
-            raise self._error(f"cannot remove {path!r}", exc) from None
+            raise self._error(f"cannot delete {path!r}", exc) from None
 
-    def _remove_tree(self, full: str) -> None:
-        for entry in self.sftp.listdir_attr(full):
-            if entry.filename in (".", ".."):
-                continue
-            child = full + "/" + entry.filename
-            if stat.S_ISDIR(entry.st_mode or 0):
-                self._remove_tree(child)
-            else:
-                self.sftp.remove(child)
-        self.sftp.rmdir(full)
+    def server_sha256(self, path: str) -> Optional[str]:
+        """``sha256sum`` run by the server over this SSH connection, where it
+        allows commands (an sftp-only account does not: None)."""
+        full = self._path(path)
+        try:
+            channel = self._conn.open_session() if self._conn is not None else None
+            if channel is None:
+                return None
+            with channel:
+                channel.exec_command(f"sha256sum -- {shlex.quote(full)}")
+                out = b""
+                while len(out) < 4096:
+                    block = channel.recv(4096)
+                    if not block:
+                        break
+                    out += block
+                status = channel.recv_exit_status()
+        except (TransportError, *_NETWORK_ERRORS) as exc:
+            log.info("%s: the server cannot compute the sha256 of %s: %s", self.url.masked(), path, exc)
+            return None
+        digest = out.split(b" ", 1)[0].decode("ascii", "replace")
+        if status != 0 or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            log.info("%s: the server cannot compute the sha256 of %s (sha256sum exit status %s)",
+                     self.url.masked(), path, status)
+            return None
+        return digest
 
     def free_space(self) -> Optional[int]:
         if "statvfs@openssh.com" not in self.sftp.extensions:

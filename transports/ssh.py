@@ -225,14 +225,16 @@ class SSHTransport(Transport):
             raise self._fail(f"cannot read {path!r}", result)
         return result.stdout
 
-    def remove_tree(self, path: str) -> None:
+    def remove(self, path: str) -> None:
         p = self._q(path)
+        result = self.run(f"if [ -d {p} ] && [ ! -L {p} ]; then echo 'is a directory' >&2; exit 1; fi; rm -- {p}")
+        if result.status != 0:
+            raise self._fail(f"cannot delete {path!r}", result)
+
+    def rmdir(self, path: str) -> None:
         if sshauth.remote_path(self.url.path, path) == self.url.path:
             raise TransportError(f"{self.url.masked()}: refusing to remove the target directory itself")
-        result = self.run(f"if [ -L {p} ]; then exit {_IS_LINK}; fi; "
-                          f"if [ ! -e {p} ]; then echo 'no such file or directory' >&2; exit 1; fi; rm -rf -- {p}")
-        if result.status == _IS_LINK:
-            raise TransportError(f"{self.url.masked()}: refusing to delete {path!r}: a symbolic link")
+        result = self.run(f"rmdir -- {self._q(path)}")
         if result.status != 0:
             raise self._fail(f"cannot delete {path!r}", result)
 

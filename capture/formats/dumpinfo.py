@@ -66,6 +66,9 @@ class DumpInfo:
     problems: List[str] = field(default_factory=list)
     #: other observations worth telling
     remarks: List[str] = field(default_factory=list)
+    #: what wrote the dump (makedumpfile or kdump-saver's collector), from the
+    #: kdump-saver README beside it; None when there is none to tell
+    collector: Optional[str] = None
 
     @property
     def format_description(self) -> str:
@@ -106,6 +109,8 @@ class DumpInfo:
             rows.append(("memory in dump", size_text(self.memory_size)))
         if self.dumped_pages is not None:
             rows.append(("pages in dump", str(self.dumped_pages)))
+        if self.collector:
+            rows.append(("collector", self.collector))
         rows.append(("file size", size_text(self.file_size)))
         if self.containers:
             rows.append(("dump size", size_text(self.dump_size)))
@@ -139,10 +144,29 @@ def describe(path: str) -> DumpInfo:
             _describe_lz4(path, reader, info)
         else:
             _describe_content(reader, reader.size, path, info, allow_flattened=True)
+    info.collector = collector_from_readme(path)
     if path.endswith(INCOMPLETE):
         info.problems.append(f"the name ends in '{INCOMPLETE}': whoever wrote it did not finish")
     info.complete = not info.problems
     return info
+
+
+def collector_from_readme(path: str) -> Optional[str]:
+    """The ``collector:`` line of the kdump-saver README.txt beside ``path``,
+    when that README is about this file (its ``saved:`` line names it)."""
+    readme = os.path.join(os.path.dirname(os.path.abspath(path)), "README.txt")
+    try:
+        with open(readme, "rb") as f:
+            text = f.read(65536).decode("utf-8", "replace")
+    except OSError:
+        return None
+    rows = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+    saved = rows.get("saved", "").split()
+    name = os.path.basename(path)
+    if not saved or saved[0] not in (name, name[:-len(INCOMPLETE)] if name.endswith(INCOMPLETE) else name):
+        return None
+    value = rows.get("collector", "").strip()
+    return "".join(c for c in value if c.isprintable())[:200] or None
 
 
 def _describe_content(read_at: ReadAt, size: Optional[int], name: str, info: DumpInfo,

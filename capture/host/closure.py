@@ -40,7 +40,7 @@ OPTIONAL_ROOTS: Dict[str, str] = {
     "smb": "cifs targets",
     "nmb": "cifs targets",
     "lz4": "KDUMP_DUMPFORMAT=raw",
-    "lzo": "nothing in the capture initrd",
+    "lzo": "kdump-saver's own collector (lzo pages; zlib without it)",
     "invoke": "nothing: paramiko uses it only for ssh_config 'Match exec'",
 }
 

@@ -52,14 +52,16 @@ from capture.config import options as configuration
 from capture.config.options import Config
 from capture.config.targeturl import TargetURL, parse as parse_url
 from capture.errors import ConfigError, KdumpError, URLError
-from capture.host import closure, netdetect
+from capture.host import closure, drivers, netdetect
 from capture.net.plan import DHCP_CLIENTS, DHCP_NETCONFIG_MODES, netconfig_applies
 from transports.base import InitrdMaterial, TransportOptions
 
 log = logging.getLogger(__name__)
 
 MODULE_NAME = "kdump-saver"
-MODULE_DIR = Path(__file__).resolve().parent.parent.parent / "dracut-module"
+#: dracut-module/ of the source tree through the capture/host/dracut link, or the
+#: copy an installed wheel carries there as package data
+MODULE_DIR = (Path(__file__).resolve().parent / "dracut").resolve()
 DRACUT_BASEDIR = "/usr/lib/dracut"
 STAMP_PATH = "/etc/kdump-saver/build-stamp"
 KNOWN_HOSTS_PATH = "/etc/kdump-saver/known_hosts"
@@ -262,7 +264,8 @@ def gather(config: Config, kernel: str, url: TargetURL, check_host: bool = False
     problems.extend(prog_problems)
     return Gathered(material=material, mount=mount, programs=tuple(programs),
                     optional_programs=tuple(optional_programs), files=tuple(dict.fromkeys(files)),
-                    kernel_modules=tuple(kernel_modules(config, url, mount)), problems=tuple(problems))
+                    kernel_modules=tuple(kernel_modules(config, url, mount, kernel)),
+                    problems=tuple(problems))
 
 
 # --- freshness -----------------------------------------------------------------------------------
@@ -486,6 +489,8 @@ def allowed_roots(config: Config, url: TargetURL) -> List[str]:
     roots = list(transports.initrd_profile(url).packages)
     if config.dumpformat == "raw":
         roots.append("lz4")
+    elif config.dumpformat != "none":
+        roots.append("lzo")  # kdump-saver's own collector, when makedumpfile cannot be used
     return roots
 
 
@@ -514,6 +519,8 @@ def trace_closure(config: Config, url: TargetURL, executable: Optional[str] = No
     required.extend(transports.initrd_profile(url).imports)
     if config.dumpformat == "raw":
         required.append("lz4.frame")
+    elif config.dumpformat != "none":
+        required += ["capture.save.pycollector", "lzo"]
     own_modules = sorted({_module_of(f, root) for f in ours})
     optional = [m for m in own_modules + sorted(closure.static_imports(ours)) + list(closure.RUNTIME_STDLIB)
                 if not is_host_module(m)]
@@ -696,13 +703,18 @@ def dhcp_client(version: int = 4) -> Optional[str]:
     return None
 
 
-def kernel_modules(config: Config, url: TargetURL, mount: Optional[MountRecord]) -> List[str]:
+def kernel_modules(config: Config, url: TargetURL, mount: Optional[MountRecord],
+                   kernel: Optional[str] = None) -> List[str]:
     """Kernel modules the capture kernel needs: the NIC driver(s) for a
-    network target, the block driver and file system of a local one, nfs."""
+    network target, the block driver and file system of a local one, nfs.
+    Device drivers are the running kernel's plus those ``kernel`` (the
+    target, default the running one) has as modules for the devices'
+    modaliases (see :mod:`capture.host.drivers`)."""
     mods: List[str] = []
+    index = _module_index(kernel or running_kernel())
     if netconfig_applies(url, config.netconfig):
         for iface in _physical_interfaces():
-            mods.extend(_device_modules(f"/sys/class/net/{iface}/device"))
+            mods.extend(_device_modules(f"/sys/class/net/{iface}/device", index))
         mods.extend(_netplan_modules(config, url))
         mods.append("af_packet")
     mods.extend(transports.initrd_profile(url).kernel_modules)
@@ -710,8 +722,16 @@ def kernel_modules(config: Config, url: TargetURL, mount: Optional[MountRecord])
         mods.append(mount.fstype)
         dev = _mount_device(mount)
         if dev:
-            mods.extend(_device_modules(f"/sys/class/block/{os.path.basename(dev)}"))
+            mods.extend(_device_modules(f"/sys/class/block/{os.path.basename(dev)}", index))
     return list(dict.fromkeys(m for m in mods if m))
+
+
+def _module_index(kernel: str) -> "Optional[drivers.ModuleIndex]":
+    try:
+        return drivers.ModuleIndex.load(kernel)
+    except KdumpError as exc:
+        log.warning("only the running kernel's drivers go into the initrd: %s", exc)
+        return None
 
 
 def _physical_interfaces() -> List[str]:
@@ -742,9 +762,10 @@ def _mount_device(mount: MountRecord) -> Optional[str]:
     return os.path.realpath(link) if os.path.exists(link) else None
 
 
-def _device_modules(sys_path: str) -> List[str]:
-    """The driver modules of a device and its parents (sysfs walk)."""
-    mods: List[str] = []
+def _device_modules(sys_path: str, index: "Optional[drivers.ModuleIndex]" = None) -> List[str]:
+    """The driver modules of a device and its parents (sysfs walk), plus
+    the modules ``index``'s kernel has for their modaliases."""
+    mods: List[str] = drivers.device_modules(sys_path, index) if index is not None else []
     try:
         here = Path(os.path.realpath(sys_path))
     except OSError:

@@ -1,9 +1,11 @@
-"""Running makedumpfile: what to ask of it, and the stream it produces.
+"""The collector: what filters the vmcore, what to ask of it, and the stream it produces.
 
 Every format except ``raw`` and ``none`` is produced as makedumpfile's
 flattened stream (``-F``) on a pipe, so every target receives one stream;
 the saver rebuilds the real file from it where the target can write at an
-offset.
+offset.  The collector is makedumpfile, or kdump-saver's own
+(:mod:`capture.save.pycollector`, lzo or zlib) when makedumpfile is missing,
+is known to mis-filter this kernel at this dump level, or fails.
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from capture.config.options import Config
 from capture.errors import KdumpError
@@ -25,6 +28,10 @@ from capture.save.progress import Progress, pump_stderr
 log = logging.getLogger(__name__)
 
 FORMAT_FLAGS = {"compressed": "-c", "lzo": "-l", "snappy": "-p", "zstd": "-z", "elf": "-E"}
+MAKEDUMPFILE = "makedumpfile"
+OWN = "kdump-saver"
+"""The collector of :mod:`capture.save.pycollector`."""
+OWN_FORMATS = ("lzo", "compressed")
 PIPE_BYTES = 1 << 20
 THREADS_SAFE_FROM = (1, 7, 8)
 """makedumpfile before 1.7.8 can corrupt dumps written with --num-threads."""
@@ -81,10 +88,51 @@ class DumpPlan:
     threads: int
     notes: Tuple[str, ...] = ()
     """Decisions the administrator should read (fallbacks, thread limits)."""
+    collector: str = MAKEDUMPFILE
+    collector_reason: str = ""
+    """Why kdump-saver's own collector is used (empty for makedumpfile)."""
+
+    @property
+    def uses_collector(self) -> bool:
+        return self.format not in ("raw", "none")
 
 
-def plan(config: Config, mdf: Optional[Makedumpfile], cpus_online: Optional[int] = None) -> DumpPlan:
-    """Choose the format and thread count for ``config`` on this makedumpfile."""
+def plan(config: Config, mdf: Optional[Makedumpfile], vmcoreinfo: Optional[Mapping[str, str]] = None,
+         cpus_online: Optional[int] = None, mdf_problem: str = "") -> DumpPlan:
+    """Choose the collector, the format and the thread count for ``config``
+    (``mdf`` None: makedumpfile is unusable, ``mdf_problem`` says why)."""
+    if config.dumpformat in FORMAT_FLAGS:
+        reason = mdf_problem or "makedumpfile is not available"
+        if mdf is not None:
+            from capture.save.pycollector import makedumpfile_misfilters
+            reason = makedumpfile_misfilters(vmcoreinfo or {}, mdf.version, config.dumplevel) or ""
+        if reason:
+            return own_plan(config, reason, cpus_online)
+    return _makedumpfile_plan(config, mdf, cpus_online)
+
+
+def own_plan(config: Config, reason: str, cpus_online: Optional[int] = None,
+             notes: Tuple[str, ...] = ()) -> DumpPlan:
+    """kdump-saver's own collector for ``config``, because of ``reason``."""
+    notes += (f"the dump is written by kdump-saver's own collector: {reason}",)
+    fmt = config.dumpformat if config.dumpformat in OWN_FORMATS else "lzo"
+    if fmt != config.dumpformat:
+        notes += (f"kdump-saver's collector writes lzo or zlib, not {config.dumpformat}; using lzo",)
+    online = cpus_online or os.cpu_count() or 1
+    threads = online if config.cpus == 0 else max(1, min(config.cpus, online))
+    if fmt == "lzo":
+        threads = 1  # measured: handing lzo pages back from workers costs what they save (bench/pycollector.py)
+    return DumpPlan(config.dumpformat, fmt, config.dumplevel, threads, notes, OWN, reason)
+
+
+def fallback(dump: DumpPlan, config: Config, why: str) -> Optional[DumpPlan]:
+    """The plan to retry with after makedumpfile failed (``why``), or None when there is none."""
+    if dump.collector == OWN or not dump.uses_collector:
+        return None
+    return own_plan(config, why, notes=dump.notes)
+
+
+def _makedumpfile_plan(config: Config, mdf: Optional[Makedumpfile], cpus_online: Optional[int]) -> DumpPlan:
     notes: List[str] = []
     fmt = config.dumpformat
     if fmt in FORMAT_FLAGS and mdf is not None and not mdf.supports(fmt):
@@ -103,8 +151,12 @@ def plan(config: Config, mdf: Optional[Makedumpfile], cpus_online: Optional[int]
     return DumpPlan(config.dumpformat, fmt, config.dumplevel, threads, tuple(notes))
 
 
-def command(mdf: Makedumpfile, dump: DumpPlan, vmcore: str, extra_options: str = "") -> List[str]:
-    """The makedumpfile command writing ``dump`` as a flattened stream to stdout."""
+def command(mdf: Optional[Makedumpfile], dump: DumpPlan, vmcore: str, extra_options: str = "") -> List[str]:
+    """The command writing ``dump`` as a flattened stream to stdout."""
+    if dump.collector == OWN:
+        return [sys.executable, "-m", "capture.save.pycollector", "-d", str(dump.dump_level),
+                "--cpus", str(dump.threads), *(["--zlib"] if dump.format == "compressed" else []), vmcore]
+    assert mdf is not None
     cmd = [mdf.path, "-F", FORMAT_FLAGS[dump.format], "-d", str(dump.dump_level)]
     if dump.threads > 1:
         cmd += ["--num-threads", str(dump.threads)]
@@ -177,8 +229,10 @@ def _widen_pipe(pipe) -> None:
         pass
 
 
-def dump_dmesg(mdf: Makedumpfile, vmcore: str) -> bytes:
+def dump_dmesg(mdf: Optional[Makedumpfile], vmcore: str) -> bytes:
     """The crashed kernel's log, extracted with ``makedumpfile --dump-dmesg``."""
+    if mdf is None:
+        raise CollectorError("makedumpfile is not available")
     with tempfile.TemporaryDirectory(prefix="kdump-saver-") as tmp:
         out = os.path.join(tmp, "dmesg.txt")
         try:

@@ -1,8 +1,10 @@
 """The dump directory on the target: its name, our marker, and its README.
 
 A directory is ours when its name has our form and it holds :data:`MARKER`,
-a small JSON file naming the tool and the host whose dump it is.  Retention
-touches nothing else.
+a small JSON file naming the tool, the host whose dump it is, the files the
+saver may write there (:func:`own_files`) and the state of the save
+(``writing``, then ``complete`` or ``failed``).  Retention touches nothing
+else: only those files, in only such directories.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Collection, List, Optional
+from typing import Collection, List, Optional, Tuple
 
 from capture import __version__
 from capture.formats import INCOMPLETE
@@ -19,6 +21,14 @@ from transports.base import Transport
 MARKER = ".kdump-saver"
 TOOL = "kdump-saver"
 README = "README.txt"
+NOTIFIED = ".kdump-saver-notified"
+"""Written by ``kdump-saver notify`` once the dump was announced."""
+DMESG = "dmesg.txt"
+VMCORE_NAMES = ("vmcore", "vmcore.flat", "vmcore.lz4")
+SMALL_FILE_PARTIAL = ".tmp"
+"""The suffix :meth:`transports.base.Transport.write_small` writes under first."""
+
+WRITING, COMPLETE, FAILED = "writing", "complete", "failed"
 
 _NAME = re.compile(r"^(?:(?P<host>.+)-)?(?P<stamp>\d{4}-\d{2}-\d{2}-\d{2}-\d{2})(?:\.(?P<seq>\d+))?$")
 
@@ -69,15 +79,24 @@ def create_unique(target: Transport, base: str, avoid: Collection[str] = ()) -> 
     raise FileExistsError(f"{base}: a thousand dumps in the same minute")
 
 
-def marker_bytes(hostname: str, created: datetime) -> bytes:
+def own_files() -> Tuple[str, ...]:
+    """Every name the saver (and ``kdump-saver notify``) may write into a dump
+    directory, partial names included: what retention may delete there."""
+    finals = (README, MARKER, DMESG, NOTIFIED, "vmcore")
+    return tuple(sorted({*finals, *VMCORE_NAMES, *(n + SMALL_FILE_PARTIAL for n in finals),
+                         DMESG + INCOMPLETE, "vmcore" + INCOMPLETE}))
+
+
+def marker_bytes(hostname: str, created: datetime, state: str = WRITING) -> bytes:
     return (json.dumps({"tool": TOOL, "version": __version__, "host": hostname,
-                        "created": created.astimezone(timezone.utc).isoformat()}, sort_keys=True)
+                        "created": created.astimezone(timezone.utc).isoformat(),
+                        "state": state, "files": list(own_files())}, sort_keys=True)
             + "\n").encode()
 
 
 def read_marker(target: Transport, dirname: str) -> Optional[dict]:
     """Our marker in ``dirname``, or None if there is none or it is not ours."""
-    raw = target.read_small(f"{dirname}/{MARKER}", limit=4096)
+    raw = target.read_small(f"{dirname}/{MARKER}", limit=65536)
     if raw is None:
         return None
     try:
@@ -102,6 +121,7 @@ class DumpFacts:
     panic: str = "not found in the kernel log"
     dump_level: Optional[int] = None
     dump_format: str = ""
+    collector: str = ""
     memory_size: Optional[int] = None
     saved_bytes: int = 0
     duration: Optional[float] = None
@@ -122,6 +142,7 @@ class DumpFacts:
             ("panic", self.panic),
             ("dump level", "" if self.dump_level is None else str(self.dump_level)),
             ("dump format", self.dump_format),
+            ("collector", self.collector),
             ("memory size", _size(self.memory_size)),
             ("saved", f"{self.vmcore_name} {_size(self.saved_bytes)}".strip() if self.vmcore_name
              else _size(self.saved_bytes)),

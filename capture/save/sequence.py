@@ -18,13 +18,15 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from capture import __version__
 from capture.config.options import Config
 from capture.config.targeturl import TargetURL
 from capture.config.targeturl import parse as parse_url
 from capture.errors import DumpFormatError, KdumpError
 from capture.formats import INCOMPLETE
+from capture.formats import printk
 from capture.formats.elfcore import ElfCore
 from capture.save import collector, dumpdir, retention
 from capture.save.dumpdir import MARKER, README, DumpFacts
@@ -37,6 +39,8 @@ from transports.base import Transport, TransportOptions
 log = logging.getLogger(__name__)
 
 DEBUG_VMLINUX = "/usr/lib/debug/boot/vmlinux-{release}"
+NO_SHA256 = ("not computed (the file was written at offsets and the server cannot hash it; "
+             "reading the dump back would send it over the network twice)")
 
 
 @dataclass
@@ -69,34 +73,44 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
     started = time.monotonic()
     url = savedir if isinstance(savedir, TargetURL) else parse_url(savedir or config.savedir)
     crashed = read_crashed_kernel(vmcore)
-    mdf = collector.probe()
-    plan = collector.plan(config, mdf)
+    mdf, mdf_problem = _probe_makedumpfile()
+    plan = collector.plan(config, mdf, crashed.vmcoreinfo, mdf_problem=mdf_problem)
     for note in plan.notes:
         log.info("%s", note)
+    expected = expected_size(vmcore, plan)
     hostname = config.hostname or crashed.nodename or "unknown"
     log.info("saving the dump of %s (kernel %s, crashed %s) to %s", hostname, crashed.release,
              crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"), url.masked())
 
     with open_target(url, TransportOptions.from_config(config)) as target:
         guard = SpaceGuard(target, config.free_disk_size << 20)
-        deleted = make_room(target, guard, hostname, config.keep_old_dumps)
+        if expected is not None:
+            room = guard.room()
+            log.info("the dump is expected to take about %.1f MB; the target has %s", expected / 1e6,
+                     "room for an unknown amount (it cannot tell its free space)" if room is None
+                     else f"room for {max(room, 0) / 1e6:.1f} MB more before KDUMP_FREE_DISK_SIZE")
+        base = dumpdir.base_name(crashed.crash_time, hostname, url.is_remote)
+        deleted = make_room(target, guard, hostname, config.keep_old_dumps, base, expected)
         guard.start()
-        name = dumpdir.create_unique(target, dumpdir.base_name(crashed.crash_time, hostname, url.is_remote),
-                                     avoid=deleted)
+        name = dumpdir.create_unique(target, base, avoid=deleted)
         facts = DumpFacts(
             status="being written", target=url.masked(), directory=name, hostname=hostname,
             kernel_release=crashed.release, crash_time=crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"),
             dump_level=None if plan.format in ("raw", "none") else plan.dump_level,
             dump_format=_format_label(plan), memory_size=crashed.memory_size,
             notes=list(plan.notes) + list(notes))
-        target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, datetime.now(timezone.utc)))
+        created = datetime.now(timezone.utc)
+        target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, created))
         target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
-        dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started)
+        facts.collector = _collector_label(plan, mdf)
+        if expected is not None:
+            facts.notes.append(f"expected size before saving: {expected} bytes")
+        dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started, created)
         try:
             yield dump
         except BaseException as exc:
             if not dump.finished:
-                _record_failure(target, facts, dump.progress, exc, started)
+                _record_failure(target, facts, dump.progress, exc, started, created)
             raise
 
 
@@ -109,11 +123,14 @@ class DumpInProgress:
     url: TargetURL
     target: Transport
     guard: SpaceGuard
-    mdf: collector.Makedumpfile
+    mdf: Optional[collector.Makedumpfile]
     plan: collector.DumpPlan
     facts: DumpFacts
     started: float
+    created: datetime
+    """When the directory was made (the marker's lease starts then)."""
     progress: Progress = field(default_factory=lambda: Progress(interval=5.0))
+    has_dmesg: bool = False
     finished: bool = False
     """Whether the README says the dump is complete."""
 
@@ -125,13 +142,17 @@ class DumpInProgress:
     def save_files(self) -> None:
         """The kernel log, then the vmcore (unless the format is ``none``)."""
         name, facts = self.facts.directory, self.facts
-        dmesg = _save_dmesg(self.target, name, self.mdf, self.vmcore, self.guard)
+        dmesg = _save_dmesg(self.target, name, self.mdf, self.vmcore, self.guard, facts.notes)
         facts.panic = collector.panic_line(dmesg) or facts.panic
+        self.has_dmesg = bool(dmesg)
+        if self.plan.format == "none" and not dmesg:
+            raise KdumpError("KDUMP_DUMPFORMAT=none saves only the kernel log, and it could not be read")
         if self.plan.format != "none":
             facts.vmcore_name, written = _save_vmcore(self.target, name, self.plan, self.mdf, self.config,
-                                                      self.vmcore, self.guard, self.progress)
+                                                      self.vmcore, self.guard, self.progress, facts)
             facts.saved_bytes = written.size
-            facts.sha256 = written.sha256 or self.target.sha256(f"{name}/{facts.vmcore_name}")
+            facts.sha256 = written.sha256 or self.target.server_sha256(f"{name}/{facts.vmcore_name}") \
+                or NO_SHA256
 
     def finish(self) -> SaveResult:
         """The final README, then KDUMP_KEEP_OLD_DUMPS."""
@@ -142,11 +163,17 @@ class DumpInProgress:
         facts.open_command = _open_command(facts, self.url)
         self.target.write_small(f"{name}/{README}", facts.render().encode())
         self.finished = True
-        old = retention.own_dumps(self.target, facts.hostname, exclude=name)
-        retention.delete(self.target, retention.surplus(old, keep), f"KDUMP_KEEP_OLD_DUMPS={keep}")
+        self.target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(facts.hostname, self.created,
+                                                                         dumpdir.COMPLETE))
+        old = retention.own_dumps(self.target, facts.hostname, older_than=dumpdir.parse_name(name).sort_key)
+        _, problems = retention.delete(self.target, retention.surplus(old, keep), f"KDUMP_KEEP_OLD_DUMPS={keep}")
+        if problems:
+            facts.notes.extend(problems)
+            self.target.write_small(f"{name}/{README}", facts.render().encode())
         log.info("dump saved: %s/%s (%s, %.1f MB, %.1f s)", self.url.masked().rstrip("/"), name,
                  facts.vmcore_name or "dmesg.txt", facts.saved_bytes / 1e6, facts.duration)
-        return SaveResult(self.url, name, [f for f in (facts.vmcore_name, "dmesg.txt", README) if f], facts)
+        files = [facts.vmcore_name, dumpdir.DMESG if self.has_dmesg else "", README]
+        return SaveResult(self.url, name, [f for f in files if f], facts)
 
 
 @dataclass(frozen=True)
@@ -157,6 +184,7 @@ class CrashedKernel:
     crash_time: datetime
     nodename: Optional[str]
     memory_size: int
+    vmcoreinfo: Dict[str, str] = field(default_factory=dict)
 
 
 def read_crashed_kernel(vmcore: str) -> CrashedKernel:
@@ -171,24 +199,74 @@ def read_crashed_kernel(vmcore: str) -> CrashedKernel:
         else:
             log.warning("the vmcore has no CRASHTIME; naming the dump after the current clock")
             crash_time = datetime.now(timezone.utc)
-        return CrashedKernel(core.osrelease or "unknown", crash_time, core.nodename(), core.memory_size)
+        return CrashedKernel(core.osrelease or "unknown", crash_time, core.nodename(), core.memory_size,
+                             dict(core.vmcoreinfo))
 
 
-def _save_dmesg(target: Transport, name: str, mdf: collector.Makedumpfile, vmcore: str,
-                guard: SpaceGuard) -> bytes:
+def _save_dmesg(target: Transport, name: str, mdf: Optional[collector.Makedumpfile], vmcore: str,
+                guard: SpaceGuard, notes: List[str]) -> bytes:
+    """``dmesg.txt``: from makedumpfile, else our own reader of the log in the
+    vmcore; when neither works the vmcore is saved all the same and a note
+    says why there is no kernel log."""
     log.info("extracting the kernel log")
-    dmesg = collector.dump_dmesg(mdf, vmcore)
+    try:
+        dmesg = collector.dump_dmesg(mdf, vmcore)
+    except KdumpError as exc:
+        log.warning("%s; reading the kernel log from the vmcore itself", exc)
+        try:
+            dmesg = read_kernel_log(vmcore)
+        except KdumpError as own_exc:
+            notes.append(f"no dmesg.txt: {exc}; kdump-saver's own reader: {own_exc}")
+            log.error("no kernel log: %s", own_exc)
+            return b""
+        notes.append(f"dmesg.txt was read by kdump-saver from the vmcore ({exc})")
     guard.claim(len(dmesg))
-    target.write_small(f"{name}/dmesg.txt", dmesg, partial_suffix=INCOMPLETE)
+    target.write_small(f"{name}/{dumpdir.DMESG}", dmesg, partial_suffix=INCOMPLETE)
     return dmesg
 
 
-def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: collector.Makedumpfile,
-                 config: Config, vmcore: str, guard: SpaceGuard, progress: Progress) -> Tuple[str, Written]:
+def read_kernel_log(vmcore: str) -> bytes:
+    """The kernel log from the vmcore's printk buffer, as makedumpfile --dump-dmesg prints it;
+    what was readable before damage when the buffer is corrupt."""
+    with ElfCore.open(vmcore) as core:
+        try:
+            return printk.extract_dmesg(core)
+        except printk.PrintkCorruptError as exc:
+            if not exc.partial:
+                raise
+            log.warning("the kernel log is damaged; keeping what was readable: %s", exc)
+            return exc.partial
+
+
+def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: Optional[collector.Makedumpfile],
+                 config: Config, vmcore: str, guard: SpaceGuard, progress: Progress,
+                 facts: DumpFacts) -> Tuple[str, Written]:
     """Stream the vmcore into ``vmcore.incomplete``, then rename it to its final
     name: ``vmcore`` (rebuilt at offsets), ``vmcore.flat`` (append-only
-    targets) or ``vmcore.lz4`` (raw)."""
+    targets) or ``vmcore.lz4`` (raw).  When makedumpfile fails, the file is
+    started again with kdump-saver's own collector."""
     partial = f"{name}/vmcore{INCOMPLETE}"
+    try:
+        final, written = _write_vmcore(target, partial, plan, mdf, config, vmcore, guard, progress)
+    except collector.CollectorError as exc:
+        retry = collector.fallback(plan, config, f"makedumpfile failed: {exc}")
+        if retry is None:
+            raise
+        log.warning("%s; starting the vmcore again with kdump-saver's own collector", exc)
+        facts.notes.append(retry.notes[-1])
+        facts.collector = _collector_label(retry, None)
+        facts.dump_format = _format_label(retry)
+        guard.remeasure()
+        final, written = _write_vmcore(target, partial, retry, None, config, vmcore, guard, progress)
+    progress.maybe_report(force=True)
+    target.rename(partial, f"{name}/{final}")
+    return final, written
+
+
+def _write_vmcore(target: Transport, partial: str, plan: collector.DumpPlan,
+                  mdf: Optional[collector.Makedumpfile], config: Config, vmcore: str, guard: SpaceGuard,
+                  progress: Progress) -> Tuple[str, Written]:
+    """Write ``partial`` completely (durable, hashed where it can be); return its final name."""
     out = target.create(partial)
     final = "vmcore.lz4" if plan.format == "raw" else "vmcore" if out.seekable else "vmcore.flat"
     try:
@@ -201,7 +279,7 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: co
                 writer = rebuild_flattened if out.seekable else store_flattened
                 written = writer(run.stdout, out, guard, progress)
             except DumpFormatError:
-                run.finish(timeout=10)  # makedumpfile's own failure explains a broken stream best
+                run.finish(timeout=10)  # the collector's own failure explains a broken stream best
                 raise
             except BaseException:
                 run.abort()
@@ -214,40 +292,86 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: co
     except BaseException:
         out.abort()
         raise
-    progress.maybe_report(force=True)
-    target.rename(partial, f"{name}/{final}")
     return final, written
 
 
-def make_room(target: Transport, guard: SpaceGuard, hostname: str, keep: int) -> List[str]:
-    """Before anything is written: delete the old dumps retention would delete
-    after a success anyway (never the newest), oldest first, while the room
-    beyond KDUMP_FREE_DISK_SIZE is less than this host's last dump took."""
-    old = retention.own_dumps(target, hostname)
+def _probe_makedumpfile() -> Tuple[Optional[collector.Makedumpfile], str]:
+    """makedumpfile, or None and why it cannot be used."""
+    try:
+        return collector.probe(), ""
+    except collector.CollectorError as exc:
+        log.warning("%s", exc)
+        return None, str(exc)
+
+
+def expected_size(vmcore: str, plan: collector.DumpPlan) -> Optional[int]:
+    """The dump's expected size from the page classification and a sample of
+    compressed pages (lzo or zlib, as kdump-saver's collector would write
+    it); None for the formats it cannot predict or when the vmcore does not tell."""
+    if plan.format not in ("lzo", "compressed"):
+        return None
+    from capture.save.pycollector import estimate_size
+
+    try:
+        return estimate_size(vmcore, plan.dump_level, compression="zlib" if plan.format == "compressed"
+                             else "lzo").size
+    except KdumpError as exc:
+        log.info("no size estimate: %s", exc)
+        return None
+
+
+def make_room(target: Transport, guard: SpaceGuard, hostname: str, keep: int, new_name: str,
+              expected: Optional[int] = None) -> List[str]:
+    """Before anything is written: when the room beyond KDUMP_FREE_DISK_SIZE
+    is less than the new dump is expected to take (``expected``, else what
+    this host's newest complete dump took), delete old dumps retention would
+    delete after a success anyway, oldest first, until it is enough.  Never
+    the newest complete dump, never one being written; nothing at all when
+    no size is known, and none that sorts after ``new_name`` (the new dump's
+    base name).  Returns the names deleted."""
+    # the new dump will take a sequence number after every existing one of its minute
+    newest_possible = (dumpdir.parse_name(new_name).stamp, float("inf"))
+    old = retention.own_dumps(target, hostname, older_than=newest_possible)
     candidates = retention.expendable_before_success(old, keep)
-    if not candidates:
+    if expected is None:
+        expected = next((d.saved_bytes for d in reversed(old) if d.complete and d.saved_bytes), None)
+    room = guard.room()
+    if not candidates or room is None or expected is None or room >= expected:
         return []
-    expected = retention.saved_size(target, old[-1])
+    log.info("the target has room for %d MB more and the dump may take %d MB: deleting old dumps "
+             "KDUMP_KEEP_OLD_DUMPS=%d allows to go", max(room, 0) >> 20, expected >> 20, keep)
     deleted: List[str] = []
     for dump in candidates:
+        gone, problems = retention.delete(target, [dump], "to make room for the new dump")
+        deleted += gone
         room = guard.room()
-        if room is None or expected is None or room >= expected:
+        if room is None or room >= expected:
             break
-        deleted += retention.delete(target, [dump], "to make room for the new dump")
     return deleted
 
 
 def _record_failure(target: Transport, facts: DumpFacts, progress: Progress, exc: BaseException,
-                    started: float) -> None:
-    """Leave a README that says the dump is incomplete, why, and how much was saved."""
+                    started: float, created: datetime) -> None:
+    """Leave a README that says the dump is incomplete, why, and how much was saved,
+    and a marker that says the save is over (so retention may count it)."""
     reason = str(exc) if isinstance(exc, KdumpError) else f"{type(exc).__name__}: {exc}"
     facts.status = f"INCOMPLETE: {reason}"
     facts.saved_bytes = progress.bytes_written
     facts.duration = time.monotonic() - started
     try:
         target.write_small(f"{facts.directory}/{README}", dumpdir.incomplete_readme(facts).encode())
+        target.write_small(f"{facts.directory}/{MARKER}",
+                           dumpdir.marker_bytes(facts.hostname, created, dumpdir.FAILED))
     except Exception as readme_exc:  # noqa: BLE001 - the original failure is what matters
         log.error("could not update README.txt after the failure: %s", readme_exc)
+
+
+def _collector_label(plan: collector.DumpPlan, mdf: Optional[collector.Makedumpfile]) -> str:
+    if not plan.uses_collector:
+        return ""
+    if plan.collector == collector.OWN:
+        return f"kdump-saver {__version__} ({plan.collector_reason})"
+    return f"makedumpfile {mdf.version_text}" if mdf else "makedumpfile"
 
 
 def _format_label(plan: collector.DumpPlan) -> str:

@@ -46,6 +46,11 @@ class SpaceGuard:
         free = self.target.free_space()
         return None if free is None else free - self.limit
 
+    def remeasure(self) -> None:
+        """Forget the claims so far and measure again (a partial file was replaced)."""
+        if self.known:
+            self._measure()
+
     def start(self) -> None:
         """Check before writing anything; free room or refuse when already below the limit."""
         self.free_at_start = self._measure()
