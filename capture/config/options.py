@@ -87,6 +87,7 @@ class Config:
     makedumpfile_options: str = ""
     crashkernel: str = "auto"
     auto_resize: bool = False
+    update_bootloader: bool = False             # KDUMP_UPDATE_BOOTLOADER: 'enable' writes crashkernel= for GRUB
     notification_to: str = ""
     notification_cc: str = ""
     smtp_server: str = ""
@@ -360,6 +361,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option("MAKEDUMPFILE_OPTIONS", "makedumpfile_options"),
     Option("KDUMP_CRASHKERNEL", "crashkernel"),
     Option("KDUMP_AUTO_RESIZE", "auto_resize", _boolean, empty_is_default=True),
+    Option("KDUMP_UPDATE_BOOTLOADER", "update_bootloader", _boolean, empty_is_default=True),
     Option("KDUMP_NOTIFICATION_TO", "notification_to"),
     Option("KDUMP_NOTIFICATION_CC", "notification_cc"),
     Option("KDUMP_SMTP_SERVER", "smtp_server"),
@@ -377,9 +379,6 @@ DEPRECATED = {"KDUMP_COPY_KERNEL": "it is deprecated and ignored (the kernel is 
 UNSUPPORTED_FEATURES = {
     "KDUMP_FADUMP": "firmware-assisted dump (POWER) is not supported by kdump-saver; ignored",
     "KDUMP_FADUMP_SHELL": "firmware-assisted dump (POWER) is not supported by kdump-saver; ignored",
-    "KDUMP_UPDATE_BOOTLOADER": "kdump-saver never edits the boot loader (SUSE does it with pbl, a SUSE-only "
-                               "tool); put crashkernel= on the kernel command line yourself "
-                               "('kdump-saver calibrate' suggests the size); ignored",
 }
 """SUSE booleans for features kdump-saver lacks: a warning only when they are switched on."""
 
