@@ -31,13 +31,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import transports
 from capture import __version__
 from capture.config import options as configuration
 from capture.config.options import Config
-from capture.config.targeturl import TargetURL, parse as parse_url
+from capture.config.targeturl import TargetURL, parse_list as parse_targets
 from capture.errors import ConfigError, KdumpError, URLError
 from capture.host import closure, netdetect
 from capture.net.plan import DHCP_CLIENTS, DHCP_NETCONFIG_MODES, netconfig_applies
@@ -107,11 +107,19 @@ class Plan:
     files: Tuple[str, ...]              # identities, CA bundle, scripts: same path in the initrd
     known_hosts: str = ""
     mount: Optional[MountRecord] = None
+    """The file system of the first local target (all of them: ``mounts``)."""
     stamp: Dict[str, str] = field(default_factory=dict)
+    mounts: Tuple[MountRecord, ...] = ()
+    """The file systems of every local target, each mounted once."""
 
     @property
     def target(self) -> TargetURL:
-        return parse_url(self.config.savedir)
+        """The first target (the one tried first)."""
+        return self.targets[0]
+
+    @property
+    def targets(self) -> Tuple[TargetURL, ...]:
+        return parse_targets(self.config.savedir)
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,7 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
     problem found."""
     problems: List[str] = []
     try:
-        url = parse_url(config.savedir)
+        urls = parse_targets(config.savedir)
     except URLError as exc:
         raise ConfigError(f"KDUMP_SAVEDIR: {exc}") from None
     if not os.path.isdir(f"/lib/modules/{kernel}"):
@@ -164,34 +172,38 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
                         "(set KDUMP_KERNELVER or --kernel to an installed kernel)")
 
     files: List[str] = []
-    known_hosts = ""
-    mount: Optional[MountRecord] = None
-    initrd_config = config
-    if url.is_remote:
-        problems.extend(_check_host(url))
-    material = transports.initrd_material(url, TransportOptions.from_config(config))
-    files.extend(material.files)
-    problems.extend(material.problems)
-    known_hosts = material.known_hosts
+    known_hosts: List[str] = []
+    mounts: List[MountRecord] = []
+    words = config.savedir.split()
+    for index, url in enumerate(urls):
+        if url.is_remote:
+            problems.extend(_check_host(url))
+        material = transports.initrd_material(url, TransportOptions.from_config(config))
+        files.extend(material.files)
+        problems.extend(material.problems)
+        if material.known_hosts and material.known_hosts not in known_hosts:
+            known_hosts.append(material.known_hosts)
+        if url.scheme == "file":
+            try:
+                mount = savedir_mount(url.path)
+            except ConfigError as exc:
+                problems.append(str(exc))
+            else:
+                if mount.initrd_target not in [m.initrd_target for m in mounts]:
+                    mounts.append(mount)
+                rel = os.path.relpath(url.path, mount.host_target)
+                words[index] = os.path.normpath(os.path.join(mount.initrd_target, rel))
     # the initrd has only its own copy of the entries (none when KDUMP_HOST_KEY decides)
-    initrd_config = dataclasses.replace(initrd_config, known_hosts=KNOWN_HOSTS_PATH if known_hosts else "")
-    if url.scheme == "file":
-        try:
-            mount = savedir_mount(url.path)
-        except ConfigError as exc:
-            problems.append(str(exc))
-        else:
-            rel = os.path.relpath(url.path, mount.host_target)
-            initrd_config = dataclasses.replace(
-                initrd_config, savedir=os.path.normpath(os.path.join(mount.initrd_target, rel)))
+    initrd_config = dataclasses.replace(config, savedir=" ".join(words),
+                                        known_hosts=KNOWN_HOSTS_PATH if known_hosts else "")
 
-    programs, optional_programs, prog_files, prog_problems = _programs(config, url)
+    programs, optional_programs, prog_files, prog_problems = _programs(config, urls)
     files.extend(prog_files)
     problems.extend(prog_problems)
     if problems:
         raise ConfigError("the capture initrd would not work:\n  " + "\n  ".join(problems))
 
-    trace = trace_closure(config, url, executable)
+    trace = trace_closure(config, urls, executable)
     initrd_config = dataclasses.replace(
         initrd_config, hostname=config.hostname or _short_hostname(), source=None)
     # the serialized form must read back unchanged, or the saver would see another config
@@ -200,47 +212,64 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
         "version": __version__,
         "config_sha256": config_digest(config),
         "kernel": kernel,
-        "target": url.masked(),
+        "target": " ".join(url.masked() for url in urls),
         "python": trace.interpreter,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     return Plan(config=config, initrd_config=initrd_config, kernel=kernel, closure=trace,
                 programs=tuple(programs), optional_programs=tuple(optional_programs),
-                kernel_modules=tuple(kernel_modules(config, url, mount)), files=tuple(dict.fromkeys(files)),
-                known_hosts=known_hosts, mount=mount, stamp=stamp)
+                kernel_modules=tuple(kernel_modules(config, urls, mounts)), files=tuple(dict.fromkeys(files)),
+                known_hosts="".join(known_hosts), mount=mounts[0] if mounts else None, stamp=stamp,
+                mounts=tuple(mounts))
 
 
-def allowed_roots(config: Config, url: TargetURL) -> List[str]:
-    """The optional third-party packages the configured target needs."""
-    roots = list(transports.initrd_profile(url).packages)
+Targets = Union[TargetURL, Sequence[TargetURL]]
+"""One target or the list of KDUMP_SAVEDIR."""
+
+
+def _listed(urls: Targets) -> Tuple[TargetURL, ...]:
+    return (urls,) if isinstance(urls, TargetURL) else tuple(urls)
+
+
+def _network_target(urls: Targets) -> TargetURL:
+    """The target that decides about the network: the first remote one, else the first."""
+    listed = _listed(urls)
+    return next((url for url in listed if url.is_remote), listed[0])
+
+
+def allowed_roots(config: Config, urls: Targets) -> List[str]:
+    """The optional third-party packages the configured targets need."""
+    roots = list(dict.fromkeys(p for url in _listed(urls) for p in transports.initrd_profile(url).packages))
     if config.dumpformat == "raw":
         roots.append("lz4")
     return roots
 
 
-def trace_closure(config: Config, url: TargetURL, executable: Optional[str] = None) -> closure.Closure:
-    """Trace the saver's imports for this target (see :mod:`capture.host.closure`)."""
+def trace_closure(config: Config, urls: Targets, executable: Optional[str] = None) -> closure.Closure:
+    """Trace the saver's imports for these targets (see :mod:`capture.host.closure`)."""
     from transports import module_for
 
     capture_dir = HOST_DIR.parent
     root = str(capture_dir.parent)
     transports_dir = capture_dir.parent / "transports"
-    transport = module_for(url.scheme)
+    modules = list(dict.fromkeys(module_for(url.scheme) for url in _listed(urls)))
     ours = [f for f in closure.python_sources(str(capture_dir)) if not Path(f).is_relative_to(HOST_DIR)]
-    ours += [str(transports_dir / "__init__.py"), str(transports_dir / "base.py"),
-             str(transports_dir / (transport.rpartition(".")[2] + ".py"))]
+    ours += [str(transports_dir / "__init__.py"), str(transports_dir / "base.py")]
+    own_transports = [str(transports_dir / (m.rpartition(".")[2] + ".py")) for m in modules]
+    ours += own_transports
     ours = [f for f in ours if os.path.isfile(f)]
-    # the transport module's siblings it imports (e.g. sftp -> sshauth)
-    for name in sorted(closure.static_imports(ours[-1:])):
+    # the transport modules' siblings they import (e.g. sftp -> sshauth)
+    for name in sorted(closure.static_imports([f for f in own_transports if os.path.isfile(f)])):
         if name.startswith("transports.") and name.count(".") == 1:
             extra = transports_dir / (name.partition(".")[2] + ".py")
             if extra.is_file() and str(extra) not in ours:
                 ours.append(str(extra))
-    required = ["capture.cli", "capture.save.sequence", "transports", transport]
+    required = ["capture.cli", "capture.save.sequence", "transports", *modules]
     from capture.cli import COMMANDS
     required += [f"capture.commands.{name}" for name in COMMANDS]
-    roots = allowed_roots(config, url)
-    required.extend(transports.initrd_profile(url).imports)
+    roots = allowed_roots(config, urls)
+    for url in _listed(urls):
+        required.extend(transports.initrd_profile(url).imports)
     if config.dumpformat == "raw":
         required.append("lz4.frame")
     own_modules = sorted({_module_of(f, root) for f in ours})
@@ -369,7 +398,7 @@ def _which(name: str) -> Optional[str]:
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin")
 
 
-def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], List[str], List[str]]:
+def _programs(config: Config, urls: Targets) -> Tuple[List[str], List[str], List[str], List[str]]:
     """(programs, optional programs, script files, problems)."""
     problems: List[str] = []
     programs: List[str] = []
@@ -382,7 +411,7 @@ def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], Lis
             problems.append(f"{name} is not installed (install {what}); the capture initrd needs it")
         else:
             programs.append(path)
-    if netconfig_applies(url, config.netconfig) and config.netconfig.mode in DHCP_NETCONFIG_MODES:
+    if netconfig_applies(_network_target(urls), config.netconfig) and config.netconfig.mode in DHCP_NETCONFIG_MODES:
         client = dhcp_client()
         if client is None:
             problems.append(f"KDUMP_NETCONFIG={config.netconfig.mode or 'auto'} may need DHCP, but no DHCP "
@@ -393,7 +422,8 @@ def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], Lis
                 client6 = dhcp_client(6)
                 if client6:
                     optional.append(client6)
-    optional.extend(transports.initrd_profile(url).optional_programs)
+    for url in _listed(urls):
+        optional.extend(transports.initrd_profile(url).optional_programs)
     for name in config.required_programs:
         path = _which(name)
         if path is None:
@@ -425,17 +455,20 @@ def dhcp_client(version: int = 4) -> Optional[str]:
     return None
 
 
-def kernel_modules(config: Config, url: TargetURL, mount: Optional[MountRecord]) -> List[str]:
-    """Kernel modules the capture kernel needs: the NIC driver(s) for a
-    network target, the block driver and file system of a local one, nfs."""
+def kernel_modules(config: Config, urls: Targets,
+                   mounts: Union[Optional[MountRecord], Sequence[MountRecord]]) -> List[str]:
+    """Kernel modules the capture kernel needs: the NIC driver(s) when a
+    target is remote, the block driver and file system of each local one, nfs."""
     mods: List[str] = []
-    if netconfig_applies(url, config.netconfig):
+    network = _network_target(urls)
+    if netconfig_applies(network, config.netconfig):
         for iface in _physical_interfaces():
             mods.extend(_device_modules(f"/sys/class/net/{iface}/device"))
-        mods.extend(_netplan_modules(config, url))
+        mods.extend(_netplan_modules(config, network))
         mods.append("af_packet")
-    mods.extend(transports.initrd_profile(url).kernel_modules)
-    if mount is not None:
+    for url in _listed(urls):
+        mods.extend(transports.initrd_profile(url).kernel_modules)
+    for mount in ([] if mounts is None else [mounts] if isinstance(mounts, MountRecord) else mounts):
         mods.append(mount.fstype)
         dev = _mount_device(mount)
         if dev:
@@ -507,8 +540,9 @@ def write_stage(p: Plan, stage: Path) -> None:
     (stage / "build-stamp").write_text(json.dumps(p.stamp, indent=1, sort_keys=True) + "\n")
     if p.known_hosts:
         (stage / "known_hosts").write_text(p.known_hosts)
-    if p.mount is not None:
-        (stage / "fstab").write_text(p.mount.fstab_line())
+    mounts = p.mounts or ((p.mount,) if p.mount is not None else ())
+    if mounts:
+        (stage / "fstab").write_text("".join(m.fstab_line() for m in mounts))
     python_path = ":".join(p.closure.python_path)
     launcher = (
         "#!/bin/sh\n"

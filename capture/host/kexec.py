@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from capture.config.options import Config
-from capture.config.targeturl import parse as parse_url
 from capture.errors import KdumpError
 from capture.net.plan import netconfig_applies, split_cmdline, to_cmdline
 
@@ -105,7 +104,7 @@ def network_arguments(config: Config) -> List[str]:
     and the network is not forced."""
     from capture.host import netdetect
 
-    url = parse_url(config.savedir)
+    url = next((u for u in config.targets if u.is_remote), config.targets[0])  # the first remote target
     if not netconfig_applies(url, config.netconfig):
         return []
     plan = netdetect.resolve_netconfig(config.netconfig, url.host or None)
