@@ -329,6 +329,10 @@ def _handshake(url: TargetURL, policy: HostKeyPolicy, limit: float, timeout: flo
                                  f"{describe(exc)}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise _Retryable(f"SSH handshake with {host_label(url)} failed: {describe(exc)}") from None
+        if not transport.is_active() or not transport.initial_kex_done:
+            # paramiko's start_client returns when its time is up, without an error
+            raise _Retryable(f"no SSH handshake with {host_label(url)} within {limit:.0f} s "
+                             "(the server accepted the connection but does not answer)")
         key = transport.get_remote_server_key()
         policy.verify(url, key)
         return transport
