@@ -374,10 +374,19 @@ class FtpTransport(Transport):
             _quit(conn)
 
     def _cmd(self, what: str, action: Callable[[ftplib.FTP], T]) -> T:
-        """Run ``action`` on the control connection; map failures to TransportError."""
+        """Run ``action`` on the control connection; map failures to TransportError.
+        A control connection found lost (the server restarted since the last
+        command) is replaced once and the command sent again."""
         conn = self._ctl()
         try:
-            return action(conn)
+            try:
+                return action(conn)
+            except (OSError, EOFError) as exc:
+                log.info("%s: the control connection was lost (%s); connecting again", self.url.masked(),
+                         _net_reason(exc))
+                self._drop()
+                conn = self._ctl()
+                return action(conn)
         except ftplib.error_perm as exc:
             code = _reply_code(exc)
             cls = NoSpaceError if code in ("552",) else TransportError
