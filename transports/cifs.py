@@ -692,7 +692,7 @@ class CifsTransport(Transport):
             return
 
         retry_until_timeout(self.url, self.options.net_timeout, self._connect_once,
-                            (OSError, NotConnectedError, SMBTimeout, Exception), network_reason, self._drop)
+                            (OSError, NotConnectedError, SMBTimeout, Exception), _connect_reason, self._drop)
         self._connected_once = True
         try:
             self._ensure_base()
@@ -860,6 +860,12 @@ def _check_pysmb() -> None:
             version = "unknown version"
         raise TransportError(f"the installed pysmb ({version}) lacks {', '.join(missing)}: "
                              "kdump-saver's cifs target needs pysmb 1.2")
+
+
+def _connect_reason(exc: BaseException) -> str:
+    if isinstance(exc, SMBTimeout):
+        return "no answer (timed out)"
+    return network_reason(exc)
 
 
 def _failure_status(exc) -> int:

@@ -278,7 +278,7 @@ def connect(url: TargetURL, options: TransportOptions, budget: Optional[float] =
     total = options.net_timeout if budget is None else budget
 
     def attempt(left: float) -> paramiko.Transport:
-        limit = ATTEMPT_TIMEOUT if total <= 0 else min(ATTEMPT_TIMEOUT, max(left, MIN_ATTEMPT_TIMEOUT))
+        limit = min(ATTEMPT_TIMEOUT, io_timeout(options) if total <= 0 else max(left, MIN_ATTEMPT_TIMEOUT))
         return _handshake(url, policy, limit, io_timeout(options))
 
     transport = retry_until_timeout(url, int(total + 0.999), attempt, (_Retryable,),
