@@ -695,7 +695,7 @@ def test_render_without_secrets_reads_back_equal() -> None:
 
 
 NASTY = Config(
-    savedir="cifs://DOM%3Buser:p%40ss%22w0rd@[::1]:4450/share/dumps dir",
+    savedir="cifs://DOM%3Buser:p%40ss%22w0rd@[::1]:4450/share/dumps%20dir",
     dumplevel=0, dumpformat="elf", keep_old_dumps=-1, free_disk_size=0,
     netconfig=NetConfig("dhcp6", "eth-0.1", True), net_timeout=0,
     immediate_reboot=False, continue_on_error=False, cpus=0, verbose=15,

@@ -37,19 +37,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from capture.config.targeturl import TargetURL
-from transports.base import (InitrdMaterial, InitrdProfile, TransportError, TransportOptions,
+from transports.base import (InitrdMaterial, InitrdProfile, TransportError, TransportOptions, io_timeout,
                              retry_until_timeout)
 
 log = logging.getLogger(__name__)
+# paramiko logs its own tracebacks (a silent server's banner timeout) at ERROR;
+# every failure it has is reworded here instead
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 #: Our receive window per channel and the largest packet we accept: large,
 #: so that reading back streams without waiting for window adjustments.
 WINDOW_SIZE = 16 * 1024 * 1024
 MAX_PACKET_SIZE = 256 * 1024
-#: Seconds a single connection attempt may take (TCP connect, banner, key exchange).
+#: Seconds a single connection attempt may take (TCP connect, banner, key
+#: exchange, login), at most; less when KDUMP_NET_TIMEOUT ends sooner.
 ATTEMPT_TIMEOUT = 15.0
-#: Seconds without progress on an open connection before giving up.
-IO_TIMEOUT = 120.0
+#: The shortest attempt when KDUMP_NET_TIMEOUT has (nearly) run out.
+MIN_ATTEMPT_TIMEOUT = 3.0
 #: Ciphers, fastest first; all of them are also offered by OpenSSH.
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
@@ -264,9 +268,11 @@ def _load_key_with_cryptography(path: str) -> Optional[paramiko.PKey]:
 class SSHConnection:
     """A connected, verified and authenticated paramiko transport."""
 
-    def __init__(self, url: TargetURL, transport: paramiko.Transport) -> None:
+    def __init__(self, url: TargetURL, transport: paramiko.Transport, timeout: float) -> None:
         self.url = url
         self.transport = transport
+        self.timeout = timeout
+        """Seconds of silence from the server before an operation fails (:func:`io_timeout`)."""
 
     @property
     def alive(self) -> bool:
@@ -277,10 +283,10 @@ class SSHConnection:
         """A new session channel with our window sizes and the I/O timeout."""
         try:
             channel = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE,
-                                                  timeout=IO_TIMEOUT)
+                                                  timeout=self.timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"{self.url.masked()}: cannot open a session: {describe(exc)}") from None
-        channel.settimeout(IO_TIMEOUT)
+        channel.settimeout(self.timeout)
         return channel
 
     def close(self) -> None:
@@ -290,9 +296,11 @@ class SSHConnection:
             pass
 
 
-def connect(url: TargetURL, options: TransportOptions) -> SSHConnection:
+def connect(url: TargetURL, options: TransportOptions, budget: Optional[float] = None) -> SSHConnection:
     """Connect, check the host key and authenticate, retrying network
-    failures until ``options.net_timeout`` has passed."""
+    failures until ``budget`` seconds (default ``options.net_timeout``) have
+    passed; a silent server ends each attempt within the time left (at least
+    :data:`MIN_ATTEMPT_TIMEOUT`; :data:`ATTEMPT_TIMEOUT` for a single try)."""
     policy = HostKeyPolicy.from_options(url, options)
     identities = load_identities(options)
     user = url.user or _local_user()
@@ -300,14 +308,20 @@ def connect(url: TargetURL, options: TransportOptions) -> SSHConnection:
         paths, _ = identity_paths(options)
         raise TransportError(f"{url.masked()}: no way to log in as {user}: none of the keys "
                              f"{', '.join(paths)} exists and the URL has no password")
-    transport = retry_until_timeout(url, options.net_timeout, lambda _left: _handshake(url, policy),
-                                    (_Retryable,), reason=lambda exc: exc.reason)
+    total = options.net_timeout if budget is None else budget
+
+    def attempt(left: float) -> paramiko.Transport:
+        limit = min(ATTEMPT_TIMEOUT, io_timeout(options) if total <= 0 else max(left, MIN_ATTEMPT_TIMEOUT))
+        return _handshake(url, policy, limit, io_timeout(options))
+
+    transport = retry_until_timeout(url, int(total + 0.999), attempt, (_Retryable,),
+                                    reason=lambda exc: exc.reason)
     try:
         _authenticate(url, transport, user, identities)
     except BaseException:
         transport.close()
         raise
-    return SSHConnection(url, transport)
+    return SSHConnection(url, transport, io_timeout(options))
 
 
 class _Retryable(Exception):
@@ -316,21 +330,21 @@ class _Retryable(Exception):
         self.reason = reason
 
 
-def _handshake(url: TargetURL, policy: HostKeyPolicy) -> paramiko.Transport:
+def _handshake(url: TargetURL, policy: HostKeyPolicy, limit: float, timeout: float) -> paramiko.Transport:
     port = url.effective_port or 22
     try:
-        sock = socket.create_connection((url.host, port), timeout=ATTEMPT_TIMEOUT)
+        sock = socket.create_connection((url.host, port), timeout=limit)
     except socket.gaierror as exc:
         raise _Retryable(f"cannot resolve host {url.host!r} ({exc.strerror or exc})") from None
     except OSError as exc:
-        raise _Retryable(_socket_reason(exc, url)) from None
-    sock.settimeout(IO_TIMEOUT)
+        raise _Retryable(_socket_reason(exc, url, limit)) from None
+    sock.settimeout(timeout)
     transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
                                    default_max_packet_size=MAX_PACKET_SIZE)
     try:
-        transport.banner_timeout = ATTEMPT_TIMEOUT
-        transport.handshake_timeout = ATTEMPT_TIMEOUT
-        transport.auth_timeout = ATTEMPT_TIMEOUT
+        transport.banner_timeout = limit
+        transport.handshake_timeout = limit
+        transport.auth_timeout = limit
         security = transport.get_security_options()
         security.ciphers = tuple(c for c in CIPHERS if c in security.ciphers) + tuple(
             c for c in security.ciphers if c not in CIPHERS)
@@ -338,7 +352,7 @@ def _handshake(url: TargetURL, policy: HostKeyPolicy) -> paramiko.Transport:
         if wanted:
             security.key_types = tuple(wanted)
         try:
-            transport.start_client(timeout=ATTEMPT_TIMEOUT)
+            transport.start_client(timeout=limit)
         except paramiko.IncompatiblePeer as exc:
             if wanted:
                 raise TransportError(
@@ -348,6 +362,10 @@ def _handshake(url: TargetURL, policy: HostKeyPolicy) -> paramiko.Transport:
                                  f"{describe(exc)}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise _Retryable(f"SSH handshake with {host_label(url)} failed: {describe(exc)}") from None
+        if not transport.is_active() or not transport.initial_kex_done:
+            # paramiko's start_client returns when its time is up, without an error
+            raise _Retryable(f"no SSH handshake with {host_label(url)} within {limit:.0f} s "
+                             "(the server accepted the connection but does not answer)")
         key = transport.get_remote_server_key()
         policy.verify(url, key)
         return transport
@@ -392,9 +410,9 @@ def _authenticate(url: TargetURL, transport: paramiko.Transport, user: str,
                          f"(tried {', '.join(tried)}{accepts})")
 
 
-def _socket_reason(exc: OSError, url: TargetURL) -> str:
+def _socket_reason(exc: OSError, url: TargetURL, limit: float) -> str:
     if isinstance(exc, socket.timeout):
-        return f"no answer from {host_label(url)} within {int(ATTEMPT_TIMEOUT)} s"
+        return f"no answer from {host_label(url)} within {limit:.0f} s"
     if exc.errno == errno.ECONNREFUSED:
         return f"connection refused by {host_label(url)} (no SSH server listening on that port)"
     if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):

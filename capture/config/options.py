@@ -63,7 +63,7 @@ class NetConfig:
 class Config:
     """Every KDUMP_* option with SUSE's default."""
 
-    savedir: str = "/var/crash"                 # KDUMP_SAVEDIR (parse with capture.config.targeturl.parse)
+    savedir: str = "/var/crash"                 # KDUMP_SAVEDIR: one or more targets separated by spaces (see targets)
     dumplevel: int = 31                         # KDUMP_DUMPLEVEL 0..31
     dumpformat: str = "compressed"              # none, elf, compressed, lzo, snappy, zstd, raw (lowercased)
     keep_old_dumps: int = 0                     # KDUMP_KEEP_OLD_DUMPS >= -1
@@ -99,6 +99,12 @@ class Config:
     hostname: str = ""                          # KDUMP_HOSTNAME: production hostname, recorded at initrd build
     known_hosts: str = ""                       # KDUMP_KNOWN_HOSTS: known_hosts file recorded at initrd build
     source: Optional[str] = None                # the file this was read from
+
+    @property
+    def targets(self) -> Tuple[targeturl.TargetURL, ...]:
+        """KDUMP_SAVEDIR parsed: the targets in the order they are tried
+        (raises :class:`~capture.errors.URLError` for a bad one)."""
+        return targeturl.parse_list(self.savedir)
 
 
 BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "on": True,
@@ -268,11 +274,17 @@ def _host_key(value: str) -> str:
 
 def _savedir(value: str) -> str:
     text = value.strip()
-    try:
-        targeturl.parse(text)
-    except URLError as exc:
-        raise _Invalid(_url_problem(text, exc)) from None
-    return text
+    words = text.split()
+    for number, word in enumerate(words, 1):
+        try:
+            targeturl.parse(word)
+        except URLError as exc:
+            problem = _url_problem(word, exc)
+            if len(words) > 1:
+                problem = (f"target {number} of {len(words)}: {problem} (targets are separated by spaces; "
+                           "write a space inside a path as %20)")
+            raise _Invalid(problem) from None
+    return " ".join(words)
 
 
 def _url_problem(text: str, error: URLError) -> str:
@@ -417,9 +429,9 @@ def has_password(config: Config) -> bool:
     if config.smtp_password:
         return True
     try:
-        return bool(targeturl.parse(config.savedir).password)
+        return any(url.password for url in config.targets)
     except URLError:
-        return targeturl.mask_password(config.savedir) != config.savedir
+        return targeturl.masked_text(config.savedir) != config.savedir
 
 
 def parse_text(text: str, filename: str = "<string>") -> Config:

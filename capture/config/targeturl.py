@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from capture.errors import URLError
@@ -161,6 +161,26 @@ def host_name_problem(host: str) -> Optional[str]:
     return None
 
 
+def parse_list(text: str) -> Tuple[TargetURL, ...]:
+    """KDUMP_SAVEDIR as a list of targets, tried in order: the URLs (or
+    paths) separated by whitespace, as older SUSE releases documented.  A
+    space inside a path must be written ``%20``.  Raise :class:`URLError`
+    naming the first bad one (and which of several it is)."""
+    words = text.split()
+    if not words:
+        return (parse(text),)
+    targets = []
+    for number, word in enumerate(words, 1):
+        try:
+            targets.append(parse(word))
+        except URLError as exc:
+            if len(words) == 1:
+                raise
+            raise URLError(f"target {number} of {len(words)}: {exc} (KDUMP_SAVEDIR holds targets separated "
+                           "by spaces; write a space inside a path as %20)") from None
+    return tuple(targets)
+
+
 def _clean_path(path: str, value: str) -> str:
     if not path.startswith("/"):
         raise URLError(f"{_shown(value)}: the path must be absolute")
@@ -213,7 +233,11 @@ def mask_password(value: str) -> str:
 
 def masked_text(value: str) -> str:
     """A KDUMP_SAVEDIR value for display: the parsed URL's masked form, or
-    :func:`mask_password` of the text when it does not parse."""
+    :func:`mask_password` of the text when it does not parse; several
+    targets (separated by spaces) each so."""
+    words = value.split()
+    if len(words) > 1:
+        return " ".join(masked_text(word) for word in words)
     try:
         return parse(value).masked()
     except URLError:

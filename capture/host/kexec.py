@@ -110,7 +110,7 @@ def network_arguments(config: Config) -> List[str]:
     and the network is not forced."""
     from capture.host import netdetect
 
-    url = parse_url(config.savedir)
+    url = next((u for u in config.targets if u.is_remote), config.targets[0])  # the first remote target
     if not netconfig_applies(url, config.netconfig):
         return []
     plan = netdetect.resolve_netconfig(config.netconfig, url.host or None)

@@ -17,8 +17,10 @@ import threading
 from typing import Tuple
 
 from capture import __version__
-from capture.config import targeturl
+from typing import List, Sequence
+
 from capture.config.options import Config
+from capture.config.targeturl import TargetURL
 from capture.errors import KdumpError
 from capture.net import bringup
 from capture.save import sequence
@@ -33,8 +35,8 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
     log.info("kdump-saver %s: saving the crashed kernel's memory", __version__)
     status = 1
     try:
-        url = targeturl.parse(config.savedir)
-        bringup.prepare(config, url)
+        urls = sequence.targets(config)
+        bring_up_network(config, urls)
         if config.transfer:
             skipped = [o for o, v in (("KDUMP_PRESCRIPT", config.prescript),
                                       ("KDUMP_POSTSCRIPT", config.postscript)) if v]
@@ -45,13 +47,19 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
         else:
             notes = [script_note("KDUMP_PRESCRIPT", run_script("KDUMP_PRESCRIPT", config.prescript))] \
                 if config.prescript else []
-            with sequence.begin(config, vmcore, url, notes) as dump:
-                dump.save_files()
-                if config.postscript:
-                    dump.notes.append(script_note("KDUMP_POSTSCRIPT",
-                                                  run_script("KDUMP_POSTSCRIPT", config.postscript)))
-                dump.finish()
-            status = 0
+            failed: List[str] = []
+            for url in urls:
+                try:
+                    with sequence.begin(config, vmcore, url, [*notes, *failed]) as dump:
+                        dump.save_files()
+                        if config.postscript:
+                            dump.notes.append(script_note("KDUMP_POSTSCRIPT",
+                                                          run_script("KDUMP_POSTSCRIPT", config.postscript)))
+                        dump.finish()
+                    status = 0
+                    break
+                except KdumpError as exc:
+                    failed.append(sequence.next_target(url, exc, urls, failed))
     except KdumpError as exc:
         log.error("error: %s", exc)
     except Exception:  # noqa: BLE001 - a bug must not keep the machine from rebooting
@@ -60,6 +68,19 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
         emergency_shell("the save failed and KDUMP_CONTINUE_ON_ERROR is false")
     finish(config, vmcore, allow_reboot)
     return status
+
+
+def bring_up_network(config: Config, urls: Sequence[TargetURL]) -> None:
+    """Bring the network up when any target needs it (waiting for the first
+    remote one's host).  When it fails and a local target is listed too, the
+    save goes on: the remote targets then fail and the local one is used."""
+    remote = [url for url in urls if url.is_remote]
+    try:
+        bringup.prepare(config, remote[0] if remote else urls[0])
+    except KdumpError as exc:
+        if len(remote) == len(urls):
+            raise
+        log.error("network: %s; going on for the local target(s)", exc)
 
 
 def run_script(option: str, command: str) -> int:

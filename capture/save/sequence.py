@@ -25,7 +25,7 @@ from capture import __version__
 from capture.config import verbose
 from capture.config.options import Config
 from capture.config.targeturl import TargetURL
-from capture.config.targeturl import parse as parse_url
+from capture.config.targeturl import parse_list as parse_targets
 from capture.errors import DumpFormatError, KdumpError
 from capture.formats import INCOMPLETE
 from capture.formats import printk
@@ -60,10 +60,39 @@ def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targe
     """Save ``vmcore`` as ``config`` says (to ``savedir`` instead of
     KDUMP_SAVEDIR when given); raise :class:`KdumpError` unless the vmcore
     (for format ``none``, the kernel log) was saved completely.  ``notes`` go
-    into the README."""
-    with begin(config, vmcore, savedir, notes) as dump:
-        dump.save_files()
-        return dump.finish()
+    into the README.  Several targets are tried in order until one takes
+    the whole dump; its README lists the ones that failed."""
+    urls = targets(config, savedir)
+    failed: List[str] = []
+    for url in urls:
+        try:
+            with begin(config, vmcore, url, [*notes, *failed]) as dump:
+                dump.save_files()
+                return dump.finish()
+        except KdumpError as exc:
+            failed.append(next_target(url, exc, urls, failed))
+    raise AssertionError("unreachable: the last target's failure is raised")
+
+
+def targets(config: Config, savedir: Union[str, TargetURL, None] = None) -> Tuple[TargetURL, ...]:
+    """The targets to try in order: ``savedir`` when given, else KDUMP_SAVEDIR
+    (one or more URLs separated by spaces)."""
+    if isinstance(savedir, TargetURL):
+        return (savedir,)
+    return parse_targets(savedir or config.savedir)
+
+
+def next_target(url: TargetURL, exc: KdumpError, urls: Sequence[TargetURL], failed: Sequence[str]) -> str:
+    """After ``url`` failed with ``exc``: the README note naming the failure
+    when another target follows; otherwise raise (``exc`` itself when there
+    was only one target, else an error naming every failure)."""
+    note = f"target {url.masked()} failed: {exc}"
+    if url is not urls[-1]:
+        log.error("%s; trying the next target", note)
+        return note
+    if len(urls) == 1:
+        raise exc
+    raise KdumpError(f"no target took the dump: {'; '.join([*failed, note])}") from exc
 
 
 @contextmanager
@@ -73,7 +102,7 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
     then saves the files and finishes.  An exception in the block leaves the
     README saying INCOMPLETE and why, and propagates."""
     started = time.monotonic()
-    url = savedir if isinstance(savedir, TargetURL) else parse_url(savedir or config.savedir)
+    url = targets(config, savedir)[0]
     crashed = read_crashed_kernel(vmcore)
     mdf, mdf_problem = _probe_makedumpfile()
     plan = collector.plan(config, mdf, crashed.vmcoreinfo, mdf_problem=mdf_problem)
