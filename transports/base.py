@@ -206,14 +206,18 @@ class Transport(abc.ABC):
         """Replace a small file (README, marker, dmesg) in one step: write
         ``path + partial_suffix``, then rename it over ``path``."""
         partial = path + partial_suffix
-        f = self.create(partial)
+        self.write_whole(partial, data)
+        self.rename(partial, path)
+
+    def write_whole(self, path: str, data: bytes) -> None:
+        """Create ``path`` (replacing it) holding ``data``, made durable."""
+        f = self.create(path)
         try:
             f.write(data)
             f.close()
         except BaseException:
             f.abort()
             raise
-        self.rename(partial, path)
 
     def server_sha256(self, path: str) -> Optional[str]:
         """The sha256 of a stored file computed by the server itself, so that

@@ -434,13 +434,7 @@ def _overwrite_in_place(target: Transport, path: str, data: bytes) -> None:
     except Exception as exc:  # noqa: BLE001 - there may be no partial file
         log.debug("no partial %s.tmp to move away: %s", path, exc)
     try:
-        out = target.create(path)
-        try:
-            out.write(data)
-            out.close()
-        except BaseException:
-            out.abort()
-            raise
+        target.write_whole(path, data)
     except Exception as exc:  # noqa: BLE001 - the original failure is what matters
         log.error("could not update README.txt after the failure: %s", exc)
 
