@@ -220,7 +220,9 @@ def test_server_down_is_a_clear_error_and_retries(ssh_lab: SSHLab, ssh_users: Te
     base = ssh_lab.fresh_dir(ssh_lab.key_user)
     with pytest.raises(TransportError) as err:
         sftp_target(ssh_lab, server, base)
-    assert "connection refused" in str(err.value) and f"127.0.0.1:{port}" in str(err.value)
+    # refused; on a loaded machine a dying sshd may still accept and close, said as such
+    assert ("connection refused" in str(err.value) or "closed the connection" in str(err.value)) \
+        and f"127.0.0.1:{port}" in str(err.value)
     with pytest.raises(TransportError, match=r"tried [2-9] times"):
         sftp_target(ssh_lab, server, base, net_timeout=2)
 

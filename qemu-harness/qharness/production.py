@@ -67,8 +67,9 @@ def build(spec: ProductionSpec, out: Path) -> Path:
     if spec.base_image is not None:
         arc.merge(spec.base_image, skip=("init",))
         # the capture initrd never carries the production side; this system runs it
-        for source in sorted(HOST_PACKAGE.rglob("*.py")):
-            arc.copy_host_file(source)
+        for source in production_side_files():
+            if source not in arc:
+                arc.copy_host_file(Path(source), source)
     for d in ("proc", "sys", "dev", "tmp", "run", "root", "etc", "qharness/bin"):
         arc.dir(d)
     arc.chardev("dev/console", 5, 1)
@@ -84,6 +85,20 @@ def build(spec: ProductionSpec, out: Path) -> Path:
     arc.file("init", _init_script(spec).encode(), 0o755)
     arc.write_file(out)
     return out
+
+
+def production_side_files() -> List[str]:
+    """The Python files ``kdump-saver load`` needs beyond the capture initrd's
+    closure: capture/host and what it imports, traced like the initrd's."""
+    from capture.host import closure, initrd
+
+    root = str(HOST_PACKAGE.parents[1])
+    host_files = [str(p) for p in sorted(HOST_PACKAGE.rglob("*.py"))]
+    required = ["capture.cli", "capture.commands.load", "capture.host.kexec", "capture.host.initrd"]
+    roots = list(closure.OPTIONAL_ROOTS)
+    traced = closure.trace(required, sorted(closure.static_imports(host_files)), roots,
+                           [root] + initrd._dependency_path(roots, root), always=host_files)
+    return list(traced.files)
 
 
 def add_binary(arc: Archive, binary: Path) -> None:
