@@ -88,9 +88,9 @@ install() {
     inst_script "$moddir/kdump-saver-boot.sh" /usr/lib/kdump-saver/boot.sh
 
     if dracut_module_included "systemd"; then
-        inst_simple "$moddir/kdump-saver.service" "$systemdsystemunitdir/kdump-saver.service"
-        $SYSTEMCTL -q --root "$initdir" add-wants initrd.target kdump-saver.service \
-            || dfatal "kdump-saver: cannot make initrd.target want kdump-saver.service"
+        inst_simple "$moddir/kdump-saver-capture.service" "$systemdsystemunitdir/kdump-saver-capture.service"
+        $SYSTEMCTL -q --root "$initdir" add-wants initrd.target kdump-saver-capture.service \
+            || dfatal "kdump-saver: cannot make initrd.target want kdump-saver-capture.service"
     else
         # no root= on the capture command line: tell init we take over
         inst_hook cmdline 99 "$moddir/kdump-saver-cmdline.sh"

@@ -280,11 +280,11 @@ def test_sftp_initrd_python_saves_to_sshd_from_a_chroot(sftp_initrd: Built, sftp
 def test_systemd_initrd_has_the_unit_wanted_by_initrd_target(tmp_path: Path, ext4_mount: Path,
                                                              kernel_version: str) -> None:
     built = build(tmp_path, "systemd", f"KDUMP_SAVEDIR={ext4_mount}/crash\n", kernel_version, "--systemd")
-    unit = [f for f in built.files if f.endswith("systemd/system/kdump-saver.service")]
+    unit = [f for f in built.files if f.endswith("systemd/system/kdump-saver-capture.service")]
     assert unit
     assert "ExecStart=/usr/lib/kdump-saver/boot.sh" in built.text(unit[0])
     assert "ConditionPathExists=/proc/vmcore" in built.text(unit[0])
-    assert any(f.endswith("initrd.target.wants/kdump-saver.service") for f in built.files)
+    assert any(f.endswith("initrd.target.wants/kdump-saver-capture.service") for f in built.files)
     assert not built.has("lib/dracut/hooks/pre-mount/90-kdump-saver-hook.sh")
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from capture.config import options as configuration
 
@@ -41,11 +40,10 @@ def run_load(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(cmd)
         return 0
-    if os.path.exists(image):
-        stamp = initrd.read_stamp(image)
-        if stamp is not None and stamp.get("config_sha256") != initrd.config_digest(cfg):
-            log.warning("%s was built for another configuration or kdump-saver version; "
-                        "run 'kdump-saver build-initrd'", image)
+    fresh = initrd.freshness(cfg, kernel, image)
+    if fresh.state == "stale":
+        log.warning("%s is stale: %s; 'kdump-saver start' rebuilds and loads it",
+                    image, "; ".join(fresh.reasons))
     kexec.load(cmd)
     log.info("capture kernel %s loaded with %s", cmd.kernel, cmd.initrd)
     return 0

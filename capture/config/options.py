@@ -74,6 +74,7 @@ class Config:
     makedumpfile_options: str = ""
     crashkernel: str = "auto"
     auto_resize: bool = False
+    update_bootloader: bool = False             # KDUMP_UPDATE_BOOTLOADER: 'enable' writes crashkernel= for GRUB
     notification_to: str = ""
     notification_cc: str = ""
     smtp_server: str = ""
@@ -333,6 +334,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option("MAKEDUMPFILE_OPTIONS", "makedumpfile_options"),
     Option("KDUMP_CRASHKERNEL", "crashkernel"),
     Option("KDUMP_AUTO_RESIZE", "auto_resize", _boolean, empty_is_default=True),
+    Option("KDUMP_UPDATE_BOOTLOADER", "update_bootloader", _boolean, empty_is_default=True),
     Option("KDUMP_NOTIFICATION_TO", "notification_to"),
     Option("KDUMP_NOTIFICATION_CC", "notification_cc"),
     Option("KDUMP_SMTP_SERVER", "smtp_server"),

@@ -46,7 +46,10 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    from capture.config.options import Config
 
 KERNEL_OVERHEAD_MB = 40
 RUNTIME_MB = 64
@@ -156,3 +159,12 @@ def initrd_sizes(path: str) -> Optional[Tuple[float, float]]:
     if unpacked == 0:
         return None
     return compressed, unpacked / 2**20
+
+
+def calibrate_for(config: "Config", initrd_path: str) -> Calibration:
+    """:func:`calibrate` for this machine's RAM and the capture initrd at
+    ``initrd_path`` (a typical sftp initrd's size when it is not built yet)."""
+    sizes = initrd_sizes(initrd_path) or (ESTIMATE_COMPRESSED_MB, ESTIMATE_UNPACKED_MB)
+    low, high = ram_ranges()
+    tmpfs_root = bool(config.commandline.strip()) and "rootfstype=ramfs" not in config.commandline.split()
+    return calibrate(low // 2**20, high // 2**20, *sizes, tmpfs_root=tmpfs_root)

@@ -14,6 +14,18 @@ every problem.
 ``kdump-saver`` module of ``dracut-module/`` (through a private dracut base
 directory, so nothing is installed into /usr/lib/dracut) and only the dracut
 modules it needs.
+
+Freshness: the build stamp records everything the initrd was built from
+(:func:`build_inputs`: our version, the configuration, the kernel release and
+the hash of its image, the hostname, the target's host keys, the content of
+every file carried such as identities, and the driver set) plus whether it
+was built in a chroot.  :func:`freshness` compares it with what a build would
+record now and names each input that changed; ``status``, ``load`` and
+``start`` all use it.  An initrd built in a chroot (an image being prepared)
+describes the image builder's machine (its hardware, network, running
+kernel), so it is never called current: ``start`` on the booted machine
+rebuilds it.  In a chroot the hostname recorded is the tree's /etc/hostname,
+not the build machine's.
 """
 from __future__ import annotations
 
@@ -23,6 +35,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -31,7 +44,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import transports
 from capture import __version__
@@ -41,7 +54,7 @@ from capture.config.targeturl import TargetURL, parse as parse_url
 from capture.errors import ConfigError, KdumpError, URLError
 from capture.host import closure, drivers, netdetect
 from capture.net.plan import DHCP_CLIENTS, DHCP_NETCONFIG_MODES, netconfig_applies
-from transports.base import TransportOptions
+from transports.base import InitrdMaterial, TransportOptions
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +122,7 @@ class Plan:
     files: Tuple[str, ...]              # identities, CA bundle, scripts: same path in the initrd
     known_hosts: str = ""
     mount: Optional[MountRecord] = None
-    stamp: Dict[str, str] = field(default_factory=dict)
+    stamp: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def target(self) -> TargetURL:
@@ -139,8 +152,32 @@ def running_kernel() -> str:
 
 def kernel_release(config: Config, requested: Optional[str] = None) -> str:
     """The capture kernel's release: ``requested`` (``--kernel``), else
-    KDUMP_KERNELVER, else the running kernel's."""
-    return requested or config.kernelver or running_kernel()
+    KDUMP_KERNELVER, else the running kernel's; in a chroot (an image being
+    prepared) the newest kernel installed in the tree instead, since the
+    running kernel is the build machine's."""
+    if requested or config.kernelver:
+        return requested or config.kernelver
+    if in_chroot():
+        installed = installed_kernels()
+        if installed:
+            log.info("in a chroot: using the newest kernel of the tree, %s (set KDUMP_KERNELVER or --kernel "
+                     "for another)", installed[-1])
+            return installed[-1]
+    return running_kernel()
+
+
+def installed_kernels(modules_dir: str = "/lib/modules") -> List[str]:
+    """Releases with modules installed, oldest first (in version order)."""
+    try:
+        names = [n for n in os.listdir(modules_dir) if os.path.isfile(os.path.join(modules_dir, n, "modules.dep"))]
+    except OSError:
+        return []
+    return sorted(names, key=_version_key)
+
+
+def _version_key(release: str) -> Tuple[Tuple[int, object], ...]:
+    parts = re.split(r"[.\-+~]", release)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
 def config_digest(config: Config) -> str:
@@ -156,60 +193,294 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
     """Check ``config`` for everything that would fail at crash time and
     decide the initrd's content.  Raises :class:`ConfigError` naming every
     problem found."""
-    problems: List[str] = []
     try:
         url = parse_url(config.savedir)
     except URLError as exc:
         raise ConfigError(f"KDUMP_SAVEDIR: {exc}") from None
+    found = gather(config, kernel, url, check_host=True)
+    if found.problems:
+        raise ConfigError("the capture initrd would not work:\n  " + "\n  ".join(found.problems))
+
+    known_hosts = found.material.known_hosts
+    # the initrd has only its own copy of the entries (none when KDUMP_HOST_KEY decides)
+    initrd_config = dataclasses.replace(config, known_hosts=KNOWN_HOSTS_PATH if known_hosts else "")
+    if found.mount is not None:
+        rel = os.path.relpath(url.path, found.mount.host_target)
+        initrd_config = dataclasses.replace(
+            initrd_config, savedir=os.path.normpath(os.path.join(found.mount.initrd_target, rel)))
+
+    trace = trace_closure(config, url, executable)
+    initrd_config = dataclasses.replace(initrd_config, hostname=recorded_hostname(config), source=None)
+    # the serialized form must read back unchanged, or the saver would see another config
+    configuration.serialize(initrd_config)
+    stamp: Dict[str, Any] = build_inputs(config, kernel, found)
+    stamp.update({
+        "built_in_chroot": in_chroot(),
+        "target": url.masked(),
+        "python": trace.interpreter,
+        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    return Plan(config=config, initrd_config=initrd_config, kernel=kernel, closure=trace,
+                programs=found.programs, optional_programs=found.optional_programs,
+                kernel_modules=found.kernel_modules, files=found.files,
+                known_hosts=known_hosts, mount=found.mount, stamp=stamp)
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What the system says about a configuration: read by :func:`plan` for
+    a build and by :func:`freshness` to compare with a built initrd."""
+
+    material: InitrdMaterial
+    mount: Optional[MountRecord]
+    programs: Tuple[str, ...]
+    optional_programs: Tuple[str, ...]
+    files: Tuple[str, ...]              # identities, CA bundle, scripts: same path in the initrd
+    kernel_modules: Tuple[str, ...]
+    problems: Tuple[str, ...]
+
+
+def gather(config: Config, kernel: str, url: TargetURL, check_host: bool = False) -> Gathered:
+    """Read the host keys, identities, programs, the local target's file
+    system and the drivers for ``config``; collect every problem instead of
+    raising.  ``check_host`` also resolves a remote target's host name."""
+    problems: List[str] = []
     if not os.path.isdir(f"/lib/modules/{kernel}"):
         problems.append(f"kernel {kernel}: /lib/modules/{kernel} does not exist "
                         "(set KDUMP_KERNELVER or --kernel to an installed kernel)")
-
-    files: List[str] = []
-    known_hosts = ""
-    mount: Optional[MountRecord] = None
-    initrd_config = config
-    if url.is_remote:
+    if check_host and url.is_remote:
         problems.extend(_check_host(url))
     material = transports.initrd_material(url, TransportOptions.from_config(config))
-    files.extend(material.files)
+    files: List[str] = list(material.files)
     problems.extend(material.problems)
-    known_hosts = material.known_hosts
-    # the initrd has only its own copy of the entries (none when KDUMP_HOST_KEY decides)
-    initrd_config = dataclasses.replace(initrd_config, known_hosts=KNOWN_HOSTS_PATH if known_hosts else "")
+    mount: Optional[MountRecord] = None
     if url.scheme == "file":
         try:
             mount = savedir_mount(url.path)
         except ConfigError as exc:
             problems.append(str(exc))
-        else:
-            rel = os.path.relpath(url.path, mount.host_target)
-            initrd_config = dataclasses.replace(
-                initrd_config, savedir=os.path.normpath(os.path.join(mount.initrd_target, rel)))
-
     programs, optional_programs, prog_files, prog_problems = _programs(config, url)
     files.extend(prog_files)
     problems.extend(prog_problems)
-    if problems:
-        raise ConfigError("the capture initrd would not work:\n  " + "\n  ".join(problems))
+    return Gathered(material=material, mount=mount, programs=tuple(programs),
+                    optional_programs=tuple(optional_programs), files=tuple(dict.fromkeys(files)),
+                    kernel_modules=tuple(kernel_modules(config, url, mount, kernel)), problems=tuple(problems))
 
-    trace = trace_closure(config, url, executable)
-    initrd_config = dataclasses.replace(
-        initrd_config, hostname=config.hostname or _short_hostname(), source=None)
-    # the serialized form must read back unchanged, or the saver would see another config
-    configuration.serialize(initrd_config)
-    stamp = {
+
+# --- freshness -----------------------------------------------------------------------------------
+
+#: the inputs of a build, in the order :func:`freshness` reports changes
+INPUT_KEYS = ("version", "config_sha256", "kernel", "kernel_image_sha256", "hostname",
+              "known_hosts_sha256", "files_sha256", "drivers")
+
+
+def build_inputs(config: Config, kernel: str, found: Gathered) -> Dict[str, Any]:
+    """What an initrd built now from ``config`` for ``kernel`` would be made
+    of, as recorded in its build stamp (the keys of :data:`INPUT_KEYS`)."""
+    known_hosts = found.material.known_hosts
+    return {
         "version": __version__,
         "config_sha256": config_digest(config),
         "kernel": kernel,
-        "target": url.masked(),
-        "python": trace.interpreter,
-        "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kernel_image_sha256": file_sha256(kernel_image_path(kernel)),
+        "hostname": recorded_hostname(config),
+        "known_hosts_sha256": hashlib.sha256(known_hosts.encode()).hexdigest() if known_hosts else "",
+        "files_sha256": {path: file_sha256(path) for path in found.files},
+        "drivers": sorted(found.kernel_modules),
     }
-    return Plan(config=config, initrd_config=initrd_config, kernel=kernel, closure=trace,
-                programs=tuple(programs), optional_programs=tuple(optional_programs),
-                kernel_modules=tuple(kernel_modules(config, url, mount, kernel)), files=tuple(dict.fromkeys(files)),
-                known_hosts=known_hosts, mount=mount, stamp=stamp)
+
+
+def current_inputs(config: Config, kernel: str) -> Dict[str, Any]:
+    """:func:`build_inputs` for the system as it is now (no name resolution).
+    Raises :class:`ConfigError` when KDUMP_SAVEDIR is not a URL."""
+    try:
+        url = parse_url(config.savedir)
+    except URLError as exc:
+        raise ConfigError(f"KDUMP_SAVEDIR: {exc}") from None
+    return build_inputs(config, kernel, gather(config, kernel, url))
+
+
+def kernel_image_path(kernel: str) -> str:
+    return f"/boot/vmlinuz-{kernel}"
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's content; ``""`` when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def changed_inputs(stamp: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    """Each input of ``current`` that differs from the build ``stamp``, in words."""
+    changes: List[str] = []
+    built_by = stamp.get("version", "?")
+    for key in INPUT_KEYS:
+        if key not in stamp:
+            changes.append(f"{_INPUT_LABELS[key]}: not recorded (built by kdump-saver {built_by})")
+            continue
+        old, new = stamp[key], current.get(key)
+        if old != new:
+            changes.extend(_describe_change(key, old, new, current))
+    return changes
+
+
+_INPUT_LABELS = {
+    "version": "kdump-saver version", "config_sha256": "configuration", "kernel": "kernel",
+    "kernel_image_sha256": "kernel image", "hostname": "hostname", "known_hosts_sha256": "known host keys",
+    "files_sha256": "files carried", "drivers": "drivers",
+}
+
+
+def _describe_change(key: str, old: Any, new: Any, current: Dict[str, Any]) -> List[str]:
+    if key == "version":
+        return [f"kdump-saver version {old} -> {new}"]
+    if key == "config_sha256":
+        return ["the configuration changed"]
+    if key == "kernel":
+        return [f"kernel {old} -> {new}"]
+    if key == "kernel_image_sha256":
+        path = kernel_image_path(str(current.get("kernel")))
+        return [f"kernel image {path} is missing" if not new else f"kernel image {path} changed"]
+    if key == "hostname":
+        return [f"hostname {old} -> {new}"]
+    if key == "known_hosts_sha256":
+        return ["the target's known host keys changed"]
+    if key == "files_sha256":
+        old_files = old if isinstance(old, dict) else {}
+        new_files = new if isinstance(new, dict) else {}
+        changes = []
+        for path in sorted(set(old_files) | set(new_files)):
+            if path not in new_files:
+                changes.append(f"{path} is no longer needed")
+            elif path not in old_files:
+                changes.append(f"{path} is new")
+            elif old_files[path] != new_files[path]:
+                changes.append(f"{path} changed" if new_files[path] else f"{path} cannot be read")
+        return changes or ["files carried changed"]
+    if key == "drivers":
+        old_set, new_set = set(old or ()), set(new or ())
+        diff = [f"+{m}" for m in sorted(new_set - old_set)] + [f"-{m}" for m in sorted(old_set - new_set)]
+        return [f"drivers {' '.join(diff) or 'changed'}"]
+    return [f"{key} changed"]
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Whether the capture initrd at ``path`` matches what a build would make now.
+
+    ``state`` is ``current``, ``stale`` (``reasons`` names each input that
+    changed), ``missing`` or ``unknown`` (no stamp inside; ``reasons`` says why)."""
+
+    path: str
+    state: str
+    reasons: Tuple[str, ...] = ()
+    stamp: Optional[Dict[str, Any]] = None
+
+    @property
+    def current(self) -> bool:
+        return self.state == "current"
+
+    def describe(self) -> str:
+        """One line for ``status``: ``current (built ...)``, ``stale: why; why (built ...)``, ..."""
+        built = ""
+        if self.stamp:
+            built = f"built {self.stamp.get('built', '?')} by kdump-saver {self.stamp.get('version', '?')}"
+            if self.stamp.get("kernel"):
+                built += f" for {self.stamp['kernel']}"
+        if self.state == "current":
+            return f"current ({built})"
+        if self.state == "stale":
+            return f"stale: {'; '.join(self.reasons)} ({built})"
+        if self.state == "unknown":
+            return f"unknown ({'; '.join(self.reasons)})"
+        return self.state
+
+
+#: why an initrd built in a chroot is never current
+CHROOT_REASON = ("built in a chroot (an image being prepared): its drivers and host facts are the "
+                 "build machine's; 'kdump-saver start' rebuilds it on the booted system")
+
+
+def judge(path: str, stamp: Optional[Dict[str, Any]], current: Dict[str, Any]) -> Freshness:
+    """Compare a build ``stamp`` (None: none found) with ``current`` inputs."""
+    if stamp is None:
+        return Freshness(path, "unknown", ("no kdump-saver build stamp inside",))
+    reasons = changed_inputs(stamp, current)
+    if stamp.get("built_in_chroot"):
+        reasons.insert(0, CHROOT_REASON)
+    return Freshness(path, "stale" if reasons else "current", tuple(reasons), stamp)
+
+
+def freshness(config: Config, kernel: str, path: str) -> Freshness:
+    """Whether the capture initrd at ``path`` is what a build from ``config``
+    for ``kernel`` would make now, and if not, which inputs changed."""
+    if not os.path.exists(path):
+        return Freshness(path, "missing")
+    stamp = read_stamp(path)
+    if stamp is None:
+        return judge(path, None, {})
+    try:
+        current = current_inputs(config, kernel)
+    except (KdumpError, OSError) as exc:
+        return Freshness(path, "unknown", (f"cannot tell what a build would use now: {exc}",), stamp)
+    return judge(path, stamp, current)
+
+
+def recorded_hostname(config: Config) -> str:
+    """The hostname the capture kernel names dumps with: KDUMP_HOSTNAME, else
+    this system's short hostname (in a chroot: the tree's /etc/hostname)."""
+    return config.hostname or system_hostname()
+
+
+def system_hostname(proc_root: str = "/proc/1/root") -> str:
+    if in_chroot(proc_root):
+        try:
+            with open("/etc/hostname") as f:
+                name = f.read().split()
+        except OSError:
+            name = []
+        return name[0].split(".")[0] if name and name[0].split(".")[0] else "localhost"
+    return _short_hostname()
+
+
+def in_chroot(proc_root: str = "/proc/1/root", init_mountinfo: str = "/proc/1/mountinfo") -> bool:
+    """Whether this process runs in a chroot: its root directory is not
+    init's (``proc_root``).  Without /proc (a bare chroot) that is assumed.
+    When init's root cannot be examined, the file system mounted at "/"
+    (device and directory, from mountinfo) is compared with init's: none
+    at all means a chroot into a plain directory; init's mountinfo
+    unreadable too means not a chroot."""
+    try:
+        ours = os.stat("/")
+        inits = os.stat(proc_root)
+    except PermissionError:
+        init_root = _root_mount(init_mountinfo)
+        return init_root is not None and _root_mount("/proc/self/mountinfo") != init_root
+    except OSError:
+        return True
+    return (ours.st_dev, ours.st_ino) != (inits.st_dev, inits.st_ino)
+
+
+def _root_mount(mountinfo: str) -> Optional[Tuple[str, str]]:
+    """(device, directory of that file system) of the mount at "/" in a
+    mountinfo file, or None (no such mount, or unreadable)."""
+    try:
+        with open(mountinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:   # the last mount at "/" is the one on top
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == "/":
+            found = (fields[2], fields[3])
+    return found
 
 
 def allowed_roots(config: Config, url: TargetURL) -> List[str]:
@@ -584,6 +855,9 @@ def build(p: Plan, options: BuildOptions) -> str:
     out_dir = os.path.dirname(os.path.abspath(options.output))
     if not os.path.isdir(out_dir):
         raise KdumpError(f"--output {options.output}: the directory {out_dir} does not exist")
+    # what start reuses when it rebuilds this initrd
+    p = dataclasses.replace(p, stamp=dict(p.stamp, init="systemd" if options.systemd else "shell",
+                                          add_drivers=list(options.add_drivers)))
     with tempfile.TemporaryDirectory(prefix="kdump-saver-initrd.") as tmp:
         work = Path(tmp)
         stage = work / "stage"
@@ -611,7 +885,7 @@ def build(p: Plan, options: BuildOptions) -> str:
     return options.output
 
 
-def read_stamp(initrd: str) -> Optional[Dict[str, str]]:
+def read_stamp(initrd: str) -> Optional[Dict[str, Any]]:
     """The build stamp inside ``initrd`` (via lsinitrd), or None."""
     if not os.path.exists(initrd):
         return None
