@@ -313,7 +313,8 @@ def ensure_image(kernel: GuestKernel, cache: Path = CACHE, rebuild: bool = False
     manifest = image_dir / "image.json"
     if manifest.exists() and not rebuild:
         log.info("Debian image %s is cached", image_dir)
-        return Image(**{**json.loads(manifest.read_text()), "disk": image_dir / "disk.raw",
+        return Image(**{**json.loads(manifest.read_text()), "tree_seconds": None, "image_seconds": None,
+                        "disk": image_dir / "disk.raw",
                         "vmlinuz": image_dir / f"vmlinuz-{kernel.version}",
                         "initrd": image_dir / f"initrd.img-{kernel.version}"})
     tree = cache / "tree"

@@ -21,11 +21,11 @@ root in:
 
 ``debian-systemd`` builds the initrd with ``--systemd`` (a drop-in on the
 service's ExecStart, as an administrator would add) and sets
-KDUMP_CONTINUE_ON_ERROR=false: its first crash finds the target directory
-replaced by a file, the save fails, and the capture kernel must leave a
-shell on the console; the harness proves it reads the console (an ``echo``),
-restores the directory and types ``exit``; the machine reboots, re-arms and
-crashes a second time, which saves.
+KDUMP_CONTINUE_ON_ERROR=false.  After the same cycle it crashes once more
+with the target directory replaced by a file: the save fails, and the
+capture kernel must leave a shell on the console.  The harness proves the
+shell reads the console (an ``echo``), types ``exit``, and sees the capture
+kernel reboot.
 """
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ CASES: Tuple[DebianCase, ...] = (
     DebianCase("debian", "Debian 12 + systemd: kdump-saver.service builds the (shell-init) capture initrd "
                "in the guest and loads it; kdump-saver test; sftp; reboot; armed again"),
     DebianCase("debian-systemd", "the same with a systemd capture initrd (start --systemd) and "
-               "KDUMP_CONTINUE_ON_ERROR=false: a failed save leaves a shell on the console, exit reboots; "
-               "then a crash that saves", systemd_initrd=True, shell_on_error=True),
+               "KDUMP_CONTINUE_ON_ERROR=false; then a crash whose save fails leaves a shell on the console, "
+               "exit reboots", systemd_initrd=True, shell_on_error=True),
 )
 BY_NAME: Dict[str, DebianCase] = {c.name: c for c in CASES}
 
@@ -151,9 +151,7 @@ def run_case(case: DebianCase, workdir: Path, kernel: Optional[GuestKernel] = No
             result.problems.append(str(exc))
             log.error("sshd log:\n%s", server.log_text())
         finally:
-            if export.is_file():            # a failure in the middle of the error case
-                export.unlink()
-                export.mkdir(mode=0o700)
+            restore(export)
         result.dumps = verify.dump_dirs(export)
     if not result.problems:
         _check_dump(case, kernel, result)
@@ -216,36 +214,38 @@ def qemu_command(case: DebianCase, image: debian.Image, disk: Path, forwards: Di
 def _drive(case: DebianCase, image: debian.Image, kernel: GuestKernel, disk: Path,
            server: servers.SshServer, export: Path, result: DebianResult) -> None:
     with Console(qemu_command(case, image, disk, server.forwards), result.console_log) as con:
-        first = _armed(con, 1, 0, result)
+        first = _armed(con, 1, 0, result, last_dump=False)
         if "building the capture initrd" not in first.journal:
             result.problems.append("kdump-saver.service did not build the capture initrd at the first boot")
-        crashes = 1
-        if case.shell_on_error:
-            _failing_crash(con, export, result)
-            crashes += 1
         marker = f"qharness-marker-{case.name}-{secrets.token_hex(6)}"
         (result.workdir / "marker").write_text(marker + "\n")
         t0 = _crash(con, marker)
         saved = con.expect(SAVED_LINE, CAPTURE_TIMEOUT, since=t0.index)
         result.figures["panic to saved dump"] = saved.at - t0.at
-        after = _armed(con, crashes + 1, saved.index, result)
+        _check_flavour(case, con.text(t0.index, saved.index), result)
+        after = _armed(con, 2, saved.index, result, last_dump=True)
         result.figures["crash cycle (panic to armed again in multi-user)"] = after.at - t0.at
-        _check_rearmed(after, result, saved_name=True)
+        _check_rearmed(after, result)
+        if case.shell_on_error:
+            _failing_crash(con, export, result)
+            return
         con.send("systemctl poweroff\n")
         if not con.wait_exit(120):
             log.warning("the guest did not power off within 120 s; stopping QEMU")
 
 
-def _armed(con: Console, boot: int, since: int, result: DebianResult) -> Status:
+def _armed(con: Console, boot: int, since: int, result: DebianResult, last_dump: bool) -> Status:
     """Wait for the multi-user login, then the end of the boot; show the
-    service's journal and ``kdump-saver status``; it must exit 0."""
+    service's journal and ``kdump-saver status`` (``last_dump``: looking for
+    the last dump on the target); it must exit 0."""
     kernel_line = con.expect(LINUX_VERSION, BOOT_TIMEOUT, since=since)
     con.expect(PROMPT, BOOT_TIMEOUT, since=kernel_line.index, partial=True)
     begin = f"QH-BEGIN-{boot}"
     mark = con.mark()
     con.send(f"systemctl is-system-running --wait; echo QH-BEGIN-$(({boot}+0)); "
-             "journalctl -b -o cat -u kdump-saver.service --no-pager | tail -n 40; echo QH-STATUS-BEGIN; "
-             f"kdump-saver status --target-timeout 90; echo QH-STATUS-$((6*7))-{boot}=$?\n")
+             "journalctl -b -o short-monotonic -u kdump-saver.service --no-pager | tail -n 40; "
+             "echo QH-STATUS-BEGIN; "
+             f"kdump-saver status --target-timeout {90 if last_dump else 0}; echo QH-STATUS-$((6*7))-{boot}=$?\n")
     end = con.expect(rf"^QH-STATUS-42-{boot}=(\d+)", BOOT_TIMEOUT, since=mark)
     start = con.expect(rf"^{begin}$", 1, since=mark)
     block = con.text(start.index + 1, end.index)
@@ -254,6 +254,9 @@ def _armed(con: Console, boot: int, since: int, result: DebianResult) -> Status:
                     end.at - kernel_line.at, end.at)
     result.statuses.append(status)
     result.figures[f"boot {boot}: kernel start to 'kdump-saver status' armed"] = status.boot_seconds
+    service = _journal_span(journal)
+    if service is not None:
+        result.figures[f"boot {boot}: kdump-saver.service start (journal)"] = service
     log.info("boot %d: kdump-saver status exit %d\n%s", boot, status.returncode, status.output)
     if status.returncode != 0:
         raise CaseFailed(f"boot {boot}: kdump-saver status exited {status.returncode}:\n{status.output}\n"
@@ -263,48 +266,77 @@ def _armed(con: Console, boot: int, since: int, result: DebianResult) -> Status:
     return status
 
 
+def _journal_span(journal: str) -> Optional[float]:
+    """Seconds from the first to the last line of a ``short-monotonic`` journal."""
+    stamps = [float(m) for m in re.findall(r"^\[\s*(\d+\.\d+)\]", journal, re.M)]
+    return stamps[-1] - stamps[0] if len(stamps) >= 2 else None
+
+
 def _crash(con: Console, marker: str) -> Seen:
     con.send(f"echo {marker} > /dev/kmsg; kdump-saver test --yes\n")
     return con.expect(re.escape(verify.PANIC), 120, since=con.mark())
 
 
+def _check_flavour(case: DebianCase, capture_text: str, result: DebianResult) -> None:
+    """A systemd capture initrd runs the saver from kdump-saver-capture.service,
+    dracut's shell init from its pre-mount hook (no unit)."""
+    ran_unit = re.search(r"Starting kdump-saver-captu", capture_text) is not None
+    if case.systemd_initrd and not ran_unit:
+        result.problems.append("the capture kernel did not run kdump-saver-capture.service: not a systemd initrd")
+    if not case.systemd_initrd and ran_unit:
+        result.problems.append("the capture kernel ran kdump-saver-capture.service: a systemd initrd, "
+                               "not the default one")
+
+
 def _failing_crash(con: Console, export: Path, result: DebianResult) -> None:
-    """KDUMP_CONTINUE_ON_ERROR=false under a systemd capture initrd: the
-    shell must stay on the console until ``exit``."""
-    shutil.rmtree(export)
+    """KDUMP_CONTINUE_ON_ERROR=false: the target directory is a file, the
+    save fails, and the shell must stay on the console until ``exit``, after
+    which the capture kernel reboots."""
+    kept = export.with_name(export.name + ".kept")
+    export.rename(kept)
     export.write_text("not a directory: the save must fail\n")
-    t0 = _crash(con, f"qharness-failing-{secrets.token_hex(4)}")
-    capture = con.expect(LINUX_VERSION, CAPTURE_TIMEOUT, since=t0.index)
-    shell = con.expect(re.escape(SHELL_LINE), CAPTURE_TIMEOUT, since=capture.index)
-    if con.text(t0.index, shell.index).find("dump saved") >= 0:
-        raise CaseFailed("the save through a target that is a file claims success")
-    time.sleep(5)
-    mark = con.mark()
-    con.send("echo QH-SHELL-$((6*7))\n")
     try:
-        echoed = con.expect(r"QH-SHELL-42", 60, since=mark)
-    except ConsoleTimeout:
-        raise CaseFailed("KDUMP_CONTINUE_ON_ERROR=false: no shell answers on the console after "
-                         f"'{SHELL_LINE}'") from None
-    if re.search(LINUX_VERSION, con.text(shell.index, echoed.index)):
-        raise CaseFailed("KDUMP_CONTINUE_ON_ERROR=false: the machine rebooted instead of keeping the shell")
-    result.figures["shell kept on the console (seconds after the message)"] = echoed.at - shell.at
-    export.unlink()
-    export.mkdir(mode=0o700)
-    mark = con.mark()
-    con.send("exit\n")
-    status = _armed(con, 2, mark, result)
-    _check_rearmed(status, result, saved_name=False)
+        t0 = _crash(con, f"qharness-failing-{secrets.token_hex(4)}")
+        capture = con.expect(LINUX_VERSION, CAPTURE_TIMEOUT, since=t0.index)
+        shell = con.expect(re.escape(SHELL_LINE), CAPTURE_TIMEOUT, since=capture.index)
+        if "dump saved" in con.text(t0.index, shell.index):
+            raise CaseFailed("the save through a target that is a file claims success")
+        time.sleep(5)
+        mark = con.mark()
+        con.send("echo QH-SHELL-$((6*7))\n")
+        try:
+            echoed = con.expect(r"^QH-SHELL-42$", 60, since=mark)
+        except ConsoleTimeout:
+            raise CaseFailed("KDUMP_CONTINUE_ON_ERROR=false: no shell answers on the console after "
+                             f"'{SHELL_LINE}'") from None
+        if re.search(LINUX_VERSION, con.text(shell.index, echoed.index)):
+            raise CaseFailed("KDUMP_CONTINUE_ON_ERROR=false: the machine rebooted instead of keeping the shell")
+        result.figures["KDUMP_CONTINUE_ON_ERROR=false: panic to the shell answering"] = echoed.at - t0.at
+        mark = con.mark()
+        con.send("exit\n")
+        try:
+            con.expect(LINUX_VERSION, 120, since=mark)
+        except ConsoleTimeout:
+            raise CaseFailed("the capture kernel did not reboot after the shell's exit") from None
+    finally:
+        restore(export)
 
 
-def _check_rearmed(status: Status, result: DebianResult, saved_name: bool) -> None:
+def restore(export: Path) -> None:
+    """Undo :func:`_failing_crash`'s replacement of the target directory."""
+    kept = export.with_name(export.name + ".kept")
+    if kept.is_dir():
+        if export.is_file():
+            export.unlink()
+        kept.rename(export)
+
+
+def _check_rearmed(status: Status, result: DebianResult) -> None:
     if "building the capture initrd" in status.journal:
         result.problems.append(f"boot {status.boot}: kdump-saver.service rebuilt the capture initrd although "
                                "nothing changed")
     if "is current" not in status.journal:
         result.problems.append(f"boot {status.boot}: kdump-saver.service did not report the initrd current")
-    if not saved_name:
-        return
     last = status.field("Last dump")
     if f"{debian.HOSTNAME}-" not in last:
         result.problems.append(f"boot {status.boot}: 'kdump-saver status' does not name the dump "
