@@ -2,7 +2,17 @@
 # Start-up step of the capture initrd: runs only when /proc/vmcore exists.
 # Mounts the file system that holds a local KDUMP_SAVEDIR (recorded at build
 # time in /etc/kdump-saver/fstab), then runs `kdump-saver capture-boot`
-# (network, scripts, save, reboot).
+# (network, scripts, save, reboot), and reboots in every case.  The
+# configuration is /etc/kdump-saver/kdump.conf ($KDUMP_SAVER_CONF for tests).
+conf=${KDUMP_SAVER_CONF:-/etc/kdump-saver/kdump.conf}
+# KDUMP_VERBOSE bit 8 (debugging while saving): trace this script, as SUSE's kdump-save does
+if [ -r "$conf" ]; then
+    while IFS='=' read -r key value; do
+        [ "$key" = KDUMP_VERBOSE ] || continue
+        value=${value#\"}; value=${value%\"}
+        case "$value" in ''|*[!0-9]*) ;; *) [ $((value & 8)) -eq 0 ] || set -x ;; esac
+    done < "$conf"
+fi
 [ -e /proc/vmcore ] || exit 0
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
@@ -38,11 +48,17 @@ if [ "$rc" -gt 128 ]; then
          "raise crashkernel= (see kdump-saver calibrate)" >&2
 fi
 sync
-while IFS='=' read -r key value; do
-    [ "$key" = KDUMP_IMMEDIATE_REBOOT ] || continue
-    case "$value" in
-        '"false"'|'"no"'|'"0"'|false|no|0) exit $rc ;;
-    esac
-done < /etc/kdump-saver/kdump.conf
+# as SUSE's kdump: KDUMP_IMMEDIATE_REBOOT=false means a shell, then the reboot when it exits;
+# capture-boot opened that shell itself unless it was killed
+if [ "$rc" -gt 128 ]; then
+    while IFS='=' read -r key value; do
+        [ "$key" = KDUMP_IMMEDIATE_REBOOT ] || continue
+        case "$value" in
+            '"false"'|'"no"'|'"0"'|false|no|0)
+                echo "kdump-saver: KDUMP_IMMEDIATE_REBOOT is false: a shell; exit it to reboot" >&2
+                sh -i </dev/console >/dev/console 2>&1 ;;
+        esac
+    done < "$conf"
+fi
 reboot -f || echo b > /proc/sysrq-trigger
 exit $rc

@@ -44,10 +44,11 @@ def test_transfer_replaces_the_save(tmp_path, fixture_vmcore):
 
 def test_a_failed_save_is_a_non_zero_exit_with_a_clear_message(tmp_path, fixture_vmcore):
     conf = tmp_path / "kdump"
-    conf.write_text(f'KDUMP_SAVEDIR="{tmp_path}/dumps"\nMAKEDUMPFILE_OPTIONS="--bogus"\n')
+    (tmp_path / "plain-file").write_text("not a directory")
+    conf.write_text(f'KDUMP_SAVEDIR="{tmp_path}/plain-file/dumps"\n')
     res = capture_boot(conf, fixture_vmcore)
     assert res.returncode == 1
-    assert "error: makedumpfile failed" in res.stderr and "Traceback" not in res.stderr
+    assert "error: " in res.stderr and "plain-file" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_failing_transfer_is_a_failure(tmp_path, fixture_vmcore):

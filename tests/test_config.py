@@ -444,15 +444,15 @@ BAD_VALUES = [
     ("KDUMP_DUMPLEVEL", "thirty", "must be an integer from 0 to 31"),
     ("KDUMP_DUMPLEVEL", "0x1f", "must be an integer from 0 to 31"),
     ("KDUMP_DUMPFORMAT", "gzip", "must be one of none, elf, compressed, lzo, snappy, zstd, raw"),
-    ("KDUMP_KEEP_OLD_DUMPS", "-2", "must be an integer, -1 or more"),
-    ("KDUMP_KEEP_OLD_DUMPS", "5.5", "must be an integer, -1 or more"),
+    ("KDUMP_KEEP_OLD_DUMPS", "-2", "must be an integer from -1 to 100000"),
+    ("KDUMP_KEEP_OLD_DUMPS", "5.5", "must be an integer from -1 to 100000"),
     ("KDUMP_FREE_DISK_SIZE", "64X", "must be a size in MB"),
     ("KDUMP_FREE_DISK_SIZE", "-1", "must be a size in MB"),
     ("KDUMP_FREE_DISK_SIZE", "64B", "must be a size in MB"),
-    ("KDUMP_NET_TIMEOUT", "-5", "must be an integer, 0 or more"),
-    ("KDUMP_CPUS", "-1", "must be an integer, 0 or more"),
-    ("KDUMP_CPUS", "all", "must be an integer, 0 or more"),
-    ("KDUMP_VERBOSE", "16", "must be an integer from 0 to 15"),
+    ("KDUMP_NET_TIMEOUT", "-5", "must be an integer from 0 to 86400"),
+    ("KDUMP_CPUS", "-1", "must be an integer from 0 to 65536"),
+    ("KDUMP_CPUS", "all", "must be an integer from 0 to 65536"),
+    ("KDUMP_VERBOSE", "32", "must be an integer from 0 to 31"),
     ("KDUMP_IMMEDIATE_REBOOT", "maybe", "must be a boolean: true/false, yes/no, 1/0 or on/off"),
     ("KDUMP_CONTINUE_ON_ERROR", "2", "must be a boolean"),
     ("KDUMP_AUTO_RESIZE", "y", "must be a boolean"),
@@ -594,7 +594,7 @@ def test_error_lines_stay_one_line_each() -> None:
     error = config_error('KDUMP_DUMPLEVEL="3\n1"\nKDUMP_CPUS="\t-1"\n')
     assert error.splitlines()[1:] == [
         '/etc/sysconfig/kdump:1: KDUMP_DUMPLEVEL="3\\n1": must be an integer from 0 to 31 (makedumpfile -d bits)',
-        '/etc/sysconfig/kdump:3: KDUMP_CPUS="\\t-1": must be an integer, 0 or more (0 = all)']
+        '/etc/sysconfig/kdump:3: KDUMP_CPUS="\\t-1": must be an integer from 0 to 65536 (0 = all)']
 
 
 # --- keys: unknown, deprecated, not ours -----------------------------------------------------------
@@ -695,7 +695,7 @@ def test_render_without_secrets_reads_back_equal() -> None:
 
 
 NASTY = Config(
-    savedir="cifs://DOM%3Buser:p%40ss%22w0rd@[::1]:4450/share/dumps dir",
+    savedir="cifs://DOM%3Buser:p%40ss%22w0rd@[::1]:4450/share/dumps%20dir",
     dumplevel=0, dumpformat="elf", keep_old_dumps=-1, free_disk_size=0,
     netconfig=NetConfig("dhcp6", "eth-0.1", True), net_timeout=0,
     immediate_reboot=False, continue_on_error=False, cpus=0, verbose=15,

@@ -124,7 +124,8 @@ def test_a_dump_that_cannot_be_deleted_leaves_the_save_complete(tmp_path, fixtur
     new = root / result.directory
     assert "vmcore status: saved successfully" in readme(new)
     assert "could not be deleted" in readme(new)
-    assert (old / MARKER).exists() and (old / "vmcore").exists()  # still ours, retried next time
+    # still ours and whole (nothing else was deleted first), retried next time
+    assert sorted(p.name for p in old.iterdir()) == [MARKER, "README.txt", "dmesg.txt", "vmcore"]
 
 
 def fake_makedumpfile(tmp_path: Path, fail_dmesg_only: bool) -> Path:

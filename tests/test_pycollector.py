@@ -13,6 +13,7 @@ import lzma
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -480,3 +481,34 @@ def test_kdump_saver_save_on_6_12_keeps_every_slab_page_and_says_why(slab_pages,
     assert missing == [] and len(slab_pages) > 500
     assert (d / "vmcore").stat().st_size < 0.6 * ours612.real(1).stat().st_size
     assert b"newkernel-marker-readers" in (d / "dmesg.txt").read_bytes()
+
+
+DRGN_TASKS = r"""
+import json, sys
+import drgn
+from drgn.helpers.linux.pid import for_each_task
+prog = drgn.Program()
+prog.set_core_dump(sys.argv[1])
+prog.load_debug_info([sys.argv[2]])
+print(json.dumps({"nodename": prog["init_uts_ns"].name.nodename.string_().decode(),
+                  "tasks": sorted(t.comm.string_().decode() for t in for_each_task(prog))}))
+"""
+
+
+def test_drgn_reads_the_same_kernel_state_from_our_dump_as_from_the_vmcore(ours61, fixture_vmcore):
+    """A second real reader besides crash and libkdumpfile: the task list through drgn."""
+    vmlinux = Path("/usr/lib/debug/boot/vmlinux-6.1.0-56-cloud-amd64")
+    require(vmlinux.exists(), f"{vmlinux} is missing (linux-image-6.1.0-56-cloud-amd64-dbg)")
+    try:
+        import drgn  # noqa: F401
+    except ImportError:
+        require(False, "drgn is not installed (the test extra installs it)")
+
+    def read(core: Path) -> dict:
+        out = subprocess.run([sys.executable, "-c", DRGN_TASKS, str(core), str(vmlinux)],
+                             capture_output=True, text=True, timeout=300, check=True).stdout
+        return json.loads(out)
+
+    ours, original = read(ours61.real(31)), read(fixture_vmcore)
+    assert ours["nodename"] == "fixture-host" and ours == original
+    assert "awk" in ours["tasks"] and len(ours["tasks"]) > 40

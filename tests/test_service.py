@@ -280,7 +280,9 @@ class Setup:
         self.conf.write_text(f"KDUMP_SAVEDIR=sftp://root@127.0.0.1:1/dumps\nKDUMP_SSH_IDENTITY={self.identity}\n"
                              f"KDUMP_KNOWN_HOSTS={self.known_hosts}\nKDUMP_KERNELVER={kernel}\n"
                              # 127.0.0.1 is reached without a network in the capture kernel
-                             'KDUMP_NETCONFIG=""\n')
+                             'KDUMP_NETCONFIG=""\n'
+                             # status's crashkernel= advice without measuring the initrd each time
+                             "KDUMP_CRASHKERNEL=256M\n")
         self.starts: List[subprocess.CompletedProcess] = []
 
     def new_identity(self) -> None:

@@ -221,21 +221,16 @@ def test_read_only_share_and_directory(smbd):
     assert list(ro.iterdir()) == []
 
 
-def test_connection_cut_in_the_middle_of_the_transfer(smbd, reference_dumps, caplog):
+def test_connection_cut_in_the_middle_of_the_transfer_is_resumed(smbd, reference_dumps, caplog):
     data = reference_dumps.flattened("-l", 31).read_bytes()
     with open_target(parse(smbd.url("/cut")), FAST) as t:
         f = t.create("vmcore.incomplete")
         f.write(data[:20 << 20])  # more than the write cache: on the server already
         assert smbd.kill_sessions() > 0
-        with pytest.raises(TransportError, match="connection was lost") as err:
-            f.write(data[20 << 20:])
-            f.close()
-        f.abort()
-        assert not isinstance(err.value, NoSpaceError)
-        # the next request logs in again: the caller can still record the failure
-        t.write_small("README.txt", b"INCOMPLETE")
-    names = os.listdir(smbd.share_dir / "cut")
-    assert "vmcore" not in names and "README.txt" in names
+        f.write(data[20 << 20:])
+        f.close()
+        t.write_small("README.txt", b"done")
+    assert (smbd.share_dir / "cut" / "vmcore.incomplete").read_bytes() == data
     assert smbd.password not in caplog.text
 
 
@@ -275,7 +270,8 @@ def test_saver_over_cifs_gives_what_the_file_target_gives(smbd, tmp_path, fixtur
     assert (d / "dmesg.txt").read_bytes() == (local_dir / "dmesg.txt").read_bytes()
     readme = (d / "README.txt").read_text()
     assert "vmcore status: saved successfully" in readme
-    assert f"sha256: {sha256_of(d / 'vmcore')}" in readme
+    # SMB2 servers offer no checksum, and the dump is never read back over the network
+    assert "sha256: not computed (the file was written at offsets" in readme
     assert "MB free after saving" in readme
     assert smbd.password not in readme and f"cifs://{smbd.user}:***@127.0.0.1" in readme
 
@@ -327,21 +323,31 @@ def test_server_that_requires_signing(tmp_path, reference_dumps):
         assert sha256_of(server.share_dir / "signed" / "vmcore") == sha256_of(reference_dumps.direct("-l", 31))
 
 
-def test_saver_with_the_connection_cut_mid_dump(smbd, fixture_vmcore):
+def test_saver_with_the_connection_cut_mid_dump_resumes(smbd, fixture_vmcore):
     from test_transport_ftp import _save_in_thread, _wait_for_partial
 
     thread, outcome = _save_in_thread(smbd.url("/cutsave"), fixture_vmcore)
     _wait_for_partial(smbd.share_dir / "cutsave", "*/vmcore.incomplete", 24 << 20)
     assert smbd.kill_sessions() > 0
     thread.join(300)
-    assert isinstance(outcome.get("error"), TransportError), outcome
-    assert "connection was lost" in str(outcome["error"])
+    assert "result" in outcome, outcome
     d = [p for p in (smbd.share_dir / "cutsave").iterdir() if p.is_dir()]
     assert len(d) == 1
-    assert not {"vmcore", "vmcore.lz4", "vmcore.flat"} & {p.name for p in d[0].iterdir()}
+    assert lz4_sha256(d[0] / "vmcore.lz4") == sha256_of(fixture_vmcore)
     readme = (d[0] / "README.txt").read_text()
-    assert readme.startswith("THIS DUMP IS INCOMPLETE.") and "connection was lost" in readme
+    assert readme.startswith("vmcore status: saved successfully")
     assert smbd.password not in readme
+
+
+def lz4_sha256(path):
+    """The sha256 of what an LZ4 frame file holds, decompressed as a stream."""
+    import hashlib
+    import lz4.frame
+    digest = hashlib.sha256()
+    with lz4.frame.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def test_ipv6_loopback(tmp_path, reference_dumps):

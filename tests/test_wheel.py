@@ -172,3 +172,18 @@ def test_installed_build_initrd_file_target_runs_in_a_chroot(installed: Installe
     proc = built.chroot("/usr/bin/kdump-saver", "check-config")
     assert proc.returncode == 0, proc.stderr
     assert f'KDUMP_SAVEDIR="/kdump/mnt{ext4_mount}/crash"' in proc.stdout.splitlines()
+
+
+def test_installed_enable_writes_the_units_the_wheel_carries(installed: Installed, tmp_path: Path) -> None:
+    """capture/host/units/ (package data) reaches the wheel, and the installed
+    command renders kdump-saver.service and the udev rule from there."""
+    require_program("systemctl")
+    names = set(zipfile.ZipFile(installed.wheel).namelist())
+    units = REPO / "capture" / "host" / "units"
+    assert not [f.name for f in units.iterdir() if f"capture/host/units/{f.name}" not in names]
+    root = tmp_path / "tree"
+    root.mkdir()
+    proc = installed.run("enable", "--root", str(root), "--command", "/usr/bin/kdump-saver")
+    assert proc.returncode == 0, proc.stderr
+    assert "ExecStart=/usr/bin/kdump-saver start" in (root / "etc/systemd/system/kdump-saver.service").read_text()
+    assert (root / "etc/udev/rules.d/70-kdump-saver.rules").is_file()

@@ -9,12 +9,13 @@ form and never contains a password or key.
 from __future__ import annotations
 
 import abc
+import collections
 import hashlib
 import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO, Callable, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Callable, Deque, List, Optional, Sequence, Tuple, Type, TypeVar
 
 from capture.errors import KdumpError
 
@@ -205,17 +206,28 @@ class Transport(abc.ABC):
         """Replace a small file (README, marker, dmesg) in one step: write
         ``path + partial_suffix``, then rename it over ``path``."""
         partial = path + partial_suffix
-        f = self.create(partial)
+        self.write_whole(partial, data)
+        self.rename(partial, path)
+
+    def write_whole(self, path: str, data: bytes) -> None:
+        """Create ``path`` (replacing it) holding ``data``, made durable."""
+        f = self.create(path)
         try:
             f.write(data)
             f.close()
         except BaseException:
             f.abort()
             raise
-        self.rename(partial, path)
+
+    def server_sha256(self, path: str) -> Optional[str]:
+        """The sha256 of a stored file computed by the server itself, so that
+        the file does not cross the network again; None when the server
+        cannot (the README then says the hash was not computed)."""
+        return None
 
     def sha256(self, path: str) -> str:
-        """The sha256 of a file as stored on the target."""
+        """The sha256 of a file as stored on the target, read back through the
+        transport (for checks; the save never reads a dump back)."""
         digest = hashlib.sha256()
         with self.open_read(path) as f:
             while True:
@@ -265,6 +277,87 @@ def retry_until_timeout(url: TargetURL, timeout: int, attempt: Callable[[float],
                 tried = f" (tried {tries} times for {timeout} s)" if tries > 1 else ""
                 raise TransportError(f"cannot {verb} {url.masked()}: {why}{tried}") from None
             log.info("cannot %s %s yet: %s; retrying", verb, url.masked(), why)
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+#: Seconds a connection may stay silent before it counts as lost, when
+#: KDUMP_NET_TIMEOUT is shorter (0 included).
+MIN_IO_TIMEOUT = 10
+#: Bytes of an append-only stream kept for resending after a reconnect: more
+#: than the socket buffers of both ends and the server's own can hold unwritten.
+RESUME_WINDOW = 64 << 20
+
+
+def io_timeout(options: TransportOptions) -> float:
+    """Seconds without a sign of life from the server before the connection
+    counts as lost: KDUMP_NET_TIMEOUT, at least :data:`MIN_IO_TIMEOUT`."""
+    return float(max(options.net_timeout, MIN_IO_TIMEOUT))
+
+
+class SentWindow:
+    """The last :data:`RESUME_WINDOW` bytes of an append-only stream.
+
+    After a reconnect the server says how much of the file it holds; what
+    follows is sent again from here.  Memory stays bounded by ``limit``."""
+
+    def __init__(self, limit: int = RESUME_WINDOW) -> None:
+        self.limit = limit
+        self.start = 0
+        """Stream offset of the oldest byte held."""
+        self.end = 0
+        """Stream offset after the newest byte (everything ever added)."""
+        self._blocks: Deque[bytes] = collections.deque()
+
+    def add(self, data: bytes) -> None:
+        if not data:
+            return
+        self._blocks.append(bytes(data))
+        self.end += len(data)
+        while self._blocks and self.end - self.start - len(self._blocks[0]) >= self.limit:
+            self.start += len(self._blocks.popleft())
+
+    def since(self, offset: int) -> List[memoryview]:
+        """The bytes from ``offset`` to the end; ValueError when they are no longer held."""
+        if not self.start <= offset <= self.end:
+            raise ValueError(f"offset {offset} is outside the bytes still held ({self.start}..{self.end})")
+        out: List[memoryview] = []
+        at = self.start
+        for block in self._blocks:
+            if at + len(block) > offset:
+                out.append(memoryview(block)[max(0, offset - at):])
+            at += len(block)
+        return out
+
+
+def resume_within(url: TargetURL, timeout: int, since: float, attempt: Callable[[float], None],
+                  what: str) -> None:
+    """After the connection broke while writing: call ``attempt(seconds_left)``
+    (reconnect, reopen the file, send again what the server has not
+    confirmed) about once a second until it succeeds or ``timeout`` seconds
+    (KDUMP_NET_TIMEOUT) have passed since ``since``, when the server was
+    last heard from; at least once.  Lost connections and TransportErrors
+    are retried, except :class:`NoSpaceError` and ValueError (the data to
+    send again is no longer held), which are final; when time is up, a
+    TransportError ``WHAT: the connection was lost and could not be resumed``."""
+    deadline = since + max(0, timeout)
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            attempt(max(0.0, deadline - time.monotonic()))
+            log.info("%s: resumed %s (%d attempt%s, %.1f s after the server was last heard)", url.masked(),
+                     what, tries, "" if tries == 1 else "s", time.monotonic() - since)
+            return
+        except NoSpaceError:
+            raise
+        except ValueError as exc:
+            raise TransportError(f"{what}: the connection was lost and cannot be resumed: {exc}") from None
+        except (TransportError, OSError, EOFError) as exc:
+            why = str(exc) if isinstance(exc, TransportError) else network_reason(exc)
+            if time.monotonic() >= deadline:
+                raise TransportError(f"{what}: the connection was lost and could not be resumed within "
+                                     f"KDUMP_NET_TIMEOUT={timeout} s ({why})") from None
+            log.warning("%s: cannot resume yet: %s; retrying", url.masked(), why)
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 

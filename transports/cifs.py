@@ -22,6 +22,12 @@ requests itself ([MS-SMB2] 2.2.13 CREATE, 2.2.17 FLUSH, 2.2.19 READ,
 * ``rename`` uses FileRenameInformation with ReplaceIfExists;
 * ``free_space`` asks FileFsFullSizeInformation (caller-available units).
 
+A dump file survives a lost connection: the run being sent when it broke
+is still in memory, so the file connects again within KDUMP_NET_TIMEOUT of
+the last reply, reopens the file by name (without truncating it) and sends
+that run again; runs sent before were acknowledged.  A server silent for
+:func:`~transports.base.io_timeout` counts as lost.
+
 Every failure carries the NT status, mapped to a clear :class:`TransportError`
 (:class:`NoSpaceError` for a full disk or quota).  File modes are the
 server's business (its ``create mask`` / ``directory mask``): SMB has no
@@ -48,8 +54,8 @@ from smb.smb_structs import OperationFailure, ProtocolError
 
 from capture.config.targeturl import TargetURL
 from transports.base import (DirEntry, DumpFile, InitrdProfile, NoSpaceError, Transport, TransportError,
-                             TransportOptions, make_missing_dirs, network_reason, no_initrd_material,
-                             retry_until_timeout)
+                             TransportOptions, io_timeout, make_missing_dirs, network_reason,
+                             no_initrd_material, resume_within, retry_until_timeout)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,6 +100,12 @@ _STATUS_TEXT = {
     STATUS_USER_SESSION_DELETED: "the connection was lost and the server ended the session",
 }
 _NOT_FOUND = (STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_PATH_NOT_FOUND)
+#: statuses that mean the connection (not the request) failed
+_LOST_STATUS = (STATUS_NETWORK_SESSION_EXPIRED, STATUS_USER_SESSION_DELETED, STATUS_FILE_CLOSED)
+#: exceptions of a lost or silent connection
+_LOST = (NotConnectedError, NotReadyError, SMBTimeout, ProtocolError, OSError)
+#: seconds the server may take for the FLUSH that ends a dump file
+SYNC_TIMEOUT = 120.0
 
 # [MS-SMB2] / [MS-FSCC] constants used below.
 _SMB2_INFO_FILE = 0x01
@@ -118,6 +130,7 @@ _FILE_DIRECTORY_FILE = 0x1
 _FILE_NON_DIRECTORY_FILE = 0x40
 _FILE_ATTRIBUTE_NORMAL = 0x80
 _SEC_IMPERSONATE = 2
+_WRITE_ACCESS = _FILE_WRITE_DATA | _FILE_APPEND_DATA | _FILE_READ_DATA | _FILE_READ_ATTRIBUTES | _FILE_WRITE_ATTRIBUTES
 
 #: bytes kept in memory before coalesced writes are sent
 WRITE_CACHE = 16 << 20
@@ -398,6 +411,7 @@ class SmbFile(DumpFile):
         self._pos = 0
         self._runs: Dict[int, bytearray] = {}
         self._cached = 0
+        self._heard = time.monotonic()
 
     def write(self, data: bytes) -> None:
         self.pwrite(data, self._pos)
@@ -426,7 +440,52 @@ class SmbFile(DumpFile):
     def _send_run(self, start: int) -> None:
         run = self._runs.pop(start)
         self._cached -= len(run)
-        self._t._io(f"cannot write {self._path}", lambda: self._t.session.write(self._fid, memoryview(run), start))
+        self._resumable(f"cannot write {self._path}", lambda: self._t.session.write(self._fid, memoryview(run), start))
+
+    def _resumable(self, what: str, action: Callable[[], None]) -> None:
+        """Run ``action`` on the open file (it must be safe to repeat); after a
+        lost connection, reconnect, reopen the file and run it again."""
+        while True:
+            if self._fid is None:
+                raise TransportError(f"{self._path} on {self._t.url.masked()} is already closed")
+            try:
+                if self._t.session is None:
+                    raise NotConnectedError("not connected")
+                action()
+                self._heard = time.monotonic()
+                return
+            except SmbStatusError as exc:
+                if exc.status not in _LOST_STATUS:
+                    raise _status_error(f"{what} on {self._t.url.masked()}", exc.status) from None
+                lost: BaseException = exc
+            except _LOST as exc:
+                lost = exc
+            self._resume(what, lost)
+
+    def _resume(self, what: str, lost: BaseException) -> None:
+        log.warning("%s: the connection broke while writing %s (%s); resuming", self._t.url.masked(),
+                    self._path, type(lost).__name__)
+        self._t._drop()
+        remote = self._t._remote_of(self._path)
+
+        def attempt(left: float) -> None:
+            self._t._drop()
+            try:
+                self._t._connect_once(left)
+                self._fid = self._t.session.open(remote, _WRITE_ACCESS, _FILE_OPEN, _FILE_NON_DIRECTORY_FILE)
+            except TransportError:
+                raise
+            except SmbStatusError as exc:
+                raise _status_error(f"cannot reopen {self._path}", exc.status) from None
+            except Exception as exc:  # noqa: BLE001 - any failure to reconnect is retried the same way
+                raise TransportError(f"cannot reconnect: {network_reason(exc)}") from None
+
+        try:
+            resume_within(self._t.url, self._t.options.net_timeout, self._heard, attempt, what)
+        except TransportError:
+            self._fid = None
+            self._runs.clear()
+            raise
 
     def _send_all(self) -> None:
         for start in sorted(self._runs):
@@ -442,11 +501,19 @@ class SmbFile(DumpFile):
             return
         try:
             self._send_all()
-            self._t._io(f"cannot flush {self._path}", lambda: self._t.session.flush(self._fid))
+            self._resumable(f"cannot flush {self._path}", self._flush)
         finally:
             fid, self._fid = self._fid, None
             self._runs.clear()
             self._t._close_quietly(fid)
+
+    def _flush(self) -> None:
+        session = self._t.session
+        session.timeout = max(SYNC_TIMEOUT, self._t.io_timeout)
+        try:
+            session.flush(self._fid)
+        finally:
+            session.timeout = self._t.io_timeout
 
     def abort(self) -> None:
         if self._fid is None:
@@ -502,7 +569,7 @@ class CifsTransport(Transport):
         self.domain, self.user = parse_user(url.user)
         self.conn = None
         self.session: Optional[SmbSession] = None
-        self.io_timeout = float(max(30, options.net_timeout))
+        self.io_timeout = io_timeout(options)
         self._open_files: "weakref.WeakSet[SmbFile]" = weakref.WeakSet()
         self._connected_once = False
 
@@ -516,6 +583,10 @@ class CifsTransport(Transport):
 
     def _where(self, remote: str) -> str:
         return f"{self.share}/{remote}" if remote else self.share
+
+    def _remote_of(self, where: str) -> str:
+        """The inverse of :meth:`_where`."""
+        return where[len(self.share) + 1:] if where.startswith(self.share + "/") else ""
 
     def _io(self, what: str, action: Callable[[], T]) -> T:
         """Run ``action``; turn SMB and connection failures into TransportError."""
@@ -584,12 +655,14 @@ class CifsTransport(Transport):
 
     # -- connection ----------------------------------------------------
 
-    def _connect_once(self) -> None:
+    def _connect_once(self, left: Optional[float] = None) -> None:
+        """One login; a silent server ends it within ``left`` seconds (at least 3, at most 10)."""
         _check_pysmb()
         conn = SMBConnection(self.user, self.url.password, "KDUMPSAVER", self.url.host,
                              domain=self.domain, use_ntlm_v2=True, is_direct_tcp=True)
+        limit = 10.0 if left is None or self.options.net_timeout <= 0 else min(10.0, max(3.0, left))
         try:
-            ok = conn.connect(self.url.host, self.url.effective_port, timeout=min(self.io_timeout, 10))
+            ok = conn.connect(self.url.host, self.url.effective_port, timeout=limit)
         except BaseException:
             conn.close()
             raise
@@ -618,8 +691,8 @@ class CifsTransport(Transport):
         if self.session is not None:
             return
 
-        retry_until_timeout(self.url, self.options.net_timeout, lambda _left: self._connect_once(),
-                            (OSError, NotConnectedError, SMBTimeout, Exception), network_reason, self._drop)
+        retry_until_timeout(self.url, self.options.net_timeout, self._connect_once,
+                            (OSError, NotConnectedError, SMBTimeout, Exception), _connect_reason, self._drop)
         self._connected_once = True
         try:
             self._ensure_base()
@@ -667,8 +740,7 @@ class CifsTransport(Transport):
     def create(self, path: str) -> SmbFile:
         remote = self._remote(path)
         fid = self._io(f"cannot create {self._where(remote)}", lambda: self.session.open(
-            remote, _FILE_WRITE_DATA | _FILE_APPEND_DATA | _FILE_READ_DATA | _FILE_READ_ATTRIBUTES
-            | _FILE_WRITE_ATTRIBUTES, _FILE_OVERWRITE_IF, _FILE_NON_DIRECTORY_FILE))
+            remote, _WRITE_ACCESS, _FILE_OVERWRITE_IF, _FILE_NON_DIRECTORY_FILE))
         f = SmbFile(self, fid, self._where(remote))
         self._open_files.add(f)
         return f
@@ -782,6 +854,12 @@ def _check_pysmb() -> None:
             version = "unknown version"
         raise TransportError(f"the installed pysmb ({version}) lacks {', '.join(missing)}: "
                              "kdump-saver's cifs target needs pysmb 1.2")
+
+
+def _connect_reason(exc: BaseException) -> str:
+    if isinstance(exc, SMBTimeout):
+        return "no answer (timed out)"
+    return network_reason(exc)
 
 
 def _failure_status(exc) -> int:

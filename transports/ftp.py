@@ -15,8 +15,19 @@ for the whole file, so :class:`FtpFile` is append-only
 (``seekable = False``).  A file's name is only final after
 :meth:`FtpTransport.rename` (RNFR/RNTO), which the saver calls at the end.
 
-Modes: after MKD and STOR the transport asks for 0700 / 0600 with
-``SITE CHMOD``; servers that do not know it keep their own umask.
+After a lost connection while a file is stored, the file connects again
+within KDUMP_NET_TIMEOUT of the last successful send, asks the server the
+size of the partial file (``SIZE``) and continues there with ``REST`` +
+``STOR`` (the bytes go to their own offsets), or with ``APPE`` where the
+server refuses ``REST``; what the server may not have written yet is sent
+again from the last :data:`~transports.base.RESUME_WINDOW` bytes kept in
+memory.  A server silent for :func:`~transports.base.io_timeout` counts as lost.
+
+Modes: after MKD the transport asks for 0700 with ``SITE CHMOD``.  A file
+is first stored empty and made 0600, then written, so that not even an
+upload that fails half-way stays readable for others under the server's
+umask (0644 on pyftpdlib); servers that do not know ``SITE CHMOD`` keep
+their own umask and files are written at once.
 
 Free space: FTP has no standard way to ask.  ``AVBL`` (a draft extension a
 few servers offer) is tried once; otherwise :meth:`free_space` is ``None``.
@@ -30,20 +41,21 @@ import logging
 import posixpath
 import socket
 import ssl
+import time
 from typing import BinaryIO, Callable, List, Optional, Tuple, TypeVar
 
 from capture.config.targeturl import TargetURL
-from transports.base import (DirEntry, DumpFile, InitrdMaterial, InitrdProfile, NoSpaceError, Transport,
-                             TransportError, TransportOptions, make_missing_dirs, network_reason,
-                             retry_until_timeout)
+from transports.base import (DirEntry, DumpFile, InitrdMaterial, InitrdProfile, NoSpaceError, SentWindow,
+                             Transport, TransportError, TransportOptions, io_timeout, make_missing_dirs,
+                             network_reason, resume_within, retry_until_timeout)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: bytes collected before they are sent on the data connection
 SEND_BLOCK = 1 << 20
-#: seconds a single network operation may block once connected
-IO_TIMEOUT = 60
+#: seconds the server may take to answer the end of a STOR (its fsync)
+SYNC_TIMEOUT = 120
 
 
 def _reply_code(exc: BaseException) -> str:
@@ -69,7 +81,8 @@ class _FtpTls(ftplib.FTP_TLS):
 
 
 class FtpFile(DumpFile):
-    """One STOR in progress; ``close`` waits for the server's final reply."""
+    """One STOR in progress; ``close`` waits for the server's final reply.
+    The last bytes sent are kept to resume after a lost connection."""
 
     seekable = False
 
@@ -78,6 +91,8 @@ class FtpFile(DumpFile):
         self._sock: Optional[socket.socket] = sock
         self._remote = remote
         self._buf = bytearray()
+        self._window = SentWindow()
+        self._heard = time.monotonic()
 
     def write(self, data: bytes) -> None:
         if self._sock is None:
@@ -89,19 +104,63 @@ class FtpFile(DumpFile):
     def _send(self) -> None:
         if not self._buf:
             return
-        try:
-            self._sock.sendall(self._buf)
-        except (OSError, ssl.SSLError) as exc:
-            self._fail(exc)
+        data = bytes(self._buf)
         self._buf.clear()
+        self._window.add(data)
+        try:
+            self._sock.sendall(data)
+            self._heard = time.monotonic()
+        except (OSError, ssl.SSLError) as exc:
+            self._lost(exc)
 
-    def _fail(self, exc: BaseException) -> None:
-        """The data connection broke: ask the control connection why, then raise."""
+    def _lost(self, exc: Optional[BaseException]) -> None:
+        """The data connection broke: a refusal the server explains is final;
+        a lost connection is resumed."""
         sock, self._sock = self._sock, None
         _close_socket(sock)
         reply = self._t._final_reply(timeout=5)
         self._t._drop()
-        raise self._t._store_error(self._remote, reply, exc) from None
+        if reply and reply[:1] in ("4", "5") and reply[:3] != "426":
+            raise self._t._store_error(self._remote, reply, exc) from None
+        log.warning("%s: the connection broke while storing %s (%s); resuming", self._t.url.masked(),
+                    self._remote, reply or (network_reason(exc) if exc else "no final answer"))
+        self._resume()
+
+    def _resume(self) -> None:
+        def attempt(left: float) -> None:
+            self._t._drop()
+            try:
+                self._t.conn = self._t._login(left)
+                size = self._t.conn.size(self._remote)
+                if size is None:
+                    raise ValueError("the server does not tell the size of the partial file (SIZE)")
+                pending = self._window.since(size)
+                sock = self._restart(size)
+                for view in pending:
+                    sock.sendall(view)
+            except (OSError, EOFError, ftplib.Error, ssl.SSLError) as exc:
+                self._t._drop()
+                raise TransportError(_net_reason(exc)) from None
+            self._sock = sock
+
+        try:
+            resume_within(self._t.url, self._t.options.net_timeout, self._heard, attempt,
+                          f"storing {self._remote}")
+        except TransportError:
+            self._t._drop()
+            raise
+        self._heard = time.monotonic()
+
+    def _restart(self, size: int) -> socket.socket:
+        """A data connection continuing the file at ``size``: REST + STOR, else APPE."""
+        conn = self._t.conn
+        try:
+            return conn.transfercmd(f"STOR {self._remote}", rest=size)
+        except ftplib.error_perm as exc:
+            if not _reply_code(exc).startswith("50"):
+                raise
+        log.info("%s: the server refuses REST; appending with APPE", self._t.url.masked())
+        return conn.transfercmd(f"APPE {self._remote}")
 
     def close(self) -> None:
         if self._sock is None:
@@ -114,10 +173,18 @@ class FtpFile(DumpFile):
         except (OSError, ssl.SSLError, ValueError):
             pass
         _close_socket(sock)
-        reply = self._t._final_reply(timeout=IO_TIMEOUT)
+        reply = self._t._final_reply(timeout=max(SYNC_TIMEOUT, self._t.io_timeout))
         if reply is None or not reply.startswith("2"):
             self._t._drop()
+            if reply is None or reply[:3] == "426":
+                self._sock = sock  # for _lost: already closed
+                self._lost(None)
+                return self.close()
             raise self._t._store_error(self._remote, reply, None)
+        size = self._t._size(self._remote)
+        if size is not None and size != self._window.end:
+            raise TransportError(f"cannot write {self._remote} on {self._t.url.masked()}: the server holds "
+                                 f"{size} bytes of the {self._window.end} sent")
         self._t._site_chmod("600", self._remote)
 
     def abort(self) -> None:
@@ -174,7 +241,7 @@ class FtpReader(io.RawIOBase):
                 except (OSError, ssl.SSLError, ValueError):
                     pass
                 _close_socket(sock)
-                reply = self._t._final_reply(timeout=IO_TIMEOUT)
+                reply = self._t._final_reply(timeout=self._t.io_timeout)
                 if not complete or reply is None or not reply.startswith("2"):
                     # stopped early or refused: the control connection is out of step
                     self._t._drop()
@@ -203,7 +270,9 @@ class FtpTransport(Transport):
         self.conn: Optional[ftplib.FTP] = None
         self.base = ""
         self._avbl: Optional[bool] = None
+        self.io_timeout = io_timeout(options)
         self._mlsd: Optional[bool] = None
+        self._chmod: Optional[bool] = None
 
     # -- connection ----------------------------------------------------
 
@@ -217,15 +286,19 @@ class FtpTransport(Transport):
         ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
-    def _login(self) -> ftplib.FTP:
-        """One connection attempt; network failures pass up, refusals become TransportError."""
-        timeout = IO_TIMEOUT
+    def _login(self, left: Optional[float] = None) -> ftplib.FTP:
+        """One connection attempt (a silent server ends it within ``left``
+        seconds, at least 3, at most 10); network failures pass up, refusals
+        become TransportError."""
+        timeout = self.io_timeout
+        limit = 10.0 if left is None or self.options.net_timeout <= 0 else min(10.0, max(3.0, left))
         conn: ftplib.FTP
         if self.tls:
             conn = _FtpTls(context=self._tls_context(), timeout=timeout)
         else:
             conn = ftplib.FTP(timeout=timeout)
-        conn.connect(self.url.host, self.url.effective_port, timeout=min(timeout, 10))
+        conn.connect(self.url.host, self.url.effective_port, timeout=limit)
+        conn.sock.settimeout(limit)  # the greeting and the login, then the I/O timeout
         try:
             if self.tls:
                 try:
@@ -251,6 +324,7 @@ class FtpTransport(Transport):
                 conn.prot_p()
             conn.set_pasv(True)
             conn.voidcmd("TYPE I")
+            conn.sock.settimeout(timeout)
             return conn
         except BaseException:
             _quit(conn)
@@ -261,7 +335,7 @@ class FtpTransport(Transport):
         (``open_target`` connects, and ``with`` on the result calls this again)."""
         if self.conn is not None:
             return
-        self.conn = retry_until_timeout(self.url, self.options.net_timeout, lambda _left: self._login(),
+        self.conn = retry_until_timeout(self.url, self.options.net_timeout, self._login,
                                         (OSError, EOFError, ftplib.Error, ssl.SSLError), _net_reason)
         try:
             home = self._cmd("cannot ask the login directory", lambda c: c.pwd())
@@ -304,10 +378,19 @@ class FtpTransport(Transport):
             _quit(conn)
 
     def _cmd(self, what: str, action: Callable[[ftplib.FTP], T]) -> T:
-        """Run ``action`` on the control connection; map failures to TransportError."""
+        """Run ``action`` on the control connection; map failures to TransportError.
+        A control connection found lost (the server restarted since the last
+        command) is replaced once and the command sent again."""
         conn = self._ctl()
         try:
-            return action(conn)
+            try:
+                return action(conn)
+            except (OSError, EOFError) as exc:
+                log.info("%s: the control connection was lost (%s); connecting again", self.url.masked(),
+                         _net_reason(exc))
+                self._drop()
+                conn = self._ctl()
+                return action(conn)
         except ftplib.error_perm as exc:
             code = _reply_code(exc)
             cls = NoSpaceError if code in ("552",) else TransportError
@@ -336,23 +419,30 @@ class FtpTransport(Transport):
             self._drop()
             raise TransportError(f"cannot look at {abs_path} on {self.url.masked()}: {_net_reason(exc)}") from None
 
-    def _site_chmod(self, mode: str, abs_path: str) -> None:
+    def _site_chmod(self, mode: str, abs_path: str) -> bool:
+        """``SITE CHMOD``; whether the server did it."""
         conn = self.conn
-        if conn is None:
-            return
+        if conn is None or self._chmod is False:
+            return False
         try:
             conn.sendcmd(f"SITE CHMOD {mode} {abs_path}")
-        except ftplib.Error:
-            log.debug("%s: SITE CHMOD not available", self.url.masked())
+        except ftplib.Error as exc:
+            self._chmod = False
+            log.debug("%s: SITE CHMOD not available: %s", self.url.masked(), str(exc).strip())
+            return False
         except (OSError, EOFError):
             self._drop()
+            return False
+        self._chmod = True
+        return True
 
     def _mkd(self, abs_path: str) -> None:
         conn = self._ctl()
         try:
             conn.mkd(abs_path)
         except ftplib.error_perm as exc:
-            if self._is_dir(abs_path):
+            # a directory, or a plain file, of that name: FileExistsError like the other transports
+            if self._is_dir(abs_path) or self._size(abs_path) is not None:
                 raise FileExistsError(errno.EEXIST, "exists", abs_path) from None
             raise TransportError(f"cannot create directory {abs_path} on {self.url.masked()}: "
                                  f"the server answered {str(exc).strip()!r}") from None
@@ -379,7 +469,7 @@ class FtpTransport(Transport):
         finally:
             if conn.sock is not None:
                 try:
-                    conn.sock.settimeout(IO_TIMEOUT)
+                    conn.sock.settimeout(self.io_timeout)
                 except OSError:
                     pass
 
@@ -404,8 +494,27 @@ class FtpTransport(Transport):
 
     def create(self, path: str) -> FtpFile:
         remote = self._abs(path)
-        sock = self._cmd(f"cannot create {remote}", lambda c: c.transfercmd(f"STOR {remote}"))
+        # only once SITE CHMOD is known to work (the dump directory's MKD tried it)
+        precreated = self._chmod is True
+        if precreated:
+            self._create_private(remote)
+        try:
+            sock = self._cmd(f"cannot create {remote}", lambda c: c.transfercmd(f"STOR {remote}"))
+        except NoSpaceError:
+            raise
+        except TransportError:
+            if not precreated or self.conn is None:
+                raise
+            # a server that lets us create a file but not replace it: store it anew
+            log.debug("%s: storing %s again refused; storing it once", self.url.masked(), remote)
+            self._cmd(f"cannot replace {remote}", lambda c: c.delete(remote))
+            sock = self._cmd(f"cannot create {remote}", lambda c: c.transfercmd(f"STOR {remote}"))
         return FtpFile(self, sock, remote)
+
+    def _create_private(self, remote: str) -> None:
+        """Store ``remote`` empty and make it 0600."""
+        self._cmd(f"cannot create {remote}", lambda c: c.storbinary(f"STOR {remote}", io.BytesIO()))
+        self._site_chmod("600", remote)
 
     def rename(self, src: str, dst: str) -> None:
         asrc, adst = self._abs(src), self._abs(dst)

@@ -7,16 +7,23 @@ server allows (``limits@openssh.com``, else 32 KiB), contiguous small writes
 are merged, and ``close`` waits for every acknowledgement, then asks the
 server to fsync (``fsync@openssh.com``) where it can.  Free space comes from
 ``statvfs@openssh.com``; ``None`` when the server does not offer it.
-After the connection drops, the file being written fails, and the next
-operation connects again (the saver then records the failure in README.txt).
+When the connection drops while a dump file is written, the file keeps
+every write request the server has not acknowledged (at most
+:data:`MAX_OUTSTANDING` requests), connects again within KDUMP_NET_TIMEOUT of
+the last reply, reopens the file without truncating it and sends those
+requests again in their order: the result is the file an unbroken transfer
+gives.  A server that stays silent for :func:`~transports.base.io_timeout`
+counts as lost the same way.  Other operations connect again once.
 Connection, host key checking and authentication: :mod:`transports.sshauth`.
 """
 from __future__ import annotations
 
 import errno
 import logging
+import shlex
 import socket
 import stat
+import time
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
 import paramiko
@@ -26,7 +33,8 @@ from paramiko.sftp import (CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_FSET
 
 from capture.config.targeturl import TargetURL
 from transports import sshauth
-from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
+from transports.base import (DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions,
+                             resume_within)
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,11 @@ _SFTP_FAILURE = 4
 _SFTP_NO_SUCH_FILE = 2
 _SFTP_PERMISSION_DENIED = 3
 _NETWORK_ERRORS = (OSError, EOFError, paramiko.SSHException)
+#: Seconds the server may take for the final fsync of a dump file.
+SYNC_TIMEOUT = 120.0
+#: Seconds for each later connection once resuming a file has failed (the
+#: README that records the failure gets one short try).
+AFTER_FAILURE_BUDGET = 3.0
 
 
 INITRD = sshauth.INITRD
@@ -113,18 +126,21 @@ class SFTPTransport(Transport):
         self._conn: Optional[sshauth.SSHConnection] = None
         self._sftp: Optional[_Client] = None
         self._wanted = False
+        self.gave_up = False
+        """Set when resuming failed: later connections get one short try."""
         self.request_size = DEFAULT_REQUEST_SIZE
         self.read_size = DEFAULT_REQUEST_SIZE
 
     # -- connection -------------------------------------------------------
 
-    def connect(self) -> None:
-        """Connect (once: a connected transport stays as it is)."""
+    def connect(self, budget: Optional[float] = None) -> None:
+        """Connect (once: a connected transport stays as it is), retrying for
+        ``budget`` seconds (default KDUMP_NET_TIMEOUT)."""
         if self._live():
             return
         self._drop()
         self._wanted = True
-        self._conn = sshauth.connect(self.url, self.options)
+        self._conn = sshauth.connect(self.url, self.options, budget)
         try:
             channel = self._conn.open_session()
             try:
@@ -180,6 +196,13 @@ class SFTPTransport(Transport):
         self._wanted = False
         self._drop()
 
+    def reconnect(self, budget: float) -> None:
+        """A new connection after a lost one, retrying for ``budget`` seconds
+        (one short try when that is (nearly) nothing)."""
+        self._drop()
+        self._wanted = True
+        self.connect(max(budget, sshauth.MIN_ATTEMPT_TIMEOUT))
+
     def _drop(self) -> None:
         """Forget the connection (after a failure: the next operation makes a new one)."""
         if self._sftp is not None:
@@ -200,7 +223,7 @@ class SFTPTransport(Transport):
             raise TransportError(f"{self.url.masked()}: not connected")
         if not self._live():
             log.warning("%s: the connection was lost; connecting again", self.url.masked())
-            self.connect()
+            self.connect(AFTER_FAILURE_BUDGET if self.gave_up else None)
         assert self._sftp is not None
         return self._sftp
 
@@ -219,26 +242,34 @@ class SFTPTransport(Transport):
             raise self._create_error(f"creating the directory {path!r}", exc) from None
 
     def create(self, path: str) -> DumpFile:
-        full = self._path(path)
-        attrs = paramiko.SFTPAttributes()
-        attrs.st_mode = 0o600
         try:
-            t, msg = self.sftp._request(CMD_OPEN, full, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC,
-                                        attrs)
-            if t != CMD_HANDLE:
-                raise SFTPError("expected a handle")
-            handle = msg.get_binary()
-            # an existing file keeps its mode on open: make it 0600 like a new one
-            self.sftp._request(CMD_FSETSTAT, handle, attrs)
+            handle = self.open_handle(path, truncate=True)
         except _NETWORK_ERRORS as exc:
             raise self._create_error(f"creating {path!r}", exc) from None
         return SFTPDumpFile(self, path, handle)
+
+    def open_handle(self, path: str, truncate: bool) -> bytes:
+        """Open ``path`` for writing, mode 0600: emptied (a new dump file) or
+        as it is (resuming one).  Raises paramiko's and the socket's errors."""
+        attrs = paramiko.SFTPAttributes()
+        attrs.st_mode = 0o600
+        flags = SFTP_FLAG_WRITE | (SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC if truncate else 0)
+        t, msg = self.sftp._request(CMD_OPEN, self._path(path), flags, attrs)
+        if t != CMD_HANDLE:
+            raise SFTPError("expected a handle")
+        handle = msg.get_binary()
+        # an existing file keeps its mode on open: make it 0600 like a new one
+        self.sftp._request(CMD_FSETSTAT, handle, attrs)
+        return handle
 
     def rename(self, src: str, dst: str) -> None:
         old, new = self._path(src), self._path(dst)
         try:
             if "posix-rename@openssh.com" in self.sftp.extensions:
-                self._extended("posix-rename@openssh.com", old, new)
+                if hasattr(self.sftp, "posix_rename"):
+                    self.sftp.posix_rename(old, new)
+                else:
+                    self._extended("posix-rename@openssh.com", old, new)
             else:
                 if self._stat(new) is not None:
                     self.sftp.remove(new)
@@ -285,6 +316,33 @@ class SFTPTransport(Transport):
             self.sftp.rmdir(full)
         except _NETWORK_ERRORS as exc:
             raise self._error(f"cannot delete {path!r}", exc) from None
+
+    def server_sha256(self, path: str) -> Optional[str]:
+        """``sha256sum`` run by the server over this SSH connection, where it
+        allows commands (an sftp-only account does not: None)."""
+        full = self._path(path)
+        try:
+            channel = self._conn.open_session() if self._conn is not None else None
+            if channel is None:
+                return None
+            with channel:
+                channel.exec_command(f"sha256sum -- {shlex.quote(full)}")
+                out = b""
+                while len(out) < 4096:
+                    block = channel.recv(4096)
+                    if not block:
+                        break
+                    out += block
+                status = channel.recv_exit_status()
+        except (TransportError, *_NETWORK_ERRORS) as exc:
+            log.info("%s: the server cannot compute the sha256 of %s: %s", self.url.masked(), path, exc)
+            return None
+        digest = out.split(b" ", 1)[0].decode("ascii", "replace")
+        if status != 0 or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            log.info("%s: the server cannot compute the sha256 of %s (sha256sum exit status %s)",
+                     self.url.masked(), path, status)
+            return None
+        return digest
 
     def free_space(self) -> Optional[int]:
         if "statvfs@openssh.com" not in self.sftp.extensions:
@@ -370,7 +428,8 @@ class SFTPTransport(Transport):
 
 
 class SFTPDumpFile(DumpFile):
-    """A remote file written at offsets with pipelined write requests."""
+    """A remote file written at offsets with pipelined write requests; the
+    unacknowledged ones are kept for sending again after a reconnect."""
 
     seekable = True
 
@@ -383,7 +442,9 @@ class SFTPDumpFile(DumpFile):
         self._append_at = 0
         self._buf = bytearray()
         self._buf_at = 0
-        self._in_flight = 0
+        self._unacked: Dict[int, Tuple[int, bytes]] = {}
+        """request number -> (offset, data), in the order sent."""
+        self._heard = time.monotonic()
         self._failure: Optional[Tuple[int, str]] = None
         self._closed = False
 
@@ -410,21 +471,26 @@ class SFTPDumpFile(DumpFile):
             self._send(memoryview(data), self._buf_at)
 
     def _send(self, data: memoryview, offset: int) -> None:
-        try:
-            for start in range(0, len(data), self._size):
-                self._raise_failure()
-                chunk = bytes(data[start:start + self._size])
-                self._sftp._async_request(self, CMD_WRITE, self._handle, int64(offset + start), chunk)
-                self._in_flight += 1
-                while self._in_flight >= MAX_OUTSTANDING:
+        for start in range(0, len(data), self._size):
+            self._raise_failure()
+            chunk = bytes(data[start:start + self._size])
+            try:
+                self._request(offset + start, chunk)
+                while len(self._unacked) >= MAX_OUTSTANDING:
                     self._sftp._read_response()
-        except _NETWORK_ERRORS as exc:
-            raise self._owner._error(f"writing {self._name!r}", exc) from None
+            except _NETWORK_ERRORS as exc:
+                self._resume(exc)
         self._raise_failure()
+
+    def _request(self, offset: int, chunk: bytes) -> None:
+        # recorded before sending: a request that breaks half-way is sent again too
+        self._unacked[self._sftp.request_number] = (offset, chunk)
+        self._sftp._async_request(self, CMD_WRITE, self._handle, int64(offset), chunk)
 
     def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
         """Called by paramiko for each acknowledgement of our writes."""
-        self._in_flight -= 1
+        self._unacked.pop(num, None)
+        self._heard = time.monotonic()
         if self._failure is not None:
             return
         if t != CMD_STATUS:
@@ -433,6 +499,42 @@ class SFTPDumpFile(DumpFile):
         code = msg.get_int()
         if code != SFTP_OK:
             self._failure = (code, msg.get_text())
+
+    def _drain(self) -> None:
+        while self._unacked:
+            self._sftp._read_response()
+
+    def _resume(self, exc: BaseException) -> None:
+        """Connect again, reopen the file and send every unacknowledged write
+        again, in order, until all are acknowledged; or raise TransportError."""
+        pending = list(self._unacked.values())
+        log.warning("%s: the connection broke while writing %r (%s); resuming with %d unconfirmed "
+                    "write(s), %d bytes", self._owner.url.masked(), self._name, sshauth.describe(exc),
+                    len(pending), sum(len(c) for _, c in pending))
+
+        def attempt(left: float) -> None:
+            self._unacked.clear()
+            self._owner.reconnect(left)
+            try:
+                self._sftp = self._owner.sftp
+                self._handle = self._owner.open_handle(self._name, truncate=False)
+                for offset, chunk in pending:
+                    self._request(offset, chunk)
+                    while len(self._unacked) >= MAX_OUTSTANDING:
+                        self._sftp._read_response()
+                self._drain()
+            except _NETWORK_ERRORS as exc:
+                raise TransportError(f"the connection broke again ({sshauth.describe(exc)})") from None
+
+        try:
+            resume_within(self._owner.url, self._owner.options.net_timeout, self._heard, attempt,
+                          f"writing {self._name!r}")
+        except TransportError:
+            self._closed = True
+            self._owner.gave_up = True
+            self._owner._drop()
+            raise
+        self._heard = time.monotonic()
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
@@ -443,22 +545,36 @@ class SFTPDumpFile(DumpFile):
     def close(self) -> None:
         if self._closed:
             return
+        self._flush()
+        while True:
+            try:
+                self._drain()
+                self._raise_failure()
+                self._fsync()
+                self._closed = True
+                self._sftp._request(CMD_CLOSE, self._handle)
+                return
+            except _NETWORK_ERRORS as exc:
+                if self._closed:  # only the CLOSE itself failed: the data is acknowledged and synced
+                    raise self._owner._error(f"finishing {self._name!r}", exc) from None
+                self._resume(exc)
+
+    def _fsync(self) -> None:
+        if "fsync@openssh.com" not in self._sftp.extensions:
+            return
+        channel = self._sftp.get_channel()
+        channel.settimeout(max(SYNC_TIMEOUT, channel.gettimeout() or 0))
         try:
-            self._flush()
-            while self._in_flight > 0:
-                self._sftp._read_response()
-            self._raise_failure()
-            if "fsync@openssh.com" in self._sftp.extensions:
-                try:
-                    self._sftp.extended("fsync@openssh.com", self._handle)
-                except OSError as exc:
-                    self._abort_quietly()
-                    raise self._owner._write_error(self._name, _SFTP_FAILURE, str(exc)) from None
-            self._closed = True
-            self._sftp._request(CMD_CLOSE, self._handle)
-        except _NETWORK_ERRORS as exc:
-            self._closed = True
-            raise self._owner._error(f"finishing {self._name!r}", exc) from None
+            self._sftp.extended("fsync@openssh.com", self._handle)
+        except EOFError:
+            raise
+        except OSError as exc:
+            if isinstance(exc, socket.timeout) or str(exc) == "Socket is closed":
+                raise
+            self._abort_quietly()
+            raise self._owner._write_error(self._name, _SFTP_FAILURE, str(exc)) from None
+        finally:
+            channel.settimeout(self._owner._conn.timeout if self._owner._conn else None)
 
     def abort(self) -> None:
         self._abort_quietly()
@@ -468,6 +584,7 @@ class SFTPDumpFile(DumpFile):
             return
         self._closed = True
         self._buf = bytearray()
+        self._unacked.clear()
         try:
             self._sftp._request(CMD_CLOSE, self._handle)
         except Exception:  # noqa: BLE001 - the error path must not mask the cause

@@ -9,8 +9,14 @@ every path quoted by :func:`shlex.quote`, so names with spaces, quotes or
 ``close`` ends the stream, waits for ``cat`` and a ``sync`` and reports what
 the server said.  Free space comes from ``df -Pk``; ``None`` when that fails.
 Whatever the account's start-up files print is skipped (a marker precedes our
-output).  After the connection drops, the file being written fails, and the
-next operation connects again.
+output).  When the connection drops while a file is streamed, the file
+connects again within KDUMP_NET_TIMEOUT of the last successful send, asks
+the size of the partial file (``wc -c``) and continues at that offset with
+``dd ... seek=SIZE conv=notrunc`` (GNU dd; else ``cat >>`` after the size
+check), sending again what the server may not have written from the last
+:data:`~transports.base.RESUME_WINDOW` bytes kept in memory.  A server
+silent for :func:`~transports.base.io_timeout` counts as lost.  Other
+operations connect again once.
 Connection, host key checking and authentication: :mod:`transports.sshauth`.
 """
 from __future__ import annotations
@@ -18,14 +24,16 @@ from __future__ import annotations
 import logging
 import shlex
 import socket
+import time
 from dataclasses import dataclass
-from typing import BinaryIO, List, Optional
+from typing import BinaryIO, List, Optional, Tuple
 
 import paramiko
 
 from capture.config.targeturl import TargetURL
 from transports import sshauth
-from transports.base import DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions
+from transports.base import (DirEntry, DumpFile, NoSpaceError, SentWindow, Transport, TransportError,
+                             TransportOptions, resume_within)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,15 @@ _PREFIX = "LC_ALL=C; export LC_ALL; printf '\\000kdump-saver-output\\000'; "
 _SEND_SIZE = 32 * 1024
 #: the most start-up noise we skip while looking for the marker
 _MAX_NOISE = 1 << 20
+#: seconds the server may take for ``cat`` to finish and ``sync`` at the end of a file
+SYNC_TIMEOUT = 120.0
+#: seconds for each later connection once resuming a file has failed
+AFTER_FAILURE_BUDGET = 3.0
+#: continue a partial file at byte $1 from stdin: GNU dd writes at that offset, so bytes the
+#: old session may still be writing cannot be doubled; other dd's get the plain append
+_CONTINUE = ('if dd if=/dev/null of=/dev/null oflag=seek_bytes status=none 2>/dev/null; then '
+             'dd of={p} bs=65536 seek={n} oflag=seek_bytes conv=notrunc status=none; '
+             'else cat >> {p}; fi && {{ sync -- {p} 2>/dev/null || sync; }}')
 _LIST = ('if [ ! -d {p} ]; then echo "no such directory" >&2; exit 1; fi; cd -- {p} || exit 1; '
          'for f in .* *; do '
          'case $f in .|..) continue;; esac; '
@@ -93,14 +110,17 @@ class SSHTransport(Transport):
         super().__init__(url, options)
         self._conn: Optional[sshauth.SSHConnection] = None
         self._wanted = False
+        self.gave_up = False
+        """Set when resuming failed: later connections get one short try."""
 
-    def connect(self) -> None:
-        """Connect (once: a connected transport stays as it is)."""
+    def connect(self, budget: Optional[float] = None) -> None:
+        """Connect (once: a connected transport stays as it is), retrying for
+        ``budget`` seconds (default KDUMP_NET_TIMEOUT)."""
         if self._conn is not None and self._conn.alive:
             return
         self._drop()
         self._wanted = True
-        self._conn = sshauth.connect(self.url, self.options)
+        self._conn = sshauth.connect(self.url, self.options, budget)
         try:
             base = shlex.quote(self.url.path)
             result = self.run(f"umask 077; mkdir -p -- {base} || exit 1; cd -- {base} || exit 1; "
@@ -114,6 +134,12 @@ class SSHTransport(Transport):
     def close(self) -> None:
         self._wanted = False
         self._drop()
+
+    def reconnect(self, budget: float) -> None:
+        """A new connection after a lost one, retrying for ``budget`` seconds."""
+        self._drop()
+        self._wanted = True
+        self.connect(max(budget, sshauth.MIN_ATTEMPT_TIMEOUT))
 
     def _drop(self) -> None:
         """Forget the connection (after a failure: the next operation makes a new one)."""
@@ -129,7 +155,7 @@ class SSHTransport(Transport):
             raise TransportError(f"{self.url.masked()}: not connected")
         if self._conn is None or not self._conn.alive:
             log.warning("%s: the connection was lost; connecting again", self.url.masked())
-            self.connect()
+            self.connect(AFTER_FAILURE_BUDGET if self.gave_up else None)
         assert self._conn is not None
         return self._conn
 
@@ -199,6 +225,18 @@ class SSHTransport(Transport):
             raise self._fail(f"cannot create {path!r}", result)
         channel = self.exec(f"umask 077 && cat > {p} && {{ sync -- {p} 2>/dev/null || sync; }}")
         return StreamFile(self, path, channel)
+
+    def size(self, path: str) -> int:
+        """The size of a file on the server (``wc -c``)."""
+        result = self.run(f"wc -c < {self._q(path)}")
+        text = result.stdout.decode("ascii", "replace").strip()
+        if result.status != 0 or not text.isdigit():
+            raise self._fail(f"cannot tell the size of {path!r}", result)
+        return int(text)
+
+    def continue_at(self, path: str, offset: int) -> paramiko.Channel:
+        """A channel whose input continues the existing file ``path`` at ``offset``."""
+        return self.exec(_CONTINUE.format(p=self._q(path), n=int(offset)))
 
     def rename(self, src: str, dst: str) -> None:
         result = self.run(f"mv -f -- {self._q(src)} {self._q(dst)}")
@@ -275,14 +313,15 @@ def _skip_noise(channel: paramiko.Channel) -> Optional[bytearray]:
         seen += block
 
 
-def _wait_status(channel: paramiko.Channel) -> int:
-    if not channel.status_event.wait(sshauth.IO_TIMEOUT):
+def _wait_status(channel: paramiko.Channel, timeout: Optional[float] = None) -> int:
+    if not channel.status_event.wait(timeout or channel.gettimeout() or SYNC_TIMEOUT):
         raise socket.timeout("no exit status")
     return channel.exit_status
 
 
 class StreamFile(DumpFile):
-    """The input of a remote ``cat > PATH``: append-only."""
+    """The input of a remote ``cat > PATH``: append-only; the last bytes
+    sent are kept to resume after a lost connection."""
 
     seekable = False
 
@@ -291,34 +330,80 @@ class StreamFile(DumpFile):
         self._name = name
         self._channel = channel
         self._done = False
+        self._window = SentWindow()
+        self._heard = time.monotonic()
 
     def write(self, data: bytes) -> None:
         if self._done:
             raise TransportError(f"{self._owner.url.masked()}: {self._name!r} is already closed")
-        view = memoryview(data)
+        self._window.add(data)
         try:
-            # one SSH packet's worth at a time: paramiko's sendall copies the rest of
-            # its argument after every packet, which is quadratic for large blocks
-            for start in range(0, len(view), _SEND_SIZE):
-                self._channel.sendall(bytes(view[start:start + _SEND_SIZE]))
+            self._send(memoryview(data))
         except _NETWORK_ERRORS as exc:
-            raise self._failure(exc) from None
+            self._lost(exc)
+
+    def _send(self, view: memoryview) -> None:
+        # one SSH packet's worth at a time: paramiko's sendall copies the rest of
+        # its argument after every packet, which is quadratic for large blocks
+        for start in range(0, len(view), _SEND_SIZE):
+            self._channel.sendall(bytes(view[start:start + _SEND_SIZE]))
+        self._heard = time.monotonic()
+
+    def _lost(self, exc: Optional[BaseException]) -> None:
+        """The stream broke: a failure the remote command explains is final;
+        a lost connection is resumed."""
+        failure, connection_lost = self._failure(exc)
+        if not connection_lost:
+            raise failure
+        log.warning("%s: the connection broke while writing %r; resuming", self._owner.url.masked(), self._name)
+
+        def attempt(left: float) -> None:
+            self._owner.reconnect(left)
+            size = self._owner.size(self._name)
+            pending = self._window.since(size)
+            channel = self._owner.continue_at(self._name, size)
+            self._channel = channel
+            try:
+                for view in pending:
+                    self._send(view)
+            except _NETWORK_ERRORS as exc:
+                channel.close()
+                raise TransportError(f"the connection broke again ({sshauth.describe(exc)})") from None
+
+        try:
+            resume_within(self._owner.url, self._owner.options.net_timeout, self._heard, attempt,
+                          f"writing {self._name!r}")
+        except TransportError:
+            self._owner.gave_up = True
+            self._owner._drop()
+            raise
+        self._done = False
+        self._heard = time.monotonic()
 
     def close(self) -> None:
         if self._done:
             return
         try:
             self._channel.shutdown_write()
-            status = _wait_status(self._channel)
+            status = _wait_status(self._channel, max(SYNC_TIMEOUT, self._channel.gettimeout() or 0))
         except _NETWORK_ERRORS as exc:
-            raise self._failure(exc) from None
+            self._lost(exc)
+            return self.close()
+        if status == -1:
+            self._lost(None)
+            return self.close()
         if status != 0:
-            raise self._failure(None)
+            raise self._failure(None)[0]
         self._done = True
         self._channel.close()
+        size = self._owner.size(self._name)
+        if size != self._window.end:
+            raise TransportError(f"{self._owner.url.masked()}: writing {self._name!r}: the server holds "
+                                 f"{size} bytes of the {self._window.end} sent")
 
-    def _failure(self, exc: Optional[BaseException]) -> TransportError:
-        """Why the stream broke, from the remote command's stderr when it said something."""
+    def _failure(self, exc: Optional[BaseException]) -> Tuple[TransportError, bool]:
+        """Why the stream broke, from the remote command's stderr when it said
+        something, and whether only the connection was lost."""
         self._done = True
         err = b""
         try:
@@ -331,8 +416,8 @@ class StreamFile(DumpFile):
         self._channel.close()
         result = Result(status, b"", err.decode("utf-8", "replace"))
         if status == -1 and not result.stderr.strip():
-            return self._owner._lost(f"writing {self._name!r}", exc or EOFError())
-        return self._owner._fail(f"writing {self._name!r}", result)
+            return self._owner._lost(f"writing {self._name!r}", exc or EOFError()), True
+        return self._owner._fail(f"writing {self._name!r}", result), False
 
     def abort(self) -> None:
         if not self._done:

@@ -10,7 +10,9 @@ The contract, shared by both schemes:
   with a :class:`TransportError` naming the host and the fingerprint seen.
 * Authentication tries the private keys of ``options.ssh_identity`` in order
   (default: ``~/.ssh/id_ed25519``, ``id_ecdsa``, ``id_rsa`` when present),
-  then the password of the URL.
+  then the password of the URL.  As in SUSE's kdump, a relative name in
+  KDUMP_SSH_IDENTITY is a file in root's ``~/.ssh`` (:func:`ssh_dir`: the
+  home of the user running kdump-saver), never in the current directory.
 * Connecting retries failures of the network (refused, unreachable, no
   banner yet) until ``options.net_timeout`` seconds have passed; 0 means a
   single try.  Refused authentication and a wrong host key are final.
@@ -35,19 +37,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from capture.config.targeturl import TargetURL
-from transports.base import (InitrdMaterial, InitrdProfile, TransportError, TransportOptions,
+from transports.base import (InitrdMaterial, InitrdProfile, TransportError, TransportOptions, io_timeout,
                              retry_until_timeout)
 
 log = logging.getLogger(__name__)
+# paramiko logs its own tracebacks (a silent server's banner timeout) at ERROR;
+# every failure it has is reworded here instead
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 #: Our receive window per channel and the largest packet we accept: large,
 #: so that reading back streams without waiting for window adjustments.
 WINDOW_SIZE = 16 * 1024 * 1024
 MAX_PACKET_SIZE = 256 * 1024
-#: Seconds a single connection attempt may take (TCP connect, banner, key exchange).
+#: Seconds a single connection attempt may take (TCP connect, banner, key
+#: exchange, login), at most; less when KDUMP_NET_TIMEOUT ends sooner.
 ATTEMPT_TIMEOUT = 15.0
-#: Seconds without progress on an open connection before giving up.
-IO_TIMEOUT = 120.0
+#: The shortest attempt when KDUMP_NET_TIMEOUT has (nearly) run out.
+MIN_ATTEMPT_TIMEOUT = 3.0
 #: Ciphers, fastest first; all of them are also offered by OpenSSH.
 CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
@@ -60,6 +66,32 @@ _KEY_ALGORITHMS = {
     "ecdsa-sha2-nistp384": ("ecdsa-sha2-nistp384",),
     "ecdsa-sha2-nistp521": ("ecdsa-sha2-nistp521",),
 }
+
+
+def unverifiable_key_problem(key_type: str, where: str) -> Optional[str]:
+    """Why a host key of ``key_type`` cannot be checked in the capture kernel, or None
+    (paramiko verifies only the types of ``_KEY_ALGORITHMS``: no DSA since paramiko 4,
+    no Ed448, no FIDO ``sk-*`` keys)."""
+    if key_type in _KEY_ALGORITHMS:
+        return None
+    return (f"{where}: the host key type {key_type} cannot be verified by paramiko, which the capture kernel "
+            f"uses; record a key of type {', '.join(_KEY_ALGORITHMS)} for the server instead "
+            "(ssh-keyscan -t ed25519 HOST)")
+
+
+def _known_hosts_types(path: str, url: TargetURL) -> List[str]:
+    """Key types known_hosts lists for the target's host (plain, unhashed entries only)."""
+    names = {url.host, f"[{url.host}]:{url.effective_port}"}
+    found: List[str] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 3 and not line.startswith("#") and names & set(fields[0].split(",")):
+                    found.append(fields[1])
+    except OSError:
+        return []
+    return found
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -101,7 +133,7 @@ class HostKeyPolicy:
             return cls(True, (), "KDUMP_HOST_KEY=*")
         if value:
             return cls(False, (_parse_host_key(value),), "KDUMP_HOST_KEY")
-        path = options.known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+        path = options.known_hosts or os.path.join(ssh_dir(), "known_hosts")
         return cls(False, tuple(_known_hosts_keys(path, url)), path)
 
     def key_algorithms(self) -> Tuple[str, ...]:
@@ -175,12 +207,17 @@ class Identity:
     key: paramiko.PKey
 
 
+def ssh_dir() -> str:
+    """``~/.ssh`` of the user running kdump-saver (root): ``$HOME``, else the password database."""
+    return os.path.join(os.path.expanduser("~"), ".ssh")
+
+
 def identity_paths(options: TransportOptions) -> Tuple[Tuple[str, ...], bool]:
-    """The key files to try and whether they were named explicitly."""
+    """The key files to try (absolute paths) and whether they were named explicitly;
+    relative names are files in :func:`ssh_dir`."""
     if options.ssh_identity:
-        return tuple(options.ssh_identity), True
-    home = os.path.expanduser("~/.ssh")
-    return tuple(os.path.join(home, name) for name in DEFAULT_IDENTITIES), False
+        return tuple(os.path.join(ssh_dir(), os.path.expanduser(name)) for name in options.ssh_identity), True
+    return tuple(os.path.join(ssh_dir(), name) for name in DEFAULT_IDENTITIES), False
 
 
 def load_identities(options: TransportOptions) -> List[Identity]:
@@ -231,9 +268,11 @@ def _load_key_with_cryptography(path: str) -> Optional[paramiko.PKey]:
 class SSHConnection:
     """A connected, verified and authenticated paramiko transport."""
 
-    def __init__(self, url: TargetURL, transport: paramiko.Transport) -> None:
+    def __init__(self, url: TargetURL, transport: paramiko.Transport, timeout: float) -> None:
         self.url = url
         self.transport = transport
+        self.timeout = timeout
+        """Seconds of silence from the server before an operation fails (:func:`io_timeout`)."""
 
     @property
     def alive(self) -> bool:
@@ -244,10 +283,10 @@ class SSHConnection:
         """A new session channel with our window sizes and the I/O timeout."""
         try:
             channel = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE,
-                                                  timeout=IO_TIMEOUT)
+                                                  timeout=self.timeout)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"{self.url.masked()}: cannot open a session: {describe(exc)}") from None
-        channel.settimeout(IO_TIMEOUT)
+        channel.settimeout(self.timeout)
         return channel
 
     def close(self) -> None:
@@ -257,9 +296,11 @@ class SSHConnection:
             pass
 
 
-def connect(url: TargetURL, options: TransportOptions) -> SSHConnection:
+def connect(url: TargetURL, options: TransportOptions, budget: Optional[float] = None) -> SSHConnection:
     """Connect, check the host key and authenticate, retrying network
-    failures until ``options.net_timeout`` has passed."""
+    failures until ``budget`` seconds (default ``options.net_timeout``) have
+    passed; a silent server ends each attempt within the time left (at least
+    :data:`MIN_ATTEMPT_TIMEOUT`; :data:`ATTEMPT_TIMEOUT` for a single try)."""
     policy = HostKeyPolicy.from_options(url, options)
     identities = load_identities(options)
     user = url.user or _local_user()
@@ -267,14 +308,20 @@ def connect(url: TargetURL, options: TransportOptions) -> SSHConnection:
         paths, _ = identity_paths(options)
         raise TransportError(f"{url.masked()}: no way to log in as {user}: none of the keys "
                              f"{', '.join(paths)} exists and the URL has no password")
-    transport = retry_until_timeout(url, options.net_timeout, lambda _left: _handshake(url, policy),
-                                    (_Retryable,), reason=lambda exc: exc.reason)
+    total = options.net_timeout if budget is None else budget
+
+    def attempt(left: float) -> paramiko.Transport:
+        limit = min(ATTEMPT_TIMEOUT, io_timeout(options) if total <= 0 else max(left, MIN_ATTEMPT_TIMEOUT))
+        return _handshake(url, policy, limit, io_timeout(options))
+
+    transport = retry_until_timeout(url, int(total + 0.999), attempt, (_Retryable,),
+                                    reason=lambda exc: exc.reason)
     try:
         _authenticate(url, transport, user, identities)
     except BaseException:
         transport.close()
         raise
-    return SSHConnection(url, transport)
+    return SSHConnection(url, transport, io_timeout(options))
 
 
 class _Retryable(Exception):
@@ -283,21 +330,21 @@ class _Retryable(Exception):
         self.reason = reason
 
 
-def _handshake(url: TargetURL, policy: HostKeyPolicy) -> paramiko.Transport:
+def _handshake(url: TargetURL, policy: HostKeyPolicy, limit: float, timeout: float) -> paramiko.Transport:
     port = url.effective_port or 22
     try:
-        sock = socket.create_connection((url.host, port), timeout=ATTEMPT_TIMEOUT)
+        sock = socket.create_connection((url.host, port), timeout=limit)
     except socket.gaierror as exc:
         raise _Retryable(f"cannot resolve host {url.host!r} ({exc.strerror or exc})") from None
     except OSError as exc:
-        raise _Retryable(_socket_reason(exc, url)) from None
-    sock.settimeout(IO_TIMEOUT)
+        raise _Retryable(_socket_reason(exc, url, limit)) from None
+    sock.settimeout(timeout)
     transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
                                    default_max_packet_size=MAX_PACKET_SIZE)
     try:
-        transport.banner_timeout = ATTEMPT_TIMEOUT
-        transport.handshake_timeout = ATTEMPT_TIMEOUT
-        transport.auth_timeout = ATTEMPT_TIMEOUT
+        transport.banner_timeout = limit
+        transport.handshake_timeout = limit
+        transport.auth_timeout = limit
         security = transport.get_security_options()
         security.ciphers = tuple(c for c in CIPHERS if c in security.ciphers) + tuple(
             c for c in security.ciphers if c not in CIPHERS)
@@ -305,7 +352,7 @@ def _handshake(url: TargetURL, policy: HostKeyPolicy) -> paramiko.Transport:
         if wanted:
             security.key_types = tuple(wanted)
         try:
-            transport.start_client(timeout=ATTEMPT_TIMEOUT)
+            transport.start_client(timeout=limit)
         except paramiko.IncompatiblePeer as exc:
             if wanted:
                 raise TransportError(
@@ -315,6 +362,10 @@ def _handshake(url: TargetURL, policy: HostKeyPolicy) -> paramiko.Transport:
                                  f"{describe(exc)}") from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise _Retryable(f"SSH handshake with {host_label(url)} failed: {describe(exc)}") from None
+        if not transport.is_active() or not transport.initial_kex_done:
+            # paramiko's start_client returns when its time is up, without an error
+            raise _Retryable(f"no SSH handshake with {host_label(url)} within {limit:.0f} s "
+                             "(the server accepted the connection but does not answer)")
         key = transport.get_remote_server_key()
         policy.verify(url, key)
         return transport
@@ -359,9 +410,9 @@ def _authenticate(url: TargetURL, transport: paramiko.Transport, user: str,
                          f"(tried {', '.join(tried)}{accepts})")
 
 
-def _socket_reason(exc: OSError, url: TargetURL) -> str:
+def _socket_reason(exc: OSError, url: TargetURL, limit: float) -> str:
     if isinstance(exc, socket.timeout):
-        return f"no answer from {host_label(url)} within {int(ATTEMPT_TIMEOUT)} s"
+        return f"no answer from {host_label(url)} within {limit:.0f} s"
     if exc.errno == errno.ECONNREFUSED:
         return f"connection refused by {host_label(url)} (no SSH server listening on that port)"
     if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
@@ -427,7 +478,14 @@ def initrd_material(url: TargetURL, options: TransportOptions) -> InitrdMaterial
         except TransportError as exc:
             material.problems.append(str(exc))
         else:
-            if not policy.expected:
+            verifiable = [k for k in policy.expected if k.key_type in _KEY_ALGORITHMS]
+            listed = [k.key_type for k in policy.expected]
+            if not listed and not options.host_key.strip():
+                listed = _known_hosts_types(policy.source, url)
+            unverifiable = sorted({t for t in listed if t not in _KEY_ALGORITHMS})
+            if not verifiable and unverifiable:
+                material.problems.extend(unverifiable_key_problem(t, policy.source) or "" for t in unverifiable)
+            elif not verifiable:
                 material.problems.append(
                     f"no host key for {host_label(url)}: KDUMP_HOST_KEY is empty and {policy.source} "
                     f"has no entry for it; set KDUMP_HOST_KEY=\"TYPE BASE64\" or run "
@@ -435,7 +493,7 @@ def initrd_material(url: TargetURL, options: TransportOptions) -> InitrdMaterial
             elif not options.host_key.strip():
                 name = url.host if url.effective_port == 22 else f"[{url.host}]:{url.effective_port}"
                 material.known_hosts = "".join(f"{name} {k.key_type} {base64.b64encode(k.blob).decode()}\n"
-                                               for k in policy.expected)
+                                               for k in verifiable)
     try:
         loaded = load_identities(options)
     except TransportError as exc:

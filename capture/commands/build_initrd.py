@@ -6,6 +6,7 @@ import logging
 import os
 
 from capture.config import options as configuration
+from capture.config import verbose
 from capture.errors import KdumpError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from capture.host import initrd
 
     cfg = configuration.load(args.config)
+    verbose.debug_logging(cfg.verbose, saving=False)
     kernel = initrd.kernel_release(cfg, args.kernel)
     output = args.output or initrd.default_output(kernel)
     out_dir = os.path.dirname(os.path.abspath(output))

@@ -19,6 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from capture.config import verbose
     from capture.save.boot import capture_boot
 
-    return capture_boot(configuration.load(args.config), vmcore=args.vmcore, allow_reboot=not args.no_reboot)
+    cfg = configuration.load(args.config)
+    verbose.debug_logging(cfg.verbose, saving=True)
+    return capture_boot(cfg, vmcore=args.vmcore, allow_reboot=not args.no_reboot)

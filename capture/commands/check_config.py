@@ -1,8 +1,11 @@
 """``kdump-saver check-config [--config FILE]``: show the effective configuration or its errors.
 
-Prints one ``KEY="value"`` line per option (passwords masked) and exits 0;
-a bad configuration raises :class:`~capture.errors.ConfigError`, which the
-command line prints as one message listing every bad line, exiting 1.
+Prints one ``KEY="value"`` line per option (passwords masked), then ``#``
+comment lines saying what the capture kernel will do where SUSE's kdump has
+its own rules (:func:`behaviour`), and exits 0.  Options kdump-saver leaves
+to others are warned about (:func:`out_of_scope`).  A bad configuration
+raises :class:`~capture.errors.ConfigError`, which the command line prints
+as one message listing every bad line, exiting 1.
 """
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ import argparse
 import logging
 import sys
 
+from typing import List
+
 from capture.config import options as config
+from capture.config.options import Config
 
 log = logging.getLogger(__name__)
 
@@ -35,5 +41,39 @@ def run(args: argparse.Namespace) -> int:
                  config.DEFAULT_PATH, config.INITRD_PATH)
     else:
         log.info("%s: configuration is valid", effective.source)
+    for warning in out_of_scope(effective):
+        log.warning("%s", warning)
     sys.stdout.write(config.render(effective))
+    sys.stdout.write("".join(f"# {line}\n" for line in behaviour(effective)))
     return 0
+
+
+def behaviour(cfg: Config) -> List[str]:
+    """What the capture kernel does around the save, as SUSE's kdump-save does it."""
+    lines = []
+    if cfg.transfer:
+        lines.append("KDUMP_TRANSFER replaces the save: it runs alone, KDUMP_PRESCRIPT and KDUMP_POSTSCRIPT "
+                     "are not run (as in SUSE's kdump)")
+    else:
+        steps = ["KDUMP_PRESCRIPT"] * bool(cfg.prescript) + ["the dump"] + ["KDUMP_POSTSCRIPT"] * bool(cfg.postscript)
+        lines.append("the save: " + ", then ".join(steps))
+    if not cfg.continue_on_error:
+        lines.append("on an error: a shell on the console; the capture goes on when it exits "
+                     "(KDUMP_CONTINUE_ON_ERROR=false)")
+    if cfg.immediate_reboot:
+        lines.append("after the save: the machine reboots (KDUMP_IMMEDIATE_REBOOT=true)")
+    else:
+        lines.append("after the save: a shell on the console; the machine reboots when it exits "
+                     "(KDUMP_IMMEDIATE_REBOOT=false, as in SUSE's kdump)")
+    return lines
+
+
+def out_of_scope(cfg: Config) -> List[str]:
+    """Warnings for options set to something kdump-saver does not do (the parser already warns
+    about KDUMP_FADUMP, KDUMP_FADUMP_SHELL and KDUMP_UPDATE_BOOTLOADER)."""
+    warnings = []
+    if cfg.auto_resize:
+        warnings.append("KDUMP_AUTO_RESIZE=true: kdump-saver does not shrink the crash kernel reservation "
+                        "(SUSE runs 'kdumptool calibrate --shrink' when loading); size crashkernel= with "
+                        "'kdump-saver calibrate' instead; ignored")
+    return warnings

@@ -5,6 +5,7 @@ import argparse
 import logging
 
 from capture.config import options as configuration
+from capture.config import verbose
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "panic=1 and the network arguments added; KDUMP_COMMANDLINE replaces it, "
                     "KDUMP_COMMANDLINE_APPEND extends it).")
     p.add_argument("--config", metavar="FILE", help=f"configuration file (default {configuration.DEFAULT_PATH})")
-    p.add_argument("--kernel", metavar="VERSION", help="kernel release (default KDUMP_KERNELVER, else the running one)")
+    p.add_argument("--kernel", metavar="VERSION", help="kernel release or image path "
+                   "(default KDUMP_KERNELVER, else the running one)")
     p.add_argument("--initrd", metavar="PATH", help="capture initrd (default /boot/initrd-VERSION-kdump)")
     p.add_argument("--dry-run", action="store_true", help="print the kexec command, load nothing")
     p.set_defaults(func=run_load)
@@ -34,12 +36,18 @@ def run_load(args: argparse.Namespace) -> int:
     from capture.host import kexec
 
     cfg = configuration.load(args.config)
+    verbose.debug_logging(cfg.verbose, saving=False)
     kernel = initrd.kernel_release(cfg, args.kernel)
     image = args.initrd or initrd.default_output(kernel)
-    cmd = kexec.load_command(cfg, kernel, image, kexec.read_cmdline(), kexec.network_arguments(cfg))
+    cmd = kexec.load_command(cfg, kernel, image, kexec.read_cmdline(), kexec.network_arguments(cfg),
+                             requested=args.kernel or "")
+    # KDUMP_VERBOSE 1: the command line to the system log (our stderr is the journal); 4: to stdout
+    log.log(logging.INFO if cfg.verbose & verbose.LOAD_LOG else logging.DEBUG, "kexec command line: %s", cmd)
     if args.dry_run:
         print(cmd)
         return 0
+    if cfg.verbose & verbose.LOAD_STDOUT:
+        print(f"kexec command line: {cmd}", flush=True)
     fresh = initrd.freshness(cfg, kernel, image)
     if fresh.state == "stale":
         log.warning("%s is stale: %s; 'kdump-saver start' rebuilds and loads it",

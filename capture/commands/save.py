@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from capture.config import options as configuration
+from capture.config import verbose
 from capture.save.sequence import save
 
 
@@ -21,5 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = configuration.load(args.config)
+    verbose.debug_logging(cfg.verbose, saving=True)
     save(cfg, vmcore=args.vmcore, savedir=args.savedir)
     return 0

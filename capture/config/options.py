@@ -37,20 +37,33 @@ INITRD_PATH = "/etc/kdump-saver/kdump.conf"
 """Where the capture initrd carries the normalized configuration."""
 
 
+DEFAULT_ROUTE_INTERFACE = "default"
+"""The interface name SUSE reads as "the card of the default route" (``default:dhcp``)."""
+
+
 @dataclass(frozen=True)
 class NetConfig:
-    """KDUMP_NETCONFIG: ``auto``, ``IFACE:MODE[:force]``, or empty (no network)."""
+    """KDUMP_NETCONFIG: ``auto``, ``IFACE:MODE[:force]``, or empty (no network).
+
+    ``IFACE`` may be :data:`DEFAULT_ROUTE_INTERFACE` (the interface of the
+    default route) and ``MODE`` may be ``auto`` (static or DHCP, as that
+    interface is configured now); both are resolved when the initrd is built."""
 
     mode: str = "auto"          # "auto", "none", "static", "dhcp", "dhcp4", "dhcp6", "auto6"
-    interface: str = ""         # empty for auto / none
+    interface: str = ""         # empty for plain auto / none; "default" = the default route's interface
     force: bool = False         # ":force": bring the network up even for a local target
+
+    @property
+    def on_default_route(self) -> bool:
+        """Whether the interface is the one of the default route (``default:MODE``)."""
+        return self.interface == DEFAULT_ROUTE_INTERFACE
 
 
 @dataclass(frozen=True)
 class Config:
     """Every KDUMP_* option with SUSE's default."""
 
-    savedir: str = "/var/crash"                 # KDUMP_SAVEDIR (parse with capture.config.targeturl.parse)
+    savedir: str = "/var/crash"                 # KDUMP_SAVEDIR: one or more targets separated by spaces (see targets)
     dumplevel: int = 31                         # KDUMP_DUMPLEVEL 0..31
     dumpformat: str = "compressed"              # none, elf, compressed, lzo, snappy, zstd, raw (lowercased)
     keep_old_dumps: int = 0                     # KDUMP_KEEP_OLD_DUMPS >= -1
@@ -87,11 +100,17 @@ class Config:
     known_hosts: str = ""                       # KDUMP_KNOWN_HOSTS: known_hosts file recorded at initrd build
     source: Optional[str] = None                # the file this was read from
 
+    @property
+    def targets(self) -> Tuple[targeturl.TargetURL, ...]:
+        """KDUMP_SAVEDIR parsed: the targets in the order they are tried
+        (raises :class:`~capture.errors.URLError` for a bad one)."""
+        return targeturl.parse_list(self.savedir)
+
 
 BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "on": True,
                  "false": False, "no": False, "0": False, "off": False}
 DUMP_FORMATS = ("none", "elf", "compressed", "lzo", "snappy", "zstd", "raw")
-NET_MODES = ("static", "dhcp", "dhcp4", "dhcp6", "auto6")
+NET_MODES = ("static", "dhcp", "dhcp4", "dhcp6", "auto6", "auto")
 HOST_KEY_TYPES = (
     "ssh-ed25519", "ssh-ed448", "ssh-rsa", "ssh-dss",
     "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
@@ -120,20 +139,18 @@ def _boolean(value: str) -> bool:
     return BOOLEAN_WORDS[word]
 
 
-def _integer(minimum: int, maximum: Optional[int] = None, meaning: str = "") -> Callable[[str], int]:
-    if maximum is None:
-        allowed = f"must be an integer, {minimum} or more"
-    else:
-        allowed = f"must be an integer from {minimum} to {maximum}"
+def _integer(minimum: int, maximum: int, meaning: str = "") -> Callable[[str], int]:
+    """A converter to an integer of ``minimum..maximum`` (every number has a sane range)."""
+    allowed = f"must be an integer from {minimum} to {maximum}"
     if meaning:
         allowed += f" ({meaning})"
 
     def convert(value: str) -> int:
         text = value.strip()
-        if not re.fullmatch(r"-?[0-9]+", text):
+        if not re.fullmatch(r"-?[0-9]{1,20}", text):
             raise _Invalid(allowed)
         number = int(text)
-        if number < minimum or (maximum is not None and number > maximum):
+        if number < minimum or number > maximum:
             raise _Invalid(allowed)
         return number
     return convert
@@ -151,17 +168,26 @@ _SIZE_FACTOR_MB = {"": Fraction(1), "K": Fraction(1, 1024), "M": Fraction(1),
                    "G": Fraction(1024), "T": Fraction(1024 * 1024)}
 
 
+MAX_FREE_DISK_MB = 1 << 30
+"""KDUMP_FREE_DISK_SIZE above 1 PiB is surely a typing error."""
+
+
 def _size_mb(value: str) -> int:
-    match = _SIZE.fullmatch(value.strip())
+    allowed = ("must be a size in MB (like 64), or with a unit K, M, G or T (like 512K, 2G); "
+               f"0 to {MAX_FREE_DISK_MB} MB (1 PiB)")
+    text = value.strip()
+    match = _SIZE.fullmatch(text) if len(text) <= 40 else None
     if not match:
-        raise _Invalid("must be a size in MB (like 64), or with a unit K, M, G or T (like 512K, 2G); "
-                       "0 or more")
+        raise _Invalid(allowed)
     megabytes = Fraction(match.group(1)) * _SIZE_FACTOR_MB[(match.group(2) or "").upper()]
+    if megabytes > MAX_FREE_DISK_MB:
+        raise _Invalid(allowed)
     return math.ceil(megabytes)
 
 
 _NETCONFIG_ALLOWED = ('must be "auto", "auto:force", "" (no network) or IFACE:MODE[:force] with MODE one of '
-                      + ", ".join(NET_MODES))
+                      + ", ".join(NET_MODES) + f' and IFACE a card or "{DEFAULT_ROUTE_INTERFACE}" '
+                      "(the card of the default route)")
 
 
 def interface_name_problem(name: str) -> Optional[str]:
@@ -204,7 +230,7 @@ def format_netconfig(net: NetConfig) -> str:
     """``net`` as written in KDUMP_NETCONFIG."""
     if net.mode == "none":
         text = ""
-    elif net.mode == "auto":
+    elif net.mode == "auto" and not net.interface:
         text = "auto"
     else:
         text = f"{net.interface}:{net.mode}"
@@ -216,7 +242,8 @@ def _word_list(value: str) -> Tuple[str, ...]:
 
 
 _HOST_KEY_ALLOWED = ('must be empty (the key is taken from root\'s known_hosts when the initrd is built), '
-                     '"*" (no host key check) or "TYPE BASE64KEY" like "ssh-ed25519 AAAAC3Nza..."')
+                     '"*" (no host key check) or "TYPE BASE64KEY" like "ssh-ed25519 AAAAC3Nza...", '
+                     'optionally followed by a comment as in a .pub file')
 
 
 def _host_key(value: str) -> str:
@@ -225,9 +252,12 @@ def _host_key(value: str) -> str:
         return ""
     if words == ["*"]:
         return "*"
-    if len(words) != 2:
+    if len(words) < 2:
         raise _Invalid(_HOST_KEY_ALLOWED)
-    key_type, data = words
+    key_type, data = words[0], words[1]   # anything after is the comment of a .pub line (root@host)
+    if key_type not in HOST_KEY_TYPES and data in HOST_KEY_TYPES:
+        raise _Invalid(f"this looks like a known_hosts line: leave out the host name {key_type!r}; "
+                       + _HOST_KEY_ALLOWED)
     if key_type not in HOST_KEY_TYPES:
         raise _Invalid(f"unknown key type {key_type!r} (known: {', '.join(HOST_KEY_TYPES)}); {_HOST_KEY_ALLOWED}")
     try:
@@ -244,11 +274,17 @@ def _host_key(value: str) -> str:
 
 def _savedir(value: str) -> str:
     text = value.strip()
-    try:
-        targeturl.parse(text)
-    except URLError as exc:
-        raise _Invalid(_url_problem(text, exc)) from None
-    return text
+    words = text.split()
+    for number, word in enumerate(words, 1):
+        try:
+            targeturl.parse(word)
+        except URLError as exc:
+            problem = _url_problem(word, exc)
+            if len(words) > 1:
+                problem = (f"target {number} of {len(words)}: {problem} (targets are separated by spaces; "
+                           "write a space inside a path as %20)")
+            raise _Invalid(problem) from None
+    return " ".join(words)
 
 
 def _url_problem(text: str, error: URLError) -> str:
@@ -260,6 +296,8 @@ def _url_problem(text: str, error: URLError) -> str:
         targeturl.parse(masked)
     except URLError as masked_error:
         return str(masked_error)
+    if "control character" in str(error):
+        return f"{masked!r}: the password contains a control character (a percent-escape like %0A or %0D)"
     return ("the user or password part cannot be read; percent-encode '/', '?', '#', '@' and ':' "
             "in user names and passwords (like %2F for '/')")
 
@@ -313,14 +351,15 @@ OPTIONS: Tuple[Option, ...] = (
     Option("KDUMP_DUMPLEVEL", "dumplevel", _integer(0, 31, "makedumpfile -d bits"), empty_is_default=True),
     Option("KDUMP_DUMPFORMAT", "dumpformat", _dumpformat, empty_is_default=True),
     Option("KDUMP_KEEP_OLD_DUMPS", "keep_old_dumps",
-           _integer(-1, None, "0 keeps all, N keeps N old dumps, -1 deletes all old dumps"), empty_is_default=True),
+           _integer(-1, 100000, "0 keeps all, N keeps N old dumps, -1 deletes all old dumps"), empty_is_default=True),
     Option("KDUMP_FREE_DISK_SIZE", "free_disk_size", _size_mb, empty_is_default=True),
     Option("KDUMP_NETCONFIG", "netconfig", _netconfig),
-    Option("KDUMP_NET_TIMEOUT", "net_timeout", _integer(0, None, "seconds, 0 = do not wait"), empty_is_default=True),
+    Option("KDUMP_NET_TIMEOUT", "net_timeout", _integer(0, 86400, "seconds, 0 = do not wait; at most a day"),
+           empty_is_default=True),
     Option("KDUMP_IMMEDIATE_REBOOT", "immediate_reboot", _boolean, empty_is_default=True),
     Option("KDUMP_CONTINUE_ON_ERROR", "continue_on_error", _boolean, empty_is_default=True),
-    Option("KDUMP_CPUS", "cpus", _integer(0, None, "0 = all"), empty_is_default=True),
-    Option("KDUMP_VERBOSE", "verbose", _integer(0, 15, "a bitmask of 1, 2, 4 and 8"), empty_is_default=True),
+    Option("KDUMP_CPUS", "cpus", _integer(0, 65536, "0 = all"), empty_is_default=True),
+    Option("KDUMP_VERBOSE", "verbose", _integer(0, 31, "a bitmask of 1, 2, 4, 8 and 16"), empty_is_default=True),
     Option("KDUMP_PRESCRIPT", "prescript"),
     Option("KDUMP_POSTSCRIPT", "postscript"),
     Option("KDUMP_TRANSFER", "transfer"),
@@ -390,9 +429,9 @@ def has_password(config: Config) -> bool:
     if config.smtp_password:
         return True
     try:
-        return bool(targeturl.parse(config.savedir).password)
+        return any(url.password for url in config.targets)
     except URLError:
-        return targeturl.mask_password(config.savedir) != config.savedir
+        return targeturl.masked_text(config.savedir) != config.savedir
 
 
 def parse_text(text: str, filename: str = "<string>") -> Config:
@@ -427,6 +466,8 @@ def parse_text(text: str, filename: str = "<string>") -> Config:
         except _Invalid as exc:
             shown = _MASK if option.secret else (targeturl.masked_text(assignment.value) if key == "KDUMP_SAVEDIR"
                                                  else assignment.value)
+            if len(shown) > MAX_SHOWN:
+                shown = f"{shown[:MAX_SHOWN]}...({len(assignment.value)} characters)"
             errors.append((assignment.line,
                            f"{filename}:{assignment.line}: {key}={sysconfig.quote(shown)}: {exc}"))
     if errors:
@@ -435,6 +476,10 @@ def parse_text(text: str, filename: str = "<string>") -> Config:
         raise ConfigError(_printable(f"{filename}: {count} in the configuration:") + "\n"
                           + "\n".join(_printable(e) for _, e in errors))
     return Config(**values, source=None if filename == "<string>" else filename)
+
+
+MAX_SHOWN = 80
+"""Characters of a bad value quoted in an error message."""
 
 
 def _printable(text: str) -> str:

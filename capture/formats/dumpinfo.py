@@ -24,6 +24,7 @@ from capture.formats import kdumpfile
 from capture.formats import INCOMPLETE
 from capture.formats.elfcore import ELF_MAGIC, ElfCore, NotACoreError
 from capture.formats.readat import FileReader, ReadAt
+from capture.formats.untrusted import MAX_TIME, printable
 from capture.errors import DumpFormatError, KdumpError
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class DumpInfo:
         def size_text(n: Optional[int]) -> str:
             return "unknown" if n is None else f"{n} bytes ({n / (1 << 20):.1f} MiB)"
 
-        if self.crash_time is not None:
+        if self.crash_time is not None and 0 <= self.crash_time <= MAX_TIME:
             crash = datetime.fromtimestamp(self.crash_time, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         else:
             crash = "unknown"
@@ -118,9 +119,9 @@ class DumpInfo:
             rows.append(("end marker", "present" if self.end_marker else "MISSING"))
         rows.append(("status", "complete" if self.complete else "INCOMPLETE"))
         width = max(len(label) for label, _ in rows) + 1
-        lines = [f"{label + ':':<{width}} {value}" for label, value in rows]
-        lines += [f"  INCOMPLETE: {p}" for p in self.problems]
-        lines += [f"  note: {r}" for r in self.remarks]
+        lines = [f"{label + ':':<{width}} {printable(value, 4096)}" for label, value in rows]
+        lines += [f"  INCOMPLETE: {printable(p, 4096)}" for p in self.problems]
+        lines += [f"  note: {printable(r, 4096)}" for r in self.remarks]
         return "\n".join(lines) + "\n"
 
 
@@ -222,8 +223,8 @@ def _describe_kdump(read_at: ReadAt, size: Optional[int], name: str, info: DumpI
     info.dump_level = hdr.dump_level
     info.dump_size = size
     info.crash_time = hdr.crash_time
-    if info.crash_time is None and hdr.timestamp > 0:
-        info.crash_time = hdr.timestamp
+    if info.crash_time is None and hdr.header_time is not None:
+        info.crash_time = hdr.header_time
         info.remarks.append("no CRASHTIME in VMCOREINFO; the crash time is the dump header's time stamp")
     if hdr.sub_header_missing:
         info.remarks.append("the dump ends before its sub header: dump level and VMCOREINFO are unknown")
@@ -235,10 +236,11 @@ def _describe_kdump(read_at: ReadAt, size: Optional[int], name: str, info: DumpI
         info.remarks.append("how many bytes are stored is not known")
         return
     info.problems.extend(kdumpfile.completeness_problems(hdr, read_at, size, name))
-    try:
-        info.dumped_pages = kdumpfile.count_dumped_pages(hdr, read_at, name)
-    except DumpFormatError:
-        pass
+    if size >= hdr.descriptors_offset:
+        try:
+            info.dumped_pages = kdumpfile.count_dumped_pages(hdr, read_at, name)
+        except DumpFormatError:
+            pass
 
 
 def _describe_flattened(read_at: ReadAt, size: Optional[int], name: str, info: DumpInfo) -> None:
@@ -258,6 +260,20 @@ def _describe_flattened(read_at: ReadAt, size: Optional[int], name: str, info: D
         info.format = "unknown (the stream ends before the dump header was written)"
         return
     _describe_content(index.read_at, index.file_size, name, info, allow_flattened=False)
+    if info.format == "kdump-compressed" and info.dumped_pages is not None:
+        hdr = kdumpfile.parse_header(index.read_at, name)
+        half = hdr.bitmap_size // 2
+        used = min(half, (hdr.max_mapnr + 7) // 8) if hdr.max_mapnr else 0  # makedumpfile writes no more
+        areas = (("the dump header", 0, kdumpfile.HEADER_SIZE),
+                 ("the first page bitmap", hdr.bitmap_offset, hdr.bitmap_offset + used),
+                 ("the second page bitmap", hdr.bitmap_offset + half, hdr.bitmap_offset + half + used),
+                 ("the page descriptors", hdr.descriptors_offset,
+                  hdr.descriptors_offset + info.dumped_pages * kdumpfile.PAGE_DESC_SIZE))
+        for what, start, end in areas:
+            hole = index.first_hole(start, end)
+            if hole is not None:
+                info.problems.append(f"the stream holds no data for byte {hole} of the real file ({what})")
+                break
 
 
 class _Lz4Content:
@@ -276,19 +292,24 @@ class _Lz4Content:
             log.debug("lz4 content at %d: %s", offset, exc)
             return b""
 
-    def measure(self) -> Optional[int]:
-        """The content's size, found by decompressing it all (None if that fails)."""
+    def verify(self) -> "tuple[Optional[int], Optional[str]]":
+        """Decompress the whole content, which checks the frame's block and
+        content checksums where the frame has them: (size, None), or (None, what is wrong)."""
         try:
             self._file.seek(0)
             total = 0
             while True:
                 chunk = self._file.read(1 << 20)
                 if not chunk:
-                    return total
+                    return total, None
                 total += len(chunk)
-        except (RuntimeError, EOFError, OSError) as exc:
-            log.debug("lz4 content size: %s", exc)
-            return None
+        except (RuntimeError, EOFError, OSError, ValueError) as exc:
+            log.debug("lz4 content: %s", exc)
+            why = str(exc)
+            for word, text in (("checksum", "a checksum does not match"), ("ERROR_", why.split("ERROR_", 1)[-1])):
+                if word in why:
+                    return None, f"the lz4 data is damaged ({text})"
+            return None, f"the lz4 data cannot be decompressed at byte {total} of its content"
 
     def close(self) -> None:
         self._file.close()
@@ -303,9 +324,13 @@ def _describe_lz4(path: str, reader: FileReader, info: DumpInfo) -> None:
     try:
         if not content(0, 8):
             raise DumpFormatError(f"{path}: the lz4 frame holds no readable data")
-        if complete and content_size is None:
-            content_size = content.measure()
-        _describe_content(content, content_size if complete else None, path, info, allow_flattened=True)
+        measured, damage = content.verify()
+        if damage and not problem:
+            info.problems.append(damage)
+        elif complete and content_size is not None and measured != content_size:
+            info.problems.append(f"the lz4 frame declares {content_size} bytes of content but holds {measured}")
+        _describe_content(content, measured if complete and not damage else None, path, info,
+                          allow_flattened=True)
     finally:
         content.close()
 

@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Optional
 
 from capture.errors import DumpFormatError, KdumpError
 from capture.formats.readat import FileReader, ReadAt
+from capture.formats.untrusted import MAX_TIME, bounded_int, printable
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,11 @@ PT_LOAD, PT_NOTE = 1, 4
 PN_XNUM = 0xFFFF
 EHDR_SIZE = 64
 PHDR_SIZE = 56
-#: notes larger than this are not believed (a real PT_NOTE of a big machine is a few MB)
+#: notes larger than this are not believed (a real PT_NOTE of a big machine is a few MB); also
+#: the limit of all PT_NOTE segments together
 MAX_NOTES_SIZE = 64 << 20
+#: more program headers than this are not believed (a real vmcore has a few hundred)
+MAX_PHNUM = 1 << 20
 
 #: e_machine -> architecture name; ppc64 is told apart by byte order
 MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64", 21: "ppc64", 22: "s390x", 40: "arm",
@@ -61,7 +65,7 @@ def parse_vmcoreinfo(text: bytes) -> Dict[str, str]:
     for line in text.split(b"\0", 1)[0].decode("ascii", "replace").splitlines():
         key, sep, value = line.partition("=")
         if sep and key:
-            info[key.strip()] = value.strip()
+            info[printable(key.strip())] = printable(value.strip(), 4096)
     return info
 
 
@@ -70,7 +74,7 @@ def split_utsname(raw: bytes) -> Dict[str, str]:
     out = {}
     for i, field in enumerate(UTS_FIELDS):
         chunk = raw[i * UTS_FIELD:(i + 1) * UTS_FIELD]
-        out[field] = chunk.split(b"\0", 1)[0].decode("utf-8", "replace")
+        out[field] = printable(chunk.split(b"\0", 1)[0].decode("utf-8", "replace"))
     return out
 
 
@@ -158,7 +162,12 @@ class ElfCore:
         if e_phnum == 0 or e_phentsize != PHDR_SIZE:
             raise DumpFormatError(f"{name}: ELF core without usable program headers "
                                   f"({e_phnum} headers of {e_phentsize} bytes)")
+        if e_phnum > MAX_PHNUM:
+            raise DumpFormatError(f"{name}: implausible number of ELF program headers ({e_phnum})")
         table_size = e_phnum * PHDR_SIZE
+        if size is not None and e_phoff + table_size > size:
+            raise DumpFormatError(f"{name}: truncated ELF program headers (need bytes {e_phoff}.."
+                                  f"{e_phoff + table_size}, the file has {size})")
         table = read_at(e_phoff, table_size)
         if len(table) < table_size:
             raise DumpFormatError(f"{name}: truncated ELF program headers (need bytes {e_phoff}..{e_phoff + table_size}, "
@@ -169,11 +178,16 @@ class ElfCore:
                 bo + "IIQQQQQQ", table, i * PHDR_SIZE)
             segments.append(Segment(p_type, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz))
         notes: List[Note] = []
+        notes_total = 0
         for seg in segments:
             if seg.type != PT_NOTE:
                 continue
-            if seg.filesz > MAX_NOTES_SIZE:
+            notes_total += seg.filesz
+            if notes_total > MAX_NOTES_SIZE:
                 raise DumpFormatError(f"{name}: implausible PT_NOTE size {seg.filesz}")
+            if size is not None and seg.offset + seg.filesz > size:
+                raise DumpFormatError(f"{name}: truncated ELF notes (need bytes {seg.offset}.."
+                                      f"{seg.offset + seg.filesz}, the file has {size})")
             data = read_at(seg.offset, seg.filesz)
             if len(data) < seg.filesz:
                 raise DumpFormatError(f"{name}: truncated ELF notes (need bytes {seg.offset}..{seg.offset + seg.filesz}, "
@@ -193,12 +207,12 @@ class ElfCore:
 
     @property
     def page_size(self) -> Optional[int]:
-        return _int_or_none(self.vmcoreinfo.get("PAGESIZE"))
+        return bounded_int(self.vmcoreinfo.get("PAGESIZE"), 1, 1 << 30)
 
     @property
     def crash_time(self) -> Optional[int]:
-        """CRASHTIME from VMCOREINFO: seconds since the epoch, or None."""
-        return _int_or_none(self.vmcoreinfo.get("CRASHTIME"))
+        """CRASHTIME from VMCOREINFO: seconds since the epoch, or None (also when not a plausible time)."""
+        return bounded_int(self.vmcoreinfo.get("CRASHTIME"), 0, MAX_TIME)
 
     @property
     def memory_size(self) -> int:
@@ -278,11 +292,10 @@ class ElfCore:
         symbol = self.vmcoreinfo.get("SYMBOL(init_uts_ns)")
         if not symbol:
             return None
-        try:
-            base = int(symbol, 16)
-        except ValueError:
+        base = bounded_int(symbol, 0, (1 << 64) - 1, base=16)
+        if base is None:
             return None
-        exported = _int_or_none(self.vmcoreinfo.get("OFFSET(uts_namespace.name)"))
+        exported = bounded_int(self.vmcoreinfo.get("OFFSET(uts_namespace.name)"), 0, 1 << 20)
         candidates = [exported] if exported is not None else [0, 4, 8]
         for offset in candidates:
             try:
@@ -323,11 +336,3 @@ def _parse_notes(data: bytes, bo: str) -> List[Note]:
 def _align4(n: int) -> int:
     return (n + 3) & ~3
 
-
-def _int_or_none(value: Optional[str]) -> Optional[int]:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None

@@ -37,6 +37,19 @@ END_MARKER = -1
 CHUNK_SIZE = 1 << 20
 #: a record claiming more than this is treated as corruption
 MAX_RECORD_SIZE = 1 << 40
+#: holes allowed in the real file beyond the amount of data stored: makedumpfile
+#: writes each area once and in order, leaving holes of a few MB at most (the page
+#: descriptor table, written after the data behind it); a reader never goes further
+#: than twice the data stored plus this
+MAX_HOLE = 256 << 20
+
+
+def extent_problem(extent: int, data: int) -> Optional[str]:
+    """Why a real file reaching byte ``extent`` cannot come from ``data`` bytes of records, or None."""
+    if extent <= 2 * data + MAX_HOLE:
+        return None
+    return (f"a record reaches byte {extent} of the real file, but the stream so far holds only {data} "
+            "bytes of data (corrupt record header)")
 
 RawSink = Callable[[bytes], None]
 
@@ -247,6 +260,7 @@ def reassemble_stream(stream: BinaryIO, out_path: str, name: str = "input") -> i
         os.fchmod(fd, 0o600)
         reader = FlatReader(stream, name=name)
         records = reader.records()
+        stored = 0
         while True:
             try:
                 offset, data = next(records)
@@ -256,6 +270,11 @@ def reassemble_stream(stream: BinaryIO, out_path: str, name: str = "input") -> i
                 raise DumpFormatError(f"{exc}; the partial result stays in {tmp}") from None
             except OSError as exc:
                 raise KdumpError(f"cannot read {name}: {exc.strerror}; the partial result stays in {tmp}") from None
+            stored += len(data)
+            problem = extent_problem(offset + len(data), stored)
+            if problem:
+                raise DumpFormatError(f"{name}: stream offset {reader.bytes_read}: {problem}; "
+                                      f"the partial result stays in {tmp}")
             view = memoryview(data)
             try:
                 while view:
@@ -317,6 +336,7 @@ class FlatIndex:
             index.truncated_at = len(header)
             return index
         pos = HEADER_SIZE
+        stored = 0
         while True:
             head = stream_read_at(pos, 16)
             if len(head) < 16:
@@ -340,6 +360,12 @@ class FlatIndex:
             else:
                 available = size
             if available:
+                stored += available
+                problem = extent_problem(offset + available, stored)
+                if problem:
+                    index.corruption = f"{name}: stream offset {pos}: {problem}"
+                    index.truncated_at = pos
+                    return index
                 index._starts.append(offset)
                 index._ends.append(offset + available)
                 index._positions.append(data_pos)
@@ -350,18 +376,38 @@ class FlatIndex:
                 return index
             pos = data_pos + size
 
-    def read_at(self, offset: int, size: int) -> bytes:
-        """The real file's bytes at ``offset`` (holes read as zeros; short at the end of the file)."""
-        size = max(0, min(size, self.file_size - offset))
-        buf = bytearray(size)
-        if not size:
-            return bytes(buf)
-        end = offset + size
+    def _sort(self) -> None:
         if self._by_start is None:
             starts = self._starts
             self._by_start = array("q", sorted(range(len(starts)), key=starts.__getitem__))
             self._sorted_starts = array("q", (starts[i] for i in self._by_start))
             self._longest = max((e - s for s, e in zip(self._starts, self._ends)), default=0)
+
+    def first_hole(self, start: int, end: int) -> Optional[int]:
+        """The first byte of ``start..end`` of the real file that no record holds, or None."""
+        self._sort()
+        assert self._by_start is not None
+        covered = start
+        for i in self._by_start:
+            if covered >= end:
+                return None
+            s, e = self._starts[i], self._ends[i]
+            if s > covered:
+                return covered
+            covered = max(covered, e)
+        return covered if covered < end else None
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """The real file's bytes at ``offset`` (holes read as zeros; short at the end of the file)."""
+        size = max(0, min(size, self.file_size - offset))
+        if offset < 0:
+            return b""
+        buf = bytearray(size)
+        if not size:
+            return bytes(buf)
+        end = offset + size
+        self._sort()
+        assert self._by_start is not None
         first = bisect_left(self._sorted_starts, offset - self._longest + 1)
         last = bisect_left(self._sorted_starts, end)
         # apply in stream order: a later record overwrites an earlier one

@@ -709,11 +709,12 @@ def build_bitmaps(memory: PhysicalMemory, page_size: int, dump_level: int,
         keep = (_ints(here) & ~excluded).to_bytes(n, "little") + bytes(span * 8 - n)
         dumpable[lo:lo + span] = pack_bits(keep)
         if progress is not None:
-            _report(progress, "Excluding unnecessary pages", 100.0 * (first + n) / total)
+            report_progress(progress, "Excluding unnecessary pages", 100.0 * (first + n) / total)
     return Bitmaps(max_mapnr, size, ranges, dumpable, counts, classifier.layout.notes)
 
 
-def _report(progress: object, phase: str, percent: float) -> None:
+def report_progress(progress: object, phase: str, percent: float) -> None:
+    """Set ``phase`` and ``percent`` on a progress object and let it report (any object with those)."""
     setattr(progress, "phase", phase)
     setattr(progress, "percent", percent)
     report = getattr(progress, "maybe_report", None)

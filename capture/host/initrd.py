@@ -44,17 +44,17 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import transports
 from capture import __version__
 from capture.config import options as configuration
 from capture.config.options import Config
-from capture.config.targeturl import TargetURL, parse as parse_url
+from capture.config.targeturl import TargetURL, parse_list as parse_targets
 from capture.errors import ConfigError, KdumpError, URLError
 from capture.host import closure, drivers, netdetect
 from capture.net.plan import DHCP_CLIENTS, DHCP_NETCONFIG_MODES, netconfig_applies
-from transports.base import InitrdMaterial, TransportOptions
+from transports.base import TransportOptions
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,19 @@ class Plan:
     files: Tuple[str, ...]              # identities, CA bundle, scripts: same path in the initrd
     known_hosts: str = ""
     mount: Optional[MountRecord] = None
+    """The file system of the first local target (all of them: ``mounts``)."""
     stamp: Dict[str, Any] = field(default_factory=dict)
+    mounts: Tuple[MountRecord, ...] = ()
+    """The file systems of every local target, each mounted once."""
 
     @property
     def target(self) -> TargetURL:
-        return parse_url(self.config.savedir)
+        """The first target (the one tried first)."""
+        return self.targets[0]
+
+    @property
+    def targets(self) -> Tuple[TargetURL, ...]:
+        return parse_targets(self.config.savedir)
 
 
 @dataclass(frozen=True)
@@ -152,11 +160,19 @@ def running_kernel() -> str:
 
 def kernel_release(config: Config, requested: Optional[str] = None) -> str:
     """The capture kernel's release: ``requested`` (``--kernel``), else
-    KDUMP_KERNELVER, else the running kernel's; in a chroot (an image being
-    prepared) the newest kernel installed in the tree instead, since the
-    running kernel is the build machine's."""
-    if requested or config.kernelver:
-        return requested or config.kernelver
+    KDUMP_KERNELVER, else the running kernel's.  Either may be, as in SUSE's
+    kdump, the absolute path of a kernel image: its release is read from the
+    image (:func:`capture.host.kexec.image_release`), and
+    :func:`capture.host.kexec.kernel_image` loads that very file.  In a
+    chroot (an image being prepared) the default is the newest kernel
+    installed in the tree, since the running kernel is the build machine's."""
+    from capture.host import kexec
+
+    wanted = (requested or config.kernelver).strip()
+    if wanted.startswith("/"):
+        return kexec.image_release(wanted)
+    if wanted:
+        return wanted
     if in_chroot():
         installed = installed_kernels()
         if installed:
@@ -193,37 +209,46 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
     """Check ``config`` for everything that would fail at crash time and
     decide the initrd's content.  Raises :class:`ConfigError` naming every
     problem found."""
-    try:
-        url = parse_url(config.savedir)
-    except URLError as exc:
-        raise ConfigError(f"KDUMP_SAVEDIR: {exc}") from None
-    found = gather(config, kernel, url, check_host=True)
+    urls = _targets(config)
+    found = gather(config, kernel, urls, check_host=True)
     if found.problems:
         raise ConfigError("the capture initrd would not work:\n  " + "\n  ".join(found.problems))
 
-    known_hosts = found.material.known_hosts
-    # the initrd has only its own copy of the entries (none when KDUMP_HOST_KEY decides)
-    initrd_config = dataclasses.replace(config, known_hosts=KNOWN_HOSTS_PATH if known_hosts else "")
-    if found.mount is not None:
-        rel = os.path.relpath(url.path, found.mount.host_target)
-        initrd_config = dataclasses.replace(
-            initrd_config, savedir=os.path.normpath(os.path.join(found.mount.initrd_target, rel)))
+    known_hosts = found.known_hosts
+    # the initrd has only its own copy of the entries (none when KDUMP_HOST_KEY decides);
+    # local targets are where the capture initrd mounts their file systems
+    words = config.savedir.split()
+    for index, url in enumerate(urls):
+        mount = found.mount_of.get(index)
+        if mount is not None:
+            rel = os.path.relpath(url.path, mount.host_target)
+            words[index] = os.path.normpath(os.path.join(mount.initrd_target, rel))
+    initrd_config = dataclasses.replace(config, savedir=" ".join(words),
+                                        known_hosts=KNOWN_HOSTS_PATH if known_hosts else "")
 
-    trace = trace_closure(config, url, executable)
+    trace = trace_closure(config, urls, executable)
     initrd_config = dataclasses.replace(initrd_config, hostname=recorded_hostname(config), source=None)
     # the serialized form must read back unchanged, or the saver would see another config
     configuration.serialize(initrd_config)
     stamp: Dict[str, Any] = build_inputs(config, kernel, found)
     stamp.update({
         "built_in_chroot": in_chroot(),
-        "target": url.masked(),
+        "target": " ".join(url.masked() for url in urls),
         "python": trace.interpreter,
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     return Plan(config=config, initrd_config=initrd_config, kernel=kernel, closure=trace,
                 programs=found.programs, optional_programs=found.optional_programs,
                 kernel_modules=found.kernel_modules, files=found.files,
-                known_hosts=known_hosts, mount=found.mount, stamp=stamp)
+                known_hosts=known_hosts, mount=found.mounts[0] if found.mounts else None, stamp=stamp,
+                mounts=found.mounts)
+
+
+def _targets(config: Config) -> Tuple[TargetURL, ...]:
+    try:
+        return parse_targets(config.savedir)
+    except URLError as exc:
+        raise ConfigError(f"KDUMP_SAVEDIR: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -231,8 +256,12 @@ class Gathered:
     """What the system says about a configuration: read by :func:`plan` for
     a build and by :func:`freshness` to compare with a built initrd."""
 
-    material: InitrdMaterial
-    mount: Optional[MountRecord]
+    known_hosts: str
+    """known_hosts lines of every target."""
+    mounts: Tuple[MountRecord, ...]
+    """The file systems of the local targets, each once."""
+    mount_of: Dict[int, MountRecord]
+    """Which of those holds target number N."""
     programs: Tuple[str, ...]
     optional_programs: Tuple[str, ...]
     files: Tuple[str, ...]              # identities, CA bundle, scripts: same path in the initrd
@@ -240,31 +269,58 @@ class Gathered:
     problems: Tuple[str, ...]
 
 
-def gather(config: Config, kernel: str, url: TargetURL, check_host: bool = False) -> Gathered:
-    """Read the host keys, identities, programs, the local target's file
-    system and the drivers for ``config``; collect every problem instead of
-    raising.  ``check_host`` also resolves a remote target's host name."""
+def gather(config: Config, kernel: str, urls: "Targets", check_host: bool = False) -> Gathered:
+    """Read the host keys, identities, programs, the local targets' file
+    systems and the drivers for ``config`` and every target of ``urls``;
+    collect every problem instead of raising.  ``check_host`` also resolves
+    remote targets' host names."""
     problems: List[str] = []
     if not os.path.isdir(f"/lib/modules/{kernel}"):
         problems.append(f"kernel {kernel}: /lib/modules/{kernel} does not exist "
                         "(set KDUMP_KERNELVER or --kernel to an installed kernel)")
-    if check_host and url.is_remote:
-        problems.extend(_check_host(url))
-    material = transports.initrd_material(url, TransportOptions.from_config(config))
-    files: List[str] = list(material.files)
-    problems.extend(material.problems)
-    mount: Optional[MountRecord] = None
-    if url.scheme == "file":
-        try:
-            mount = savedir_mount(url.path)
-        except ConfigError as exc:
-            problems.append(str(exc))
-    programs, optional_programs, prog_files, prog_problems = _programs(config, url)
+    files: List[str] = []
+    known_hosts: List[str] = []
+    mounts: List[MountRecord] = []
+    mount_of: Dict[int, MountRecord] = {}
+    for index, url in enumerate(_listed(urls)):
+        if check_host and url.is_remote:
+            problems.extend(_check_host(url))
+        material = transports.initrd_material(url, TransportOptions.from_config(config))
+        files.extend(material.files)
+        problems.extend(material.problems)
+        if material.known_hosts and material.known_hosts not in known_hosts:
+            known_hosts.append(material.known_hosts)
+        if url.scheme == "file":
+            try:
+                mount = savedir_mount(url.path)
+            except ConfigError as exc:
+                problems.append(str(exc))
+            else:
+                mount_of[index] = mount
+                if mount.initrd_target not in [m.initrd_target for m in mounts]:
+                    mounts.append(mount)
+    programs, optional_programs, prog_files, prog_problems = _programs(config, urls)
     files.extend(prog_files)
     problems.extend(prog_problems)
-    return Gathered(material=material, mount=mount, programs=tuple(programs),
-                    optional_programs=tuple(optional_programs), files=tuple(dict.fromkeys(files)),
-                    kernel_modules=tuple(kernel_modules(config, url, mount, kernel)), problems=tuple(problems))
+    return Gathered(known_hosts="".join(known_hosts), mounts=tuple(mounts), mount_of=mount_of,
+                    programs=tuple(programs), optional_programs=tuple(optional_programs),
+                    files=tuple(dict.fromkeys(files)),
+                    kernel_modules=tuple(kernel_modules(config, urls, mounts, kernel)),
+                    problems=tuple(problems))
+
+
+Targets = Union[TargetURL, Sequence[TargetURL]]
+"""One target or the list of KDUMP_SAVEDIR."""
+
+
+def _listed(urls: Targets) -> Tuple[TargetURL, ...]:
+    return (urls,) if isinstance(urls, TargetURL) else tuple(urls)
+
+
+def _network_target(urls: Targets) -> TargetURL:
+    """The target that decides about the network: the first remote one, else the first."""
+    listed = _listed(urls)
+    return next((url for url in listed if url.is_remote), listed[0])
 
 
 # --- freshness -----------------------------------------------------------------------------------
@@ -277,7 +333,7 @@ INPUT_KEYS = ("version", "config_sha256", "kernel", "kernel_image_sha256", "host
 def build_inputs(config: Config, kernel: str, found: Gathered) -> Dict[str, Any]:
     """What an initrd built now from ``config`` for ``kernel`` would be made
     of, as recorded in its build stamp (the keys of :data:`INPUT_KEYS`)."""
-    known_hosts = found.material.known_hosts
+    known_hosts = found.known_hosts
     return {
         "version": __version__,
         "config_sha256": config_digest(config),
@@ -293,11 +349,7 @@ def build_inputs(config: Config, kernel: str, found: Gathered) -> Dict[str, Any]
 def current_inputs(config: Config, kernel: str) -> Dict[str, Any]:
     """:func:`build_inputs` for the system as it is now (no name resolution).
     Raises :class:`ConfigError` when KDUMP_SAVEDIR is not a URL."""
-    try:
-        url = parse_url(config.savedir)
-    except URLError as exc:
-        raise ConfigError(f"KDUMP_SAVEDIR: {exc}") from None
-    return build_inputs(config, kernel, gather(config, kernel, url))
+    return build_inputs(config, kernel, gather(config, kernel, _targets(config)))
 
 
 def kernel_image_path(kernel: str) -> str:
@@ -483,9 +535,9 @@ def _root_mount(mountinfo: str) -> Optional[Tuple[str, str]]:
     return found
 
 
-def allowed_roots(config: Config, url: TargetURL) -> List[str]:
-    """The optional third-party packages the configured target needs."""
-    roots = list(transports.initrd_profile(url).packages)
+def allowed_roots(config: Config, urls: Targets) -> List[str]:
+    """The optional third-party packages the configured targets need."""
+    roots = list(dict.fromkeys(p for url in _listed(urls) for p in transports.initrd_profile(url).packages))
     if config.dumpformat == "raw":
         roots.append("lz4")
     elif config.dumpformat != "none":
@@ -493,29 +545,31 @@ def allowed_roots(config: Config, url: TargetURL) -> List[str]:
     return roots
 
 
-def trace_closure(config: Config, url: TargetURL, executable: Optional[str] = None) -> closure.Closure:
-    """Trace the saver's imports for this target (see :mod:`capture.host.closure`)."""
+def trace_closure(config: Config, urls: Targets, executable: Optional[str] = None) -> closure.Closure:
+    """Trace the saver's imports for these targets (see :mod:`capture.host.closure`)."""
     from transports import module_for
 
     capture_dir = HOST_DIR.parent
     root = str(capture_dir.parent)
     transports_dir = capture_dir.parent / "transports"
-    transport = module_for(url.scheme)
+    modules = list(dict.fromkeys(module_for(url.scheme) for url in _listed(urls)))
     ours = [f for f in closure.python_sources(str(capture_dir)) if not Path(f).is_relative_to(HOST_DIR)]
-    ours += [str(transports_dir / "__init__.py"), str(transports_dir / "base.py"),
-             str(transports_dir / (transport.rpartition(".")[2] + ".py"))]
+    ours += [str(transports_dir / "__init__.py"), str(transports_dir / "base.py")]
+    own_transports = [str(transports_dir / (m.rpartition(".")[2] + ".py")) for m in modules]
+    ours += own_transports
     ours = [f for f in ours if os.path.isfile(f)]
-    # the transport module's siblings it imports (e.g. sftp -> sshauth)
-    for name in sorted(closure.static_imports(ours[-1:])):
+    # the transport modules' siblings they import (e.g. sftp -> sshauth)
+    for name in sorted(closure.static_imports([f for f in own_transports if os.path.isfile(f)])):
         if name.startswith("transports.") and name.count(".") == 1:
             extra = transports_dir / (name.partition(".")[2] + ".py")
             if extra.is_file() and str(extra) not in ours:
                 ours.append(str(extra))
-    required = ["capture.cli", "capture.save.sequence", "transports", transport]
+    required = ["capture.cli", "capture.save.sequence", "transports", *modules]
     from capture.cli import COMMANDS
     required += [f"capture.commands.{name}" for name in COMMANDS]
-    roots = allowed_roots(config, url)
-    required.extend(transports.initrd_profile(url).imports)
+    roots = allowed_roots(config, urls)
+    for url in _listed(urls):
+        required.extend(transports.initrd_profile(url).imports)
     if config.dumpformat == "raw":
         required.append("lz4.frame")
     elif config.dumpformat != "none":
@@ -646,7 +700,7 @@ def _which(name: str) -> Optional[str]:
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin:/usr/bin:/bin")
 
 
-def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], List[str], List[str]]:
+def _programs(config: Config, urls: Targets) -> Tuple[List[str], List[str], List[str], List[str]]:
     """(programs, optional programs, script files, problems)."""
     problems: List[str] = []
     programs: List[str] = []
@@ -659,7 +713,7 @@ def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], Lis
             problems.append(f"{name} is not installed (install {what}); the capture initrd needs it")
         else:
             programs.append(path)
-    if netconfig_applies(url, config.netconfig) and config.netconfig.mode in DHCP_NETCONFIG_MODES:
+    if netconfig_applies(_network_target(urls), config.netconfig) and config.netconfig.mode in DHCP_NETCONFIG_MODES:
         client = dhcp_client()
         if client is None:
             problems.append(f"KDUMP_NETCONFIG={config.netconfig.mode or 'auto'} may need DHCP, but no DHCP "
@@ -670,7 +724,8 @@ def _programs(config: Config, url: TargetURL) -> Tuple[List[str], List[str], Lis
                 client6 = dhcp_client(6)
                 if client6:
                     optional.append(client6)
-    optional.extend(transports.initrd_profile(url).optional_programs)
+    for url in _listed(urls):
+        optional.extend(transports.initrd_profile(url).optional_programs)
     for name in config.required_programs:
         path = _which(name)
         if path is None:
@@ -702,22 +757,25 @@ def dhcp_client(version: int = 4) -> Optional[str]:
     return None
 
 
-def kernel_modules(config: Config, url: TargetURL, mount: Optional[MountRecord],
+def kernel_modules(config: Config, urls: Targets,
+                   mounts: Union[Optional[MountRecord], Sequence[MountRecord]],
                    kernel: Optional[str] = None) -> List[str]:
-    """Kernel modules the capture kernel needs: the NIC driver(s) for a
-    network target, the block driver and file system of a local one, nfs.
+    """Kernel modules the capture kernel needs: the NIC driver(s) when a
+    target is remote, the block driver and file system of each local one, nfs.
     Device drivers are the running kernel's plus those ``kernel`` (the
     target, default the running one) has as modules for the devices'
     modaliases (see :mod:`capture.host.drivers`)."""
     mods: List[str] = []
     index = _module_index(kernel or running_kernel())
-    if netconfig_applies(url, config.netconfig):
+    network = _network_target(urls)
+    if netconfig_applies(network, config.netconfig):
         for iface in _physical_interfaces():
             mods.extend(_device_modules(f"/sys/class/net/{iface}/device", index))
-        mods.extend(_netplan_modules(config, url))
+        mods.extend(_netplan_modules(config, network))
         mods.append("af_packet")
-    mods.extend(transports.initrd_profile(url).kernel_modules)
-    if mount is not None:
+    for url in _listed(urls):
+        mods.extend(transports.initrd_profile(url).kernel_modules)
+    for mount in ([] if mounts is None else [mounts] if isinstance(mounts, MountRecord) else mounts):
         mods.append(mount.fstype)
         dev = _mount_device(mount)
         if dev:
@@ -798,8 +856,9 @@ def write_stage(p: Plan, stage: Path) -> None:
     (stage / "build-stamp").write_text(json.dumps(p.stamp, indent=1, sort_keys=True) + "\n")
     if p.known_hosts:
         (stage / "known_hosts").write_text(p.known_hosts)
-    if p.mount is not None:
-        (stage / "fstab").write_text(p.mount.fstab_line())
+    mounts = p.mounts or ((p.mount,) if p.mount is not None else ())
+    if mounts:
+        (stage / "fstab").write_text("".join(m.fstab_line() for m in mounts))
     python_path = ":".join(p.closure.python_path)
     launcher = (
         "#!/bin/sh\n"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from capture.config.options import Config
-from capture.config.targeturl import parse as parse_url
+from capture.config.targeturl import parse_list
 from capture.errors import KdumpError, URLError
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def files_for(config: Config, command: str) -> Dict[str, str]:
 
 def _is_remote(config: Config) -> bool:
     try:
-        return parse_url(config.savedir).is_remote
+        return any(url.is_remote for url in parse_list(config.savedir))
     except URLError:
         return True   # the start will say what is wrong; waiting for the network does no harm
 

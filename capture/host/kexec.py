@@ -13,16 +13,21 @@ the generated network arguments.
 """
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import re
 import shlex
+import struct
 import subprocess
+import zlib
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
+from capture.config import verbose
 from capture.config.options import Config
 from capture.config.targeturl import parse as parse_url
-from capture.errors import KdumpError
+from capture.errors import ConfigError, KdumpError
 from capture.net.plan import netconfig_applies, split_cmdline, to_cmdline
 
 log = logging.getLogger(__name__)
@@ -105,7 +110,7 @@ def network_arguments(config: Config) -> List[str]:
     and the network is not forced."""
     from capture.host import netdetect
 
-    url = parse_url(config.savedir)
+    url = next((u for u in config.targets if u.is_remote), config.targets[0])  # the first remote target
     if not netconfig_applies(url, config.netconfig):
         return []
     plan = netdetect.resolve_netconfig(config.netconfig, url.host or None)
@@ -126,16 +131,118 @@ class LoadCommand:
         return " ".join(shlex.quote(a) for a in self.argv())
 
 
-def kernel_image(version: str) -> str:
-    return f"/boot/vmlinuz-{version}"
+#: kernel image names, in the order SUSE's mkdumprd tries them
+IMAGE_NAMES = ("vmlinuz", "image", "Image", "vmlinux")
+MODULES_DIR = "/usr/lib/modules"
+BOOT_DIR = "/boot"
+
+
+def kernel_image(version: str, requested: str = "", modules_dir: str = MODULES_DIR,
+                 boot_dir: str = BOOT_DIR) -> str:
+    """The image of the capture kernel ``version`` (a release, see
+    :func:`capture.host.initrd.kernel_release`).
+
+    ``requested`` is what the administrator asked for (``--kernel`` or
+    KDUMP_KERNELVER): an absolute path is the image itself.  Otherwise, as
+    SUSE's mkdumprd does, the first existing file of ``MODULES_DIR/VERSION/NAME``
+    and ``/boot/NAME-VERSION`` for NAME in vmlinuz, image, Image, vmlinux;
+    ``/boot/vmlinuz-VERSION`` when none exists (loading then says it is missing)."""
+    if requested.startswith("/"):
+        return requested
+    for name in IMAGE_NAMES:
+        for path in (os.path.join(modules_dir, version, name), os.path.join(boot_dir, f"{name}-{version}")):
+            if os.path.isfile(path):
+                return path
+    return os.path.join(boot_dir, f"vmlinuz-{version}")
+
+
+_BANNER = re.compile(rb"Linux version (\S+) \(")
+_NAMED = re.compile(r"^(?:%s)-(.+?)(?:\.gz)?$" % "|".join(IMAGE_NAMES))
+#: how much of an uncompressed image (or of a gzip-compressed one, once inflated) is searched for the banner
+BANNER_SEARCH_BYTES = 512 << 20
+
+
+def image_release(path: str) -> str:
+    """The kernel release an image file holds, read as SUSE's get_kernel_version does: from
+    the x86 boot header (bzImage), else from the ``Linux version RELEASE (...)`` banner of an
+    uncompressed (vmlinux, arm64 Image) or gzip-compressed image, else from the file's name
+    (``vmlinuz-RELEASE``, ``/usr/lib/modules/RELEASE/vmlinuz``).  Raises :class:`ConfigError`
+    when the file is missing or tells nothing."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"KDUMP_KERNELVER: the kernel image {path} does not exist")
+    try:
+        release = _release_from_content(path)
+    except OSError as exc:
+        raise ConfigError(f"KDUMP_KERNELVER: cannot read the kernel image {path}: {exc.strerror or exc}") from None
+    if release:
+        return release
+    name = os.path.basename(os.path.realpath(path))
+    match = _NAMED.match(name)
+    if match:
+        return match.group(1)
+    parent = os.path.basename(os.path.dirname(os.path.realpath(path)))
+    if name in IMAGE_NAMES and os.path.dirname(os.path.dirname(os.path.realpath(path))) == MODULES_DIR:
+        return parent
+    raise ConfigError(f"KDUMP_KERNELVER: cannot tell the kernel release of {path}: it is not a bzImage, "
+                      "holds no 'Linux version' banner and its name is not vmlinuz-RELEASE; give the release "
+                      "instead (like 6.1.0-28-amd64)")
+
+
+def _release_from_content(path: str) -> Optional[str]:
+    with open(path, "rb") as f:
+        head = f.read(0x400)
+        release = _bzimage_release(f, head)
+        if release:
+            return release
+        f.seek(0)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=f) as inflated:
+                try:
+                    return _banner_release(inflated)
+                except (OSError, EOFError, zlib.error):
+                    return None
+        return _banner_release(f)
+
+
+def _bzimage_release(f, head: bytes) -> Optional[str]:
+    """The release in an x86 boot header: ``HdrS`` at 0x202, the version string at
+    0x200 + the 16-bit ``kernel_version`` field at 0x20e."""
+    if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
+        return None
+    (offset,) = struct.unpack_from("<H", head, 0x20E)
+    if offset == 0:
+        return None
+    f.seek(0x200 + offset)
+    text = f.read(256).split(b"\0", 1)[0].decode("ascii", "replace").split()
+    return text[0] if text else None
+
+
+def _banner_release(stream) -> Optional[str]:
+    tail = b""
+    seen = 0
+    while seen < BANNER_SEARCH_BYTES:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            break
+        seen += len(chunk)
+        window = tail + chunk
+        match = _BANNER.search(window)
+        if match:
+            return match.group(1).decode("ascii", "replace")
+        tail = window[-256:]
+    return None
 
 
 def load_command(config: Config, kernel: str, initrd: str, running_cmdline: str,
-                 network: Sequence[str] = ()) -> LoadCommand:
+                 network: Sequence[str] = (), requested: str = "") -> LoadCommand:
+    """The ``kexec -p`` call for release ``kernel``; ``requested`` is ``--kernel`` as given
+    (default KDUMP_KERNELVER), which may be the image's path."""
     extra = split_cmdline(config.kexec_options)
+    if config.verbose & verbose.LOAD_DEBUG and not {"-d", "--debug"} & set(extra):
+        extra.insert(0, "-d")   # KDUMP_VERBOSE 16: kexec explains what it loads where
     if lockdown_active() and "-s" not in extra and "--kexec-file-syscall" not in extra:
         extra.insert(0, "-s")   # kexec_load is refused under lockdown; kexec_file_load is not
-    return LoadCommand(kernel=kernel_image(kernel), initrd=initrd,
+    return LoadCommand(kernel=kernel_image(kernel, requested or config.kernelver), initrd=initrd,
                        cmdline=capture_cmdline(config, running_cmdline, network), extra=tuple(extra))
 
 

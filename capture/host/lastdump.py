@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 from capture.config.options import Config
-from capture.config.targeturl import parse as parse_url
+from capture.config.targeturl import parse_list
 from capture.errors import KdumpError
 from capture.host.notify import local_hostname, readme_rows
 from capture.save import retention
@@ -53,7 +53,7 @@ def last_dump(config: Config, timeout: float = TIMEOUT) -> Lookup:
     """The newest dump of this host (KDUMP_HOSTNAME, else the short host
     name) on KDUMP_SAVEDIR, looked up within ``timeout`` seconds."""
     try:
-        url = parse_url(config.savedir)
+        url = parse_list(config.savedir)[0]  # the first target, where dumps normally go
     except KdumpError as exc:
         return Lookup(config.savedir, problem=str(exc))
     shown = url.masked()
@@ -82,7 +82,7 @@ def _newest(config: Config, hostname: str) -> Optional[LastDump]:
     from transports import open_target
     from transports.base import TransportOptions
 
-    url = parse_url(config.savedir)
+    url = parse_list(config.savedir)[0]
     with open_target(url, TransportOptions.from_config(config)) as target:
         dumps = retention.own_dumps(target, hostname)
         if not dumps:

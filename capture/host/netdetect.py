@@ -17,7 +17,10 @@ reaches the target and describes it as :class:`~capture.net.plan.NetPlan`:
   /etc/resolv.conf (loopback resolvers such as systemd-resolved's stub are
   replaced by their upstream servers when known, or left out).
 
-:func:`resolve_netconfig` does the same for any KDUMP_NETCONFIG value.  The
+:func:`resolve_netconfig` does the same for any KDUMP_NETCONFIG value.  As in
+SUSE's kdump, the interface ``default`` is the one of the default route (IPv4,
+else IPv6), and the mode ``auto`` with an interface (``eth0:auto``) means static
+or DHCP as that interface is configured now (a lease lifetime means DHCP).  The
 result's ``description`` says what was found; :func:`capture.net.plan.to_cmdline`
 turns it into kernel arguments.
 """
@@ -73,25 +76,51 @@ def resolve_netconfig(netconfig: NetConfig, target_host: Optional[str], *,
     mode = netconfig.mode.lower()
     if mode == "none":
         return NetPlan(description="KDUMP_NETCONFIG is empty: no network configuration")
-    if mode == "auto":
+    if mode == "auto" and not netconfig.interface:
         return resolve_auto(target_host, resolv_conf=resolv_conf, ip=ip)
     ip = ip or IpTool()
-    wanted = {"static": STATIC, "dhcp": DHCP, "dhcp4": DHCP, "dhcp6": DHCP6, "auto6": AUTO6}.get(mode)
-    if wanted is None:
+    setting = f"KDUMP_NETCONFIG={netconfig.interface}:{netconfig.mode}"
+    wanted = {"static": STATIC, "dhcp": DHCP, "dhcp4": DHCP, "dhcp6": DHCP6, "auto6": AUTO6,
+              "auto": None}.get(mode, "")
+    if wanted == "":
         raise ConfigError(f"KDUMP_NETCONFIG mode {netconfig.mode!r} is unknown")
-    if netconfig.interface not in ip.links():
-        raise ConfigError(f"KDUMP_NETCONFIG={netconfig.interface}:{netconfig.mode}: this system has no "
-                          f"interface {netconfig.interface} (it has {', '.join(ip.links())})")
+    dev = netconfig.interface
+    found = ""
+    if netconfig.on_default_route:
+        dev = default_route_interface(ip, setting)
+        found = f"the default route is on {dev}; "
+    if dev not in ip.links():
+        raise ConfigError(f"{setting}: this system has no "
+                          f"interface {dev} (it has {', '.join(ip.links())})")
     version = 6 if wanted in (DHCP6, AUTO6) else 4
-    if wanted == STATIC and target_host:
-        try:
-            version = ipaddress.ip_address(resolve_host(target_host)[0]).version
-        except OSError:
-            pass
-    plan = _Builder(ip, resolv_conf).build(netconfig.interface, version, wanted, "", "")
-    plan.description = f"KDUMP_NETCONFIG={netconfig.interface}:{netconfig.mode}: " + describe(plan)
+    if wanted in (STATIC, None):
+        version = _version_for(ip, dev, target_host)
+    plan = _Builder(ip, resolv_conf).build(dev, version, wanted, "", "")
+    plan.description = f"{setting}: {found}" + describe(plan)
     log.info("%s", plan.description)
     return plan
+
+
+def default_route_interface(ip: IpTool, setting: str = "KDUMP_NETCONFIG=default") -> str:
+    """The interface of the default route, IPv4 first, then IPv6 (what SUSE calls ``default``)."""
+    for family in ("-4", "-6"):
+        for route in ip.json(family, "route", "show", "default"):
+            if route.get("dev") and route["dev"] != "lo":
+                return route["dev"]
+    raise ConfigError(f"{setting}: this system has no default route, so there is no default interface; "
+                      "name the interface (like eth0:dhcp)")
+
+
+def _version_for(ip: IpTool, dev: str, target_host: Optional[str]) -> int:
+    """The IP version to configure on ``dev``: the target's, else IPv4 if ``dev`` has a global
+    IPv4 address, else IPv6 if it has a global IPv6 one, else IPv4."""
+    if target_host:
+        try:
+            return ipaddress.ip_address(resolve_host(target_host)[0]).version
+        except (OSError, IndexError, ValueError):
+            pass
+    families = {a.get("family") for a in ip.addresses(dev) if a.get("scope") == "global"}
+    return 6 if "inet" not in families and "inet6" in families else 4
 
 
 def _route_to(ip: IpTool, target_host: Optional[str]) -> Tuple[dict, str]:

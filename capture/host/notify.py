@@ -54,7 +54,7 @@ from capture.formats import INCOMPLETE
 from capture.save.dumpdir import README, TOOL, parse_name
 from capture.errors import KdumpError
 from transports import open_target
-from transports.base import Transport, TransportOptions, network_reason
+from transports.base import Transport, TransportError, TransportOptions, network_reason
 
 log = logging.getLogger(__name__)
 
@@ -379,13 +379,26 @@ def notify(config: Config, savedir: Optional[str] = None, hostname: Optional[str
         log.info("KDUMP_NOTIFICATION_TO is empty: no mail is sent")
         return NotifyResult()
     host = hostname or local_hostname(config)
-    url = targeturl.parse(savedir or config.savedir)
     result = NotifyResult()
+    urls = targeturl.parse_list(savedir or config.savedir)
+    for url in urls:
+        try:
+            _notify_target(config, url, host, settings, connect_timeout, result)
+        except TransportError as exc:
+            if len(urls) == 1:
+                raise
+            log.warning("cannot look for new dumps on %s: %s", url.masked(), exc)
+    return result
+
+
+def _notify_target(config: Config, url: "targeturl.TargetURL", host: str, settings: "MailSettings",
+                   connect_timeout: float, result: NotifyResult) -> None:
+    """:func:`notify` for one of the targets."""
     with open_target(url, TransportOptions.from_config(config)) as target:
         news = unannounced(target, host)
         if not news:
             log.info("no new dump of %s on %s", host, url.masked())
-            return result
+            return
         from_addr = sender(settings, host)
         try:
             with Mailer(settings, host, connect_timeout) as mailer:
@@ -399,7 +412,6 @@ def notify(config: Config, savedir: Optional[str] = None, hostname: Optional[str
             waiting = [n.directory for n in news if n.directory not in result.announced]
             raise NotifyError(f"{exc}; not announced yet, tried again at the next run: "
                               + ", ".join(waiting)) from None
-    return result
 
 
 def _mark_or_warn(target: Transport, news: DumpNews, settings: MailSettings, result: NotifyResult) -> None:

@@ -242,31 +242,36 @@ def split_cmdline(cmdline: str) -> List[str]:
 def from_netconfig(netconfig: NetConfig) -> NetPlan:
     """The plan for KDUMP_NETCONFIG when the command line has no ``ip=``.
 
-    ``auto`` in the capture kernel means DHCP on the first interface with a
-    link (the initrd builder normally resolved ``auto`` into ``ip=`` already);
-    ``none`` gives an empty plan.  ``IFACE:static`` cannot be done here: the
-    addresses come from the production system at initrd build time.
+    The initrd builder normally resolved KDUMP_NETCONFIG into ``ip=``
+    already; this is the fallback.  ``auto`` means DHCP on the first interface
+    with a link, ``IFACE:auto`` DHCP on IFACE, and ``default:MODE`` MODE on the
+    first interface with a link (the production system's default route is not
+    known here); ``none`` gives an empty plan.  ``IFACE:static`` cannot be done
+    here: the addresses come from the production system at initrd build time.
     """
     mode = netconfig.mode.lower()
     if mode == "none":
         return NetPlan(description="KDUMP_NETCONFIG is empty: no network configuration")
-    if mode == "auto":
+    if mode == "auto" and not netconfig.interface:
         return NetPlan(interfaces=[Interface(ANY_INTERFACE, [DHCP])],
                        description="KDUMP_NETCONFIG=auto: DHCP on the first interface with a link")
+    setting = f"KDUMP_NETCONFIG={netconfig.interface}:{netconfig.mode}"
     problem = interface_name_problem(netconfig.interface)
     if problem:
-        raise ConfigError(f"KDUMP_NETCONFIG={netconfig.interface}:{netconfig.mode}: {problem}")
+        raise ConfigError(f"{setting}: {problem}")
     if mode == STATIC:
         raise ConfigError(
-            f"KDUMP_NETCONFIG={netconfig.interface}:static needs the addresses recorded when the "
+            f"{setting} needs the addresses recorded when the "
             "initrd was built, but the capture kernel command line has no ip= for it; rebuild the "
             "kdump initrd, or give ip=CLIENT::GATEWAY:NETMASK::IFACE:none in KDUMP_COMMANDLINE_APPEND")
-    modes = {"dhcp": DHCP, "dhcp4": DHCP, "dhcp6": DHCP6, "auto6": AUTO6}
+    modes = {"dhcp": DHCP, "dhcp4": DHCP, "dhcp6": DHCP6, "auto6": AUTO6, "auto": DHCP}
     if mode not in modes:
         raise ConfigError(f"KDUMP_NETCONFIG mode {netconfig.mode!r} is unknown; use auto, "
-                          "IFACE:static, IFACE:dhcp, IFACE:dhcp4, IFACE:dhcp6 or IFACE:auto6, optionally with :force")
-    return NetPlan(interfaces=[Interface(netconfig.interface, [modes[mode]])],
-                   description=f"KDUMP_NETCONFIG={netconfig.interface}:{netconfig.mode}")
+                          "IFACE:static, IFACE:dhcp, IFACE:dhcp4, IFACE:dhcp6, IFACE:auto6 or IFACE:auto, "
+                          "optionally with :force")
+    name = ANY_INTERFACE if netconfig.on_default_route else netconfig.interface
+    iface = Interface(name, [modes[mode]])
+    return NetPlan(interfaces=[iface], description=f"{setting}: {'+'.join(iface.modes)} on {iface.label}")
 
 
 def choose_plan(cmdline: str, netconfig: NetConfig) -> NetPlan:

@@ -1,9 +1,12 @@
 """What the capture kernel does, start to end, around the save.
 
-Bring the network up when the target needs it, run KDUMP_PRESCRIPT, save
-(or run KDUMP_TRANSFER instead), run KDUMP_POSTSCRIPT, then open a shell
-after an error when KDUMP_CONTINUE_ON_ERROR is false, and reboot when
-KDUMP_IMMEDIATE_REBOOT says so, in a way that cannot hang.
+As SUSE's kdump-save does: bring the network up when the target needs it;
+then either run KDUMP_TRANSFER alone (it replaces the save, and
+KDUMP_PRESCRIPT and KDUMP_POSTSCRIPT are not run), or run KDUMP_PRESCRIPT,
+save, run KDUMP_POSTSCRIPT.  After an error a shell opens when
+KDUMP_CONTINUE_ON_ERROR is false.  Then the machine reboots, in a way that
+cannot hang; with KDUMP_IMMEDIATE_REBOOT=false a shell opens first and the
+reboot follows when it exits.
 """
 from __future__ import annotations
 
@@ -11,10 +14,13 @@ import logging
 import os
 import subprocess
 import threading
+from typing import Tuple
 
 from capture import __version__
-from capture.config import targeturl
+from typing import List, Sequence
+
 from capture.config.options import Config
+from capture.config.targeturl import TargetURL
 from capture.errors import KdumpError
 from capture.net import bringup
 from capture.save import sequence
@@ -29,22 +35,31 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
     log.info("kdump-saver %s: saving the crashed kernel's memory", __version__)
     status = 1
     try:
-        url = targeturl.parse(config.savedir)
-        bringup.prepare(config, url)
-        notes = [script_note("KDUMP_PRESCRIPT", run_script("KDUMP_PRESCRIPT", config.prescript))] \
-            if config.prescript else []
+        urls = sequence.targets(config)
+        bring_up_network(config, urls)
         if config.transfer:
+            skipped = [o for o, v in (("KDUMP_PRESCRIPT", config.prescript),
+                                      ("KDUMP_POSTSCRIPT", config.postscript)) if v]
+            if skipped:
+                log.info("KDUMP_TRANSFER replaces the save; %s not run (as in SUSE's kdump)",
+                         " and ".join(skipped) + (" are" if len(skipped) > 1 else " is"))
             status = 0 if run_script("KDUMP_TRANSFER", config.transfer) == 0 else 1
-            if config.postscript:
-                run_script("KDUMP_POSTSCRIPT", config.postscript)
         else:
-            with sequence.begin(config, vmcore, url, notes) as dump:
-                dump.save_files()
-                if config.postscript:
-                    dump.notes.append(script_note("KDUMP_POSTSCRIPT",
-                                                  run_script("KDUMP_POSTSCRIPT", config.postscript)))
-                dump.finish()
-            status = 0
+            notes = [script_note("KDUMP_PRESCRIPT", run_script("KDUMP_PRESCRIPT", config.prescript))] \
+                if config.prescript else []
+            failed: List[str] = []
+            for url in urls:
+                try:
+                    with sequence.begin(config, vmcore, url, [*notes, *failed]) as dump:
+                        dump.save_files()
+                        if config.postscript:
+                            dump.notes.append(script_note("KDUMP_POSTSCRIPT",
+                                                          run_script("KDUMP_POSTSCRIPT", config.postscript)))
+                        dump.finish()
+                    status = 0
+                    break
+                except KdumpError as exc:
+                    failed.append(sequence.next_target(url, exc, urls, failed))
     except KdumpError as exc:
         log.error("error: %s", exc)
     except Exception:  # noqa: BLE001 - a bug must not keep the machine from rebooting
@@ -53,6 +68,19 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
         emergency_shell("the save failed and KDUMP_CONTINUE_ON_ERROR is false")
     finish(config, vmcore, allow_reboot)
     return status
+
+
+def bring_up_network(config: Config, urls: Sequence[TargetURL]) -> None:
+    """Bring the network up when any target needs it (waiting for the first
+    remote one's host).  When it fails and a local target is listed too, the
+    save goes on: the remote targets then fail and the local one is used."""
+    remote = [url for url in urls if url.is_remote]
+    try:
+        bringup.prepare(config, remote[0] if remote else urls[0])
+    except KdumpError as exc:
+        if len(remote) == len(urls):
+            raise
+        log.error("network: %s; going on for the local target(s)", exc)
 
 
 def run_script(option: str, command: str) -> int:
@@ -71,28 +99,45 @@ def script_note(option: str, status: int) -> str:
     return f"{option} exited with status {status}"
 
 
-def emergency_shell(why: str) -> None:
-    log.error("%s: starting a shell on the console; exit it to continue", why)
+CONSOLE = "/dev/console"
+
+
+def emergency_shell(why: str, then: str = "continue") -> None:
+    """An interactive shell on the console (our own terminal if we have one, else
+    /dev/console: a systemd unit's standard input is not a terminal); returns when it exits."""
+    log.error("%s: starting a shell on the console; exit it to %s", why, then)
     try:
-        subprocess.run(["/bin/sh", "-i"])
+        if os.isatty(0):
+            subprocess.run(["/bin/sh", "-i"])
+            return
+        with open(CONSOLE, "r+b", buffering=0) as console:
+            subprocess.run(["/bin/sh", "-i"], stdin=console, stdout=console, stderr=console)
     except OSError as exc:
         log.error("no shell available: %s", exc)
 
 
-def finish(config: Config, vmcore: str, allow_reboot: bool) -> None:
-    """Reboot, or stay up with a shell when KDUMP_IMMEDIATE_REBOOT is false.
-
-    Only inside a capture kernel (``vmcore`` is /proc/vmcore and exists) is
-    the machine rebooted; elsewhere this only logs."""
-    in_capture_kernel = allow_reboot and vmcore == "/proc/vmcore" and os.path.exists(vmcore)
-    if not config.immediate_reboot:
-        if in_capture_kernel:
-            emergency_shell("KDUMP_IMMEDIATE_REBOOT is false")
-        return
+def end_steps(config: Config, in_capture_kernel: bool) -> Tuple[str, ...]:
+    """What happens after the save: ``("reboot",)``; ``("shell", "reboot")`` with
+    KDUMP_IMMEDIATE_REBOOT=false (as SUSE's kdump-save: "Running a shell; exit will
+    reboot"); nothing outside a capture kernel."""
     if not in_capture_kernel:
-        log.info("not in a capture kernel: no reboot")
-        return
-    reboot()
+        return ()
+    return ("reboot",) if config.immediate_reboot else ("shell", "reboot")
+
+
+def finish(config: Config, vmcore: str, allow_reboot: bool) -> None:
+    """Carry out :func:`end_steps`.  Only inside a capture kernel (``vmcore`` is
+    /proc/vmcore and exists) is a shell opened or the machine rebooted."""
+    in_capture_kernel = allow_reboot and vmcore == "/proc/vmcore" and os.path.exists(vmcore)
+    steps = end_steps(config, in_capture_kernel)
+    if not steps:
+        log.info("not in a capture kernel: no %s",
+                 "reboot" if config.immediate_reboot else "shell and no reboot")
+    for step in steps:
+        if step == "shell":
+            emergency_shell("KDUMP_IMMEDIATE_REBOOT is false", "reboot")
+        else:
+            reboot()
 
 
 def reboot(sync_timeout: float = 30.0) -> None:

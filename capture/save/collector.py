@@ -21,6 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
+from capture.config import verbose
 from capture.config.options import Config
 from capture.errors import KdumpError
 from capture.save.progress import Progress, pump_stderr
@@ -91,6 +92,8 @@ class DumpPlan:
     collector: str = MAKEDUMPFILE
     collector_reason: str = ""
     """Why kdump-saver's own collector is used (empty for makedumpfile)."""
+    message_level: int = 7
+    """makedumpfile --message-level (KDUMP_VERBOSE 8 adds its debug messages)."""
 
     @property
     def uses_collector(self) -> bool:
@@ -148,7 +151,8 @@ def _makedumpfile_plan(config: Config, mdf: Optional[Makedumpfile], cpus_online:
                          f"(fixed in 1.7.8); using one thread instead of {wanted}")
         elif wanted > 1:
             threads = wanted
-    return DumpPlan(config.dumpformat, fmt, config.dumplevel, threads, tuple(notes))
+    return DumpPlan(config.dumpformat, fmt, config.dumplevel, threads, tuple(notes),
+                    message_level=verbose.makedumpfile_message_level(config.verbose))
 
 
 def command(mdf: Optional[Makedumpfile], dump: DumpPlan, vmcore: str, extra_options: str = "") -> List[str]:
@@ -157,7 +161,8 @@ def command(mdf: Optional[Makedumpfile], dump: DumpPlan, vmcore: str, extra_opti
         return [sys.executable, "-m", "capture.save.pycollector", "-d", str(dump.dump_level),
                 "--cpus", str(dump.threads), *(["--zlib"] if dump.format == "compressed" else []), vmcore]
     assert mdf is not None
-    cmd = [mdf.path, "-F", FORMAT_FLAGS[dump.format], "-d", str(dump.dump_level)]
+    cmd = [mdf.path, "-F", FORMAT_FLAGS[dump.format], "-d", str(dump.dump_level),
+           "--message-level", str(dump.message_level)]
     if dump.threads > 1:
         cmd += ["--num-threads", str(dump.threads)]
     try:

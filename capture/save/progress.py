@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -33,9 +34,12 @@ class Progress:
     """Collects progress from makedumpfile and from our own byte counter."""
 
     def __init__(self, total_hint: Optional[int] = None, interval: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, stdout: bool = False) -> None:
         self.total_hint = total_hint
         self.interval = interval
+        self.stdout = stdout
+        """KDUMP_VERBOSE bit 2: also write the progress to standard output, once a second."""
+        self._last_stdout = -1e9
         self._clock = clock
         self._start = clock()
         self._last_report = self._start
@@ -59,6 +63,7 @@ class Progress:
         with self._lock:
             if parsed is None:
                 self.messages.append(line)
+                log.debug("makedumpfile: %s", line)
             else:
                 phase, self.percent, self.eta = parsed
                 if phase != self.phase:
@@ -76,6 +81,12 @@ class Progress:
 
     def maybe_report(self, force: bool = False) -> None:
         now = self._clock()
+        if self.stdout and (force or now - self._last_stdout >= 1.0):
+            with self._lock:
+                self._last_stdout = now
+                text = self.describe(now)
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
         with self._lock:
             if not force and now - self._last_report < self.interval:
                 return

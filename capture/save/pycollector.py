@@ -31,7 +31,7 @@ from capture.formats.kdumpwriter import (CompressedPages, DumpHeader, KdumpStrea
                                          available_compression, compress_pages)
 from capture.formats.kmem import PhysicalMemory
 from capture.formats.pageclass import (CACHE, CACHE_PRIVATE, CLASS_NAMES, FREE, USER, Bitmaps,
-                                       PageClassifier, bitmap_bytes, build_bitmaps, unpack_bits)
+                                       PageClassifier, bitmap_bytes, build_bitmaps, report_progress, unpack_bits)
 from capture.formats.kdumpfile import PAGE_DESC_SIZE
 
 log = logging.getLogger(__name__)
@@ -337,7 +337,7 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
         for batch in _batches(plan.memory, tasks, writer.coding, max(1, cpus)):
             writer.add(batch)
             if progress is not None:
-                _report(progress, "Copying data", 100.0 * writer.pages_written / max(1, total))
+                report_progress(progress, "Copying data", 100.0 * writer.pages_written / max(1, total))
         file_size = writer.finish()
         for note in plan.notes:
             log.warning("pycollector: %s", note)
@@ -350,14 +350,6 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
     finally:
         plan.memory.close()
         plan.core.close()
-
-
-def _report(progress: object, phase: str, percent: float) -> None:
-    setattr(progress, "phase", phase)
-    setattr(progress, "percent", percent)
-    report = getattr(progress, "maybe_report", None)
-    if report is not None:
-        report()
 
 
 # -- estimating the size --------------------------------------------------------------------------

@@ -153,7 +153,9 @@ def _delete_own_files(target: Transport, dump: OwnDump) -> List[str]:
     """Delete the recorded files (the marker last, so a failure leaves the
     directory ours and retried next time); return the names left behind."""
     entries = target.listdir(dump.name)
-    ours = sorted(e.name for e in entries if not e.is_dir and e.name in dump.files and e.name != MARKER)
+    # the dump itself first and the README last: a failure leaves a dump whole or only its small files
+    ours = sorted((e.name for e in entries if not e.is_dir and e.name in dump.files and e.name != MARKER),
+                  key=lambda n: (not n.startswith("vmcore"), n.startswith(README), n))
     foreign = sorted(e.name for e in entries if e.name not in ours and e.name != MARKER)
     for name in ours:
         target.remove(f"{dump.name}/{name}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -21,9 +22,10 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from capture import __version__
+from capture.config import verbose
 from capture.config.options import Config
 from capture.config.targeturl import TargetURL
-from capture.config.targeturl import parse as parse_url
+from capture.config.targeturl import parse_list as parse_targets
 from capture.errors import DumpFormatError, KdumpError
 from capture.formats import INCOMPLETE
 from capture.formats import printk
@@ -34,11 +36,13 @@ from capture.save.dumpwriter import Written, compress_raw, rebuild_flattened, st
 from capture.save.progress import Progress
 from capture.save.space import SpaceGuard
 from transports import open_target
-from transports.base import Transport, TransportOptions
+from transports.base import NoSpaceError, Transport, TransportOptions
 
 log = logging.getLogger(__name__)
 
 DEBUG_VMLINUX = "/usr/lib/debug/boot/vmlinux-{release}"
+NO_SHA256 = ("not computed (the file was written at offsets and the server cannot hash it; "
+             "reading the dump back would send it over the network twice)")
 
 
 @dataclass
@@ -56,10 +60,39 @@ def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targe
     """Save ``vmcore`` as ``config`` says (to ``savedir`` instead of
     KDUMP_SAVEDIR when given); raise :class:`KdumpError` unless the vmcore
     (for format ``none``, the kernel log) was saved completely.  ``notes`` go
-    into the README."""
-    with begin(config, vmcore, savedir, notes) as dump:
-        dump.save_files()
-        return dump.finish()
+    into the README.  Several targets are tried in order until one takes
+    the whole dump; its README lists the ones that failed."""
+    urls = targets(config, savedir)
+    failed: List[str] = []
+    for url in urls:
+        try:
+            with begin(config, vmcore, url, [*notes, *failed]) as dump:
+                dump.save_files()
+                return dump.finish()
+        except KdumpError as exc:
+            failed.append(next_target(url, exc, urls, failed))
+    raise AssertionError("unreachable: the last target's failure is raised")
+
+
+def targets(config: Config, savedir: Union[str, TargetURL, None] = None) -> Tuple[TargetURL, ...]:
+    """The targets to try in order: ``savedir`` when given, else KDUMP_SAVEDIR
+    (one or more URLs separated by spaces)."""
+    if isinstance(savedir, TargetURL):
+        return (savedir,)
+    return parse_targets(savedir or config.savedir)
+
+
+def next_target(url: TargetURL, exc: KdumpError, urls: Sequence[TargetURL], failed: Sequence[str]) -> str:
+    """After ``url`` failed with ``exc``: the README note naming the failure
+    when another target follows; otherwise raise (``exc`` itself when there
+    was only one target, else an error naming every failure)."""
+    note = f"target {url.masked()} failed: {exc}"
+    if url is not urls[-1]:
+        log.error("%s; trying the next target", note)
+        return note
+    if len(urls) == 1:
+        raise exc
+    raise KdumpError(f"no target took the dump: {'; '.join([*failed, note])}") from exc
 
 
 @contextmanager
@@ -69,14 +102,14 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
     then saves the files and finishes.  An exception in the block leaves the
     README saying INCOMPLETE and why, and propagates."""
     started = time.monotonic()
-    url = savedir if isinstance(savedir, TargetURL) else parse_url(savedir or config.savedir)
+    url = targets(config, savedir)[0]
     crashed = read_crashed_kernel(vmcore)
     mdf, mdf_problem = _probe_makedumpfile()
     plan = collector.plan(config, mdf, crashed.vmcoreinfo, mdf_problem=mdf_problem)
     for note in plan.notes:
         log.info("%s", note)
     expected = expected_size(vmcore, plan)
-    hostname = config.hostname or crashed.nodename or "unknown"
+    hostname = dumpdir.facts_text(config.hostname or crashed.nodename or "unknown")
     log.info("saving the dump of %s (kernel %s, crashed %s) to %s", hostname, crashed.release,
              crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"), url.masked())
 
@@ -96,14 +129,21 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
             kernel_release=crashed.release, crash_time=crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"),
             dump_level=None if plan.format in ("raw", "none") else plan.dump_level,
             dump_format=_format_label(plan), memory_size=crashed.memory_size,
-            notes=list(plan.notes) + list(notes))
-        created = datetime.now(timezone.utc)
-        target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, created))
-        target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
+            notes=list(plan.notes) + list(notes), crashed_at=crashed.crash_time,
+            dump_started=datetime.now(timezone.utc), format_name=plan.format, configured_dump_level=plan.dump_level)
         facts.collector = _collector_label(plan, mdf)
         if expected is not None:
             facts.notes.append(f"expected size before saving: {expected} bytes")
-        dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started, created)
+        created = datetime.now(timezone.utc)
+        try:
+            target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(hostname, created))
+            target.write_small(f"{name}/{README}", dumpdir.incomplete_readme(facts).encode())
+        except KdumpError as exc:
+            _remove_new_directory(target, name)
+            why = "the target is full" if isinstance(exc, NoSpaceError) else "cannot start the dump"
+            raise KdumpError(f"{why}: {exc}") from None
+        dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started, created,
+                              Progress(interval=5.0, stdout=bool(config.verbose & verbose.PROGRESS)))
         try:
             yield dump
         except BaseException as exc:
@@ -141,7 +181,9 @@ class DumpInProgress:
         """The kernel log, then the vmcore (unless the format is ``none``)."""
         name, facts = self.facts.directory, self.facts
         dmesg = _save_dmesg(self.target, name, self.mdf, self.vmcore, self.guard, facts.notes)
-        facts.panic = collector.panic_line(dmesg) or facts.panic
+        facts.dmesg_status = "saved successfully" if dmesg else "error while saving, see the notes"
+        panic = collector.panic_line(dmesg)
+        facts.panic = dumpdir.facts_text(panic) if panic else facts.panic
         self.has_dmesg = bool(dmesg)
         if self.plan.format == "none" and not dmesg:
             raise KdumpError("KDUMP_DUMPFORMAT=none saves only the kernel log, and it could not be read")
@@ -149,7 +191,8 @@ class DumpInProgress:
             facts.vmcore_name, written = _save_vmcore(self.target, name, self.plan, self.mdf, self.config,
                                                       self.vmcore, self.guard, self.progress, facts)
             facts.saved_bytes = written.size
-            facts.sha256 = written.sha256 or self.target.sha256(f"{name}/{facts.vmcore_name}")
+            facts.sha256 = written.sha256 or self.target.server_sha256(f"{name}/{facts.vmcore_name}") \
+                or NO_SHA256
 
     def finish(self) -> SaveResult:
         """The final README, then KDUMP_KEEP_OLD_DUMPS."""
@@ -162,11 +205,20 @@ class DumpInProgress:
         self.finished = True
         self.target.write_small(f"{name}/{MARKER}", dumpdir.marker_bytes(facts.hostname, self.created,
                                                                          dumpdir.COMPLETE))
-        old = retention.own_dumps(self.target, facts.hostname, older_than=dumpdir.parse_name(name).sort_key)
-        _, problems = retention.delete(self.target, retention.surplus(old, keep), f"KDUMP_KEEP_OLD_DUMPS={keep}")
+        try:
+            old = retention.own_dumps(self.target, facts.hostname, older_than=dumpdir.parse_name(name).sort_key)
+            _, problems = retention.delete(self.target, retention.surplus(old, keep),
+                                           f"KDUMP_KEEP_OLD_DUMPS={keep}")
+        except KdumpError as exc:
+            # the dump is complete: a failure to list old ones must not turn it into a failed save
+            problems = [f"KDUMP_KEEP_OLD_DUMPS={keep}: could not delete old dumps: {exc}"]
+            log.error("the dump is saved, but %s", problems[0])
         if problems:
             facts.notes.extend(problems)
-            self.target.write_small(f"{name}/{README}", facts.render().encode())
+            try:
+                self.target.write_small(f"{name}/{README}", facts.render().encode())
+            except KdumpError as readme_exc:
+                log.error("could not add that to README.txt: %s", readme_exc)
         log.info("dump saved: %s/%s (%s, %.1f MB, %.1f s)", self.url.masked().rstrip("/"), name,
                  facts.vmcore_name or "dmesg.txt", facts.saved_bytes / 1e6, facts.duration)
         files = [facts.vmcore_name, dumpdir.DMESG if self.has_dmesg else "", README]
@@ -196,7 +248,9 @@ def read_crashed_kernel(vmcore: str) -> CrashedKernel:
         else:
             log.warning("the vmcore has no CRASHTIME; naming the dump after the current clock")
             crash_time = datetime.now(timezone.utc)
-        return CrashedKernel(core.osrelease or "unknown", crash_time, core.nodename(), core.memory_size,
+        nodename = core.nodename()
+        return CrashedKernel(dumpdir.facts_text(core.osrelease or "unknown"), crash_time,
+                             dumpdir.facts_text(nodename) if nodename is not None else None, core.memory_size,
                              dict(core.vmcoreinfo))
 
 
@@ -335,6 +389,11 @@ def make_room(target: Transport, guard: SpaceGuard, hostname: str, keep: int, ne
     room = guard.room()
     if not candidates or room is None or expected is None or room >= expected:
         return []
+    reclaimable = sum(d.saved_bytes or 0 for d in candidates)
+    if room + reclaimable < expected:
+        log.warning("the dump may take %d MB and deleting every old dump KDUMP_KEEP_OLD_DUMPS=%d allows to "
+                    "go would free only about %d MB: keeping them", expected >> 20, keep, reclaimable >> 20)
+        return []
     log.info("the target has room for %d MB more and the dump may take %d MB: deleting old dumps "
              "KDUMP_KEEP_OLD_DUMPS=%d allows to go", max(room, 0) >> 20, expected >> 20, keep)
     deleted: List[str] = []
@@ -355,12 +414,37 @@ def _record_failure(target: Transport, facts: DumpFacts, progress: Progress, exc
     facts.status = f"INCOMPLETE: {reason}"
     facts.saved_bytes = progress.bytes_written
     facts.duration = time.monotonic() - started
+    readme = f"{facts.directory}/{README}"
+    data = dumpdir.incomplete_readme(facts).encode()
     try:
-        target.write_small(f"{facts.directory}/{README}", dumpdir.incomplete_readme(facts).encode())
+        target.write_small(readme, data)
         target.write_small(f"{facts.directory}/{MARKER}",
                            dumpdir.marker_bytes(facts.hostname, created, dumpdir.FAILED))
     except Exception as readme_exc:  # noqa: BLE001 - the original failure is what matters
-        log.error("could not update README.txt after the failure: %s", readme_exc)
+        log.warning("could not replace README.txt after the failure (%s); overwriting it in place", readme_exc)
+        _overwrite_in_place(target, readme, data)
+
+
+def _overwrite_in_place(target: Transport, path: str, data: bytes) -> None:
+    """Write ``data`` over ``path`` itself, on a target too full for a second file:
+    the partial ``path.tmp`` first replaces ``path`` (so none is left behind), then
+    truncating it frees the blocks the new text reuses."""
+    try:
+        target.rename(path + ".tmp", path)
+    except Exception as exc:  # noqa: BLE001 - there may be no partial file
+        log.debug("no partial %s.tmp to move away: %s", path, exc)
+    try:
+        target.write_whole(path, data)
+    except Exception as exc:  # noqa: BLE001 - the original failure is what matters
+        log.error("could not update README.txt after the failure: %s", exc)
+
+
+def _remove_new_directory(target: Transport, name: str) -> None:
+    """Delete the dump directory just created when not even its marker and README fit."""
+    try:
+        target.remove_tree(name)
+    except Exception as exc:  # noqa: BLE001 - the original failure is what matters
+        log.error("could not remove the unusable dump directory %s: %s", name, exc)
 
 
 def _collector_label(plan: collector.DumpPlan, mdf: Optional[collector.Makedumpfile]) -> str:
@@ -382,8 +466,8 @@ def _format_label(plan: collector.DumpPlan) -> str:
 
 
 def _open_command(facts: DumpFacts, url: TargetURL) -> str:
-    vmlinux = DEBUG_VMLINUX.format(release=facts.kernel_release)
-    where = f"{url.path.rstrip('/')}/{facts.directory}" if not url.is_remote else facts.directory
+    vmlinux = shlex.quote(DEBUG_VMLINUX.format(release=facts.kernel_release))
+    where = shlex.quote(f"{url.path.rstrip('/')}/{facts.directory}" if not url.is_remote else facts.directory)
     if facts.vmcore_name == "vmcore":
         return f"crash {vmlinux} {where}/vmcore"
     if facts.vmcore_name == "vmcore.flat":

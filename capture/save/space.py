@@ -22,6 +22,15 @@ class SpaceLimitReached(KdumpError):
     """Writing more would leave less than KDUMP_FREE_DISK_SIZE free."""
 
 
+#: kept free beyond KDUMP_FREE_DISK_SIZE, so that the README can still say why a save stopped
+RESERVE = 1 << 20
+
+
+def amount(nbytes: int) -> str:
+    """``nbytes`` in MB, or in bytes when MB would round to 0."""
+    return f"{nbytes >> 20} MB" if nbytes >= 1 << 20 else f"{max(nbytes, 0)} bytes"
+
+
 class SpaceGuard:
     def __init__(self, target: Transport, limit_bytes: int, recheck: int = 32 << 20) -> None:
         self.target = target
@@ -37,14 +46,14 @@ class SpaceGuard:
         if free is None:
             self.known = False
             return None
-        self._budget = free - self.limit
+        self._budget = free - self.limit - RESERVE
         self._since_check = 0
         return free
 
     def room(self) -> Optional[int]:
         """Bytes that may still be written now before the limit (negative: already below), None: unknown."""
         free = self.target.free_space()
-        return None if free is None else free - self.limit
+        return None if free is None else free - self.limit - RESERVE
 
     def remeasure(self) -> None:
         """Forget the claims so far and measure again (a partial file was replaced)."""
@@ -57,8 +66,8 @@ class SpaceGuard:
         if self.free_at_start is None:
             log.warning("free space on the target is unknown: KDUMP_FREE_DISK_SIZE cannot be enforced")
             return
-        log.info("free space on the target: %d MB (KDUMP_FREE_DISK_SIZE keeps %d MB free)",
-                 self.free_at_start >> 20, self.limit >> 20)
+        log.info("free space on the target: %s (KDUMP_FREE_DISK_SIZE keeps %s free)",
+                 amount(self.free_at_start), amount(self.limit))
         self.claim(0)
 
     def claim(self, nbytes: int) -> None:
@@ -69,13 +78,18 @@ class SpaceGuard:
         if self._budget - nbytes < 0 or self._since_check >= self.recheck:
             self._measure()
             if self._budget - nbytes < 0:
+                free = max(self._budget + self.limit + RESERVE, 0)
+                if self.limit:
+                    raise SpaceLimitReached(
+                        f"the target has {amount(free)} free and "
+                        f"KDUMP_FREE_DISK_SIZE requires {amount(self.limit)} to stay free")
                 raise SpaceLimitReached(
-                    f"the target has {max(self._budget + self.limit, 0) >> 20} MB free and "
-                    f"KDUMP_FREE_DISK_SIZE requires {self.limit >> 20} MB to stay free")
+                    f"the target is full: {amount(free)} free, less than the {amount(nbytes + RESERVE)} "
+                    "the next write and the README need")
         self._budget -= nbytes
 
     def describe(self) -> str:
         if not self.known:
             return "unknown (the target cannot tell; KDUMP_FREE_DISK_SIZE not enforced)"
         free = self.target.free_space()
-        return "" if free is None else f"{free >> 20} MB free after saving (limit {self.limit >> 20} MB)"
+        return "" if free is None else f"{amount(free)} free after saving (limit {amount(self.limit)})"

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 CAPTURE_DRIVERS = ("virtio_pci", "virtio_net", "virtio_blk")
+"""What the production system loads from the capture initrd's tree (those it has)."""
+DISK_DRIVERS = "virtio_pci virtio_blk"
 """QEMU's devices: the host that builds the initrd may have other drivers."""
 SAVED_LINE = r"kdump-saver: dump saved"
 GUEST_TIMEOUT = 420.0
@@ -141,8 +143,13 @@ class Session:
             conf.touch(mode=0o600)
             conf.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
             started = time.monotonic()
+            # The NIC driver is found by build-initrd itself (this machine's NIC, resolved against
+            # the guest kernel's modules.alias).  A disk case builds here for a file system on a
+            # loop image that the guest sees as a virtio disk: a disk of another machine, which
+            # is what --add-drivers is for.
+            drivers = ["--add-drivers", DISK_DRIVERS] if self.target.disks else []
             _kdump_saver("build-initrd", "--config", str(conf), "--kernel", self.kernel.version,
-                         "--output", str(self.initrd), "--add-drivers", " ".join(CAPTURE_DRIVERS))
+                         "--output", str(self.initrd), *drivers)
             self.result.build_seconds = time.monotonic() - started
             self.target.detach()
             self.config_text = conf.read_text()

@@ -94,8 +94,10 @@ class FtpServer:
     """One vsftpd; use as a context manager or call :meth:`start` / :meth:`stop`."""
 
     def __init__(self, workdir: Path, tls_pem: Optional[Path] = None, home: Optional[Path] = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", umask: str = "077") -> None:
         self.workdir = Path(workdir)
+        #: the server's umask for new files and directories (022 is the common default elsewhere)
+        self.umask = umask
         self.host = host
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.user = USER
@@ -129,9 +131,9 @@ class FtpServer:
               ["listen=YES", "listen_ipv6=NO", f"listen_address={self.host}", f"pasv_address={self.host}"]),
             f"listen_port={self.port}",
             "background=NO", "seccomp_sandbox=NO", "isolate=NO", "isolate_network=NO",
-            "local_enable=YES", "write_enable=YES", "local_umask=077", f"local_root={self.home}",
+            "local_enable=YES", "write_enable=YES", f"local_umask={self.umask}", f"local_root={self.home}",
             "anonymous_enable=YES", "anon_upload_enable=YES", "anon_mkdir_write_enable=YES",
-            "anon_other_write_enable=YES", "anon_umask=077", "anon_world_readable_only=NO", f"anon_root={self.anon_root}",
+            "anon_other_write_enable=YES", f"anon_umask={self.umask}", "anon_world_readable_only=NO", f"anon_root={self.anon_root}",
             "no_anon_password=YES",
             "pasv_enable=YES", "port_enable=NO",
             "pam_service_name=vsftpd", "secure_chroot_dir=/var/run/vsftpd/empty",

@@ -1,0 +1,168 @@
+"""The private parts of paramiko and pysmb that transports/sftp.py and transports/cifs.py use.
+
+Both transports reach below the libraries' public surface (pipelined SFTP
+writes, an atomic 0600 open, SMB2 requests pysmb has no call for).  These
+tests fail loudly, naming the internal, when an upgrade of either library
+changes one of them, before a capture kernel finds out.  The version pins in
+pyproject.toml are checked here too.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from importlib.metadata import version
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import pytest
+
+from conftest import REPO
+
+paramiko = pytest.importorskip("paramiko")
+smb = pytest.importorskip("smb")
+
+from paramiko.sftp_client import SFTPClient  # noqa: E402
+from smb import base as smb_base  # noqa: E402
+from smb import smb2_structs  # noqa: E402
+from smb.SMBConnection import SMBConnection  # noqa: E402
+
+
+def parameters(function: Callable) -> List[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def source(obj: object) -> str:
+    return inspect.getsource(obj)  # type: ignore[arg-type]
+
+
+# --- paramiko (transports/sftp.py) ---------------------------------------------------------------
+
+#: SFTPClient methods transports/sftp.py calls or overrides, with their parameters
+SFTP_METHODS: Dict[str, List[str]] = {
+    "_request": ["self", "t", "args"],                       # CMD_OPEN with attributes, CMD_FSETSTAT, CMD_CLOSE
+    "_async_request": ["self", "fileobj", "t", "args"],      # pipelined CMD_WRITE
+    "_read_response": ["self", "waitfor"],                   # collects the write acknowledgements
+    "_send_packet": ["self", "t", "packet"],                 # _Client._send_version
+    "_read_packet": ["self"],
+    "_send_version": ["self"],                               # overridden: remembers the extensions
+    "_write_all": ["self", "out"],                           # overridden: linear, not quadratic
+    "_read_all": ["self", "n"],                              # overridden
+}
+
+
+@pytest.mark.parametrize("name", sorted(SFTP_METHODS))
+def test_paramiko_sftp_internal_method(name: str) -> None:
+    method = getattr(SFTPClient, name, None)
+    assert method is not None, f"paramiko {version('paramiko')} has no SFTPClient.{name}: transports/sftp.py needs it"
+    assert parameters(method) == SFTP_METHODS[name], \
+        f"paramiko {version('paramiko')} changed SFTPClient.{name}{inspect.signature(method)}"
+
+
+def test_paramiko_calls_back_async_response_of_the_file_object() -> None:
+    """SFTPDumpFile._async_response is called by paramiko for each acknowledged write."""
+    assert "_async_response(" in source(SFTPClient._read_response), \
+        "paramiko no longer hands write acknowledgements to fileobj._async_response"
+
+
+def test_paramiko_version_negotiation_is_what_the_override_replaces() -> None:
+    text = source(paramiko.sftp.BaseSFTP._send_version)
+    assert "CMD_INIT" in text and "CMD_VERSION" in text
+
+
+def test_paramiko_sftp_constants_and_sock() -> None:
+    from paramiko import sftp
+    for name in ("CMD_CLOSE", "CMD_EXTENDED", "CMD_EXTENDED_REPLY", "CMD_FSETSTAT", "CMD_HANDLE", "CMD_INIT",
+                 "CMD_OPEN", "CMD_STATUS", "CMD_VERSION", "CMD_WRITE", "SFTP_FLAG_CREATE", "SFTP_FLAG_TRUNC",
+                 "SFTP_FLAG_WRITE", "SFTP_OK", "SFTPError", "int64"):
+        assert hasattr(sftp, name), f"paramiko.sftp.{name} is gone"
+    assert "self.sock = sock" in source(paramiko.sftp.BaseSFTP.__init__) or \
+        "self.sock" in source(SFTPClient.__init__)
+
+
+def test_paramiko_has_the_public_posix_rename() -> None:
+    """transports/sftp.py prefers it to the raw extended request."""
+    assert parameters(SFTPClient.posix_rename) == ["self", "oldpath", "newpath"]
+
+
+# --- pysmb (transports/cifs.py) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,params", [
+    ("_getNextMID_SMB2", ["self"]),
+    ("_pollForNetBIOSPacket", ["self", "timeout"]),
+    ("_sendSMBMessage_SMB2", ["self", "smb_message"]),
+])
+def test_pysmb_internal_method(name: str, params: List[str]) -> None:
+    method = getattr(SMBConnection, name, None)
+    assert method is not None, f"pysmb {version('pysmb')} has no SMBConnection.{name}: transports/cifs.py needs it"
+    assert parameters(method) == params, f"pysmb changed SMBConnection.{name}{inspect.signature(method)}"
+
+
+def test_pysmb_selects_the_smb2_sender_as_sendSMBMessage() -> None:
+    assert "self._sendSMBMessage = self._sendSMBMessage_SMB2" in source(smb_base)
+
+
+@pytest.mark.parametrize("attribute", ["pending_requests", "connected_trees", "is_signing_active", "session_id",
+                                       "max_write_size", "max_read_size"])
+def test_pysmb_connection_state_cifs_reads(attribute: str) -> None:
+    assert re.search(rf"self\.{attribute}\s*=", source(smb_base)), \
+        f"pysmb no longer keeps self.{attribute} on its connection"
+
+
+def test_pysmb_pending_request_signature() -> None:
+    assert parameters(smb_base._PendingRequest.__init__) == \
+        ["self", "mid", "expiry_time", "callback", "errback", "kwargs"]
+
+
+@pytest.mark.parametrize("name,params", [
+    ("SMB2CloseRequest", ["self", "fid", "flags"]),
+    ("SMB2CreateRequest", ["self", "filename", "file_attributes", "access_mask", "share_access", "create_disp",
+                           "create_options", "impersonation", "oplock", "create_context_data"]),
+    ("SMB2QueryInfoRequest", ["self", "fid", "flags", "additional_info", "info_type", "file_info_class",
+                              "input_buf", "output_buf_len"]),
+    ("SMB2ReadRequest", ["self", "fid", "read_offset", "read_len", "min_read_len"]),
+    ("SMB2SetInfoRequest", ["self", "fid", "additional_info", "info_type", "file_info_class", "data"]),
+    ("SMB2TreeConnectRequest", ["self", "path"]),
+    ("SMB2WriteRequest", ["self", "fid", "data", "offset", "remaining_len", "flags"]),
+    ("SMB2Message", ["self", "payload"]),
+])
+def test_pysmb_smb2_structures(name: str, params: List[str]) -> None:
+    cls = getattr(smb2_structs, name, None)
+    assert cls is not None, f"pysmb has no smb2_structs.{name}"
+    assert parameters(cls.__init__) == params, f"pysmb changed {name}{inspect.signature(cls.__init__)}"
+
+
+def test_pysmb_wire_layouts_match_the_hand_built_write() -> None:
+    """cifs.py sends unsigned WRITEs itself with these layouts ([MS-SMB2] 2.2.1.2, 2.2.21)."""
+    from transports import cifs
+    message = smb2_structs.SMB2Message
+    assert cifs._SMB2_HEADER.format == message.HEADER_STRUCT_FORMAT + message.SYNC_HEADER_STRUCT_FORMAT[1:]
+    assert cifs._SMB2_WRITE.format == smb2_structs.SMB2WriteRequest.STRUCTURE_FORMAT
+    assert "credit_re" in source(smb2_structs), "pysmb no longer decodes the credits granted (credit_re)"
+    assert "def encode" in source(message)
+
+
+# --- the pins -------------------------------------------------------------------------------------
+
+def _pin(name: str) -> str:
+    text = (REPO / "pyproject.toml").read_text()
+    match = re.search(rf'"{name}([^"]*)"', text)
+    assert match, f"{name} is not in pyproject.toml"
+    return match.group(1)
+
+
+def test_paramiko_is_pinned_below_its_next_major() -> None:
+    pin = _pin("paramiko")
+    upper = re.search(r"<\s*(\d+)", pin)
+    assert upper, f"paramiko{pin}: no upper bound"
+    assert int(version("paramiko").split(".")[0]) < int(upper.group(1))
+
+
+def test_pysmb_is_pinned_to_the_series_cifs_was_written_for() -> None:
+    pin = _pin("pysmb")
+    assert "<1.3" in pin and version("pysmb").startswith("1.2.")
+
+
+def test_cifs_refuses_a_pysmb_without_its_internals() -> None:
+    from transports import cifs
+    assert set(cifs._PYSMB_INTERNALS) <= {n for n in dir(SMBConnection)}
+    assert Path(cifs.__file__).read_text().count("_PYSMB_INTERNALS") >= 2
