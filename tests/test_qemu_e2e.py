@@ -114,3 +114,39 @@ def test_initramfs_archives_round_trip_through_gnu_cpio(tmp_path: Path) -> None:
     members = dict(cpio.read_image(combined))
     assert members["usr/bin/tool"].data == b"#!/bin/sh\necho hi\n"
     assert members["d/a"].data == members["d/b"].data == b"shared content\n"
+
+
+def test_console_reads_prompts_and_types(tmp_path: Path) -> None:
+    """The console the debian cases type on: a prompt without newline is seen,
+    colours are removed even when an escape sequence arrives in two pieces,
+    typed text reaches the program, and its end is noticed."""
+    from qharness.console import Console, ConsoleTimeout
+
+    script = ("printf 'boot \\033[0;3'; sleep 0.3; printf '2mOK\\033[0m done\\n'; "
+              "printf 'root@guest:~# '; read line; echo \"got-$line\"; sleep 0.2")
+    with Console(["sh", "-c", script], tmp_path / "console.log") as con:
+        assert con.expect(r"^boot OK done$", 10).index == 0
+        con.expect(r"root@guest:\S*# ?$", 10, partial=True)
+        mark = con.mark()
+        con.send("hello\n")
+        # no terminal echoes here: the answer completes the prompt's line
+        assert con.expect(r"^root@guest:~# got-hello$", 10, since=mark).index == mark
+        with pytest.raises(ConsoleTimeout, match="QEMU exited"):
+            con.expect("never printed", 10)
+    assert "got-hello" in (tmp_path / "console.log").read_text()
+
+
+def test_debian_image_key_is_the_wheels_content(tmp_path: Path) -> None:
+    """The image cache is keyed by what the wheel holds: two builds of the same
+    checkout give the same key, a changed file a different one."""
+    from qharness import debian
+
+    first = debian.wheel_digest(debian.build_wheel(tmp_path / "a"))
+    again = debian.wheel_digest(debian.build_wheel(tmp_path / "b"))
+    assert first == again
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__"))
+    with open(src / "capture" / "__init__.py", "a") as f:
+        f.write("\n# changed\n")
+    assert debian.wheel_digest(debian.build_wheel(tmp_path / "c", source=src)) != first

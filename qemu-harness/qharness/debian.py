@@ -196,11 +196,11 @@ def chroot_mounts(root: Path) -> Iterator[None]:
     """/proc, /dev and /dev/pts in ``root`` for package scripts; always undone."""
     mounted: List[Path] = []
     try:
-        for fstype, src, dst in (("proc", "proc", "proc"), ("bind", "/dev", "dev"), ("bind", "/dev/pts", "dev/pts")):
+        mounts = (("-t proc", "proc", "proc"), ("--bind", "/dev", "dev"), ("--bind", "/dev/pts", "dev/pts"))
+        for how, src, dst in mounts:
             target = root / dst
             target.mkdir(parents=True, exist_ok=True)
-            cmd = ["mount", "--bind", src, str(target)] if fstype == "bind" else ["mount", "-t", fstype, src, str(target)]
-            _run(cmd, "mount")
+            _run(["mount", *how.split(), src, str(target)], "mount")
             mounted.append(target)
         yield
     finally:
