@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the QEMU harness needs on a fresh Debian 12 machine (as root):
 # QEMU, the current Debian cloud kernel and its -dbg package (for crash), the
-# kdump tools, dracut and the servers the matrix saves to.  Idempotent: a
+# kdump tools, dracut, the servers the matrix saves to and debootstrap (the
+# Debian image of the debian cases).  Idempotent: a
 # second run installs nothing.  The kernel version is discovered, never pinned.
 set -euo pipefail
 
@@ -9,7 +10,7 @@ packages=(
   qemu-system-x86 linux-image-cloud-amd64 crash busybox-static kexec-tools
   makedumpfile dracut-core dracut-network cpio xz-utils e2fsprogs
   openssh-server openssh-client samba smbclient vsftpd
-  nfs-ganesha nfs-ganesha-vfs iproute2
+  nfs-ganesha nfs-ganesha-vfs iproute2 debootstrap
 )
 export DEBIAN_FRONTEND=noninteractive
 apt_install() {
