@@ -143,7 +143,7 @@ def test_bad_hosts_are_refused_at_parse_time(url, why):
 
 @pytest.mark.parametrize("url,host", [
     ("sftp://dumps.example.com/x", "dumps.example.com"),
-    ("ftp://10.0.0.1:2121/x", "10.0.0.1"),
+    ("ftp://192.0.2.1:2121/x", "192.0.2.1"),
     ("sftp://[::1]:22/x", "::1"),
     ("sftp://[fe80::1%25eth0]/x", "fe80::1%25eth0"),
     ("cifs://my_server/share", "my_server"),
