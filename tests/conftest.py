@@ -43,19 +43,28 @@ def shared_dir() -> Path:
     return Path(env) if env else REPO.parent / "shared"
 
 
-@pytest.fixture(scope="session")
-def fixture_vmcore() -> Path:
-    """The fixture vmcore, decompressed once into a cache and verified."""
-    xz = shared_dir() / "fixtures" / f"{FIXTURE_NAME}.elf.xz"
+FIXTURE_SIZES = {"vmcore-6.1-cloud-512M": 410_705_920, "vmcore-6.12-cloud-512M": 414_896_128}
+"""Bytes of each fixture vmcore once decompressed."""
+
+
+def cached_fixture(name: str) -> Path:
+    """A fixture vmcore of ../shared/fixtures, decompressed once into :data:`CACHE` and size-checked."""
+    xz = shared_dir() / "fixtures" / f"{name}.elf.xz"
     require(xz.exists(), f"fixture {xz} not found (set KDUMP_SAVER_SHARED)")
     CACHE.mkdir(parents=True, exist_ok=True)
-    out = CACHE / f"{FIXTURE_NAME}.elf"
-    if not out.exists() or out.stat().st_size != 410_705_920:
-        tmp = out.with_suffix(".tmp")
+    out = CACHE / f"{name}.elf"
+    if not out.exists() or out.stat().st_size != FIXTURE_SIZES[name]:
+        tmp = out.with_suffix(f".tmp{os.getpid()}")
         with lzma.open(xz) as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         tmp.rename(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def fixture_vmcore() -> Path:
+    """The 6.1 fixture vmcore, decompressed once into a cache and verified."""
+    return cached_fixture(FIXTURE_NAME)
 
 
 @pytest.fixture(scope="session")

@@ -451,23 +451,6 @@ def test_an_old_dump_that_cannot_be_deleted_gives_exit_status_0(tmp_path, fixtur
         subprocess.run(["chattr", "-i", str(old / "vmcore")], check=False)
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    require(os.geteuid() == 0, "mounting a small tmpfs needs root")
-    mounts = []
-
-    def make(size: str) -> Path:
-        mnt = tmp_path / f"fs{len(mounts)}"
-        mnt.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mnt)], check=True)
-        mounts.append(mnt)
-        return mnt
-
-    yield make
-    for mnt in mounts:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def fill(fs: Path) -> None:
     fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
@@ -480,7 +463,7 @@ def fill(fs: Path) -> None:
 
 
 def test_a_full_target_is_refused_without_leaving_a_directory(small_fs, fixture_vmcore, makedumpfile):
-    fs = small_fs("1m")
+    fs = small_fs(1)
     fill(fs)
     with pytest.raises(SpaceLimitReached) as err:
         save(Config(dumpformat="none", free_disk_size=0), vmcore=str(fixture_vmcore), savedir=str(fs))
@@ -489,7 +472,7 @@ def test_a_full_target_is_refused_without_leaving_a_directory(small_fs, fixture_
 
 
 def test_running_out_of_space_with_no_limit_leaves_a_readme_that_says_so(small_fs, fixture_vmcore, makedumpfile):
-    fs = small_fs("16m")
+    fs = small_fs(16)
     with pytest.raises(KdumpError) as err:
         save(Config(dumpformat="lzo", free_disk_size=0), vmcore=str(fixture_vmcore), savedir=str(fs))
     assert "0 MB" not in str(err.value)

@@ -10,7 +10,6 @@ answer must be bytes or DumpFormatError, never another exception.
 """
 from __future__ import annotations
 
-import lzma
 import random
 import re
 import shutil
@@ -28,9 +27,8 @@ from hypothesis import strategies as st
 from capture.formats.elfcore import ElfCore, Note
 from capture.errors import DumpFormatError
 from capture.formats.printk import MAX_OUTPUT_BYTES, PrintkCorruptError, extract_dmesg
-from conftest import CACHE, require, shared_dir
+from conftest import FIXTURE_SIZES, cached_fixture, shared_dir
 
-FIXTURE_SIZES = {"vmcore-6.1-cloud-512M": 410_705_920, "vmcore-6.12-cloud-512M": 414_896_128}
 PT_LOAD, PT_NOTE = 1, 4
 #: a prefix "[sssss.uuuuuu] " is 15 bytes wide, so continuation lines are indented by 15
 INDENT = b"\n" + b" " * 15
@@ -40,20 +38,6 @@ HYPOTHESIS = settings(max_examples=120, deadline=timedelta(seconds=20), database
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-
-def cached_fixture(name: str) -> Path:
-    """A fixture vmcore decompressed once into the cache (the same file conftest's fixture_vmcore uses for 6.1)."""
-    xz = shared_dir() / "fixtures" / f"{name}.elf.xz"
-    require(xz.exists(), f"fixture {xz} not found (set KDUMP_SAVER_SHARED)")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    out = CACHE / f"{name}.elf"
-    if not out.exists() or out.stat().st_size != FIXTURE_SIZES[name]:
-        tmp = out.with_suffix(".printk-tmp")
-        with lzma.open(xz) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        tmp.rename(out)
-    return out
-
 
 @pytest.fixture(scope="session")
 def vmcore_612() -> Path:

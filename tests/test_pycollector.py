@@ -9,7 +9,6 @@ page's page_type through the kernel's own vmemmap mapping.
 from __future__ import annotations
 
 import json
-import lzma
 import os
 import shutil
 import subprocess
@@ -31,10 +30,9 @@ from capture.formats.kmem import PhysicalMemory
 from capture.formats.pageclass import PageClassError, PageClassifier, PageLayout
 from capture.formats.kdumpfile import completeness_problems, parse_header
 from capture.save.pycollector import collect, estimate_size, makedumpfile_misfilters
-from conftest import CACHE, require, require_program, shared_dir
+from conftest import cached_fixture, require, require_program
 
 NEW_FIXTURE = "vmcore-6.12-cloud-512M"
-NEW_SIZE = 414_896_128
 RELEASE_61 = "6.1.0-56-cloud-amd64"
 VMLINUX_61 = f"/usr/lib/debug/boot/vmlinux-{RELEASE_61}"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -43,16 +41,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 @pytest.fixture(scope="session")
 def new_vmcore() -> Path:
     """The 6.12 fixture vmcore, decompressed once into the cache."""
-    xz = shared_dir() / "fixtures" / f"{NEW_FIXTURE}.elf.xz"
-    require(xz.exists(), f"fixture {xz} not found (set KDUMP_SAVER_SHARED)")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    out = CACHE / f"{NEW_FIXTURE}.elf"
-    if not out.exists() or out.stat().st_size != NEW_SIZE:
-        tmp = out.with_suffix(f".tmp{os.getpid()}")
-        with lzma.open(xz) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        tmp.rename(out)
-    return out
+    return cached_fixture(NEW_FIXTURE)
 
 
 class Ours:
