@@ -57,3 +57,16 @@ def test_failing_transfer_is_a_failure(tmp_path, fixture_vmcore):
     res = capture_boot(conf, fixture_vmcore)
     assert res.returncode == 1
     assert "KDUMP_TRANSFER exited with status 7" in res.stderr
+
+
+def test_a_truncated_vmcore_read_beside_the_network_is_a_clear_error(tmp_path, fixture_vmcore):
+    # the vmcore is read in a thread while the network comes up; its failure must
+    # reach the console as a plain error, not a traceback, and fail the boot's save
+    truncated = tmp_path / "vmcore"
+    with open(fixture_vmcore, "rb") as src, open(truncated, "wb") as dst:
+        dst.write(src.read(8 << 20))
+    conf = tmp_path / "kdump"
+    conf.write_text(f'KDUMP_SAVEDIR="{tmp_path}/dumps"\n')
+    res = capture_boot(conf, truncated)
+    assert res.returncode == 1
+    assert "is truncated" in res.stderr and "Traceback" not in res.stderr

@@ -112,6 +112,8 @@ def test_the_first_target_down_the_second_takes_the_dump(tmp_path: Path, fixture
     assert len(notes) == 1 and f"ftp://u:***@127.0.0.1:{down}/crash failed: cannot connect" in notes[0]
     assert "Down-Secret" not in caplog.text + readme
     assert "trying the next target" in caplog.text
+    # what comes from the vmcore alone is read once, not again for each target
+    assert caplog.text.count("extracting the kernel log") == 1
 
 
 def test_every_target_failing_names_each_failure(tmp_path: Path, fixture_vmcore: Path) -> None:

@@ -36,6 +36,8 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
     status = 1
     try:
         urls = sequence.targets(config)
+        # what needs only /proc/vmcore runs while the network comes up
+        preparing = None if config.transfer else sequence.Preparation(config, vmcore)
         bring_up_network(config, urls)
         if config.transfer:
             skipped = [o for o, v in (("KDUMP_PRESCRIPT", config.prescript),
@@ -47,10 +49,11 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
         else:
             notes = [script_note("KDUMP_PRESCRIPT", run_script("KDUMP_PRESCRIPT", config.prescript))] \
                 if config.prescript else []
+            prepared = preparing.result() if preparing else sequence.prepare(config, vmcore)
             failed: List[str] = []
             for url in urls:
                 try:
-                    with sequence.begin(config, vmcore, url, [*notes, *failed]) as dump:
+                    with sequence.begin(config, vmcore, url, [*notes, *failed], prepared) as dump:
                         dump.save_files()
                         if config.postscript:
                             dump.notes.append(script_note("KDUMP_POSTSCRIPT",

@@ -1,9 +1,12 @@
 """The save: from /proc/vmcore to a finished dump directory on the target.
 
 :func:`save` is the whole sequence, step by step; each step's details live
-in the module named after what it handles.  A caller that must act between
-the complete vmcore and the final README (capture-boot runs
-KDUMP_POSTSCRIPT there) uses the same steps through :func:`begin`::
+in the module named after what it handles.  What needs only the vmcore
+(its headers, the collector's plan, the size estimate, the kernel log) is
+:func:`prepare`, done once for every target; capture-boot runs it while the
+network comes up.  A caller that must act between the complete vmcore and
+the final README (capture-boot runs KDUMP_POSTSCRIPT there) uses the same
+steps through :func:`begin`::
 
     with begin(config, vmcore) as dump:
         dump.save_files()
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -63,10 +67,11 @@ def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targe
     into the README.  Several targets are tried in order until one takes
     the whole dump; its README lists the ones that failed."""
     urls = targets(config, savedir)
+    prepared = prepare(config, vmcore)
     failed: List[str] = []
     for url in urls:
         try:
-            with begin(config, vmcore, url, [*notes, *failed]) as dump:
+            with begin(config, vmcore, url, [*notes, *failed], prepared) as dump:
                 dump.save_files()
                 return dump.finish()
         except KdumpError as exc:
@@ -95,20 +100,76 @@ def next_target(url: TargetURL, exc: KdumpError, urls: Sequence[TargetURL], fail
     raise KdumpError(f"no target took the dump: {'; '.join([*failed, note])}") from exc
 
 
-@contextmanager
-def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, TargetURL, None] = None,
-          notes: Sequence[str] = ()) -> Iterator["DumpInProgress"]:
-    """The steps up to an empty dump directory marked incomplete; the block
-    then saves the files and finishes.  An exception in the block leaves the
-    README saying INCOMPLETE and why, and propagates."""
-    started = time.monotonic()
-    url = targets(config, savedir)[0]
+@dataclass(frozen=True)
+class KernelLog:
+    """The crashed kernel's log as dmesg.txt will hold it (empty when
+    unreadable), and the README notes on how it was read."""
+
+    text: bytes
+    notes: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything the save needs that comes from the vmcore alone."""
+
+    crashed: "CrashedKernel"
+    mdf: Optional[collector.Makedumpfile]
+    plan: collector.DumpPlan
+    expected: Optional[int]
+    """The dump's expected size in bytes, when it can be predicted."""
+    kernel_log: KernelLog
+
+
+def prepare(config: Config, vmcore: str = "/proc/vmcore") -> Prepared:
+    """Read the vmcore's headers, choose the collector, estimate the dump's
+    size and read the kernel log; raise :class:`KdumpError` for a vmcore
+    that cannot be saved."""
     crashed = read_crashed_kernel(vmcore)
     mdf, mdf_problem = _probe_makedumpfile()
     plan = collector.plan(config, mdf, crashed.vmcoreinfo, mdf_problem=mdf_problem)
     for note in plan.notes:
         log.info("%s", note)
     expected = expected_size(vmcore, plan)
+    return Prepared(crashed, mdf, plan, expected, read_dmesg(mdf, vmcore))
+
+
+class Preparation:
+    """:func:`prepare` in a thread, so that it overlaps other waiting (the
+    network coming up); :meth:`result` waits for it and returns it or
+    raises what it raised."""
+
+    def __init__(self, config: Config, vmcore: str = "/proc/vmcore") -> None:
+        self._outcome: List[Union[Prepared, BaseException]] = []
+        self._thread = threading.Thread(target=self._run, args=(config, vmcore),
+                                        name="kdump-saver-prepare", daemon=True)
+        self._thread.start()
+
+    def _run(self, config: Config, vmcore: str) -> None:
+        try:
+            self._outcome.append(prepare(config, vmcore))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller of result()
+            self._outcome.append(exc)
+
+    def result(self) -> Prepared:
+        self._thread.join()
+        outcome = self._outcome[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+@contextmanager
+def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, TargetURL, None] = None,
+          notes: Sequence[str] = (), prepared: Optional[Prepared] = None) -> Iterator["DumpInProgress"]:
+    """The steps up to an empty dump directory marked incomplete (after
+    :func:`prepare`, unless ``prepared`` is its result); the block then saves
+    the files and finishes.  An exception in the block leaves the README
+    saying INCOMPLETE and why, and propagates."""
+    started = time.monotonic()
+    url = targets(config, savedir)[0]
+    ready = prepared or prepare(config, vmcore)
+    crashed, mdf, plan, expected = ready.crashed, ready.mdf, ready.plan, ready.expected
     hostname = dumpdir.facts_text(config.hostname or crashed.nodename or "unknown")
     log.info("saving the dump of %s (kernel %s, crashed %s) to %s", hostname, crashed.release,
              crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"), url.masked())
@@ -143,6 +204,7 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
             why = "the target is full" if isinstance(exc, NoSpaceError) else "cannot start the dump"
             raise KdumpError(f"{why}: {exc}") from None
         dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started, created,
+                              ready.kernel_log,
                               Progress(interval=5.0, stdout=bool(config.verbose & verbose.PROGRESS)))
         try:
             yield dump
@@ -167,6 +229,7 @@ class DumpInProgress:
     started: float
     created: datetime
     """When the directory was made (the marker's lease starts then)."""
+    kernel_log: KernelLog
     progress: Progress = field(default_factory=lambda: Progress(interval=5.0))
     has_dmesg: bool = False
     finished: bool = False
@@ -180,7 +243,7 @@ class DumpInProgress:
     def save_files(self) -> None:
         """The kernel log, then the vmcore (unless the format is ``none``)."""
         name, facts = self.facts.directory, self.facts
-        dmesg = _save_dmesg(self.target, name, self.mdf, self.vmcore, self.guard, facts.notes)
+        dmesg = _save_dmesg(self.target, name, self.kernel_log, self.guard, facts.notes)
         facts.dmesg_status = "saved successfully" if dmesg else "error while saving, see the notes"
         panic = collector.panic_line(dmesg)
         facts.panic = dumpdir.facts_text(panic) if panic else facts.panic
@@ -254,26 +317,32 @@ def read_crashed_kernel(vmcore: str) -> CrashedKernel:
                              dict(core.vmcoreinfo))
 
 
-def _save_dmesg(target: Transport, name: str, mdf: Optional[collector.Makedumpfile], vmcore: str,
-                guard: SpaceGuard, notes: List[str]) -> bytes:
-    """``dmesg.txt``: from makedumpfile, else our own reader of the log in the
-    vmcore; when neither works the vmcore is saved all the same and a note
-    says why there is no kernel log."""
+def read_dmesg(mdf: Optional[collector.Makedumpfile], vmcore: str) -> KernelLog:
+    """The kernel log from makedumpfile, else from our own reader of the log
+    in the vmcore; when neither works, an empty log and a note saying why
+    (the vmcore is saved all the same)."""
     log.info("extracting the kernel log")
     try:
-        dmesg = collector.dump_dmesg(mdf, vmcore)
+        return KernelLog(collector.dump_dmesg(mdf, vmcore))
     except KdumpError as exc:
         log.warning("%s; reading the kernel log from the vmcore itself", exc)
         try:
-            dmesg = read_kernel_log(vmcore)
+            text = read_kernel_log(vmcore)
         except KdumpError as own_exc:
-            notes.append(f"no dmesg.txt: {exc}; kdump-saver's own reader: {own_exc}")
             log.error("no kernel log: %s", own_exc)
-            return b""
-        notes.append(f"dmesg.txt was read by kdump-saver from the vmcore ({exc})")
-    guard.claim(len(dmesg))
-    target.write_small(f"{name}/{dumpdir.DMESG}", dmesg, partial_suffix=INCOMPLETE)
-    return dmesg
+            return KernelLog(b"", (f"no dmesg.txt: {exc}; kdump-saver's own reader: {own_exc}",))
+        return KernelLog(text, (f"dmesg.txt was read by kdump-saver from the vmcore ({exc})",))
+
+
+def _save_dmesg(target: Transport, name: str, kernel_log: KernelLog, guard: SpaceGuard,
+                notes: List[str]) -> bytes:
+    """``dmesg.txt`` (nothing when the log could not be read); the log's notes go into ``notes``."""
+    notes.extend(kernel_log.notes)
+    if not kernel_log.text:
+        return b""
+    guard.claim(len(kernel_log.text))
+    target.write_small(f"{name}/{dumpdir.DMESG}", kernel_log.text, partial_suffix=INCOMPLETE)
+    return kernel_log.text
 
 
 def read_kernel_log(vmcore: str) -> bytes:
