@@ -149,3 +149,30 @@ def test_the_checker_sees_a_command_during_a_transfer(ftpd: FtpServer) -> None:
     problems = overlapping_commands(events)
     assert len(problems) == 1 and "AVBL" in problems[0] and "transfer: STOR" in problems[0]
     (ftpd.home / "checker-probe").unlink()
+
+
+def test_other_calls_during_a_stor_are_refused_and_the_stor_survives(ftpd: FtpServer) -> None:
+    """The transport keeps the rule itself: a call that needs the control connection while a STOR
+    runs is refused (free space is estimated instead), and the STOR goes on undisturbed."""
+    from capture.config.targeturl import parse
+    from transports import open_target
+    from transports.base import TransportError, TransportOptions
+
+    with RecordingFtpProxy(ftpd.port, avbl=lambda: 10 << 30) as proxy:
+        url = parse(f"ftp://{ftpd.user}:{ftpd.password}@127.0.0.1:{proxy.port}/order-refused")
+        with open_target(url, TransportOptions(net_timeout=0)) as t:
+            assert t.free_space() == 10 << 30
+            f = t.create("file")
+            f.write(b"a" * (3 << 20))
+            for call in (lambda: t.listdir(""), lambda: t.remove("x"), lambda: t.rmdir("x"),
+                         lambda: t.create("other"), lambda: t.read_small("x")):
+                with pytest.raises(TransportError, match="no other command while storing"):
+                    call()
+            assert t.free_space() == (10 << 30) - (3 << 20)
+            f.write(b"b" * 1000)
+            f.close()
+            assert t.free_space() == 10 << 30  # asked again once the STOR is over
+        events = list(proxy.events)
+    problems = overlapping_commands(events)
+    assert problems == [], "\n".join(problems)
+    assert (ftpd.home / "order-refused" / "file").read_bytes() == b"a" * (3 << 20) + b"b" * 1000
