@@ -388,11 +388,12 @@ def test_server_that_requires_encryption_fails_at_once_saying_why(tmp_path, fixt
     assert took < 20, f"{took:.1f} s: retried instead of failing at once"
     assert "requires SMB encryption" in res.stderr and "cannot speak" in res.stderr
     if where == "server":
-        assert "the server requires SMB encryption (server smb encrypt = required)" in res.stderr
+        assert "the server requires SMB encryption (server smb encrypt = required;" in res.stderr
     else:
         assert "refused share 'dumps'" in res.stderr and "smb encrypt = required" in res.stderr
     assert "Traceback" not in res.stderr and "retrying" not in res.stderr and "ProtocolError" not in res.stderr
     assert server.password not in res.stderr + res.stdout
+    print(f"encryption required ({where}): the save failed after {took:.1f} s: {res.stderr.strip().splitlines()[-1]}")
 
 
 def test_wrong_password_on_a_server_that_requires_encryption_is_still_a_refused_login(tmp_path):

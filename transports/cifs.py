@@ -676,8 +676,8 @@ class CifsTransport(Transport):
             conn.close()
             if session_setup_status(exc) == STATUS_ACCESS_DENIED:
                 raise TransportError(f"{self.url.masked()}: the server requires SMB encryption (server smb "
-                                     "encrypt = required): it refused the session after the login "
-                                     f"({describe(STATUS_ACCESS_DENIED)}), {ENCRYPTION_LIMIT}") from None
+                                     "encrypt = required; it refused the session after the login, NT status "
+                                     f"0x{STATUS_ACCESS_DENIED:08X}), {ENCRYPTION_LIMIT}") from None
             raise
         except BaseException:
             conn.close()
@@ -702,8 +702,8 @@ class CifsTransport(Transport):
                 who = self.user or "guest"
                 raise TransportError(
                     f"{self.url.masked()}: the server refused share {self.share!r} ({describe(exc.status)}): "
-                    f"either the share requires SMB encryption (smb encrypt = required), {ENCRYPTION_LIMIT}; "
-                    f"or it does not admit {who} (valid users, hosts allow)") from None
+                    f"either the share requires SMB encryption (smb encrypt = required), {ENCRYPTION_LIMIT} "
+                    f"-- or it does not admit {who} (valid users, hosts allow)") from None
             raise _status_error(f"{self.url.masked()}: cannot connect to share {self.share!r}", exc.status) from None
         self.session = session
 
