@@ -141,6 +141,21 @@ def test_pysmb_wire_layouts_match_the_hand_built_write() -> None:
     assert "def encode" in source(message)
 
 
+def test_pysmb_raises_an_unhandled_session_setup_status_with_the_reply() -> None:
+    """cifs.session_setup_status reads STATUS_ACCESS_DENIED (a server that requires encryption)
+    from the ProtocolError pysmb raises for a SESSION_SETUP status it has no case for."""
+    from smb.smb_structs import ProtocolError
+    from transports import cifs
+    assert parameters(ProtocolError.__init__) == ["self", "message", "data_buf", "smb_message"]
+    assert "self.smb_message = smb_message" in source(ProtocolError.__init__)
+    handler = source(smb_base.SMB._updateState_SMB2)
+    assert "raise ProtocolError('Unknown status value (0x%08X) in SMB_COM_SESSION_SETUP_ANDX" in handler
+    assert "0xc0000022" not in handler.lower(), "pysmb now handles STATUS_ACCESS_DENIED in SESSION_SETUP itself"
+    reply = smb2_structs.SMB2Message()
+    reply.command, reply.status = cifs.SMB2_COM_SESSION_SETUP, cifs.STATUS_ACCESS_DENIED
+    assert cifs.session_setup_status(ProtocolError("x", b"", reply)) == cifs.STATUS_ACCESS_DENIED
+
+
 # --- the pins -------------------------------------------------------------------------------------
 
 def _pin(name: str) -> str:

@@ -6,6 +6,8 @@ import logging
 import os
 import random
 import stat
+import subprocess
+import sys
 import threading
 import time
 
@@ -16,7 +18,7 @@ from capture.errors import KdumpError
 from capture.formats.flattened import FlatReader
 from capture.save.sequence import save
 from capture.config.targeturl import parse
-from conftest import remove_tree, require, require_program, sha256_of
+from conftest import REPO, remove_tree, require, require_program, sha256_of
 from servers.common import established, free_port, tmpfs
 from servers.smbd import SambaServer
 from transports import cifs, open_target
@@ -361,3 +363,63 @@ def test_ipv6_loopback(tmp_path, reference_dumps):
             f.close()
             assert t.free_space() > 0
         assert sha256_of(server.share_dir / "v6" / "vmcore.flat") == sha256_of(reference_dumps.flattened("-l", 31))
+
+
+@pytest.mark.parametrize("where", ["server", "share"])
+def test_server_that_requires_encryption_fails_at_once_saying_why(tmp_path, fixture_vmcore, where):
+    """pysmb has no SMB encryption: ``server smb encrypt = required`` refuses the session after the
+    login, a share's ``smb encrypt = required`` refuses the tree connect.  The save ends at once
+    (KDUMP_NET_TIMEOUT=30 would allow retries for 30 s) with the reason, without a traceback."""
+    _prerequisites()
+    config = tmp_path / "kdump"
+    config.write_text('KDUMP_NET_TIMEOUT="30"\nKDUMP_DUMPFORMAT="raw"\n')
+    config.chmod(0o600)
+    with SambaServer(tmp_path / f"encrypted-{where}", encrypt=where) as server:
+        url = server.url("/enc")
+        start = time.monotonic()
+        res = subprocess.run([sys.executable, "-m", "capture.cli", "save", "--config", str(config),
+                              "--vmcore", str(fixture_vmcore), "--savedir", url],
+                             cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        took = time.monotonic() - start
+        smbd_log = server.log_text()
+        assert not any(server.share_dir.iterdir())
+    assert "as encryption is required" in smbd_log  # the server refused for this reason, not another
+    assert res.returncode != 0
+    assert took < 20, f"{took:.1f} s: retried instead of failing at once"
+    assert "requires SMB encryption" in res.stderr and "cannot speak" in res.stderr
+    if where == "server":
+        assert "the server requires SMB encryption (server smb encrypt = required;" in res.stderr
+    else:
+        assert "refused share 'dumps'" in res.stderr and "smb encrypt = required" in res.stderr
+    assert "Traceback" not in res.stderr and "retrying" not in res.stderr and "ProtocolError" not in res.stderr
+    assert server.password not in res.stderr + res.stdout
+    print(f"encryption required ({where}): the save failed after {took:.1f} s: {res.stderr.strip().splitlines()[-1]}")
+
+
+def test_wrong_password_on_a_server_that_requires_encryption_is_still_a_refused_login(tmp_path):
+    _prerequisites()
+    with SambaServer(tmp_path / "encrypted-login", encrypt="server") as server:
+        with pytest.raises(TransportError) as err:
+            open_target(parse(server.url("/x", password="not-the-password")), FAST)
+    assert "refused the login" in str(err.value) and "encryption" not in str(err.value)
+
+
+def test_check_config_states_the_cifs_limit(tmp_path):
+    config = tmp_path / "kdump"
+    config.write_text('KDUMP_SAVEDIR="cifs://u:secret@192.0.2.1/dumps/crash file:///var/crash"\n')
+    config.chmod(0o600)
+    res = subprocess.run([sys.executable, "-m", "capture.cli", "check-config", "--config", str(config)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    notes = [line for line in res.stdout.splitlines() if "unencrypted" in line]
+    assert notes == ["# cifs://u:***@192.0.2.1/dumps/crash: cifs targets need a share that allows unencrypted "
+                     "SMB2 sessions (pysmb cannot speak SMB encryption: 'smb encrypt = required' is refused); "
+                     "the dump crosses the network in clear"]
+    built = subprocess.run([sys.executable, "-m", "capture.cli", "build-initrd", "--check", "--config", str(config)],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert notes[0][2:] in built.stderr  # printed before anything else is checked
+    plain = tmp_path / "plain"
+    plain.write_text('KDUMP_SAVEDIR="file:///var/crash"\n')
+    res = subprocess.run([sys.executable, "-m", "capture.cli", "check-config", "--config", str(plain)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "unencrypted" not in res.stdout

@@ -29,7 +29,13 @@ that run again; runs sent before were acknowledged.  A server silent for
 :func:`~transports.base.io_timeout` counts as lost.
 
 Every failure carries the NT status, mapped to a clear :class:`TransportError`
-(:class:`NoSpaceError` for a full disk or quota).  File modes are the
+(:class:`NoSpaceError` for a full disk or quota).  pysmb speaks SMB 2.0.2,
+which has no encryption: a server that requires it (``server smb encrypt =
+required``) refuses the session after the login with STATUS_ACCESS_DENIED
+([MS-SMB2] 3.3.5.5.3), which ends the connect at once with a message saying
+so; a share that requires it (``smb encrypt = required``) refuses the tree
+connect with the same status a user the share does not admit gets, so that
+message names both causes.  File modes are the
 server's business (its ``create mask`` / ``directory mask``): SMB has no
 mode bits to send.
 """
@@ -47,7 +53,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from smb.SMBConnection import SMBConnection
 from smb.base import NotConnectedError, NotReadyError, SMBTimeout, _PendingRequest
-from smb.smb2_constants import SMB2_COM_FLUSH
+from smb.smb2_constants import SMB2_COM_FLUSH, SMB2_COM_SESSION_SETUP
 from smb.smb2_structs import (SMB2CloseRequest, SMB2CreateRequest, SMB2Message, SMB2QueryInfoRequest,
                               SMB2ReadRequest, SMB2SetInfoRequest, SMB2TreeConnectRequest, SMB2WriteRequest)
 from smb.smb_structs import OperationFailure, ProtocolError
@@ -104,6 +110,9 @@ _NOT_FOUND = (STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_PATH_NOT_FOUND)
 _LOST_STATUS = (STATUS_NETWORK_SESSION_EXPIRED, STATUS_USER_SESSION_DELETED, STATUS_FILE_CLOSED)
 #: exceptions of a lost or silent connection
 _LOST = (NotConnectedError, NotReadyError, SMBTimeout, ProtocolError, OSError)
+#: what to say about a server or share that requires SMB encryption
+ENCRYPTION_LIMIT = ("which the cifs transport (pysmb: SMB 2.0.2, no encryption) cannot speak; "
+                    "use sftp, or allow unencrypted sessions for this share")
 #: seconds the server may take for the FLUSH that ends a dump file
 SYNC_TIMEOUT = 120.0
 
@@ -663,6 +672,13 @@ class CifsTransport(Transport):
         limit = 10.0 if left is None or self.options.net_timeout <= 0 else min(10.0, max(3.0, left))
         try:
             ok = conn.connect(self.url.host, self.url.effective_port, timeout=limit)
+        except ProtocolError as exc:
+            conn.close()
+            if session_setup_status(exc) == STATUS_ACCESS_DENIED:
+                raise TransportError(f"{self.url.masked()}: the server requires SMB encryption (server smb "
+                                     "encrypt = required; it refused the session after the login, NT status "
+                                     f"0x{STATUS_ACCESS_DENIED:08X}), {ENCRYPTION_LIMIT}") from None
+            raise
         except BaseException:
             conn.close()
             raise
@@ -682,6 +698,12 @@ class CifsTransport(Transport):
             self._drop()
             if exc.status == STATUS_BAD_NETWORK_NAME:
                 raise TransportError(f"{self.url.masked()}: the server has no share named {self.share!r}") from None
+            if exc.status == STATUS_ACCESS_DENIED:
+                who = self.user or "guest"
+                raise TransportError(
+                    f"{self.url.masked()}: the server refused share {self.share!r} ({describe(exc.status)}): "
+                    f"either the share requires SMB encryption (smb encrypt = required), {ENCRYPTION_LIMIT} "
+                    f"-- or it does not admit {who} (valid users, hosts allow)") from None
             raise _status_error(f"{self.url.masked()}: cannot connect to share {self.share!r}", exc.status) from None
         self.session = session
 
@@ -860,6 +882,18 @@ def _connect_reason(exc: BaseException) -> str:
     if isinstance(exc, SMBTimeout):
         return "no answer (timed out)"
     return network_reason(exc)
+
+
+def session_setup_status(exc: ProtocolError) -> Optional[int]:
+    """The NT status of the SESSION_SETUP reply pysmb gave up on, if that is what ``exc`` is.
+
+    pysmb raises a ProtocolError carrying the reply (``smb_message``) for every
+    SESSION_SETUP status it has no case for, STATUS_ACCESS_DENIED among them."""
+    message = getattr(exc, "smb_message", None)
+    if getattr(message, "command", None) != SMB2_COM_SESSION_SETUP:
+        return None
+    status = getattr(message, "status", None)
+    return status if isinstance(status, int) else None
 
 
 def _failure_status(exc) -> int:

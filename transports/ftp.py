@@ -31,6 +31,15 @@ their own umask and files are written at once.
 
 Free space: FTP has no standard way to ask.  ``AVBL`` (a draft extension a
 few servers offer) is tried once; otherwise :meth:`free_space` is ``None``.
+
+While a transfer runs (from its STOR, APPE or RETR to the server's final
+reply) the control connection belongs to it: a server reads no command
+before the transfer ends, and the reply to one would be taken for the end
+of the transfer.  So nothing is sent then: :meth:`free_space` answers from
+the last ``AVBL`` less what was written since, and any other call is refused
+with a TransportError.  Resuming a broken STOR sends its commands (``SIZE``,
+``REST``, ``STOR``/``APPE``) on a new connection before the new transfer
+starts.
 """
 from __future__ import annotations
 
@@ -98,6 +107,7 @@ class FtpFile(DumpFile):
         if self._sock is None:
             raise TransportError(f"{self._remote} on {self._t.url.masked()} is already closed")
         self._buf += data
+        self._t._written += len(data)
         if len(self._buf) >= SEND_BLOCK:
             self._send()
 
@@ -121,6 +131,7 @@ class FtpFile(DumpFile):
         reply = self._t._final_reply(timeout=5)
         self._t._drop()
         if reply and reply[:1] in ("4", "5") and reply[:3] != "426":
+            self._t._transfer_over()
             raise self._t._store_error(self._remote, reply, exc) from None
         log.warning("%s: the connection broke while storing %s (%s); resuming", self._t.url.masked(),
                     self._remote, reply or (network_reason(exc) if exc else "no final answer"))
@@ -148,6 +159,7 @@ class FtpFile(DumpFile):
                           f"storing {self._remote}")
         except TransportError:
             self._t._drop()
+            self._t._transfer_over()
             raise
         self._heard = time.monotonic()
 
@@ -174,12 +186,14 @@ class FtpFile(DumpFile):
             pass
         _close_socket(sock)
         reply = self._t._final_reply(timeout=max(SYNC_TIMEOUT, self._t.io_timeout))
-        if reply is None or not reply.startswith("2"):
+        if reply is None or reply[:3] == "426":
             self._t._drop()
-            if reply is None or reply[:3] == "426":
-                self._sock = sock  # for _lost: already closed
-                self._lost(None)
-                return self.close()
+            self._sock = sock  # for _lost: already closed
+            self._lost(None)
+            return self.close()
+        self._t._transfer_over()
+        if not reply.startswith("2"):
+            self._t._drop()
             raise self._t._store_error(self._remote, reply, None)
         size = self._t._size(self._remote)
         if size is not None and size != self._window.end:
@@ -195,6 +209,7 @@ class FtpFile(DumpFile):
         # the server's reply to the broken STOR is of no interest; a fresh
         # control connection is simpler than resynchronising this one
         self._t._drop()
+        self._t._transfer_over()
 
 
 class FtpReader(io.RawIOBase):
@@ -227,6 +242,7 @@ class FtpReader(io.RawIOBase):
         sock, self._sock = self._sock, None
         _close_socket(sock)
         self._t._drop()
+        self._t._transfer_over()
 
     def close(self) -> None:
         if self.closed:
@@ -242,6 +258,7 @@ class FtpReader(io.RawIOBase):
                     pass
                 _close_socket(sock)
                 reply = self._t._final_reply(timeout=self._t.io_timeout)
+                self._t._transfer_over()
                 if not complete or reply is None or not reply.startswith("2"):
                     # stopped early or refused: the control connection is out of step
                     self._t._drop()
@@ -273,6 +290,12 @@ class FtpTransport(Transport):
         self.io_timeout = io_timeout(options)
         self._mlsd: Optional[bool] = None
         self._chmod: Optional[bool] = None
+        self._transfer = ""
+        """What the open data transfer is (``storing PATH``); empty when none is."""
+        self._written = 0
+        """Bytes handed to STORs so far: with :attr:`_avbl_at`, the free space during one."""
+        self._avbl_at: Optional[Tuple[int, int]] = None
+        """The last AVBL answer and :attr:`_written` when it came."""
 
     # -- connection ----------------------------------------------------
 
@@ -354,7 +377,11 @@ class FtpTransport(Transport):
             raise TransportError(f"{self.url.masked()}: {self.base} is not a directory on the server")
 
     def _ctl(self) -> ftplib.FTP:
-        """The control connection; a lost one is replaced (one attempt)."""
+        """The control connection; a lost one is replaced (one attempt).
+        Refused while a transfer runs: it owns the control connection then."""
+        if self._transfer:
+            raise TransportError(f"{self.url.masked()}: no other command while {self._transfer} "
+                                 "(the server answers only after the transfer)")
         if self.conn is None:
             try:
                 self.conn = self._login()
@@ -363,6 +390,12 @@ class FtpTransport(Transport):
             except (OSError, EOFError, ftplib.Error, ssl.SSLError) as exc:
                 raise TransportError(f"cannot reconnect to {self.url.masked()}: {_net_reason(exc)}") from None
         return self.conn
+
+    def _transfer_starts(self, what: str) -> None:
+        self._transfer = what
+
+    def _transfer_over(self) -> None:
+        self._transfer = ""
 
     def _drop(self) -> None:
         conn, self.conn = self.conn, None
@@ -509,6 +542,7 @@ class FtpTransport(Transport):
             log.debug("%s: storing %s again refused; storing it once", self.url.masked(), remote)
             self._cmd(f"cannot replace {remote}", lambda c: c.delete(remote))
             sock = self._cmd(f"cannot create {remote}", lambda c: c.transfercmd(f"STOR {remote}"))
+        self._transfer_starts(f"storing {remote}")
         return FtpFile(self, sock, remote)
 
     def _create_private(self, remote: str) -> None:
@@ -573,6 +607,7 @@ class FtpTransport(Transport):
         """A stream over one RETR; closing it reads the server's final reply."""
         remote = self._abs(path)
         sock = self._cmd(f"cannot read {remote}", lambda c: c.transfercmd(f"RETR {remote}"))
+        self._transfer_starts(f"reading {remote}")
         return io.BufferedReader(FtpReader(self, sock, remote), buffer_size=SEND_BLOCK)
 
     def remove(self, path: str) -> None:
@@ -586,9 +621,15 @@ class FtpTransport(Transport):
         self._cmd(f"cannot delete {target}", lambda c: c.rmd(target))
 
     def free_space(self) -> Optional[int]:
-        """``AVBL`` when the server has it, else None (FTP has no standard way)."""
+        """``AVBL`` when the server has it, else None (FTP has no standard way).
+        During a STOR: the last answer less what was written since."""
         if self._avbl is False:
             return None
+        if self._transfer:
+            if self._avbl_at is None:
+                return None
+            free, written = self._avbl_at
+            return free - (self._written - written)
         conn = self._ctl()
         try:
             reply = conn.sendcmd(f"AVBL {self.base}")
@@ -601,6 +642,7 @@ class FtpTransport(Transport):
         fields = reply.split()
         if reply.startswith("213") and len(fields) >= 2 and fields[1].isdigit():
             self._avbl = True
+            self._avbl_at = (int(fields[1]), self._written)
             return int(fields[1])
         self._avbl = False
         return None

@@ -7,6 +7,7 @@ import os
 
 from capture.config import options as configuration
 from capture.config import verbose
+from capture.commands import check_config
 from capture.errors import KdumpError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = configuration.load(args.config)
     verbose.debug_logging(cfg.verbose, saving=False)
+    for note in check_config.target_notes(cfg):
+        log.warning("%s", note)
     kernel = initrd.kernel_release(cfg, args.kernel)
     output = args.output or initrd.default_output(kernel)
     out_dir = os.path.dirname(os.path.abspath(output))

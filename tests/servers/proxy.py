@@ -58,6 +58,12 @@ class CuttingProxy:
 
     def close(self) -> None:
         self._closed = True
+        # shutdown wakes the accepting thread: after a bare close it stays in accept(),
+        # and a later proxy in the same run was seen losing connections to such a thread
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         _reset(self.listener)
         self.cut(record=False)
 

@@ -42,10 +42,13 @@ class SambaServer:
     ro_share = "ro"
 
     def __init__(self, workdir: Path, share_dir: Optional[Path] = None, signing: bool = False,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", encrypt: str = "") -> None:
         self.workdir = Path(workdir)
         self.host = host
         self.signing = signing
+        #: "" (Samba's default), "server" (``server smb encrypt = required``
+        #: for every share) or "share" (``smb encrypt = required`` on ``dumps`` only)
+        self.encrypt = encrypt
         self.user = USER
         self.password = "pw-" + secrets.token_hex(8)
         self.port = free_port(host)
@@ -92,6 +95,7 @@ class SambaServer:
   disable spoolss = yes
   usershare max shares = 0
   server signing = {"mandatory" if self.signing else "default"}
+{"  server smb encrypt = required" if self.encrypt == "server" else ""}
 
 [{self.share}]
   path = {self.share_dir}
@@ -99,6 +103,7 @@ class SambaServer:
   read only = no
   create mask = 0600
   directory mask = 0700
+{"  smb encrypt = required" if self.encrypt == "share" else ""}
 
 [{self.ro_share}]
   path = {self.ro_dir}
