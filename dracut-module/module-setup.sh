@@ -84,6 +84,21 @@ install() {
     [[ -f $_stage/fstab ]] && inst_simple "$_stage/fstab" /etc/kdump-saver/fstab
     chmod 0600 "${initdir}/etc/kdump-saver/kdump.conf"
 
+    # a local target on LVM, MD RAID, LUKS or multipath (dracut's lvm, mdraid,
+    # crypt, multipath modules do the assembling): only these devices, opened
+    # with the recorded key files, and the initqueue waits until they exist
+    if [[ -s $_stage/storage-cmdline ]]; then
+        inst_simple "$_stage/storage-cmdline" /etc/cmdline.d/90kdump-saver-storage.conf
+    fi
+    if [[ -s $_stage/crypttab ]]; then
+        inst_simple "$_stage/crypttab" /etc/crypttab
+        chmod 0600 "${initdir}/etc/crypttab"
+    fi
+    if [[ -s $_stage/wait-devices ]]; then
+        inst_simple "$_stage/wait-devices" /etc/kdump-saver/wait-devices
+        inst_hook cmdline 95 "$moddir/kdump-saver-storage.sh"
+    fi
+
     inst_script "$_stage/kdump-saver" /usr/bin/kdump-saver
     inst_script "$moddir/kdump-saver-boot.sh" /usr/lib/kdump-saver/boot.sh
 

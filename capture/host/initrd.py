@@ -18,7 +18,8 @@ modules it needs.
 Freshness: the build stamp records everything the initrd was built from
 (:func:`build_inputs`: our version, the configuration, the kernel release and
 the hash of its image, the hostname, the target's host keys, the content of
-every file carried such as identities, and the driver set) plus whether it
+every file carried such as identities, the driver set, and the storage stack
+of local targets: LVM, MD RAID, LUKS, multipath) plus whether it
 was built in a chroot.  :func:`freshness` compares it with what a build would
 record now and names each input that changed; ``status``, ``load`` and
 ``start`` all use it.  An initrd built in a chroot (an image being prepared)
@@ -52,7 +53,7 @@ from capture.config import options as configuration
 from capture.config.options import Config
 from capture.config.targeturl import TargetURL, parse_list as parse_targets
 from capture.errors import ConfigError, KdumpError, URLError
-from capture.host import closure, drivers, netdetect
+from capture.host import closure, drivers, netdetect, storage
 from capture.net.plan import DHCP_CLIENTS, DHCP_NETCONFIG_MODES, netconfig_applies
 from transports.base import TransportOptions
 
@@ -126,6 +127,8 @@ class Plan:
     stamp: Dict[str, Any] = field(default_factory=dict)
     mounts: Tuple[MountRecord, ...] = ()
     """The file systems of every local target, each mounted once."""
+    storage: storage.Needs = storage.Needs()
+    """What assembles the devices under those file systems (dracut modules, rd.* arguments, crypttab)."""
 
     @property
     def target(self) -> TargetURL:
@@ -213,6 +216,10 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
     found = gather(config, kernel, urls, check_host=True)
     if found.problems:
         raise ConfigError("the capture initrd would not work:\n  " + "\n  ".join(found.problems))
+    for line in found.storage.messages():
+        log.info("%s", line)
+    for line in found.storage.warnings:
+        log.warning("%s", line)
 
     known_hosts = found.known_hosts
     # the initrd has only its own copy of the entries (none when KDUMP_HOST_KEY decides);
@@ -241,7 +248,7 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
                 programs=found.programs, optional_programs=found.optional_programs,
                 kernel_modules=found.kernel_modules, files=found.files,
                 known_hosts=known_hosts, mount=found.mounts[0] if found.mounts else None, stamp=stamp,
-                mounts=found.mounts)
+                mounts=found.mounts, storage=found.storage)
 
 
 def _targets(config: Config) -> Tuple[TargetURL, ...]:
@@ -267,6 +274,7 @@ class Gathered:
     files: Tuple[str, ...]              # identities, CA bundle, scripts: same path in the initrd
     kernel_modules: Tuple[str, ...]
     problems: Tuple[str, ...]
+    storage: storage.Needs = storage.Needs()
 
 
 def gather(config: Config, kernel: str, urls: "Targets", check_host: bool = False) -> Gathered:
@@ -302,11 +310,48 @@ def gather(config: Config, kernel: str, urls: "Targets", check_host: bool = Fals
     programs, optional_programs, prog_files, prog_problems = _programs(config, urls)
     files.extend(prog_files)
     problems.extend(prog_problems)
+    stacks = storage_needs(config, urls, mount_of)
+    files.extend(stacks.files)
+    problems.extend(stacks.problems)
+    mods = kernel_modules(config, urls, mounts, kernel) + list(stacks.kernel_modules)
     return Gathered(known_hosts="".join(known_hosts), mounts=tuple(mounts), mount_of=mount_of,
                     programs=tuple(programs), optional_programs=tuple(optional_programs),
                     files=tuple(dict.fromkeys(files)),
-                    kernel_modules=tuple(kernel_modules(config, urls, mounts, kernel)),
-                    problems=tuple(problems))
+                    kernel_modules=tuple(dict.fromkeys(mods)),
+                    problems=tuple(problems), storage=stacks)
+
+
+def storage_needs(config: Config, urls: "Targets", mount_of: Dict[int, MountRecord]) -> storage.Needs:
+    """The storage stack under each local target's file system (see
+    :mod:`capture.host.storage`) and what assembles it in the capture kernel."""
+    pairs: List[Tuple[storage.Stack, str]] = []
+    done: List[str] = []
+    listed = _listed(urls)
+    for index, mount in sorted(mount_of.items()):
+        if mount.initrd_target in done:
+            continue
+        done.append(mount.initrd_target)
+        stack = mount_stack(mount, listed[index].path)
+        if stack is not None:
+            top = stack.top
+            wait = (f"/dev/mapper/{top.name}" if top is not None and top.kind in ("lvm", "crypt", "multipath")
+                    else _source_path(mount))
+            pairs.append((stack, wait))
+    return storage.needs(pairs)
+
+
+def mount_stack(mount: MountRecord, path: str = "") -> Optional[storage.Stack]:
+    """The block device stack under ``mount`` (None: not found in sysfs)."""
+    kname = storage.kname_of(mount.host_target, _mount_device(mount))
+    return storage.detect(kname, path or mount.host_target) if kname else None
+
+
+def _source_path(mount: MountRecord) -> str:
+    """The device path of a fstab source (``UUID=x`` -> ``/dev/disk/by-uuid/x``)."""
+    if mount.source.startswith("/"):
+        return mount.source
+    tag, _, value = mount.source.partition("=")
+    return f"/dev/disk/by-{tag.lower()}/{value}"
 
 
 Targets = Union[TargetURL, Sequence[TargetURL]]
@@ -327,7 +372,9 @@ def _network_target(urls: Targets) -> TargetURL:
 
 #: the inputs of a build, in the order :func:`freshness` reports changes
 INPUT_KEYS = ("version", "config_sha256", "kernel", "kernel_image_sha256", "hostname",
-              "known_hosts_sha256", "files_sha256", "drivers")
+              "known_hosts_sha256", "files_sha256", "drivers", "storage")
+#: inputs added later, with the value a stamp without them stands for (a plain disk has no storage stack)
+INPUT_DEFAULTS: Dict[str, Any] = {"storage": []}
 
 
 def build_inputs(config: Config, kernel: str, found: Gathered) -> Dict[str, Any]:
@@ -343,6 +390,7 @@ def build_inputs(config: Config, kernel: str, found: Gathered) -> Dict[str, Any]
         "known_hosts_sha256": hashlib.sha256(known_hosts.encode()).hexdigest() if known_hosts else "",
         "files_sha256": {path: file_sha256(path) for path in found.files},
         "drivers": sorted(found.kernel_modules),
+        "storage": found.storage.identities,
     }
 
 
@@ -373,6 +421,8 @@ def changed_inputs(stamp: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
     changes: List[str] = []
     built_by = stamp.get("version", "?")
     for key in INPUT_KEYS:
+        if key not in stamp and key in INPUT_DEFAULTS and INPUT_DEFAULTS[key] == current.get(key):
+            continue
         if key not in stamp:
             changes.append(f"{_INPUT_LABELS[key]}: not recorded (built by kdump-saver {built_by})")
             continue
@@ -385,7 +435,7 @@ def changed_inputs(stamp: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
 _INPUT_LABELS = {
     "version": "kdump-saver version", "config_sha256": "configuration", "kernel": "kernel",
     "kernel_image_sha256": "kernel image", "hostname": "hostname", "known_hosts_sha256": "known host keys",
-    "files_sha256": "files carried", "drivers": "drivers",
+    "files_sha256": "files carried", "drivers": "drivers", "storage": "storage stack",
 }
 
 
@@ -419,6 +469,8 @@ def _describe_change(key: str, old: Any, new: Any, current: Dict[str, Any]) -> L
         old_set, new_set = set(old or ()), set(new or ())
         diff = [f"+{m}" for m in sorted(new_set - old_set)] + [f"-{m}" for m in sorted(old_set - new_set)]
         return [f"drivers {' '.join(diff) or 'changed'}"]
+    if key == "storage":
+        return [f"storage stack {' + '.join(old or ()) or 'plain disk'} -> {' + '.join(new or ()) or 'plain disk'}"]
     return [f"{key} changed"]
 
 
@@ -780,6 +832,11 @@ def kernel_modules(config: Config, urls: Targets,
         dev = _mount_device(mount)
         if dev:
             mods.extend(_device_modules(f"/sys/class/block/{os.path.basename(dev)}", index))
+        stack = mount_stack(mount)
+        if stack is not None and stack.stacked:
+            # LVM, MD, LUKS are virtual devices: the drivers are those of the disks under them
+            for leaf in stack.leaves():
+                mods.extend(_device_modules(f"/sys/class/block/{leaf.kname}", index))
     return list(dict.fromkeys(m for m in mods if m))
 
 
@@ -859,6 +916,14 @@ def write_stage(p: Plan, stage: Path) -> None:
     mounts = p.mounts or ((p.mount,) if p.mount is not None else ())
     if mounts:
         (stage / "fstab").write_text("".join(m.fstab_line() for m in mounts))
+    if p.storage.cmdline:
+        lines("storage-cmdline", [" ".join(p.storage.cmdline)])
+    if p.storage.wait_devices:
+        lines("wait-devices", p.storage.wait_devices)
+    if p.storage.crypttab:
+        tab = stage / "crypttab"
+        tab.touch(mode=0o600)
+        lines("crypttab", p.storage.crypttab)
     python_path = ":".join(p.closure.python_path)
     launcher = (
         "#!/bin/sh\n"
@@ -893,7 +958,8 @@ def private_basedir(parent: Path, module_dir: Path = MODULE_DIR,
 
 
 def dracut_command(p: Plan, options: BuildOptions, basedir: Path) -> List[str]:
-    modules = list(BASE_DRACUT_MODULES) + (list(SYSTEMD_DRACUT_MODULES) if options.systemd else []) + [MODULE_NAME]
+    modules = (list(BASE_DRACUT_MODULES) + (list(SYSTEMD_DRACUT_MODULES) if options.systemd else [])
+               + list(p.storage.dracut_modules) + [MODULE_NAME])
     cmd = [options.dracut, "--force", "--quiet", "--no-hostonly", "--no-hostonly-cmdline",
            "--no-early-microcode", "--conf", "/dev/null", "--confdir", str(basedir / "no-conf.d"),
            "--modules", " ".join(modules), "--compress", options.compress,
