@@ -11,6 +11,7 @@ packages=(
   iproute2 kexec-tools openssl nfs-common crash python3-libkdumpfile
   dracut-core dracut-network cpio e2fsprogs linux-image-cloud-amd64
   dnsmasq-base isc-dhcp-client udhcpc dhcpcd-base busybox-static qemu-system-x86
+  lvm2 mdadm cryptsetup-bin
 )
 missing=()
 # (outputs go to variables first: under pipefail, `cmd | grep -q` fails when grep

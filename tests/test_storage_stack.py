@@ -1,0 +1,455 @@
+"""The storage stack under a local target (capture.host.storage) and what the
+capture initrd gets for it.
+
+Three kinds of evidence, all real:
+
+- Real stacks on loop devices (LVM on MD RAID1, LUKS with a key file), ext4
+  on top, mounted, KDUMP_SAVEDIR there: detection from sysfs and
+  ``build-initrd --check``.  They need a kernel with device-mapper and MD
+  (the test machine of the lead may have neither: then they are skipped, and
+  fail under CI=true).
+- The LUKS key-file check on a real LUKS header on a loop device
+  (``cryptsetup open --test-passphrase`` needs no device-mapper).
+- Real dracut builds: one for a plain disk (nothing added) and one from the
+  storage facts of an LVM volume group with one PV on MD RAID1 and one on
+  LUKS (the LUKS header and key real, on a loop device): the initrd carries
+  lvm, mdadm, cryptsetup, their udev rules and kernel modules, the rd.*
+  arguments, the crypttab line and the key file.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import pytest
+
+from capture.config import options as configuration
+from capture.config.targeturl import parse_list
+from capture.host import initrd, storage
+from conftest import require, require_program
+
+KERNEL_GLOB = "-cloud-amd64"
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check)
+
+
+def quiet(*argv: str) -> None:
+    """A cleanup step: never raises, so the next one still runs."""
+    subprocess.run(list(argv), capture_output=True, text=True, check=False)
+
+
+def _block_majors() -> List[str]:
+    try:
+        text = Path("/proc/devices").read_text()
+    except OSError:
+        return []
+    return [line.split()[1] for line in text.partition("Block devices:")[2].splitlines() if len(line.split()) == 2]
+
+
+def has_device_mapper() -> bool:
+    return os.path.exists("/sys/class/misc/device-mapper")
+
+
+def has_md() -> bool:
+    return "md" in _block_majors()
+
+
+def require_root() -> None:
+    require(os.geteuid() == 0, "loop devices need root")
+    require_program("losetup")
+
+
+@contextlib.contextmanager
+def loop_device(directory: Path, name: str, size_mb: int = 96) -> Iterator[str]:
+    """A loop device on a sparse image; detached afterwards."""
+    image = directory / f"{name}.img"
+    with open(image, "wb") as f:
+        f.truncate(size_mb << 20)
+    dev = run("losetup", "--find", "--show", str(image)).stdout.strip()
+    try:
+        yield dev
+    finally:
+        quiet("losetup", "-d", dev)
+
+
+@contextlib.contextmanager
+def ext4_on(dev: str, mnt: Path) -> Iterator[Path]:
+    run("mkfs.ext4", "-q", "-F", "-L", "kdstack", dev)
+    mnt.mkdir(parents=True, exist_ok=True)
+    run("mount", dev, str(mnt))
+    try:
+        yield mnt
+    finally:
+        quiet("umount", str(mnt))
+
+
+@contextlib.contextmanager
+def crypttab_with(lines: str) -> Iterator[None]:
+    """/etc/crypttab holding ``lines`` for the test: a file bound over the
+    existing one, or a new file removed afterwards."""
+    path = Path(storage.CRYPTTAB)
+    if path.exists():
+        replacement = Path(f"/run/kdump-saver-test-crypttab.{os.getpid()}")
+        replacement.write_text(lines)
+        run("mount", "--bind", str(replacement), str(path))
+        try:
+            yield
+        finally:
+            quiet("umount", str(path))
+            replacement.unlink()
+    else:
+        path.write_text(lines)
+        try:
+            yield
+        finally:
+            path.unlink()
+
+
+def luks_format(dev: str, key: Path) -> str:
+    """LUKS2 on ``dev`` opened by ``key`` (fast PBKDF2); its header UUID."""
+    require_program("cryptsetup")
+    key.write_bytes(os.urandom(64))
+    key.chmod(0o600)
+    run("cryptsetup", "luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2",
+        "--pbkdf-force-iterations", "1000", "--key-file", str(key), dev)
+    return run("blkid", "-o", "value", "-s", "UUID", dev).stdout.strip()
+
+
+def kname(dev: str) -> str:
+    return os.path.basename(os.path.realpath(dev))
+
+
+def check_config(savedir: Path) -> Tuple[int, str]:
+    """``build-initrd --check`` for a local target; (exit status, messages)."""
+    conf = savedir.parent / "kdump.conf"
+    conf.write_text(f"KDUMP_SAVEDIR={savedir}\n")
+    proc = subprocess.run([sys.executable, "-m", "capture.cli",
+                           "build-initrd", "--check", "--config", str(conf)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    return proc.returncode, proc.stderr
+
+
+# --- real stacks (device-mapper and MD in the running kernel) ----------------------------------------
+
+@pytest.fixture
+def lvm_on_md(tmp_path: Path) -> Iterator[Tuple[Path, str]]:
+    """ext4 on LVM kdst_vg/lv_crash on MD RAID1 of two loop devices, mounted;
+    (mount point, md device).  Torn down in reverse order even on failure."""
+    require_root()
+    require(has_device_mapper(), "the running kernel has no device-mapper (CONFIG_BLK_DEV_DM)")
+    require(has_md(), "the running kernel has no MD RAID (CONFIG_BLK_DEV_MD)")
+    for program in ("mdadm", "pvcreate", "mkfs.ext4"):
+        require_program(program)
+    md = "/dev/md/kdst"
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(loop_device(tmp_path, "md-a"))
+        b = stack.enter_context(loop_device(tmp_path, "md-b"))
+        run("mdadm", "--create", md, "--run", "--metadata=1.2", "--level=1", "--raid-devices=2",
+            "--assume-clean", a, b)
+        stack.callback(quiet, "mdadm", "--zero-superblock", a, b)
+        stack.callback(quiet, "mdadm", "--stop", md)
+        run("pvcreate", "-q", md)
+        stack.callback(quiet, "pvremove", "-q", "-ff", "-y", md)
+        run("vgcreate", "-q", "kdst_vg", md)
+        stack.callback(quiet, "vgremove", "-q", "-f", "kdst_vg")
+        stack.callback(quiet, "vgchange", "-q", "-an", "kdst_vg")
+        run("lvcreate", "-q", "-y", "-n", "lv_crash", "-l", "100%FREE", "kdst_vg")
+        mnt = stack.enter_context(ext4_on("/dev/kdst_vg/lv_crash", tmp_path / "mnt"))
+        yield mnt, md
+
+
+@pytest.fixture
+def luks_volume(tmp_path: Path) -> Iterator[Tuple[Path, Path, str]]:
+    """ext4 on an opened LUKS2 loop device, mounted; (mount point, key file, LUKS UUID)."""
+    require_root()
+    require(has_device_mapper(), "the running kernel has no device-mapper (CONFIG_BLK_DEV_DM)")
+    require_program("mkfs.ext4")
+    key = tmp_path / "crash.key"
+    with contextlib.ExitStack() as stack:
+        dev = stack.enter_context(loop_device(tmp_path, "luks"))
+        uuid = luks_format(dev, key)
+        run("cryptsetup", "open", "--key-file", str(key), dev, "kdst_crypt")
+        stack.callback(quiet, "cryptsetup", "close", "kdst_crypt")
+        mnt = stack.enter_context(ext4_on("/dev/mapper/kdst_crypt", tmp_path / "mnt"))
+        yield mnt, key, uuid
+
+
+def test_real_lvm_on_md_is_detected(lvm_on_md: Tuple[Path, str]) -> None:
+    mnt, md = lvm_on_md
+    mount = initrd.savedir_mount(str(mnt / "crash"))
+    stack = initrd.mount_stack(mount, str(mnt / "crash"))
+    assert stack is not None
+    kinds = [layer.kind for layer in stack.layers]
+    assert kinds[:2] == ["lvm", "mdraid"], stack
+    assert stack.layers[0].detail == "kdst_vg/lv_crash"
+    assert stack.layers[1].detail == "raid1" and stack.layers[1].uuid
+    assert sorted(layer.kname for layer in stack.leaves()) == sorted(stack.layers[1].parts)
+    assert all(layer.kname.startswith("loop") for layer in stack.leaves())
+    found = initrd.storage_needs(configuration.Config(savedir=str(mnt / "crash")),
+                                 parse_list(str(mnt / "crash")), {0: mount})
+    assert found.dracut_modules == ("mdraid", "lvm")
+    assert "rd.lvm.lv=kdst_vg/lv_crash" in found.cmdline
+    assert any(arg.startswith("rd.md.uuid=") for arg in found.cmdline)
+    assert {"dm_mod", "md_mod", "raid1"} <= set(found.kernel_modules)
+    assert found.wait_devices == ("/dev/mapper/kdst_vg-lv_crash",)
+    assert found.messages() == [f"savedir {mnt}/crash is on LVM kdst_vg/lv_crash on {kname(md)} (RAID1): "
+                                "adding dracut modules lvm mdraid"]
+    rc, err = check_config(mnt / "crash")
+    assert rc == 0, err
+    assert "adding dracut modules lvm mdraid" in err
+
+
+def test_real_luks_with_a_key_file_is_accepted_and_without_refused(luks_volume: Tuple[Path, Path, str]) -> None:
+    mnt, key, uuid = luks_volume
+    mount = initrd.savedir_mount(str(mnt))
+    stack = initrd.mount_stack(mount, str(mnt))
+    assert stack is not None and stack.layers[0].kind == "crypt"
+    assert stack.layers[0].uuid == uuid and stack.layers[0].name == "kdst_crypt"
+    with crypttab_with(f"kdst_crypt UUID={uuid} {key} luks\n"):
+        rc, err = check_config(mnt)
+        assert rc == 0, err
+        assert "adding dracut modules crypt" in err
+        assert f"the key file {key} of the LUKS device kdst_crypt is copied into the capture initrd" in err
+    with crypttab_with(f"kdst_crypt UUID={uuid} none luks\n"):
+        rc, err = check_config(mnt)
+        assert rc == 1 and "Traceback" not in err
+        assert "opens with a passphrase" in err and "nobody types a passphrase" in err
+
+
+# --- the LUKS key check on a real header (no device-mapper needed) ----------------------------------
+
+@pytest.fixture
+def luks_header(tmp_path: Path) -> Iterator[Tuple[str, Path, str]]:
+    """A LUKS2 header on a loop device: (device, key file, UUID)."""
+    require_root()
+    with loop_device(tmp_path, "header", 32) as dev:
+        key = tmp_path / "crash.key"
+        yield dev, key, luks_format(dev, key)
+
+
+def _luks_stack(dev: str, uuid: str, name: str = "crash_crypt") -> storage.Stack:
+    """What sysfs shows for ``dev`` opened as ``name`` (a dm device CRYPT-LUKS2-<uuid hex>-<name>)."""
+    top = storage.dm_layer("dm-7", name, f"CRYPT-LUKS2-{uuid.replace('-', '')}-{name}", (kname(dev),))
+    return storage.Stack("/var/crash", (top, storage.Layer("disk", kname(dev), name=kname(dev))))
+
+
+def test_luks_key_file_that_opens_the_header_is_carried(luks_header: Tuple[str, Path, str], tmp_path: Path) -> None:
+    dev, key, uuid = luks_header
+    tab = tmp_path / "crypttab"
+    tab.write_text(f"# comment\ncrash_crypt UUID={uuid} {key} luks,discard,noauto\n")
+    found = storage.needs([(_luks_stack(dev, uuid), "/dev/mapper/crash_crypt")], crypttab=str(tab))
+    assert found.problems == ()
+    assert found.crypttab == (f"crash_crypt UUID={uuid} {key} luks,discard",)
+    assert found.files == (str(key),)
+    assert found.cmdline == (f"rd.luks.uuid=luks-{uuid}",)
+    assert found.dracut_modules == ("crypt",)
+    assert "dm_crypt" in found.kernel_modules
+    assert any("copied into the capture initrd" in w for w in found.warnings)
+
+
+def test_luks_is_refused_without_a_working_key_file(luks_header: Tuple[str, Path, str], tmp_path: Path) -> None:
+    dev, key, uuid = luks_header
+    stack = _luks_stack(dev, uuid)
+    tab = tmp_path / "crypttab"
+    cases = {
+        f"crash_crypt UUID={uuid} none luks\n": "opens with a passphrase",
+        f"crash_crypt UUID={uuid}\n": "opens with a passphrase",
+        f"other_crypt /dev/nonexistent {key}\n": "which /etc/crypttab does not list",
+        f"crash_crypt UUID={uuid} {tmp_path}/missing.key\n": "missing.key (/etc/crypttab) does not exist",
+        f"crash_crypt UUID={uuid} /dev/disk/by-label/KEYS:/k\n": "is not a file on the root file system",
+    }
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(os.urandom(64))
+    cases[f"crash_crypt UUID={uuid} {wrong} luks\n"] = f"its key file {wrong} does not open it"
+    for line, why in cases.items():
+        tab.write_text(line)
+        found = storage.needs([(stack, "/dev/mapper/crash_crypt")], crypttab=str(tab))
+        assert len(found.problems) == 1 and why in found.problems[0], (line, found.problems)
+        assert found.crypttab == () and found.files == ()
+    # found by its device path instead of its name
+    tab.write_text(f"luks_other {dev} {key}\n")
+    found = storage.needs([(stack, "/dev/mapper/crash_crypt")], crypttab=str(tab))
+    assert found.problems == () and found.crypttab == (f"crash_crypt UUID={uuid} {key} luks",)
+
+
+# --- the classifier (kernel's dm uuid and name formats) -------------------------------------------------
+
+@pytest.mark.parametrize("name, uuid, kind, detail", [
+    ("vg0-lv_crash", "LVM-" + "a" * 32 + "b" * 32, "lvm", "vg0/lv_crash"),
+    ("my--vg-lv--crash", "LVM-" + "c" * 64, "lvm", "my-vg/lv-crash"),
+    ("vg0-pool-tpool", "LVM-" + "d" * 64 + "-tpool", "lvm", "vg0/pool"),
+    ("crash", "CRYPT-LUKS1-0123456789abcdef0123456789abcdef-crash", "crypt", "LUKS1"),
+    ("mpatha", "mpath-3600508b400105e210000900000490000", "multipath", ""),
+    ("mpatha1", "part1-mpath-3600508b400105e210000900000490000", "partition", "part1"),
+    ("swap", "CRYPT-PLAIN-swap", "dm", "CRYPT-PLAIN"),
+    ("linear0", "", "dm", ""),
+])
+def test_dm_layer_from_uuid_prefix(name: str, uuid: str, kind: str, detail: str) -> None:
+    layer = storage.dm_layer("dm-3", name, uuid, ("vdb",))
+    assert (layer.kind, layer.detail) == (kind, detail)
+    if kind == "crypt":
+        assert layer.uuid == "01234567-89ab-cdef-0123-456789abcdef"
+    if kind == "multipath":
+        assert layer.uuid == "3600508b400105e210000900000490000"
+
+
+def test_needs_for_lvm_on_md_and_an_unknown_dm_target() -> None:
+    md = storage.Layer("mdraid", "md0", name="md0", detail="raid1", uuid="3b2c4d5e:6f708192:a3b4c5d6:e7f80912",
+                       parts=("vdb1", "vdc1"))
+    lv = storage.dm_layer("dm-0", "vg0-lv_crash", "LVM-" + "e" * 64, ("md0",))
+    disks = tuple(storage.Layer("disk", d, name=d) for d in ("vdb1", "vdc1"))
+    stack = storage.Stack("/var/crash", (lv, md) + disks)
+    found = storage.needs([(stack, "/dev/mapper/vg0-lv_crash")])
+    assert found.dracut_modules == ("mdraid", "lvm")
+    assert found.cmdline == ("rd.lvm.lv=vg0/lv_crash", "rd.md.uuid=3b2c4d5e:6f708192:a3b4c5d6:e7f80912")
+    assert found.kernel_modules == ("dm_mod", "md_mod", "raid1")
+    assert found.messages() == ["savedir /var/crash is on LVM vg0/lv_crash on md0 (RAID1): adding dracut modules "
+                                "lvm mdraid"]
+    assert found.identities == ["lvm vg0/lv_crash", "mdraid 3b2c4d5e:6f708192:a3b4c5d6:e7f80912"]
+    assert [layer.kname for layer in stack.leaves()] == ["vdb1", "vdc1"]
+    odd = storage.Stack("/srv/dumps", (storage.dm_layer("dm-1", "linear0", "", ("vdd",)),
+                                       storage.Layer("disk", "vdd", name="vdd")))
+    found = storage.needs([(odd, "/dev/mapper/linear0")])
+    assert len(found.problems) == 1 and "device-mapper device linear0" in found.problems[0]
+
+
+# --- plain disks: detection on this machine's real devices, nothing added ----------------------------
+
+@pytest.fixture(scope="module")
+def plain_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    require_root()
+    require_program("mkfs.ext4")
+    tmp = tmp_path_factory.mktemp("plain")
+    with loop_device(tmp, "plain", 128) as dev, ext4_on(dev, tmp / "mnt") as mnt:
+        yield mnt
+
+
+def test_plain_disk_adds_nothing(plain_mount: Path) -> None:
+    savedir = str(plain_mount / "crash")
+    mount = initrd.savedir_mount(savedir)
+    stack = initrd.mount_stack(mount, savedir)
+    assert stack is not None and [layer.kind for layer in stack.layers] == ["disk"]
+    assert stack.layers[0].kname.startswith("loop")
+    cfg = configuration.Config(savedir=savedir)
+    found = initrd.storage_needs(cfg, parse_list(savedir), {0: mount})
+    assert found == storage.Needs(stacks=found.stacks)
+    assert found.messages() == [] and found.identities == []
+
+
+def test_a_stamp_without_storage_is_current_for_a_plain_disk() -> None:
+    stamp = {key: f"v-{key}" for key in initrd.INPUT_KEYS if key != "storage"}
+    current = dict(stamp, storage=[])
+    assert initrd.changed_inputs(stamp, current) == []
+    moved = dict(stamp, storage=["lvm vg0/lv_crash"])
+    assert initrd.changed_inputs(moved, current) == ["storage stack lvm vg0/lv_crash -> plain disk"]
+    assert initrd.changed_inputs(stamp, moved) == ["storage stack: not recorded (built by kdump-saver v-version)"]
+
+
+# --- real dracut builds ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def kernel() -> str:
+    mods = Path("/lib/modules")
+    versions = sorted(p.name for p in mods.iterdir() if (p / "modules.dep").exists()) if mods.is_dir() else []
+    cloud = [v for v in versions if v.endswith(KERNEL_GLOB)]
+    require(bool(cloud or versions), "no kernel modules under /lib/modules (install linux-image-cloud-amd64)")
+    require_program("dracut")
+    require_program("lsinitrd")
+    return (cloud or versions)[-1]
+
+
+def build_and_unpack(p: initrd.Plan, out: Path) -> Path:
+    image = out / "initrd"
+    initrd.build(p, initrd.BuildOptions(output=str(image), compress="gzip"))
+    root = out / "root"
+    root.mkdir()
+    subprocess.run(["lsinitrd", "--unpack", str(image)], cwd=root, check=True, capture_output=True)
+    return root
+
+
+def _tree(root: Path) -> List[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_plain_disk_initrd_is_built_as_before(plain_mount: Path, kernel: str, tmp_path: Path) -> None:
+    cfg = configuration.Config(savedir=str(plain_mount / "crash"))
+    p = initrd.plan(cfg, kernel)
+    assert p.storage.dracut_modules == () and p.stamp["storage"] == []
+    cmd = initrd.dracut_command(p, initrd.BuildOptions(output="x"), tmp_path)
+    assert cmd[cmd.index("--modules") + 1] == "base kdump-saver"
+    root = build_and_unpack(p, tmp_path)
+    files = _tree(root)
+    for absent in ("etc/cmdline.d/90kdump-saver-storage.conf", "etc/crypttab", "etc/kdump-saver/wait-devices",
+                   "usr/lib/dracut/hooks/cmdline/95-kdump-saver-storage.sh"):
+        assert not os.path.lexists(root / absent), absent
+    for tool in ("/lvm", "/mdadm", "/cryptsetup", "64-lvm.rules", "dm-mod.ko", "raid1.ko", "dm-crypt.ko"):
+        assert not [f for f in files if f.endswith(tool) or f"{tool}." in f], tool
+
+
+def test_lvm_md_luks_initrd_carries_the_tools(plain_mount: Path, kernel: str, tmp_path: Path,
+                                              luks_header: Tuple[str, Path, str]) -> None:
+    """One build for a volume group with a PV on MD RAID1 and one on LUKS
+    (the LUKS header and key file real, on a loop device)."""
+    for program in ("lvm", "mdadm", "cryptsetup"):
+        require_program(program)
+    dev, key, uuid = luks_header
+    cfg = configuration.Config(savedir=str(plain_mount / "crash"))
+    plain = initrd.plan(cfg, kernel)
+    md = storage.Layer("mdraid", "md0", name="md0", detail="raid1", uuid="3b2c4d5e:6f708192:a3b4c5d6:e7f80912",
+                       parts=("vdb1", "vdc1"))
+    crypt = storage.dm_layer("dm-1", "crash_crypt", f"CRYPT-LUKS2-{uuid.replace('-', '')}-crash_crypt",
+                             (kname(dev),))
+    lv = storage.dm_layer("dm-2", "kd--vg-lv_crash", "LVM-" + "f" * 64, ("dm-1", "md0"))
+    leaves = tuple(storage.Layer("disk", d, name=d) for d in ("vdb1", "vdc1", kname(dev)))
+    stack = storage.Stack(str(plain_mount / "crash"), (lv, crypt, md) + leaves)
+    tab = tmp_path / "crypttab"
+    tab.write_text(f"crash_crypt UUID={uuid} {key} luks\n")
+    needs = storage.needs([(stack, "/dev/mapper/kd--vg-lv_crash")], crypttab=str(tab))
+    assert needs.problems == ()
+    assert needs.messages() == [f"savedir {plain_mount}/crash is on LVM kd-vg/lv_crash on LUKS2 crash_crypt "
+                                f"(dm-1) on md0 (RAID1): adding dracut modules lvm crypt mdraid"]
+    # what plan() does with the stacks it detects (gather merges files, modules and the stamp)
+    p = dataclasses.replace(plain, storage=needs, files=plain.files + needs.files,
+                            kernel_modules=plain.kernel_modules + needs.kernel_modules,
+                            stamp=dict(plain.stamp, storage=needs.identities))
+    cmd = initrd.dracut_command(p, initrd.BuildOptions(output="x"), tmp_path)
+    assert cmd[cmd.index("--modules") + 1] == "base mdraid crypt lvm kdump-saver"
+    root = build_and_unpack(p, tmp_path)
+    files = _tree(root)
+
+    def has(suffix: str) -> bool:
+        return any(f.endswith(suffix) for f in files)
+
+    for tool in ("sbin/lvm", "sbin/mdadm", "sbin/cryptsetup", "sbin/cryptroot-ask", "sbin/lvm_scan",
+                 "rules.d/64-lvm.rules", "rules.d/65-md-incremental-imsm.rules", "rules.d/11-dm.rules", "rules.d/60-persistent-storage.rules"):
+        assert has(tool), tool
+    for module in ("dm-mod.ko", "raid1.ko", "dm-crypt.ko"):
+        assert any(os.path.basename(f).startswith(module) for f in files), module
+    args = (root / "etc/cmdline.d/90kdump-saver-storage.conf").read_text().split()
+    assert args == ["rd.lvm.lv=kd-vg/lv_crash", f"rd.luks.uuid=luks-{uuid}",
+                    "rd.md.uuid=3b2c4d5e:6f708192:a3b4c5d6:e7f80912"]
+    assert (root / "etc/crypttab").read_text() == f"crash_crypt UUID={uuid} {key} luks\n"
+    assert (root / "etc/crypttab").stat().st_mode & 0o777 == 0o600
+    assert (root / str(key).lstrip("/")).read_bytes() == key.read_bytes()
+    assert (root / "etc/kdump-saver/wait-devices").read_text() == "/dev/mapper/kd--vg-lv_crash\n"
+    hooks = [f for f in files if f.endswith("95-kdump-saver-storage.sh")]
+    assert hooks and "/hooks/cmdline/" in hooks[0]
+    stamp = json.loads((root / initrd.STAMP_PATH.lstrip("/")).read_text())
+    assert stamp["storage"] == needs.identities
+    # the hook with dracut's own library in the unpacked initrd: the initqueue waits for the device
+    (root / "proc").mkdir(exist_ok=True)
+    (root / "proc/vmcore").touch()
+    shell = run("chroot", str(root), "/bin/sh", "-c",
+                f". /lib/dracut-lib.sh; . /{hooks[0]}; cat $hookdir/initqueue/finished/devexists-*.sh",
+                check=False)
+    assert shell.returncode == 0, shell.stderr
+    assert shell.stdout.strip() == '[ -e "/dev/mapper/kd--vg-lv_crash" ]'
+
