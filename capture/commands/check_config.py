@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     sys.stdout.write(config.render(effective))
     sys.stdout.write("".join(f"# {line}\n" for line in behaviour(effective) + target_notes(effective)))
+    storage_report(effective)
     return 0
 
 
@@ -53,6 +54,30 @@ def target_notes(cfg: Config) -> List[str]:
     return [f"{url.masked()}: cifs targets need a share that allows unencrypted SMB2 sessions (pysmb cannot "
             "speak SMB encryption: 'smb encrypt = required' is refused); the dump crosses the network in clear"
             for url in cfg.targets if url.scheme == "cifs"]
+
+
+def storage_report(cfg: Config) -> None:
+    """Log the storage stack (LVM, MD RAID, LUKS, multipath) under each local
+    target and what the capture initrd needs for it.  Production side only:
+    the capture initrd carries no ``capture.host``."""
+    try:
+        from capture.host import initrd
+    except ImportError:
+        return
+    from capture.errors import KdumpError
+
+    try:
+        found = initrd.local_storage(cfg)
+    except (KdumpError, OSError) as exc:
+        log.debug("no storage stack: %s", exc)
+        return
+    for stack in found.stacks:
+        if not stack.stacked:
+            log.debug("savedir %s is on %s: a plain disk", stack.path, stack.describe())
+    for line in found.messages():
+        log.info("%s", line)
+    for line in found.warnings + found.problems:
+        log.warning("%s", line)
 
 
 def behaviour(cfg: Config) -> List[str]:

@@ -340,6 +340,21 @@ def storage_needs(config: Config, urls: "Targets", mount_of: Dict[int, MountReco
     return storage.needs(pairs)
 
 
+def local_storage(config: Config) -> storage.Needs:
+    """The storage stacks of the local targets that can be found now, for
+    ``check-config`` (a target whose file system cannot be found is left out:
+    ``build-initrd`` reports it)."""
+    urls = _targets(config)
+    mount_of: Dict[int, MountRecord] = {}
+    for index, url in enumerate(urls):
+        if url.scheme == "file":
+            try:
+                mount_of[index] = savedir_mount(url.path)
+            except ConfigError as exc:
+                log.debug("%s", exc)
+    return storage_needs(config, urls, mount_of)
+
+
 def mount_stack(mount: MountRecord, path: str = "") -> Optional[storage.Stack]:
     """The block device stack under ``mount`` (None: not found in sysfs)."""
     kname = storage.kname_of(mount.host_target, _mount_device(mount))

@@ -50,6 +50,9 @@ MD_LEVEL_MODULES = {"raid0": "raid0", "raid1": "raid1", "raid4": "raid456", "rai
                     "raid6": "raid456", "raid10": "raid10", "linear": "linear"}
 KIND_MODULES = {"lvm": ("dm_mod",), "crypt": ("dm_mod", "dm_crypt"), "multipath": ("dm_mod", "dm_multipath"),
                 "mdraid": ("md_mod",)}
+#: how the log names a layer of each kind
+DESCRIPTIONS = {"lvm": "LVM {detail}", "mdraid": "{name} ({level})", "crypt": "{detail} {name} ({kname})",
+                "multipath": "multipath {name}", "dm": "device-mapper {name} ({detail})"}
 #: crypttab options the capture kernel must not obey: it opens the device whatever the production boot does
 DROPPED_CRYPTTAB_OPTIONS = ("noauto", "nofail")
 
@@ -74,18 +77,9 @@ class Layer:
         return self.kind not in ("disk", "partition")
 
     def describe(self) -> str:
-        """For the log: ``LVM vg0/lv_crash``, ``md0 (RAID1)``, ``LUKS2 crash_crypt (vdb)``."""
-        if self.kind == "lvm":
-            return f"LVM {self.detail}"
-        if self.kind == "mdraid":
-            return f"{self.name} ({self.detail.upper()})"
-        if self.kind == "crypt":
-            return f"{self.detail} {self.name} ({self.kname})"
-        if self.kind == "multipath":
-            return f"multipath {self.name}"
-        if self.kind == "dm":
-            return f"device-mapper {self.name} ({self.detail or 'no uuid'})"
-        return self.kname
+        """For the log: ``LVM vg0/lv_crash``, ``md0 (RAID1)``, ``LUKS2 crash_crypt (dm-1)``."""
+        return DESCRIPTIONS.get(self.kind, "{kname}").format(
+            kname=self.kname, name=self.name, detail=self.detail or "no uuid", level=self.detail.upper())
 
     def identity(self) -> str:
         """What the build stamp records: names that stay across reboots (not dm-N, md127, sda)."""
@@ -144,7 +138,7 @@ def read_layer(kname: str, sys_block: str = SYS_BLOCK) -> Layer:
     base = Path(sys_block) / kname
     slaves = _listdir(base / "slaves")
     if (base / "dm").is_dir():
-        return _dm_layer(kname, _read(base / "dm" / "name"), _read(base / "dm" / "uuid"), slaves)
+        return dm_layer(kname, _read(base / "dm" / "name"), _read(base / "dm" / "uuid"), slaves)
     if (base / "md").is_dir():
         level = _read(base / "md" / "level")
         return Layer("mdraid", kname, name=kname, detail=level, uuid=_md_uuid(base, kname), parts=slaves)
@@ -154,7 +148,7 @@ def read_layer(kname: str, sys_block: str = SYS_BLOCK) -> Layer:
     return Layer("disk", kname, name=kname, parts=slaves)
 
 
-def _dm_layer(kname: str, name: str, uuid: str, slaves: Tuple[str, ...]) -> Layer:
+def dm_layer(kname: str, name: str, uuid: str, slaves: Tuple[str, ...]) -> Layer:
     prefix = uuid.split("-", 1)[0]
     if prefix == "LVM":
         vg, lv = split_lvm_name(name)
