@@ -310,7 +310,7 @@ def gather(config: Config, kernel: str, urls: "Targets", check_host: bool = Fals
     programs, optional_programs, prog_files, prog_problems = _programs(config, urls)
     files.extend(prog_files)
     problems.extend(prog_problems)
-    stacks = storage_needs(config, urls, mount_of)
+    stacks = storage_needs(config, urls, mount_of, verify_keys=check_host)
     files.extend(stacks.files)
     problems.extend(stacks.problems)
     mods = kernel_modules(config, urls, mounts, kernel) + list(stacks.kernel_modules)
@@ -321,9 +321,11 @@ def gather(config: Config, kernel: str, urls: "Targets", check_host: bool = Fals
                     problems=tuple(problems), storage=stacks)
 
 
-def storage_needs(config: Config, urls: "Targets", mount_of: Dict[int, MountRecord]) -> storage.Needs:
+def storage_needs(config: Config, urls: "Targets", mount_of: Dict[int, MountRecord],
+                  verify_keys: bool = True) -> storage.Needs:
     """The storage stack under each local target's file system (see
-    :mod:`capture.host.storage`) and what assembles it in the capture kernel."""
+    :mod:`capture.host.storage`) and what assembles it in the capture kernel
+    (``verify_keys``: see :func:`capture.host.storage.needs`)."""
     pairs: List[Tuple[storage.Stack, str]] = []
     done: List[str] = []
     listed = _listed(urls)
@@ -337,7 +339,7 @@ def storage_needs(config: Config, urls: "Targets", mount_of: Dict[int, MountReco
             wait = (f"/dev/mapper/{top.name}" if top is not None and top.kind in ("lvm", "crypt", "multipath")
                     else _source_path(mount))
             pairs.append((stack, wait))
-    return storage.needs(pairs)
+    return storage.needs(pairs, verify_keys=verify_keys)
 
 
 def local_storage(config: Config) -> storage.Needs:

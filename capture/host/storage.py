@@ -277,9 +277,12 @@ def read_crypttab(path: str = CRYPTTAB) -> List[CrypttabEntry]:
     return entries
 
 
-def needs(stacks: Sequence[Tuple[Stack, str]], crypttab: str = CRYPTTAB) -> Needs:
+def needs(stacks: Sequence[Tuple[Stack, str]], crypttab: str = CRYPTTAB, verify_keys: bool = True) -> Needs:
     """What the capture kernel needs for ``stacks``: (stack, device to wait for)
-    pairs, the device being the file system's source as the initrd mounts it."""
+    pairs, the device being the file system's source as the initrd mounts it.
+    ``verify_keys`` tries each LUKS key file on its device (a key derivation:
+    up to seconds and a GiB of memory with argon2), which a build does and a
+    freshness check, comparing the key file's hash, need not."""
     modules: List[str] = []
     kmods: List[str] = []
     cmdline: List[str] = []
@@ -316,7 +319,7 @@ def needs(stacks: Sequence[Tuple[Stack, str]], crypttab: str = CRYPTTAB) -> Need
                                     "(dracut assembles only the arrays it is given by UUID)")
             elif layer.kind == "crypt":
                 cmdline.append(f"rd.luks.uuid=luks-{layer.uuid}")
-                line, keyfile, problem, warning = _crypt_entry(stack.path, layer, entries)
+                line, keyfile, problem, warning = _crypt_entry(stack.path, layer, entries, verify_keys)
                 if problem:
                     problems.append(problem)
                 else:
@@ -332,8 +335,8 @@ def needs(stacks: Sequence[Tuple[Stack, str]], crypttab: str = CRYPTTAB) -> Need
                  problems=tuple(problems), warnings=tuple(dict.fromkeys(warnings)))
 
 
-def _crypt_entry(path: str, layer: Layer,
-                 entries: Sequence[CrypttabEntry]) -> Tuple[str, str, str, str]:
+def _crypt_entry(path: str, layer: Layer, entries: Sequence[CrypttabEntry],
+                 verify: bool = True) -> Tuple[str, str, str, str]:
     """(crypttab line for the initrd, key file, problem, warning) for a LUKS layer."""
     backing = layer.parts[0] if layer.parts else ""
     where = f"KDUMP_SAVEDIR={path} is on the LUKS device {layer.name} (on {backing or '?'})"
@@ -353,7 +356,7 @@ def _crypt_entry(path: str, layer: Layer,
     if not os.path.isfile(keyfile):
         return "", "", f"{where}: its key file {keyfile} (/etc/crypttab) does not exist", ""
     options = [o for o in entry.options.split(",") if o and o not in DROPPED_CRYPTTAB_OPTIONS]
-    problem = _test_key(keyfile, backing, options)
+    problem = _test_key(keyfile, backing, options) if verify else ""
     if problem:
         return "", "", f"{where}: {problem}; {nobody}", ""
     line = f"{layer.name} UUID={layer.uuid} {keyfile} {','.join(options) or 'luks'}"
