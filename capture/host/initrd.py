@@ -351,7 +351,7 @@ def local_storage(config: Config) -> storage.Needs:
     for index, url in enumerate(urls):
         if url.scheme == "file":
             try:
-                mount_of[index] = savedir_mount(url.path)
+                mount_of[index] = savedir_mount(url.path, warn=False)
             except ConfigError as exc:
                 log.debug("%s", exc)
     return storage_needs(config, urls, mount_of)
@@ -695,10 +695,10 @@ def _check_host(url: TargetURL) -> List[str]:
     return []
 
 
-def savedir_mount(path: str) -> MountRecord:
+def savedir_mount(path: str, warn: bool = True) -> MountRecord:
     """Find the file system that holds ``path`` (or its nearest existing
     parent) and how the capture kernel mounts it: by UUID, else LABEL, else
-    the device path."""
+    the device path (``warn``: say that a device path may differ there)."""
     probe = path
     while not os.path.exists(probe):
         probe = os.path.dirname(probe) or "/"
@@ -725,8 +725,8 @@ def savedir_mount(path: str) -> MountRecord:
         spec = f"LABEL={label}"
     elif source.startswith("/dev/"):
         spec = source.split("[", 1)[0]
-        log.warning("the file system of %s has no UUID or label; the capture kernel mounts %s by "
-                    "its device name, which may differ there", path, spec)
+        log.log(logging.WARNING if warn else logging.DEBUG, "the file system of %s has no UUID or label; the "
+                "capture kernel mounts %s by its device name, which may differ there", path, spec)
     else:
         raise ConfigError(f"KDUMP_SAVEDIR={path}: its file system {source!r} ({fstype}) is not on a block device")
     host_target = fs.get("target") or "/"
