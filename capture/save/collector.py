@@ -5,7 +5,10 @@ flattened stream (``-F``) on a pipe, so every target receives one stream;
 the saver rebuilds the real file from it where the target can write at an
 offset.  The collector is makedumpfile, or kdump-saver's own
 (:mod:`capture.save.pycollector`, lzo or zlib) when makedumpfile is missing,
-is known to mis-filter this kernel at this dump level, or fails.
+is known to mis-filter this kernel at this dump level, or fails, and when
+KDUMP_CPUS asks for more than one CPU but makedumpfile is too old to use
+``--num-threads`` safely: kdump-saver's collector then reads and compresses
+in worker processes (:mod:`capture.save.pyworkers`).
 """
 from __future__ import annotations
 
@@ -121,11 +124,16 @@ def own_plan(config: Config, reason: str, cpus_online: Optional[int] = None,
     fmt = config.dumpformat if config.dumpformat in OWN_FORMATS else "lzo"
     if fmt != config.dumpformat:
         notes += (f"kdump-saver's collector writes lzo or zlib, not {config.dumpformat}; using lzo",)
-    online = cpus_online or os.cpu_count() or 1
-    threads = online if config.cpus == 0 else max(1, min(config.cpus, online))
-    if fmt == "lzo":
-        threads = 1  # measured: handing lzo pages back from workers costs what they save (bench/pycollector.py)
+    threads = wanted_cpus(config, cpus_online)
+    if threads > 1:
+        notes += (f"collecting with {threads} worker processes (KDUMP_CPUS={config.cpus})",)
     return DumpPlan(config.dumpformat, fmt, config.dumplevel, threads, notes, OWN, reason)
+
+
+def wanted_cpus(config: Config, cpus_online: Optional[int] = None) -> int:
+    """Processes KDUMP_CPUS asks for on this machine: all online CPUs for 0, never more than are online."""
+    online = cpus_online or os.cpu_count() or 1
+    return online if config.cpus == 0 else max(1, min(config.cpus, online))
 
 
 def fallback(dump: DumpPlan, config: Config, why: str) -> Optional[DumpPlan]:
@@ -144,11 +152,15 @@ def _makedumpfile_plan(config: Config, mdf: Optional[Makedumpfile], cpus_online:
         fmt = fallback
     threads = 1
     if fmt in FORMAT_FLAGS and fmt != "elf" and mdf is not None:
-        online = cpus_online or os.cpu_count() or 1
-        wanted = online if config.cpus == 0 else min(config.cpus, online)
+        wanted = wanted_cpus(config, cpus_online)
+        unsafe = f"makedumpfile {mdf.version_text} can corrupt dumps with --num-threads (fixed in 1.7.8)"
         if wanted > 1 and mdf.version < THREADS_SAFE_FROM:
-            notes.append(f"makedumpfile {mdf.version_text} can corrupt dumps with --num-threads "
-                         f"(fixed in 1.7.8); using one thread instead of {wanted}")
+            if fmt in OWN_FORMATS and not config.makedumpfile_options.strip():
+                return own_plan(config, f"{unsafe}; kdump-saver's collector works in parallel", cpus_online,
+                                tuple(notes))
+            why = (f"kdump-saver's parallel collector writes lzo or zlib, not {fmt}" if fmt not in OWN_FORMATS
+                   else "kdump-saver's parallel collector cannot apply MAKEDUMPFILE_OPTIONS")
+            notes.append(f"{unsafe} and {why}; using one thread instead of {wanted}")
         elif wanted > 1:
             threads = wanted
     return DumpPlan(config.dumpformat, fmt, config.dumplevel, threads, tuple(notes),
