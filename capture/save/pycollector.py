@@ -260,8 +260,8 @@ def read_and_compress(memory: PhysicalMemory, runs: List[Run], coding: PageCodin
             memory.close()
 
 
-def _batches(memory: PhysicalMemory, dumpable: bytes, coding: PageCoding,
-             cpus: int) -> Iterator[CompressedPages]:
+def _batches(memory: PhysicalMemory, dumpable: bytes, coding: PageCoding, cpus: int,
+             cpu_seconds: Optional[List[float]] = None) -> Iterator[CompressedPages]:
     """Compressed batches in frame order; with ``cpus`` > 1 worker processes read and compress
     them (:mod:`capture.save.pyworkers`) while this process only writes."""
     def tasks() -> Iterator[List[Run]]:
@@ -272,7 +272,7 @@ def _batches(memory: PhysicalMemory, dumpable: bytes, coding: PageCoding,
 
     if cpus <= 1:
         return map(compress, tasks())
-    return parallel_batches(tasks, compress, cpus)
+    return parallel_batches(tasks, compress, cpus, cpu_seconds)
 
 
 # -- the collector --------------------------------------------------------------------------------
@@ -309,11 +309,14 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
         elif cpus > 1:
             log.warning("warning: memory for %d worker processes is not available; collecting in one process",
                         cpus)
-        for batch in _batches(plan.memory, bitmaps.dumpable, writer.coding, workers):
+        worker_cpu: List[float] = []
+        for batch in _batches(plan.memory, bitmaps.dumpable, writer.coding, workers, worker_cpu):
             writer.add(batch)
             if progress is not None:
                 report_progress(progress, "Copying data", 100.0 * writer.pages_written / max(1, total))
         file_size = writer.finish()
+        if worker_cpu:
+            log.info("worker processes used %s CPU seconds", ", ".join(f"{s:.2f}" for s in worker_cpu))
         for note in plan.notes:
             log.warning("pycollector: %s", note)
         return CollectResult(

@@ -63,10 +63,11 @@ def affordable_workers(wanted: int, meminfo: str = "/proc/meminfo") -> int:
     return wanted
 
 
-def parallel_batches(make_tasks: Callable[[], Iterable[list]], compress: Compress,
-                     workers: int) -> Iterator[CompressedPages]:
+def parallel_batches(make_tasks: Callable[[], Iterable[list]], compress: Compress, workers: int,
+                     cpu_seconds: Optional[List[float]] = None) -> Iterator[CompressedPages]:
     """``compress(task)`` of every task of ``make_tasks()``, in task order, computed by ``workers``
-    forked processes; ``make_tasks`` is called here and in each worker and must give the same tasks."""
+    forked processes; ``make_tasks`` is called here and in each worker and must give the same tasks.
+    ``cpu_seconds`` receives the CPU time of each worker that completed its share."""
     pool = _Pool(make_tasks, compress, workers)
     try:
         for index, task in enumerate(make_tasks()):
@@ -78,7 +79,9 @@ def parallel_batches(make_tasks: Callable[[], Iterable[list]], compress: Compres
                     log.warning("warning: worker process %s; compressing the rest in this process", exc)
                     pool.stop()
             yield compress(task)
-        pool.check_done()
+        used = pool.check_done()
+        if cpu_seconds is not None:
+            cpu_seconds.extend(used)
     finally:
         pool.stop()
 
@@ -133,17 +136,20 @@ class _Pool:
         return CompressedPages(count, zeros, body[:desc_size], body[desc_size:2 * desc_size],  # type: ignore[arg-type]
                                body[2 * desc_size:])
 
-    def check_done(self) -> None:
-        """Reap the workers after the last task; one that exits with an error after delivering
-        everything only gets a warning, the output is whole."""
+    def check_done(self) -> List[float]:
+        """Reap the workers after the last task and return their CPU seconds; one that exits with
+        an error after delivering everything only gets a warning, the output is whole."""
         if not self.alive:
-            return
+            return []
+        used = []
         for number, pid in enumerate(self.pids):
-            _, status = os.waitpid(pid, 0)
+            _, status, usage = os.wait4(pid, 0)
+            used.append(usage.ru_utime + usage.ru_stime)
             if status:
                 log.warning("warning: worker process %d ended with %s after its last batch", number + 1,
                             _describe(status))
         self.pids = []
+        return used
 
     def _death(self, number: int) -> str:
         pid = self.pids[number]
