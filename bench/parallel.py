@@ -18,8 +18,11 @@ Peak memory is sampled from /proc every 50 ms: the writer's RSS and, per
 worker, its private memory (USS: what forking cost on top of the shared
 pages) and RSS.  Other jobs sharing the cores make wall times noisy, so
 each run also prints a CPU-bound estimate of the wall time on idle cores
-(the busiest process's CPU seconds, the writer's and each worker's apart,
-or all CPU seconds over the cores when that is more) and its ratios.
+and its ratios: for `--cpus 2`, the CPU seconds before the workers start
+(interpreter, page classification) plus, for the rest, the busiest
+process's CPU seconds or all of them spread over the cores, whichever is
+more (the collector logs the writer's and each worker's); for one process
+its CPU seconds.
 
     .venv/bin/python bench/parallel.py [--vmcore PATH ...] [--cases lzo:31,lzo:1,zlib:31] [--runs N]
 """
@@ -77,8 +80,7 @@ class MemorySampler(threading.Thread):
 
 def timed(cmd: List[str], out: Path, env: dict = None, sample: bool = False) -> Tuple[float, float, Dict, float]:
     """(wall seconds, CPU seconds of the process and its reaped children, memory peaks, CPU-bound
-    estimate) of ``cmd`` > ``out``.  The estimate is the wall time on otherwise idle cores: the
-    busiest process's CPU seconds, or all CPU seconds spread over the cores when that is more."""
+    estimate of the wall time on idle cores) of ``cmd`` > ``out``."""
     with open(out, "wb") as sink, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=sink, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd="/")
@@ -93,10 +95,14 @@ def timed(cmd: List[str], out: Path, env: dict = None, sample: bool = False) -> 
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{messages[-2000:]}")
     cpu = usage.ru_utime + usage.ru_stime
-    found = re.search(r"worker processes used ([0-9., ]+) CPU seconds", messages)
-    workers = [float(x) for x in found.group(1).split(",")] if found else []
-    busiest = max([cpu - sum(workers)] + workers)
-    return wall, cpu, sampler.peak, max(busiest, cpu / (os.cpu_count() or 1))
+    found = re.search(r"CPU seconds: ([0-9.]+) in this process before the workers started, ([0-9.]+) writing; "
+                      r"worker processes used ([0-9., ]+)", messages)
+    if not found:
+        return wall, cpu, sampler.peak, cpu
+    serial, writing = float(found.group(1)), float(found.group(2))
+    workers = [float(x) for x in found.group(3).split(",")]
+    parallel = [writing] + workers
+    return wall, cpu, sampler.peak, serial + max(max(parallel), sum(parallel) / (os.cpu_count() or 1))
 
 
 def split_and_reassemble(vmcore: str, compression: str, level: int, tmp: Path) -> Tuple[float, float]:

@@ -29,8 +29,8 @@ from capture.save import collector
 from capture.save.pycollector import collect
 from capture.save.pyworkers import affordable_workers
 from conftest import require, require_program
-from test_pycollector import (COMPARE_PAGES, RELEASE_61, VMLINUX_61, bitmaps, popcount, run_system_python,
-                              system_libkdumpfile)
+from test_pycollector import (COMPARE_PAGES, RELEASE_61, VMLINUX_61, FullDisk, bitmaps, popcount,
+                              run_system_python, system_libkdumpfile)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,19 +124,6 @@ def test_truncated_vmcore_fails_clearly_with_workers(fixture_vmcore, tmp_path):
             collect(str(vmcore), 1, out, cpus=2)
     assert time.monotonic() - started < 120  # generous: a hang would never end
     assert children_of(os.getpid()) == [], "worker processes left behind"
-
-
-class FullDisk:
-    """A sink that takes ``limit`` bytes, then fails like a full disk."""
-
-    def __init__(self, limit: int) -> None:
-        self.left = limit
-
-    def write(self, data) -> int:
-        if len(data) > self.left:
-            raise OSError(28, "No space left on device")
-        self.left -= len(data)
-        return len(data)
 
 
 def test_write_error_stops_and_reaps_the_workers(fixture_vmcore):

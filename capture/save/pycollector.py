@@ -310,13 +310,16 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
             log.warning("warning: memory for %d worker processes is not available; collecting in one process",
                         cpus)
         worker_cpu: List[float] = []
+        serial_cpu = time.process_time()
         for batch in _batches(plan.memory, bitmaps.dumpable, writer.coding, workers, worker_cpu):
             writer.add(batch)
             if progress is not None:
                 report_progress(progress, "Copying data", 100.0 * writer.pages_written / max(1, total))
         file_size = writer.finish()
         if worker_cpu:
-            log.info("worker processes used %s CPU seconds", ", ".join(f"{s:.2f}" for s in worker_cpu))
+            log.info("CPU seconds: %.2f in this process before the workers started, %.2f writing; "
+                     "worker processes used %s", serial_cpu, time.process_time() - serial_cpu,
+                     ", ".join(f"{s:.2f}" for s in worker_cpu))
         for note in plan.notes:
             log.warning("pycollector: %s", note)
         return CollectResult(
