@@ -5,7 +5,9 @@ byte for byte with the single-process stream, read back page by page with
 python3-libkdumpfile and opened with crash; a worker killed with SIGKILL in
 the middle of a real run, and a truncated vmcore, end with the same stream
 or a clear error, never a hang.  The plan tests check which collector
-KDUMP_CPUS leads to with Debian's makedumpfile.
+KDUMP_CPUS leads to with Debian's makedumpfile; whole saves with KDUMP_CPUS=2
+go to a directory (the standard vmcore) and to vsftpd on 127.0.0.1, an
+append-only target (vmcore.flat).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from capture.save import collector
 from capture.save.pycollector import collect
 from capture.save.pyworkers import affordable_workers
 from conftest import require, require_program
+from test_transport_ftp import ftpd  # noqa: F401  (the vsftpd fixture)
 from test_pycollector import (COMPARE_PAGES, RELEASE_61, VMLINUX_61, FullDisk, bitmaps, popcount,
                               run_system_python, system_libkdumpfile)
 
@@ -215,3 +218,21 @@ def test_save_with_two_cpus_says_so_and_writes_the_single_process_dump(fixture_v
     reference = tmp_path / "reference"
     reassemble(str(streams(1, 1)), str(reference))
     assert (directory / "vmcore").read_bytes() == reference.read_bytes()
+
+
+def test_stream_target_gets_the_parallel_stream_as_vmcore_flat(ftpd, fixture_vmcore, streams, tmp_path, caplog,
+                                                                debian_makedumpfile):
+    """An append-only target (ftp) takes the parallel collector's flattened stream unchanged as
+    vmcore.flat, which rebuilds into the single-process dump."""
+    from capture.save.sequence import save
+
+    require((os.cpu_count() or 1) >= 2, "needs at least 2 CPUs")
+    with caplog.at_level(logging.INFO):
+        result = save(Config(cpus=2, dumpformat="lzo", dumplevel=31), vmcore=str(fixture_vmcore),
+                      savedir=ftpd.url("/parallel"))
+    assert "collecting with 2 worker processes (KDUMP_CPUS=2)" in caplog.text
+    flat = ftpd.home / "parallel" / result.directory / "vmcore.flat"
+    rebuilt, reference = tmp_path / "rebuilt", tmp_path / "reference"
+    reassemble(str(flat), str(rebuilt))
+    reassemble(str(streams(31, 1)), str(reference))
+    assert rebuilt.read_bytes() == reference.read_bytes()

@@ -23,6 +23,7 @@ output) kills and reaps its workers before the error propagates.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -248,7 +249,6 @@ def _describe(status: int) -> str:
 
 
 def _widen(fd: int) -> None:
-    import fcntl
     try:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (OSError, AttributeError):
