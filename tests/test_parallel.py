@@ -138,7 +138,7 @@ def test_write_error_stops_and_reaps_the_workers(fixture_vmcore):
 def test_workers_are_capped_by_available_memory(tmp_path):
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:  262144 kB\nMemAvailable:  120000 kB\n")
-    assert affordable_workers(8, str(meminfo)) == 2  # (120000 KiB - 64 MiB) / 24 MiB
+    assert affordable_workers(8, str(meminfo)) == 3  # (120000 KiB - 64 MiB) / 16 MiB
     meminfo.write_text("MemAvailable:  10000 kB\n")
     assert affordable_workers(8, str(meminfo)) == 1
     assert affordable_workers(3, str(tmp_path / "missing")) == 3

@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 FRAME = struct.Struct("<qqqq")
 #: kernel pipe buffer asked for per worker (the writer reads whole batches)
 PIPE_BYTES = 1 << 20
-#: private memory a worker may grow to: a 4 MiB task read, its compressed copy, pipe, interpreter pages
-WORKER_BYTES = 24 << 20
+#: private memory a worker may grow to: its task read and compressed, pages copied from the writer
+#: (about 7 MB measured with 1 MiB tasks, see bench/parallel.py)
+WORKER_BYTES = 16 << 20
 #: available memory left for the writer, the transport and the kernel
 RESERVE_BYTES = 64 << 20
 
