@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -236,3 +237,46 @@ def test_stream_target_gets_the_parallel_stream_as_vmcore_flat(ftpd, fixture_vmc
     reassemble(str(flat), str(rebuilt))
     reassemble(str(streams(31, 1)), str(reference))
     assert rebuilt.read_bytes() == reference.read_bytes()
+
+
+def test_killed_parallel_collector_is_replaced_by_makedumpfile(fixture_vmcore, tmp_path, reference_dumps,
+                                                                debian_makedumpfile, caplog):
+    """The whole collector process (the writer) dies of SIGKILL during a KDUMP_CPUS=2 save: the
+    vmcore is started again with single-threaded makedumpfile and the README says why."""
+    from capture.save.sequence import save
+
+    require((os.cpu_count() or 1) >= 2, "needs at least 2 CPUs")
+    killed = []
+    stop = threading.Event()
+
+    def kill_the_collector() -> None:
+        while not stop.is_set() and not killed:
+            for pid in children_of(os.getpid()):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        cmdline = f.read()
+                except OSError:
+                    continue
+                if b"capture.save.pycollector" in cmdline and children_of(pid):  # its workers run
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_the_collector)
+    watcher.start()
+    try:
+        with caplog.at_level(logging.INFO):
+            result = save(Config(cpus=2, dumpformat="lzo", dumplevel=31, free_disk_size=0),
+                          vmcore=str(fixture_vmcore), savedir=str(tmp_path / "dumps"))
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "the collector finished before it could be killed"
+    directory = tmp_path / "dumps" / result.directory
+    readme = (directory / "README.txt").read_text()
+    assert "vmcore status: saved successfully" in readme
+    assert f"collector: makedumpfile {debian_makedumpfile.version_text}" in readme
+    assert "kdump-saver's collector failed (exit status -9)" in readme
+    assert "written again by makedumpfile with one thread" in readme
+    assert "starting the vmcore again with makedumpfile" in caplog.text
+    assert (directory / "vmcore").read_bytes() == reference_dumps.direct("-l", 31).read_bytes()

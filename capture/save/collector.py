@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from capture.config import verbose
@@ -97,6 +97,8 @@ class DumpPlan:
     """Why kdump-saver's own collector is used (empty for makedumpfile)."""
     message_level: int = 7
     """makedumpfile --message-level (KDUMP_VERBOSE 8 adds its debug messages)."""
+    for_parallel: bool = False
+    """kdump-saver's collector was chosen only to work in parallel: makedumpfile is the fallback."""
 
     @property
     def uses_collector(self) -> bool:
@@ -136,10 +138,18 @@ def wanted_cpus(config: Config, cpus_online: Optional[int] = None) -> int:
     return online if config.cpus == 0 else max(1, min(config.cpus, online))
 
 
-def fallback(dump: DumpPlan, config: Config, why: str) -> Optional[DumpPlan]:
-    """The plan to retry with after makedumpfile failed (``why``), or None when there is none."""
-    if dump.collector == OWN or not dump.uses_collector:
+def fallback(dump: DumpPlan, config: Config, why: str, mdf: Optional[Makedumpfile] = None) -> Optional[DumpPlan]:
+    """The plan to retry with after the collector failed (``why``), or None when there is none:
+    kdump-saver's collector after makedumpfile, single-threaded makedumpfile (``mdf``) after
+    kdump-saver's parallel collector."""
+    if not dump.uses_collector:
         return None
+    if dump.collector == OWN:
+        if not dump.for_parallel or mdf is None:
+            return None
+        single = _makedumpfile_plan(replace(config, cpus=1), mdf, 1)
+        return replace(single, notes=dump.notes + (f"{why}; the dump was written again by makedumpfile "
+                                                   f"with one thread",))
     return own_plan(config, why, notes=dump.notes)
 
 
@@ -156,8 +166,8 @@ def _makedumpfile_plan(config: Config, mdf: Optional[Makedumpfile], cpus_online:
         unsafe = f"makedumpfile {mdf.version_text} can corrupt dumps with --num-threads (fixed in 1.7.8)"
         if wanted > 1 and mdf.version < THREADS_SAFE_FROM:
             if fmt in OWN_FORMATS and not config.makedumpfile_options.strip():
-                return own_plan(config, f"{unsafe}; kdump-saver's collector works in parallel", cpus_online,
-                                tuple(notes))
+                return replace(own_plan(config, f"{unsafe}; kdump-saver's collector works in parallel",
+                                        cpus_online, tuple(notes)), for_parallel=True)
             why = (f"kdump-saver's parallel collector writes lzo or zlib, not {fmt}" if fmt not in OWN_FORMATS
                    else "kdump-saver's parallel collector cannot apply MAKEDUMPFILE_OPTIONS")
             notes.append(f"{unsafe} and {why}; using one thread instead of {wanted}")
@@ -216,7 +226,8 @@ class Collection:
         if status != 0:
             last = "; ".join(list(self.progress.messages)[-6:]) or "no messages"
             meaning = {1: "failed", 2: "the vmcore and its VMCOREINFO do not match"}.get(status, "failed")
-            raise CollectorError(f"makedumpfile {meaning} (exit status {status}): {last}")
+            who = "kdump-saver's collector" if "capture.save.pycollector" in self.cmd else "makedumpfile"
+            raise CollectorError(f"{who} {meaning} (exit status {status}): {last}")
         for line in self.progress.messages:
             if "not supported" in line or "warning" in line.lower():
                 log.info("makedumpfile: %s", line)
