@@ -4,7 +4,7 @@ For each vmcore, compression and dump level, prints the median wall time of
 `makedumpfile -F -l -d N VMCORE > FILE` (`-c` for zlib) and of
 `python -m capture.save.pycollector -d N [--zlib] [--cpus 2] VMCORE > FILE`
 (both write the same flattened stream to a file), their ratio (target <= 3
-single process; with --cpus 2 this process and one worker share the pages),
+single process; with --cpus 2 two worker processes compress while the first writes),
 and the peak RSS of each run (target <= 60 MB, flat in the dump size:
 compare level 0 with level 31, and the big vmcore when present).  The
 RSS is the child's own, from wait4(2); with worker processes it is the

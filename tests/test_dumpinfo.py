@@ -330,7 +330,7 @@ def test_info_tells_which_collector_wrote_a_saved_dump(tmp_path, fixture_vmcore)
     from capture.config.options import Config
     from capture.save.sequence import save
 
-    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=0), vmcore=str(fixture_vmcore),
+    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=0, cpus=1), vmcore=str(fixture_vmcore),
                   savedir=str(tmp_path))
     info = describe(str(tmp_path / result.directory / "vmcore"))
     assert info.collector is not None and info.collector.startswith("makedumpfile 1.")

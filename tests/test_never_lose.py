@@ -204,7 +204,7 @@ def test_a_killed_makedumpfile_is_replaced_by_our_collector(tmp_path, fixture_vm
                        f'exec {real} "$@"\n')
     wrapper.chmod(0o755)
     monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
-    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=0), vmcore=str(fixture_vmcore),
+    result = save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=0, cpus=1), vmcore=str(fixture_vmcore),
                   savedir=str(tmp_path / "crash"))
     d = tmp_path / "crash" / result.directory
     assert "collector: kdump-saver" in readme(d) and "makedumpfile failed" in readme(d)

@@ -202,7 +202,8 @@ def test_worker_processes_write_the_same_stream(ours61):
 
 
 def test_spawned_workers_write_the_same_stream(ours61, fixture_vmcore, tmp_path):
-    """With another thread alive (as in the saver) workers are spawned, not forked."""
+    """With another thread alive (as in the saver) the forked workers still write the same stream:
+    they touch no lock another thread could hold (no logging, only reads, compression and pipes)."""
     done = threading.Event()
     waiter = threading.Thread(target=done.wait)
     waiter.start()

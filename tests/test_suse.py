@@ -364,7 +364,7 @@ def test_verbose_beyond_suses_bits_is_refused():
 
 def _save_cli(tmp_path: Path, fixture_vmcore: Path, verbose: int) -> subprocess.CompletedProcess:
     conf = tmp_path / f"kdump-{verbose}"
-    conf.write_text(f'KDUMP_VERBOSE={verbose}\nKDUMP_DUMPFORMAT="lzo"\nKDUMP_FREE_DISK_SIZE=1\n')
+    conf.write_text(f'KDUMP_VERBOSE={verbose}\nKDUMP_DUMPFORMAT="lzo"\nKDUMP_FREE_DISK_SIZE=1\nKDUMP_CPUS=1\n')
     out = tmp_path / f"out-{verbose}"
     out.mkdir()
     res = run_cli("save", "--config", str(conf), "--vmcore", str(fixture_vmcore), "--savedir", str(out))

@@ -5,7 +5,10 @@ flattened stream (``-F``) on a pipe, so every target receives one stream;
 the saver rebuilds the real file from it where the target can write at an
 offset.  The collector is makedumpfile, or kdump-saver's own
 (:mod:`capture.save.pycollector`, lzo or zlib) when makedumpfile is missing,
-is known to mis-filter this kernel at this dump level, or fails.
+is known to mis-filter this kernel at this dump level, or fails, and when
+KDUMP_CPUS asks for more than one CPU but makedumpfile is too old to use
+``--num-threads`` safely: kdump-saver's collector then reads and compresses
+in worker processes (:mod:`capture.save.pyworkers`).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from capture.config import verbose
@@ -94,6 +97,8 @@ class DumpPlan:
     """Why kdump-saver's own collector is used (empty for makedumpfile)."""
     message_level: int = 7
     """makedumpfile --message-level (KDUMP_VERBOSE 8 adds its debug messages)."""
+    for_parallel: bool = False
+    """kdump-saver's collector was chosen only to work in parallel: makedumpfile is the fallback."""
 
     @property
     def uses_collector(self) -> bool:
@@ -121,17 +126,30 @@ def own_plan(config: Config, reason: str, cpus_online: Optional[int] = None,
     fmt = config.dumpformat if config.dumpformat in OWN_FORMATS else "lzo"
     if fmt != config.dumpformat:
         notes += (f"kdump-saver's collector writes lzo or zlib, not {config.dumpformat}; using lzo",)
-    online = cpus_online or os.cpu_count() or 1
-    threads = online if config.cpus == 0 else max(1, min(config.cpus, online))
-    if fmt == "lzo":
-        threads = 1  # measured: handing lzo pages back from workers costs what they save (bench/pycollector.py)
+    threads = wanted_cpus(config, cpus_online)
+    if threads > 1:
+        notes += (f"collecting with {threads} worker processes (KDUMP_CPUS={config.cpus})",)
     return DumpPlan(config.dumpformat, fmt, config.dumplevel, threads, notes, OWN, reason)
 
 
-def fallback(dump: DumpPlan, config: Config, why: str) -> Optional[DumpPlan]:
-    """The plan to retry with after makedumpfile failed (``why``), or None when there is none."""
-    if dump.collector == OWN or not dump.uses_collector:
+def wanted_cpus(config: Config, cpus_online: Optional[int] = None) -> int:
+    """Processes KDUMP_CPUS asks for on this machine: all online CPUs for 0, never more than are online."""
+    online = cpus_online or os.cpu_count() or 1
+    return online if config.cpus == 0 else max(1, min(config.cpus, online))
+
+
+def fallback(dump: DumpPlan, config: Config, why: str, mdf: Optional[Makedumpfile] = None) -> Optional[DumpPlan]:
+    """The plan to retry with after the collector failed (``why``), or None when there is none:
+    kdump-saver's collector after makedumpfile, single-threaded makedumpfile (``mdf``) after
+    kdump-saver's parallel collector."""
+    if not dump.uses_collector:
         return None
+    if dump.collector == OWN:
+        if not dump.for_parallel or mdf is None:
+            return None
+        single = _makedumpfile_plan(replace(config, cpus=1), mdf, 1)
+        return replace(single, notes=dump.notes + (f"{why}; the dump was written again by makedumpfile "
+                                                   f"with one thread",))
     return own_plan(config, why, notes=dump.notes)
 
 
@@ -144,11 +162,15 @@ def _makedumpfile_plan(config: Config, mdf: Optional[Makedumpfile], cpus_online:
         fmt = fallback
     threads = 1
     if fmt in FORMAT_FLAGS and fmt != "elf" and mdf is not None:
-        online = cpus_online or os.cpu_count() or 1
-        wanted = online if config.cpus == 0 else min(config.cpus, online)
+        wanted = wanted_cpus(config, cpus_online)
+        unsafe = f"makedumpfile {mdf.version_text} can corrupt dumps with --num-threads (fixed in 1.7.8)"
         if wanted > 1 and mdf.version < THREADS_SAFE_FROM:
-            notes.append(f"makedumpfile {mdf.version_text} can corrupt dumps with --num-threads "
-                         f"(fixed in 1.7.8); using one thread instead of {wanted}")
+            if fmt in OWN_FORMATS and not config.makedumpfile_options.strip():
+                return replace(own_plan(config, f"{unsafe}; kdump-saver's collector works in parallel",
+                                        cpus_online, tuple(notes)), for_parallel=True)
+            why = (f"kdump-saver's parallel collector writes lzo or zlib, not {fmt}" if fmt not in OWN_FORMATS
+                   else "kdump-saver's parallel collector cannot apply MAKEDUMPFILE_OPTIONS")
+            notes.append(f"{unsafe} and {why}; using one thread instead of {wanted}")
         elif wanted > 1:
             threads = wanted
     return DumpPlan(config.dumpformat, fmt, config.dumplevel, threads, tuple(notes),
@@ -204,7 +226,8 @@ class Collection:
         if status != 0:
             last = "; ".join(list(self.progress.messages)[-6:]) or "no messages"
             meaning = {1: "failed", 2: "the vmcore and its VMCOREINFO do not match"}.get(status, "failed")
-            raise CollectorError(f"makedumpfile {meaning} (exit status {status}): {last}")
+            who = "kdump-saver's collector" if "capture.save.pycollector" in self.cmd else "makedumpfile"
+            raise CollectorError(f"{who} {meaning} (exit status {status}): {last}")
         for line in self.progress.messages:
             if "not supported" in line or "warning" in line.lower():
                 log.info("makedumpfile: %s", line)

@@ -4,8 +4,8 @@
 the dump level names (:mod:`capture.formats.pageclass`), and writes a
 kdump-compressed dump as makedumpfile's flattened stream
 (:mod:`capture.formats.kdumpwriter`), so whatever consumes ``makedumpfile -F``
-consumes it unchanged.  Pages can be compressed by worker processes; the
-output is the same, in the same order.
+consumes it unchanged.  Pages can be read and compressed by worker processes
+(:mod:`capture.save.pyworkers`); the output is the same, in the same order.
 
 :func:`makedumpfile_misfilters` says when makedumpfile's own filtering would
 throw needed pages away on this kernel, and :func:`estimate_size` predicts the
@@ -21,25 +21,23 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import BinaryIO, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from capture.formats.elfcore import PT_NOTE, ElfCore
 from capture.errors import DumpFormatError, KdumpError
 from capture.formats.kdumpwriter import (CompressedPages, DumpHeader, KdumpStreamWriter, PageCoding,
                                          available_compression, compress_pages)
 from capture.formats.kmem import PhysicalMemory
+from capture.save.pyworkers import affordable_workers, parallel_batches
 from capture.formats.pageclass import (CACHE, CACHE_PRIVATE, CLASS_NAMES, FREE, USER, Bitmaps,
                                        PageClassifier, bitmap_bytes, build_bitmaps, report_progress, unpack_bits)
 from capture.formats.kdumpfile import PAGE_DESC_SIZE
 
 log = logging.getLogger(__name__)
 
-#: pages read and compressed as one task
-TASK_PAGES = 1024
-#: tasks in flight per worker process
-TASKS_PER_WORKER = 2
+#: pages read and compressed as one task (1 MiB: a worker's private memory stays near 7 MB, measured)
+TASK_PAGES = 256
 #: makedumpfile fixed the slab mix-up of Linux 6.10+ in this version
 SLAB_PAGE_TYPE_FIXED = (1, 7, 6)
 #: makedumpfile reads OFFSET(page.compound_info) (Linux 7.1+) from this version on
@@ -262,49 +260,19 @@ def read_and_compress(memory: PhysicalMemory, runs: List[Run], coding: PageCodin
             memory.close()
 
 
-def _batches(memory: PhysicalMemory, tasks: Iterator[List[Run]], coding: PageCoding,
-             cpus: int) -> Iterator[CompressedPages]:
-    """Compressed batches in task order; with ``cpus`` > 1 this process and ``cpus - 1`` worker
-    processes share the tasks round robin (every result crossing a pipe costs copies, so this
-    process does its share instead of only waiting)."""
+def _batches(memory: PhysicalMemory, dumpable: bytes, coding: PageCoding, cpus: int,
+             cpu_seconds: Optional[List[float]] = None) -> Iterator[CompressedPages]:
+    """Compressed batches in frame order; with ``cpus`` > 1 worker processes read and compress
+    them (:mod:`capture.save.pyworkers`) while this process only writes."""
+    def tasks() -> Iterator[List[Run]]:
+        return page_tasks(memory, dumpable, coding.page_size)
+
+    def compress(runs: List[Run]) -> CompressedPages:
+        return read_and_compress(memory, runs, coding)
+
     if cpus <= 1:
-        for runs in tasks:
-            yield read_and_compress(memory, runs, coding)
-        return
-    import multiprocessing  # only with worker processes
-    import threading
-
-    methods = multiprocessing.get_all_start_methods()
-    # fork is fast, but only safe while no other thread may hold a lock the child inherits
-    start = "fork" if "fork" in methods and threading.active_count() == 1 else "spawn"
-    try:
-        pool = multiprocessing.get_context(start).Pool(cpus - 1)
-    except (OSError, ImportError) as exc:  # e.g. no /dev/shm for the pool's semaphores in an initrd
-        log.warning("pycollector: cannot start %d worker processes (%s); compressing in this process",
-                    cpus - 1, exc)
-        yield from _batches(memory, tasks, coding, 1)
-        return
-    try:
-        pending: Deque = deque()
-        for index, runs in enumerate(tasks):
-            if index % cpus == cpus - 1:
-                pending.append(runs)
-            else:
-                pending.append(pool.apply_async(read_and_compress, (memory, runs, coding, True)))
-            if len(pending) >= TASKS_PER_WORKER * cpus:
-                yield _resolve(pending.popleft(), memory, coding)
-        while pending:
-            yield _resolve(pending.popleft(), memory, coding)
-        pool.close()
-    finally:
-        pool.terminate()
-        pool.join()
-
-
-def _resolve(item: object, memory: PhysicalMemory, coding: PageCoding) -> CompressedPages:
-    if isinstance(item, list):
-        return read_and_compress(memory, item, coding)
-    return item.get()  # type: ignore[attr-defined]
+        return map(compress, tasks())
+    return parallel_batches(tasks, compress, cpus, cpu_seconds)
 
 
 # -- the collector --------------------------------------------------------------------------------
@@ -314,7 +282,9 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
     """Write the kdump-compressed dump of ``vmcore_path`` at ``dump_level`` to ``out_fileobj``
     as makedumpfile's flattened stream (``makedumpfile -F -l -d LEVEL`` equivalent).
 
-    ``cpus`` > 1 compresses pages in this process and ``cpus - 1`` worker processes.
+    ``cpus`` > 1 reads and compresses pages in ``cpus`` worker processes (fewer when the
+    available memory does not allow them) while this process writes; a worker that fails is
+    replaced by this process, the output is the same.
     ``compression`` is "lzo" (falls back to "zlib" without python-lzo) or "zlib".
     ``progress`` (a :class:`capture.save.progress.Progress` or anything with ``phase``,
     ``percent`` and ``maybe_report()``) is told the phase and percentage.
@@ -333,12 +303,23 @@ def collect(vmcore_path: str, dump_level: int, out_fileobj: BinaryIO, cpus: int 
         bitmaps = plan.bitmaps
         total = bitmaps.num_dumpable
         writer = KdumpStreamWriter(out_fileobj, header, bitmaps.present_pieces(), bitmaps.dumpable, total)
-        tasks = page_tasks(plan.memory, bitmaps.dumpable, plan.page_size)
-        for batch in _batches(plan.memory, tasks, writer.coding, max(1, cpus)):
+        workers = affordable_workers(cpus) if cpus > 1 else 1
+        if workers > 1:
+            log.info("collecting with %d worker processes", workers)
+        elif cpus > 1:
+            log.warning("warning: memory for %d worker processes is not available; collecting in one process",
+                        cpus)
+        worker_cpu: List[float] = []
+        serial_cpu = time.process_time()
+        for batch in _batches(plan.memory, bitmaps.dumpable, writer.coding, workers, worker_cpu):
             writer.add(batch)
             if progress is not None:
                 report_progress(progress, "Copying data", 100.0 * writer.pages_written / max(1, total))
         file_size = writer.finish()
+        if worker_cpu:
+            log.info("CPU seconds: %.2f in this process before the workers started, %.2f writing; "
+                     "worker processes used %s", serial_cpu, time.process_time() - serial_cpu,
+                     ", ".join(f"{s:.2f}" for s in worker_cpu))
         for note in plan.notes:
             log.warning("pycollector: %s", note)
         return CollectResult(

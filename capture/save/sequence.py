@@ -364,20 +364,24 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: Op
     """Stream the vmcore into ``vmcore.incomplete``, then rename it to its final
     name: ``vmcore`` (rebuilt at offsets), ``vmcore.flat`` (append-only
     targets) or ``vmcore.lz4`` (raw).  When makedumpfile fails, the file is
-    started again with kdump-saver's own collector."""
+    started again with kdump-saver's own collector; when kdump-saver's parallel
+    collector fails, with single-threaded makedumpfile."""
     partial = f"{name}/vmcore{INCOMPLETE}"
     try:
         final, written = _write_vmcore(target, partial, plan, mdf, config, vmcore, guard, progress)
     except collector.CollectorError as exc:
-        retry = collector.fallback(plan, config, f"makedumpfile failed: {exc}")
+        retry = collector.fallback(plan, config, f"makedumpfile failed: {exc}" if plan.collector != collector.OWN
+                                   else str(exc), mdf)
         if retry is None:
             raise
-        log.warning("%s; starting the vmcore again with kdump-saver's own collector", exc)
+        again = "kdump-saver's own collector" if retry.collector == collector.OWN else "makedumpfile"
+        log.warning("%s; starting the vmcore again with %s", exc, again)
+        retry_mdf = mdf if retry.collector == collector.MAKEDUMPFILE else None
         facts.notes.append(retry.notes[-1])
-        facts.collector = _collector_label(retry, None)
+        facts.collector = _collector_label(retry, retry_mdf)
         facts.dump_format = _format_label(retry)
         guard.remeasure()
-        final, written = _write_vmcore(target, partial, retry, None, config, vmcore, guard, progress)
+        final, written = _write_vmcore(target, partial, retry, retry_mdf, config, vmcore, guard, progress)
     progress.maybe_report(force=True)
     target.rename(partial, f"{name}/{final}")
     return final, written
