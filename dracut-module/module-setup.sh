@@ -46,7 +46,8 @@ install() {
     local _stage=$KDUMP_SAVER_STAGE _f _files _dir
 
     # the interpreter, its standard-library closure, our packages and the
-    # target's dependencies, all at the paths they have on this system;
+    # target's dependencies (all but the .py sources: byte code below),
+    # all at the paths they have on this system;
     # ELF files get their shared libraries (libpython, libssl, ...)
     mapfile -t _files < <(_kdump_saver_list python-files)
     inst_multiple "${_files[@]}" || dfatal "kdump-saver: cannot install the Python closure"
@@ -57,6 +58,13 @@ install() {
         mapfile -t _files < <(_kdump_saver_libraries "${_files[@]}")
         ((${#_files[@]})) && { inst_multiple "${_files[@]}" \
             || dfatal "kdump-saver: cannot install the shared libraries of the Python closure"; }
+    fi
+    # the byte code compiled from the closure's sources (no .py in the initrd):
+    # staged at $_stage/bytecode/<path>, installed at <path>
+    mapfile -t _files < <(_kdump_saver_list python-bytecode)
+    if ((${#_files[@]})); then
+        $DRACUT_INSTALL -r "$_stage/bytecode" ${initdir:+-D "$initdir"} -a "${_files[@]}" \
+            || dfatal "kdump-saver: cannot install the byte code of the Python closure"
     fi
     while read -r _dir; do
         mkdir -p "${initdir}${_dir}"

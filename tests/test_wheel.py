@@ -162,8 +162,8 @@ def test_installed_build_initrd_file_target_runs_in_a_chroot(installed: Installe
                           cwd=installed.work, env=installed.env(), capture_output=True, text=True,
                           check=True).stdout.strip()
     # the saver in the initrd is the installed one, with every subcommand
-    assert built.has(f"{site}/commands/save.py")
-    assert built.has(f"{site}/save/sequence.py")
+    assert built.has(f"{site}/commands/save.pyc")
+    assert built.has(f"{site}/save/sequence.pyc")
     assert not any(f.startswith(str(REPO).lstrip("/")) for f in built.files)
     assert built.has("usr/lib/kdump-saver/boot.sh")
     assert built.has("lib/dracut/hooks/pre-mount/90-kdump-saver-hook.sh")

@@ -844,7 +844,10 @@ def write_stage(p: Plan, stage: Path) -> None:
     def lines(name: str, items: Sequence[str]) -> None:
         (stage / name).write_text("".join(f"{i}\n" for i in items))
 
-    lines("python-files", p.closure.files)
+    lines("python-files", p.closure.carried_files)
+    # byte code only: <path>.pyc staged under bytecode/, installed at <path>.pyc
+    lines("python-bytecode", closure.compile_sources(p.closure.interpreter, p.closure.sources,
+                                                      str(stage / "bytecode")))
     lines("python-dirs", p.closure.directories)
     lines("programs", p.programs)
     lines("programs-optional", p.optional_programs)
