@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -60,6 +61,16 @@ class Built:
     def has(self, path: str) -> bool:
         """Whether ``path`` exists in the initrd (through its /lib -> usr/lib style links)."""
         return os.path.lexists(self.root / path.lstrip("/"))
+
+    def bytecode(self) -> List[str]:
+        """Every file in the initrd's zip archives (as ARCHIVE/MEMBER) and
+        every loose ``.pyc``."""
+        found = [f for f in self.files if f.endswith(".pyc")]
+        for f in sorted(self.files):
+            if f.endswith(".zip"):
+                with zipfile.ZipFile(self.root / f) as z:
+                    found += [f"{f}/{name}" for name in z.namelist()]
+        return found
 
     def text(self, path: str) -> str:
         return (self.root / path.lstrip("/")).read_text()
@@ -180,19 +191,23 @@ def test_file_initrd_carries_python_makedumpfile_and_config(file_initrd: Built, 
     assert file_initrd.has("usr/lib/kdump-saver/boot.sh")
     assert file_initrd.has("lib/dracut/hooks/pre-mount/90-kdump-saver-hook.sh")
     assert file_initrd.has("lib/dracut/hooks/cmdline/99-kdump-saver-cmdline.sh")
-    assert any(f.endswith("capture/save/sequence.pyc") for f in file_initrd.files)
+    assert any(f.endswith("capture/save/sequence.pyc") for f in file_initrd.bytecode())
     # the production side stays on the production system
-    assert not [f for f in file_initrd.files if "/capture/host/" in f]
-    assert any(f.endswith("transports/file.pyc") for f in file_initrd.files)
+    assert not [f for f in file_initrd.files | set(file_initrd.bytecode()) if "/capture/host/" in f]
+    assert any(f.endswith("transports/file.pyc") for f in file_initrd.bytecode())
     # only what the file target needs: no ssh stack, no pysmb, no lz4
     for package in ("paramiko", "cryptography", "nacl", "bcrypt", "smb", "tqdm", "lz4"):
-        assert not any(f"/{package}/" in f for f in file_initrd.files), package
-    assert not any(f.endswith(("transports/sftp.py", "transports/sftp.pyc")) for f in file_initrd.files)
+        assert not any(f"/{package}/" in f for f in file_initrd.files | set(file_initrd.bytecode())), package
+    assert not any(f.endswith(("transports/sftp.py", "transports/sftp.pyc"))
+                   for f in file_initrd.files | set(file_initrd.bytecode()))
 
 
 def test_file_initrd_stdlib_is_the_traced_closure(file_initrd: Built) -> None:
     prefix = os.path.realpath(sys.executable).rsplit("/bin/", 1)[0]
     top = _stdlib_top(file_initrd, prefix)
+    # the interpreter finds its prefix by os.pyc; the rest may be in PREFIX/lib/pythonXY.zip
+    archive = f"{prefix.lstrip('/')}/lib/python{sys.version_info[0]}{sys.version_info[1]}.zip/"
+    top += sorted({f[len(archive):].split("/")[0] for f in file_initrd.bytecode() if f.startswith(archive)})
     for needed in ("os.pyc", "encodings", "logging", "subprocess.pyc", "lib-dynload"):
         assert needed in top
     for unneeded in ("tkinter", "unittest", "test", "idlelib", "pydoc_data", "ensurepip", "asyncio", "xml"):
@@ -200,12 +215,13 @@ def test_file_initrd_stdlib_is_the_traced_closure(file_initrd: Built) -> None:
 
 @pytest.mark.parametrize("name", ["file", "sftp"])
 def test_initrd_carries_byte_code_only(name: str, request: pytest.FixtureRequest) -> None:
-    """No source and no __pycache__: each module is one sourceless .pyc."""
+    """No source and no __pycache__: each module is one sourceless .pyc, loose or in a zip archive."""
     built: Built = request.getfixturevalue(f"{name}_initrd")
-    assert [f for f in built.files if f.endswith(".py")] == []
-    assert [f for f in built.files if "/__pycache__/" in f] == []
-    assert any(f.endswith("/capture/cli.pyc") for f in built.files)
-    assert any(f.endswith("/encodings/__init__.pyc") for f in built.files)
+    everything = built.files | set(built.bytecode())
+    assert [f for f in everything if f.endswith(".py")] == []
+    assert [f for f in everything if "/__pycache__/" in f] == []
+    assert any(f.endswith("/capture/cli.pyc") for f in built.bytecode())
+    assert any(f.endswith("/encodings/__init__.pyc") for f in built.bytecode())
 
 
 def test_file_initrd_records_the_file_system_and_config(file_initrd: Built, ext4_mount: Path) -> None:
@@ -227,12 +243,13 @@ def test_file_initrd_records_the_file_system_and_config(file_initrd: Built, ext4
 
 
 def test_sftp_initrd_carries_paramiko_and_host_key(sftp_initrd: Built, sftp_setup: Dict[str, object]) -> None:
+    python = sftp_initrd.files | set(sftp_initrd.bytecode())
     for package in ("paramiko", "cryptography", "nacl", "bcrypt"):
-        assert any(f"/{package}/" in f for f in sftp_initrd.files), package
+        assert any(f"/{package}/" in f for f in python), package
     # paramiko reads its own version from its metadata at import
     assert any("paramiko-" in f and f.endswith(".dist-info/METADATA") for f in sftp_initrd.files)
     for package in ("smb", "nmb", "tqdm", "lz4", "invoke"):
-        assert not any(f"/{package}/" in f for f in sftp_initrd.files), package
+        assert not any(f"/{package}/" in f for f in python), package
     server: SSHD = sftp_setup["server"]  # type: ignore[assignment]
     assert sftp_initrd.text(initrd_mod.KNOWN_HOSTS_PATH).split() == server.known_hosts_line().split()
     cfg = sftp_initrd.initrd_config()
