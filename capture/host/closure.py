@@ -169,12 +169,6 @@ class Closure:
         return [f for f in self.files if not f.endswith(".py") and "/__pycache__/" not in f]
 
     @property
-    def initrd_files(self) -> List[str]:
-        """Every path the closure occupies in the initrd (carried files and
-        the ``.pyc`` of each source)."""
-        return sorted(self.carried_files + [bytecode_path(f) for f in self.sources])
-
-    @property
     def packages(self) -> List[str]:
         """Top-level names of the non-stdlib packages in the closure."""
         stdlib = set(self.stdlib_modules)
