@@ -23,13 +23,6 @@ becomes ``module.pyc`` beside where the source was (Python's sourceless
 import, which ignores ``__pycache__`` once the source is gone), compiled by
 the closure's own interpreter with ``dfile`` set to the source path, so
 tracebacks and logging still name ``module.py`` and its line numbers.
-:func:`pack_bytecode` then moves the byte code of every top-level package
-that has nothing but byte code in the initrd into deflated zip archives
-(zipimport): the standard library's into ``PREFIX/lib/pythonXY.zip``, where
-the interpreter looks first by itself, the others into
-:data:`CLOSURE_ARCHIVE`, first on the launcher's PYTHONPATH.  Packages with
-extension modules or data files (cryptography, the interpreter's ``os``
-landmark) stay as loose ``.pyc`` files.
 """
 from __future__ import annotations
 
@@ -39,7 +32,6 @@ import logging
 import os
 import subprocess
 import sys
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
@@ -63,12 +55,7 @@ OPTIONAL_ROOTS: Dict[str, str] = {
 #: encoded to ASCII/latin-1 by the console and by ftplib, and the launcher's
 #: ``python -m`` runs the frozen runpy, which imports importlib.util
 RUNTIME_STDLIB = ("encodings.idna", "encodings.punycode", "encodings.ascii", "encodings.latin_1",
-                  "importlib.util", "importlib.machinery", "zlib")
-#: zipimport inflates the byte code archives with zlib (an extension module
-#: in some builds): it is traced above, and these stay loose beside it
-LOOSE_STDLIB = ("os",)
-#: the archive of the non-stdlib byte code in the initrd (see pack_bytecode)
-CLOSURE_ARCHIVE = "/usr/lib/kdump-saver/python.zip"
+                  "importlib.util", "importlib.machinery")
 #: carried without being imported by the tracer (importing site would run the
 #: build system's .pth files): helpers such as a DHCP hook may start Python
 #: without -S
@@ -335,58 +322,6 @@ def compile_sources(interpreter: str, sources: Sequence[str], root: str,
         raise KdumpError(f"compiling the saver's Python closure with {interpreter} failed: "
                          f"{proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
     return [bytecode_path(s) for s in sources]
-
-
-@dataclass(frozen=True)
-class Bytecode:
-    """The byte code as installed: ``files`` (initrd paths of the loose
-    ``.pyc`` files and of the archives) and ``python_path`` (the archives
-    to put on PYTHONPATH before the closure's own entries)."""
-
-    files: Tuple[str, ...]
-    python_path: Tuple[str, ...]
-
-
-def stdlib_archive(c: Closure) -> str:
-    """Where the interpreter looks for a zipped standard library by itself."""
-    return os.path.join(c.prefix, "lib", "python" + c.version.replace(".", "") + ".zip")
-
-
-def pack_bytecode(c: Closure, root: str, compiled: Sequence[str]) -> Bytecode:
-    """Move the byte code ``compiled`` (initrd paths, staged under ``root``)
-    of the top-level packages that carry nothing else into the deflated
-    archives :func:`stdlib_archive` and :data:`CLOSURE_ARCHIVE`."""
-    keep = {f for f in c.carried_files}
-    stdlib = c.stdlib_dir.rstrip("/") + "/"
-    roots = [r.rstrip("/") + "/" for r in c.python_path]
-    archives: Dict[str, Dict[str, str]] = {stdlib_archive(c): {}, CLOSURE_ARCHIVE: {}}
-    loose: List[str] = []
-    for pyc in compiled:
-        if pyc.startswith(stdlib) and "/site-packages/" not in pyc:
-            base, archive = stdlib, stdlib_archive(c)
-        else:
-            base = max((r for r in roots if pyc.startswith(r)), key=len, default="")  # the innermost
-            archive = CLOSURE_ARCHIVE
-        rel = pyc[len(base):]
-        top = rel.split("/")[0]
-        if (not base or top[:-len(".pyc")] in LOOSE_STDLIB and archive != CLOSURE_ARCHIVE
-                or any(f.startswith(base + top + "/") for f in keep)):
-            loose.append(pyc)
-        else:
-            archives[archive].setdefault(rel, pyc)  # the first sys.path entry wins, as on disk
-    written: List[str] = []
-    for archive, members in archives.items():
-        if not members:
-            continue
-        target = root + archive
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-            for rel in sorted(members):
-                z.writestr(zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0)),
-                           Path(root + members[rel]).read_bytes(), zipfile.ZIP_DEFLATED)
-        written.append(archive)
-    return Bytecode(files=tuple(loose + written),
-                    python_path=tuple(a for a in written if a == CLOSURE_ARCHIVE))
 
 
 def _stdlib_dir(modules: Dict[str, str], prefix: str, version: str) -> str:

@@ -853,11 +853,9 @@ def write_stage(p: Plan, stage: Path) -> None:
         (stage / name).write_text("".join(f"{i}\n" for i in items))
 
     lines("python-files", p.closure.carried_files)
-    # byte code only: <path>.pyc and the archives staged under bytecode/, installed at <path>
-    staged = str(stage / "bytecode")
-    bytecode = closure.pack_bytecode(p.closure, staged, closure.compile_sources(
-        p.closure.interpreter, p.closure.sources, staged))
-    lines("python-bytecode", bytecode.files)
+    # byte code only: <path>.pyc staged under bytecode/, installed at <path>.pyc
+    lines("python-bytecode", closure.compile_sources(p.closure.interpreter, p.closure.sources,
+                                                      str(stage / "bytecode")))
     lines("python-dirs", p.closure.directories)
     lines("programs", p.programs)
     lines("programs-optional", p.optional_programs)
@@ -872,7 +870,7 @@ def write_stage(p: Plan, stage: Path) -> None:
     mounts = p.mounts or ((p.mount,) if p.mount is not None else ())
     if mounts:
         (stage / "fstab").write_text("".join(m.fstab_line() for m in mounts))
-    python_path = ":".join(bytecode.python_path + p.closure.python_path)
+    python_path = ":".join(p.closure.python_path)
     launcher = (
         "#!/bin/sh\n"
         "# kdump-saver in the capture initrd: the traced interpreter and closure\n"
