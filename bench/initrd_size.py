@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from capture.config import options as configuration  # noqa: E402
 from capture.config import targeturl  # noqa: E402
-from capture.host import closure, initrd  # noqa: E402
+from capture.host import initrd  # noqa: E402
 
 KINDS = ("file", "sftp", "ssh", "ftp", "cifs", "nfs")
 LAB_UNPACKED_MB = 54.0
@@ -104,12 +104,11 @@ def measure(kind: str, conf_text: str, tmp: Path, kernel: str, compress: str) ->
     # measured inside the unpacked initrd: dracut strips the ELF files
     files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
     by_kind = {kind: sum(p.stat().st_size for p in files if p.suffix == kind or kind == ".so" and ".so" in p.name)
-               for kind in (".py", ".pyc", ".zip", ".so")}
-    # the closure's carried files, its byte code (loose .pyc and zip archives)
+               for kind in (".py", ".pyc", ".so")}
+    # the closure's carried files and its byte code
     inside = [root / f.lstrip("/") for f in plan.closure.carried_files]
-    python = sum(p.stat().st_size for p in inside if p.is_file()) + by_kind[".pyc"] + by_kind[".zip"]
+    python = sum(p.stat().st_size for p in inside if p.is_file()) + by_kind[".pyc"]
     stdlib_files = [p for p in files if str(p).startswith(str(root) + plan.closure.stdlib_dir + "/")]
-    stdlib_files += [p for p in files if str(p) == str(root) + closure.stdlib_archive(plan.closure)]
     figures = {
         "compressed": out.stat().st_size / 2**20,
         "unpacked": unpacked / 2**20,
@@ -150,13 +149,13 @@ def main() -> int:
     print(f"reference (lab): {LAB_UNPACKED_MB:.0f} MB unpacked, {LAB_XZ_MB} MB xz for busybox + makedumpfile "
           "+ CPython 3.11 with paramiko, pysmb, lz4, python-lzo")
     print(f"{'kind':6} {'compressed':>10} {'unpacked':>9} {'python':>7} {'stdlib':>7} {'modules':>7} "
-          f"{'stdlib/whole':>12} {'vs lab xz':>9} {'build s':>7} {'.py':>6} {'.pyc':>6} {'.zip':>6} {'.so*':>6}")
+          f"{'stdlib/whole':>12} {'vs lab xz':>9} {'build s':>7} {'.py':>6} {'.pyc':>6} {'.so*':>6}")
     for kind, f in rows:
         print(f"{kind:6} {f['compressed']:8.1f}MB {f['unpacked']:7.1f}MB {f['python']:5.1f}MB "
               f"{f['stdlib']:5.1f}MB {int(f['stdlib_modules']):7d} {f['stdlib'] / whole:12.2f} "
               f"{f['compressed'] / LAB_XZ_MB:9.2f} {f['seconds']:7.1f} {f['.py']:6.1f} {f['.pyc']:6.1f} "
-              f"{f['.zip']:6.1f} {f['.so']:6.1f}")
-    print("(.py, .pyc, .zip (byte code archives), .so*: MB of those files in the whole unpacked initrd)")
+              f"{f['.so']:6.1f}")
+    print("(.py, .pyc, .so*: MB of those files in the whole unpacked initrd)")
     sftp = dict(rows).get("sftp")
     if sftp is not None:
         print(f"sftp target: {sftp['unpacked']:.1f} MB unpacked "

@@ -15,7 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -63,14 +62,8 @@ class Built:
         return os.path.lexists(self.root / path.lstrip("/"))
 
     def bytecode(self) -> List[str]:
-        """Every file in the initrd's zip archives (as ARCHIVE/MEMBER) and
-        every loose ``.pyc``."""
-        found = [f for f in self.files if f.endswith(".pyc")]
-        for f in sorted(self.files):
-            if f.endswith(".zip"):
-                with zipfile.ZipFile(self.root / f) as z:
-                    found += [f"{f}/{name}" for name in z.namelist()]
-        return found
+        """Every ``.pyc`` of the initrd."""
+        return [f for f in self.files if f.endswith(".pyc")]
 
     def text(self, path: str) -> str:
         return (self.root / path.lstrip("/")).read_text()
@@ -205,9 +198,7 @@ def test_file_initrd_carries_python_makedumpfile_and_config(file_initrd: Built, 
 def test_file_initrd_stdlib_is_the_traced_closure(file_initrd: Built) -> None:
     prefix = os.path.realpath(sys.executable).rsplit("/bin/", 1)[0]
     top = _stdlib_top(file_initrd, prefix)
-    # the interpreter finds its prefix by os.pyc; the rest may be in PREFIX/lib/pythonXY.zip
-    archive = f"{prefix.lstrip('/')}/lib/python{sys.version_info[0]}{sys.version_info[1]}.zip/"
-    top += sorted({f[len(archive):].split("/")[0] for f in file_initrd.bytecode() if f.startswith(archive)})
+    # os.pyc: the landmark by which the interpreter finds its prefix
     for needed in ("os.pyc", "encodings", "logging", "subprocess.pyc", "lib-dynload"):
         assert needed in top
     for unneeded in ("tkinter", "unittest", "test", "idlelib", "pydoc_data", "ensurepip", "asyncio", "xml"):
@@ -215,7 +206,7 @@ def test_file_initrd_stdlib_is_the_traced_closure(file_initrd: Built) -> None:
 
 @pytest.mark.parametrize("name", ["file", "sftp"])
 def test_initrd_carries_byte_code_only(name: str, request: pytest.FixtureRequest) -> None:
-    """No source and no __pycache__: each module is one sourceless .pyc, loose or in a zip archive."""
+    """No source and no __pycache__: each module is one sourceless .pyc."""
     built: Built = request.getfixturevalue(f"{name}_initrd")
     everything = built.files | set(built.bytecode())
     assert [f for f in everything if f.endswith(".py")] == []
