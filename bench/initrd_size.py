@@ -9,8 +9,9 @@ whole standard library without its tests (what copying "the stdlib" would
 carry, unstripped); the printed ratio is the traced closure's stdlib, as
 stripped by dracut inside the initrd, against it.  The lab reference (busybox
 + makedumpfile + CPython 3.11 with the closure of paramiko, pysmb, lz4 and
-python-lzo: 54 MB unpacked, 13.3 MB xz) is printed beside it.  Target:
-under 25 MB compressed for sftp.
+python-lzo: 54 MB unpacked, 13.3 MB xz) is printed beside it.  Targets
+for sftp: under 25 MB compressed, at most 35 MB unpacked (the unpacked
+initrd is what the capture kernel's memory holds).
 
 Usage: .venv/bin/python bench/initrd_size.py [--kinds file,sftp,...] [--compress xz] [--list-modules]
 """
@@ -101,10 +102,13 @@ def measure(kind: str, conf_text: str, tmp: Path, kernel: str, compress: str) ->
     subprocess.run(["lsinitrd", "--unpack", str(out)], cwd=root, check=True, capture_output=True)
     unpacked = tree_size(root)
     # measured inside the unpacked initrd: dracut strips the ELF files
-    inside = [root / f.lstrip("/") for f in plan.closure.files]
-    python = sum(p.stat().st_size for p in inside if p.is_file())
-    stdlib_files = [p for p in inside
-                    if str(p).startswith(str(root) + plan.closure.stdlib_dir + "/") and p.is_file()]
+    files = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    by_kind = {kind: sum(p.stat().st_size for p in files if p.suffix == kind or kind == ".so" and ".so" in p.name)
+               for kind in (".py", ".pyc", ".so")}
+    # the closure's carried files and its byte code
+    inside = [root / f.lstrip("/") for f in plan.closure.carried_files]
+    python = sum(p.stat().st_size for p in inside if p.is_file()) + by_kind[".pyc"]
+    stdlib_files = [p for p in files if str(p).startswith(str(root) + plan.closure.stdlib_dir + "/")]
     figures = {
         "compressed": out.stat().st_size / 2**20,
         "unpacked": unpacked / 2**20,
@@ -112,6 +116,7 @@ def measure(kind: str, conf_text: str, tmp: Path, kernel: str, compress: str) ->
         "stdlib": sum(p.stat().st_size for p in stdlib_files) / 2**20,
         "stdlib_modules": float(len(plan.closure.stdlib_modules)),
         "seconds": seconds,
+        **{kind: size / 2**20 for kind, size in by_kind.items()},
     }
     return figures, plan.closure.stdlib_modules
 
@@ -144,13 +149,17 @@ def main() -> int:
     print(f"reference (lab): {LAB_UNPACKED_MB:.0f} MB unpacked, {LAB_XZ_MB} MB xz for busybox + makedumpfile "
           "+ CPython 3.11 with paramiko, pysmb, lz4, python-lzo")
     print(f"{'kind':6} {'compressed':>10} {'unpacked':>9} {'python':>7} {'stdlib':>7} {'modules':>7} "
-          f"{'stdlib/whole':>12} {'vs lab xz':>9} {'build s':>7}")
+          f"{'stdlib/whole':>12} {'vs lab xz':>9} {'build s':>7} {'.py':>6} {'.pyc':>6} {'.so*':>6}")
     for kind, f in rows:
         print(f"{kind:6} {f['compressed']:8.1f}MB {f['unpacked']:7.1f}MB {f['python']:5.1f}MB "
               f"{f['stdlib']:5.1f}MB {int(f['stdlib_modules']):7d} {f['stdlib'] / whole:12.2f} "
-              f"{f['compressed'] / LAB_XZ_MB:9.2f} {f['seconds']:7.1f}")
+              f"{f['compressed'] / LAB_XZ_MB:9.2f} {f['seconds']:7.1f} {f['.py']:6.1f} {f['.pyc']:6.1f} "
+              f"{f['.so']:6.1f}")
+    print("(.py, .pyc, .so*: MB of those files in the whole unpacked initrd)")
     sftp = dict(rows).get("sftp")
     if sftp is not None:
+        print(f"sftp target: {sftp['unpacked']:.1f} MB unpacked "
+              + ("(within the 35 MB target)" if sftp["unpacked"] <= 35 else "(OVER the 35 MB target)"))
         print(f"sftp target: {sftp['compressed']:.1f} MB compressed "
               + ("(under the 25 MB target)" if sftp["compressed"] < 25 else "(OVER the 25 MB target)"))
     for kind in kinds:

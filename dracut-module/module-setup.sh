@@ -35,6 +35,34 @@ _kdump_saver_libraries() {
     ldd "$@" 2>/dev/null | sed -n -e 's/.*=> \(\/[^ ]*\) (0x.*/\1/p' -e 's/^[[:space:]]*\(\/[^ ]*\) (0x.*/\1/p' | sort -u
 }
 
+_kdump_saver_strip() {
+    # only what loading needs in the shared objects and programs installed
+    # so far (the Python closure and its libraries): dracut strips debug
+    # information alone, and only of files with an execute bit (Debian
+    # installs extension modules 0644).  These are the initrd's own copies
+    # (a file with other links is left alone); kernel modules are dracut's
+    # business (signatures)
+    [[ $do_strip == no ]] && return 0
+    command -v strip > /dev/null || { dinfo "kdump-saver: no strip (binutils): shared objects stay as they are"; return 0; }
+    find "$initdir" -type f -links 1 ! -name '*.ko' ! -name '*.ko.*' \
+        \( -name '*.so' -o -name '*.so.*' -o -perm -u+x \) -print0 \
+        | xargs -r -0 strip --strip-unneeded -p 2> /dev/null
+    return 0
+}
+
+_kdump_saver_drop_unreferenced() {
+    # each library named (by its file name's prefix) that no other file of
+    # the initrd mentions any more, in the order given
+    local _name _lib _users
+    for _name in "$@"; do
+        _users=$(grep -rlaF --exclude=ld.so.cache -- "$_name" "$initdir" | grep -v "/${_name}[^/]*$" | head -n 1)
+        [[ -n $_users ]] && continue
+        for _lib in $(find "$initdir" -name "${_name}*"); do
+            rm -f "$_lib"
+        done
+    done
+}
+
 _kdump_saver_list() {
     # the non-empty lines of a staging list file
     [[ -s $KDUMP_SAVER_STAGE/$1 ]] || return 0
@@ -46,17 +74,27 @@ install() {
     local _stage=$KDUMP_SAVER_STAGE _f _files _dir
 
     # the interpreter, its standard-library closure, our packages and the
-    # target's dependencies, all at the paths they have on this system;
+    # target's dependencies (all but the .py sources: byte code below),
+    # all at the paths they have on this system;
     # ELF files get their shared libraries (libpython, libssl, ...)
     mapfile -t _files < <(_kdump_saver_list python-files)
     inst_multiple "${_files[@]}" || dfatal "kdump-saver: cannot install the Python closure"
     # dracut resolves the libraries only of files with an execute bit, and
-    # Debian installs extension modules 0644 (_ssl.*.so needs libssl.so.3)
-    mapfile -t _files < <(_kdump_saver_list python-files | grep -E '\.so(\.[0-9.]+)?$')
+    # Debian installs extension modules 0644 (_ssl.*.so needs libssl.so.3);
+    # the interpreter's too, now rather than at dracut's end, so that
+    # _kdump_saver_strip sees libpython
+    mapfile -t _files < <(_kdump_saver_list python-files | grep -E '\.so(\.[0-9.]+)?$|/python[0-9.]*$')
     if ((${#_files[@]})); then
         mapfile -t _files < <(_kdump_saver_libraries "${_files[@]}")
         ((${#_files[@]})) && { inst_multiple "${_files[@]}" \
             || dfatal "kdump-saver: cannot install the shared libraries of the Python closure"; }
+    fi
+    # the byte code compiled from the closure's sources (no .py in the initrd):
+    # staged at $_stage/bytecode/<path>, installed at <path>
+    mapfile -t _files < <(_kdump_saver_list python-bytecode)
+    if ((${#_files[@]})); then
+        $DRACUT_INSTALL -r "$_stage/bytecode" ${initdir:+-D "$initdir"} -a "${_files[@]}" \
+            || dfatal "kdump-saver: cannot install the byte code of the Python closure"
     fi
     while read -r _dir; do
         mkdir -p "${initdir}${_dir}"
@@ -101,6 +139,16 @@ install() {
 
     inst_script "$_stage/kdump-saver" /usr/bin/kdump-saver
     inst_script "$moddir/kdump-saver-boot.sh" /usr/lib/kdump-saver/boot.sh
+
+    if ! dracut_module_included "systemd"; then
+        # no logind without systemd: the seat rules have nothing to tell, and
+        # the loginctl they run alone needs libsystemd-shared (about 5 MB with
+        # its libraries) in a capture initrd
+        rm -f "$initdir/usr/lib/udev/rules.d/71-seat.rules" "$initdir/usr/lib/udev/rules.d/73-seat-late.rules" \
+            "$initdir/usr/bin/loginctl" "$initdir/bin/loginctl"
+        _kdump_saver_drop_unreferenced libsystemd-shared- libgcrypt.so libgpg-error.so liblz4.so
+    fi
+    _kdump_saver_strip
 
     if dracut_module_included "systemd"; then
         inst_simple "$moddir/kdump-saver-capture.service" "$systemdsystemunitdir/kdump-saver-capture.service"

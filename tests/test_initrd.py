@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,10 @@ class Built:
     def has(self, path: str) -> bool:
         """Whether ``path`` exists in the initrd (through its /lib -> usr/lib style links)."""
         return os.path.lexists(self.root / path.lstrip("/"))
+
+    def bytecode(self) -> List[str]:
+        """Every ``.pyc`` of the initrd."""
+        return [f for f in self.files if f.endswith(".pyc")]
 
     def text(self, path: str) -> str:
         return (self.root / path.lstrip("/")).read_text()
@@ -179,26 +184,35 @@ def test_file_initrd_carries_python_makedumpfile_and_config(file_initrd: Built, 
     assert file_initrd.has("usr/lib/kdump-saver/boot.sh")
     assert file_initrd.has("lib/dracut/hooks/pre-mount/90-kdump-saver-hook.sh")
     assert file_initrd.has("lib/dracut/hooks/cmdline/99-kdump-saver-cmdline.sh")
-    assert any(f.endswith("capture/save/sequence.py") for f in file_initrd.files)
+    assert any(f.endswith("capture/save/sequence.pyc") for f in file_initrd.bytecode())
     # the production side stays on the production system
-    assert not [f for f in file_initrd.files if "/capture/host/" in f]
-    assert any(f.endswith("transports/file.py") for f in file_initrd.files)
+    assert not [f for f in file_initrd.files | set(file_initrd.bytecode()) if "/capture/host/" in f]
+    assert any(f.endswith("transports/file.pyc") for f in file_initrd.bytecode())
     # only what the file target needs: no ssh stack, no pysmb, no lz4
     for package in ("paramiko", "cryptography", "nacl", "bcrypt", "smb", "tqdm", "lz4"):
-        assert not any(f"/{package}/" in f for f in file_initrd.files), package
-    assert not any(f.endswith("transports/sftp.py") for f in file_initrd.files)
+        assert not any(f"/{package}/" in f for f in file_initrd.files | set(file_initrd.bytecode())), package
+    assert not any(f.endswith(("transports/sftp.py", "transports/sftp.pyc"))
+                   for f in file_initrd.files | set(file_initrd.bytecode()))
 
 
 def test_file_initrd_stdlib_is_the_traced_closure(file_initrd: Built) -> None:
     prefix = os.path.realpath(sys.executable).rsplit("/bin/", 1)[0]
     top = _stdlib_top(file_initrd, prefix)
-    for needed in ("os.py", "encodings", "logging", "subprocess.py", "lib-dynload"):
+    # os.pyc: the landmark by which the interpreter finds its prefix
+    for needed in ("os.pyc", "encodings", "logging", "subprocess.pyc", "lib-dynload"):
         assert needed in top
     for unneeded in ("tkinter", "unittest", "test", "idlelib", "pydoc_data", "ensurepip", "asyncio", "xml"):
         assert unneeded not in top, unneeded
-    # no stale byte code of other versions
-    tag = sys.implementation.cache_tag
-    assert not [f for f in file_initrd.files if f.endswith(".pyc") and f".{tag}." not in f]
+
+@pytest.mark.parametrize("name", ["file", "sftp"])
+def test_initrd_carries_byte_code_only(name: str, request: pytest.FixtureRequest) -> None:
+    """No source and no __pycache__: each module is one sourceless .pyc."""
+    built: Built = request.getfixturevalue(f"{name}_initrd")
+    everything = built.files | set(built.bytecode())
+    assert [f for f in everything if f.endswith(".py")] == []
+    assert [f for f in everything if "/__pycache__/" in f] == []
+    assert any(f.endswith("/capture/cli.pyc") for f in built.bytecode())
+    assert any(f.endswith("/encodings/__init__.pyc") for f in built.bytecode())
 
 
 def test_file_initrd_records_the_file_system_and_config(file_initrd: Built, ext4_mount: Path) -> None:
@@ -220,12 +234,13 @@ def test_file_initrd_records_the_file_system_and_config(file_initrd: Built, ext4
 
 
 def test_sftp_initrd_carries_paramiko_and_host_key(sftp_initrd: Built, sftp_setup: Dict[str, object]) -> None:
+    python = sftp_initrd.files | set(sftp_initrd.bytecode())
     for package in ("paramiko", "cryptography", "nacl", "bcrypt"):
-        assert any(f"/{package}/" in f for f in sftp_initrd.files), package
+        assert any(f"/{package}/" in f for f in python), package
     # paramiko reads its own version from its metadata at import
     assert any("paramiko-" in f and f.endswith(".dist-info/METADATA") for f in sftp_initrd.files)
     for package in ("smb", "nmb", "tqdm", "lz4", "invoke"):
-        assert not any(f"/{package}/" in f for f in sftp_initrd.files), package
+        assert not any(f"/{package}/" in f for f in python), package
     server: SSHD = sftp_setup["server"]  # type: ignore[assignment]
     assert sftp_initrd.text(initrd_mod.KNOWN_HOSTS_PATH).split() == server.known_hosts_line().split()
     cfg = sftp_initrd.initrd_config()
@@ -252,6 +267,14 @@ def test_file_initrd_python_saves_the_fixture_in_a_chroot(file_initrd: Built, ex
     proc = file_initrd.chroot("/bin/sh", "-c", "PYTHONPATH=$(sed -n 's/^PYTHONPATH=//p' /usr/bin/kdump-saver) "
                               f"{os.path.realpath(sys.executable)} -S -c 'import paramiko'")
     assert proc.returncode != 0 and "No module named 'paramiko'" in proc.stderr
+    # byte code only, yet a traceback still names the source file and line
+    proc = file_initrd.chroot("/bin/sh", "-c", "PYTHONPATH=$(sed -n 's/^PYTHONPATH=//p' /usr/bin/kdump-saver) "
+                              f"{os.path.realpath(sys.executable)} -S -c 'import capture.cli, sys; "
+                              "print(capture.cli.__file__); from capture.config import targeturl; "
+                              "targeturl.parse(\"gopher://x/y\")'")
+    assert proc.stdout.strip().endswith("/capture/cli.pyc"), proc.stdout + proc.stderr
+    assert re.search(r'File "[^"]*/capture/config/targeturl\.py", line \d+, in parse', proc.stderr), proc.stderr
+    assert "unknown scheme 'gopher'" in proc.stderr
     before = set(os.listdir(ext4_mount / "crash")) if (ext4_mount / "crash").exists() else set()
     mnt_in_root = file_initrd.root / f"{initrd_mod.MOUNT_ROOT}{ext4_mount}".lstrip("/")
     with bind(ext4_mount, mnt_in_root), bind(fixture_vmcore, file_initrd.root / "vmcore"):

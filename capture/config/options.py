@@ -19,11 +19,9 @@ import binascii
 import dataclasses
 import difflib
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from capture.config import sysconfig
@@ -164,8 +162,9 @@ def _dumpformat(value: str) -> str:
 
 
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(?:([KMGT])(?:i?B)?)?", re.IGNORECASE)
-_SIZE_FACTOR_MB = {"": Fraction(1), "K": Fraction(1, 1024), "M": Fraction(1),
-                   "G": Fraction(1024), "T": Fraction(1024 * 1024)}
+#: (numerator, denominator) of each unit in MB; exact integers, no fractions
+#: module (it would bring decimal and its 0.4 MB extension into the initrd)
+_SIZE_FACTOR_MB = {"": (1, 1), "K": (1, 1024), "M": (1, 1), "G": (1024, 1), "T": (1024 * 1024, 1)}
 
 
 MAX_FREE_DISK_MB = 1 << 30
@@ -179,10 +178,12 @@ def _size_mb(value: str) -> int:
     match = _SIZE.fullmatch(text) if len(text) <= 40 else None
     if not match:
         raise _Invalid(allowed)
-    megabytes = Fraction(match.group(1)) * _SIZE_FACTOR_MB[(match.group(2) or "").upper()]
-    if megabytes > MAX_FREE_DISK_MB:
+    whole, _, decimals = match.group(1).partition(".")
+    unit_num, unit_den = _SIZE_FACTOR_MB[(match.group(2) or "").upper()]
+    num, den = int(whole + decimals) * unit_num, 10 ** len(decimals) * unit_den
+    if num > MAX_FREE_DISK_MB * den:
         raise _Invalid(allowed)
-    return math.ceil(megabytes)
+    return -(-num // den)
 
 
 _NETCONFIG_ALLOWED = ('must be "auto", "auto:force", "" (no network) or IFACE:MODE[:force] with MODE one of '

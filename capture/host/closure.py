@@ -17,6 +17,12 @@ time.
 Every file keeps its path in the initrd: the interpreter finds its standard
 library from its own location, and the launcher puts the recorded
 ``sys.path`` entries on PYTHONPATH.
+
+The initrd carries byte code only (:func:`compile_sources`): each ``module.py``
+becomes ``module.pyc`` beside where the source was (Python's sourceless
+import, which ignores ``__pycache__`` once the source is gone), compiled by
+the closure's own interpreter with ``dfile`` set to the source path, so
+tracebacks and logging still name ``module.py`` and its line numbers.
 """
 from __future__ import annotations
 
@@ -137,6 +143,17 @@ class Closure:
             return names is None or name.partition(".")[0] in names
 
         return sorted(n for n, f in self.modules.items() if is_stdlib(n, f))
+
+    @property
+    def sources(self) -> List[str]:
+        """The ``.py`` files of the closure: carried as byte code, not as source."""
+        return [f for f in self.files if f.endswith(".py")]
+
+    @property
+    def carried_files(self) -> List[str]:
+        """The files carried as they are: everything but the sources and the
+        ``__pycache__`` byte code a sourceless import would never read."""
+        return [f for f in self.files if not f.endswith(".py") and "/__pycache__/" not in f]
 
     @property
     def packages(self) -> List[str]:
@@ -266,6 +283,45 @@ def trace(required: Sequence[str], optional: Sequence[str] = (),
                    python_path=tuple(path), files=tuple(sorted(files)),
                    directories=directories, modules=modules,
                    warnings=tuple(w.replace("\t", " -> ") for w in warnings))
+
+
+#: compile optimization for the initrd's byte code: 0 keeps docstrings and
+#: asserts (paramiko, pyasn1 and our own code assert invariants)
+BYTECODE_OPTIMIZE = 0
+
+# Run by the closure's interpreter (the magic number must be its own).
+# Arguments: destination root, optimization; source paths on stdin.
+_COMPILER = r'''
+import py_compile, sys
+root, optimize = sys.argv[1], int(sys.argv[2])
+for line in sys.stdin:
+    src = line.rstrip("\n")
+    if src:
+        py_compile.compile(src, cfile=root + src + "c", dfile=src, doraise=True, optimize=optimize,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+'''
+
+
+def bytecode_path(source: str) -> str:
+    """Where the byte code of ``source`` goes in the initrd: ``module.pyc``
+    beside ``module.py`` (the location of a sourceless import)."""
+    return source + "c"
+
+
+def compile_sources(interpreter: str, sources: Sequence[str], root: str,
+                    optimize: int = BYTECODE_OPTIMIZE) -> List[str]:
+    """Compile ``sources`` with ``interpreter`` into ``root`` + the
+    :func:`bytecode_path` of each; return those initrd paths.  A source that
+    does not compile is a :class:`KdumpError`."""
+    if not sources:
+        return []
+    proc = subprocess.run([interpreter, "-S", "-E", "-c", _COMPILER, root, str(optimize)],
+                          input="".join(f"{s}\n" for s in sources), capture_output=True, text=True,
+                          errors="surrogateescape", cwd="/", env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    if proc.returncode != 0:
+        raise KdumpError(f"compiling the saver's Python closure with {interpreter} failed: "
+                         f"{proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+    return [bytecode_path(s) for s in sources]
 
 
 def _stdlib_dir(modules: Dict[str, str], prefix: str, version: str) -> str:

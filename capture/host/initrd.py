@@ -773,7 +773,9 @@ def _programs(config: Config, urls: Targets) -> Tuple[List[str], List[str], List
     """(programs, optional programs, script files, problems)."""
     problems: List[str] = []
     programs: List[str] = []
-    optional = ["sync", "reboot", "poweroff", "blkid"]
+    # reboot through systemctl would bring libsystemd-shared (about 6 MB): the
+    # saver and boot.sh reboot through sysrq, "reboot -f" is only their fallback
+    optional = ["sync", "blkid"] + [n for n in ("reboot", "poweroff") if not _is_systemctl(n)]
     files: List[str] = []
     for name in ("makedumpfile", "ip", "mount", "umount"):
         path = _which(name)
@@ -814,6 +816,12 @@ def _programs(config: Config, urls: Targets) -> Tuple[List[str], List[str], List
         else:
             programs.append(path)
     return list(dict.fromkeys(programs)), list(dict.fromkeys(optional)), files, problems
+
+
+def _is_systemctl(name: str) -> bool:
+    """Whether the program ``name`` is systemctl under another name."""
+    path = _which(name)
+    return path is not None and os.path.basename(os.path.realpath(path)) == "systemctl"
 
 
 def dhcp_client(version: int = 4) -> Optional[str]:
@@ -918,7 +926,10 @@ def write_stage(p: Plan, stage: Path) -> None:
     def lines(name: str, items: Sequence[str]) -> None:
         (stage / name).write_text("".join(f"{i}\n" for i in items))
 
-    lines("python-files", p.closure.files)
+    lines("python-files", p.closure.carried_files)
+    # byte code only: <path>.pyc staged under bytecode/, installed at <path>.pyc
+    lines("python-bytecode", closure.compile_sources(p.closure.interpreter, p.closure.sources,
+                                                      str(stage / "bytecode")))
     lines("python-dirs", p.closure.directories)
     lines("programs", p.programs)
     lines("programs-optional", p.optional_programs)
