@@ -137,6 +137,9 @@ def test_guest_lvm_on_md_is_detected(guest_stacks: Dict[str, Any]) -> None:
     assert needs["problems"] == [] and needs["crypttab"] == [] and needs["files"] == []
     assert needs["messages"] == [f"savedir {found['savedir']} is on LVM kdst_vg/lv_crash on {found['md_kname']} "
                                  "(RAID1): adding dracut modules lvm mdraid"]
+    check = found["check_config"]
+    assert check["rc"] == 0, check["stderr"]
+    assert "adding dracut modules lvm mdraid" in check["stderr"]
 
 
 def test_guest_luks_with_a_key_file_is_accepted_and_without_refused(guest_stacks: Dict[str, Any]) -> None:
@@ -155,10 +158,16 @@ def test_guest_luks_with_a_key_file_is_accepted_and_without_refused(guest_stacks
     assert any("adding dracut modules crypt" in m for m in needs["messages"]), needs["messages"]
     assert any(f"the key file {key} of the LUKS device kdst_crypt is copied into the capture initrd" in w
                for w in needs["warnings"]), needs["warnings"]
+    check = accepted["check_config"]
+    assert check["rc"] == 0 and "adding dracut modules crypt" in check["stderr"], check["stderr"]
+    assert f"the key file {key} of the LUKS device kdst_crypt is copied into the capture initrd" in check["stderr"]
     needs = refused["needs"]
     assert len(needs["problems"]) == 1, needs["problems"]
     assert "opens with a passphrase" in needs["problems"][0] and "nobody types a passphrase" in needs["problems"][0]
     assert needs["crypttab"] == [] and needs["files"] == []
+    check = refused["check_config"]   # check-config warns (build-initrd refuses: the problems above)
+    assert check["rc"] == 0 and "Traceback" not in check["stderr"], check["stderr"]
+    assert "opens with a passphrase" in check["stderr"] and "nobody types a passphrase" in check["stderr"]
 
 
 # --- the LUKS key check on a real header (no device-mapper needed) ----------------------------------

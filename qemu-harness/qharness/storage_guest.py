@@ -35,7 +35,7 @@ MODULES = ("virtio_pci", "virtio_blk", "dm_mod", "md_mod", "raid1", "dm_crypt", 
 """The virtio disk driver, device-mapper, MD RAID1 and dm-crypt with LUKS2's default cipher (aes is built in)."""
 PROGRAMS = ("mdadm", "lvm", "cryptsetup", "mkfs.ext4", "blkid", "findmnt")
 """What the probe runs (``lvm`` for pvcreate, vgcreate, lvcreate)."""
-PROBE_IMPORTS = ("capture.host.initrd", "capture.host.storage", "capture.config.options",
+PROBE_IMPORTS = ("capture.cli", "capture.commands.check_config", "capture.host.initrd", "capture.host.storage", "capture.config.options",
                  "capture.config.targeturl", "dataclasses", "json", "subprocess", "traceback")
 """What the probe imports (its ``from X import name`` lines make the tracer try submodules too)."""
 DISK_MB = 96

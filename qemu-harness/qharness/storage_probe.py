@@ -4,7 +4,8 @@ Builds ext4 on LVM kdst_vg/lv_crash on MD RAID1 of /dev/vda and /dev/vdb,
 and ext4 on LUKS2 (key file, fast PBKDF2) on /dev/vdc opened as kdst_crypt;
 runs the production code the storage-stack tests exercise on them
 (``initrd.savedir_mount``, ``initrd.mount_stack``, ``initrd.storage_needs``,
-the latter with /etc/crypttab giving the key file, then ``none``) and prints
+the latter with /etc/crypttab giving the key file, then ``none``, and
+``kdump-saver check-config``) and prints
 ``MARKER`` and one JSON line.  A failing step ends the probe with the step,
 its output and the partial result in that line.
 """
@@ -48,7 +49,17 @@ def detect(savedir: str) -> Dict[str, Any]:
     return {"savedir": savedir,
             "layers": [dataclasses.asdict(layer) for layer in stack.layers] if stack else None,
             "leaves": [layer.kname for layer in stack.leaves()] if stack else None,
-            "needs": needs_dict(found)}
+            "needs": needs_dict(found), "check_config": check_config(savedir)}
+
+
+def check_config(savedir: str) -> Dict[str, Any]:
+    """``kdump-saver check-config`` for KDUMP_SAVEDIR=``savedir``: exit status and log."""
+    conf = "/root/kdump.conf"
+    with open(conf, "w") as f:
+        f.write(f"KDUMP_SAVEDIR={savedir}\n")
+    proc = subprocess.run([sys.executable, "-S", "-m", "capture.cli", "check-config", "--config", conf],
+                          capture_output=True, text=True)
+    return {"rc": proc.returncode, "stderr": proc.stderr}
 
 
 def ext4_mounted(dev: str, mnt: str) -> None:
