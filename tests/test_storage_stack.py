@@ -104,6 +104,7 @@ def guest_stacks(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     ext4 mounted on each, the production detection run there (see
     qemu-harness/qharness/storage_probe.py); its JSON result."""
     require_program(guest.QEMU)
+    require(storage_guest.BUSYBOX.exists(), f"{storage_guest.BUSYBOX} is missing (install busybox-static)")
     try:
         kernel = discover()
         kernel.module_files(list(storage_guest.MODULES))
