@@ -61,11 +61,9 @@ class ProbeRun:
 
 def python_closure(repo: Path) -> closure.Closure:
     """The interpreter and the Python files the probe imports (traced as for
-    the capture initrd)."""
-
+    the capture initrd; no optional dependency such as paramiko is needed)."""
     optional = sorted(closure.static_imports([str(PROBE)])) + list(closure.RUNTIME_STDLIB)
-    traced = closure.trace(list(PROBE_IMPORTS), optional, (), [str(repo)])
-    return traced
+    return closure.trace(list(PROBE_IMPORTS), optional, (), [str(repo)])
 
 
 def build(kernel: GuestKernel, programs: Dict[str, str], repo: Path, out: Path) -> Path:
