@@ -3,11 +3,14 @@ capture initrd gets for it.
 
 Three kinds of evidence, all real:
 
-- Real stacks on loop devices (LVM on MD RAID1, LUKS with a key file), ext4
-  on top, mounted, KDUMP_SAVEDIR there: detection from sysfs and
-  ``build-initrd --check``.  They need a kernel with device-mapper and MD
-  (the test machine of the lead may have neither: then they are skipped, and
-  fail under CI=true).
+- Real stacks in a QEMU guest booting Debian's cloud kernel (LVM on MD
+  RAID1 of two virtio disks, LUKS2 with a key file on a third), ext4 on top,
+  mounted, KDUMP_SAVEDIR there: detection from the guest's sysfs and what
+  the capture initrd would get, with /etc/crypttab giving the key file or
+  ``none`` (qemu-harness/qharness/storage_probe.py runs the production code
+  there).  The test machines' kernels have neither device-mapper nor MD and
+  cannot load modules; the guest loads them.  Run it under the shared QEMU
+  lock: ``flock /var/tmp/kdump-saver-qemu.lock pytest ... -k guest``.
 - The LUKS key-file check on a real LUKS header on a loop device
   (``cryptsetup open --test-passphrase`` needs no device-mapper).
 - Real dracut builds: one for a plain disk (nothing added) and one from the
@@ -25,14 +28,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
 from capture.config import options as configuration
 from capture.config.targeturl import parse_list
 from capture.host import initrd, storage
-from conftest import require, require_program
+from conftest import REPO, require, require_program
+
+sys.path.insert(0, str(REPO / "qemu-harness"))
+from qharness import guest, storage_guest  # noqa: E402
+from qharness.kernel import KernelMissing, discover  # noqa: E402
 
 KERNEL_GLOB = "-cloud-amd64"
 
@@ -44,22 +51,6 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 def quiet(*argv: str) -> None:
     """A cleanup step: never raises, so the next one still runs."""
     subprocess.run(list(argv), capture_output=True, text=True, check=False)
-
-
-def _block_majors() -> List[str]:
-    try:
-        text = Path("/proc/devices").read_text()
-    except OSError:
-        return []
-    return [line.split()[1] for line in text.partition("Block devices:")[2].splitlines() if len(line.split()) == 2]
-
-
-def has_device_mapper() -> bool:
-    return os.path.exists("/sys/class/misc/device-mapper")
-
-
-def has_md() -> bool:
-    return "md" in _block_majors()
 
 
 def require_root() -> None:
@@ -91,28 +82,6 @@ def ext4_on(dev: str, mnt: Path) -> Iterator[Path]:
         quiet("umount", str(mnt))
 
 
-@contextlib.contextmanager
-def crypttab_with(lines: str) -> Iterator[None]:
-    """/etc/crypttab holding ``lines`` for the test: a file bound over the
-    existing one, or a new file removed afterwards."""
-    path = Path(storage.CRYPTTAB)
-    if path.exists():
-        replacement = Path(f"/run/kdump-saver-test-crypttab.{os.getpid()}")
-        replacement.write_text(lines)
-        run("mount", "--bind", str(replacement), str(path))
-        try:
-            yield
-        finally:
-            quiet("umount", str(path))
-            replacement.unlink()
-    else:
-        path.write_text(lines)
-        try:
-            yield
-        finally:
-            path.unlink()
-
-
 def luks_format(dev: str, key: Path) -> str:
     """LUKS2 on ``dev`` opened by ``key`` (fast PBKDF2); its header UUID."""
     require_program("cryptsetup")
@@ -127,103 +96,79 @@ def kname(dev: str) -> str:
     return os.path.basename(os.path.realpath(dev))
 
 
-def check_config(savedir: Path) -> Tuple[int, str]:
-    """``build-initrd --check`` for a local target; (exit status, messages)."""
-    conf = savedir.parent / "kdump.conf"
-    conf.write_text(f"KDUMP_SAVEDIR={savedir}\n")
-    kernels = initrd.installed_kernels()
-    require(bool(kernels), "no kernel modules under /lib/modules (install linux-image-cloud-amd64)")
-    proc = subprocess.run([sys.executable, "-m", "capture.cli", "build-initrd", "--check",
-                           "--config", str(conf), "--kernel", kernels[-1]],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
-    return proc.returncode, proc.stderr
+# --- real stacks in a QEMU guest (device-mapper and MD from the cloud kernel's modules) -------------
+
+@pytest.fixture(scope="module")
+def guest_stacks(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
+    """Boot the storage guest once: LVM on MD RAID1 of vda+vdb and LUKS2 on vdc,
+    ext4 mounted on each, the production detection run there (see
+    qemu-harness/qharness/storage_probe.py); its JSON result."""
+    require_program(guest.QEMU)
+    require(storage_guest.BUSYBOX.exists(), f"{storage_guest.BUSYBOX} is missing (install busybox-static)")
+    try:
+        kernel = discover()
+        kernel.module_files(list(storage_guest.MODULES))
+    except KernelMissing as exc:
+        require(False, f"the guest kernel: {exc} (qemu-harness/setup.sh installs it)")
+    programs = {name: require_program(name) for name in storage_guest.PROGRAMS}
+    workdir = tmp_path_factory.mktemp("storage-guest")
+    try:
+        probe = storage_guest.run(kernel, programs, REPO, workdir)
+    except storage_guest.ProbeFailed as exc:
+        pytest.fail(str(exc))
+    errors = {name: part["error"] for name, part in probe.result.items() if "error" in part}
+    assert not errors, f"the guest could not build its stacks (console {probe.console.log_path}): {errors}"
+    return probe.result
 
 
-# --- real stacks (device-mapper and MD in the running kernel) ----------------------------------------
-
-@pytest.fixture
-def lvm_on_md(tmp_path: Path) -> Iterator[Tuple[Path, str]]:
-    """ext4 on LVM kdst_vg/lv_crash on MD RAID1 of two loop devices, mounted;
-    (mount point, md device).  Torn down in reverse order even on failure."""
-    require_root()
-    require(has_device_mapper(), "the running kernel has no device-mapper (CONFIG_BLK_DEV_DM)")
-    require(has_md(), "the running kernel has no MD RAID (CONFIG_BLK_DEV_MD)")
-    for program in ("mdadm", "pvcreate", "mkfs.ext4"):
-        require_program(program)
-    md = "/dev/md/kdst"
-    with contextlib.ExitStack() as stack:
-        a = stack.enter_context(loop_device(tmp_path, "md-a"))
-        b = stack.enter_context(loop_device(tmp_path, "md-b"))
-        run("mdadm", "--create", md, "--run", "--metadata=1.2", "--level=1", "--raid-devices=2",
-            "--assume-clean", a, b)
-        stack.callback(quiet, "mdadm", "--zero-superblock", a, b)
-        stack.callback(quiet, "mdadm", "--stop", md)
-        run("pvcreate", "-q", md)
-        stack.callback(quiet, "pvremove", "-q", "-ff", "-y", md)
-        run("vgcreate", "-q", "kdst_vg", md)
-        stack.callback(quiet, "vgremove", "-q", "-f", "kdst_vg")
-        stack.callback(quiet, "vgchange", "-q", "-an", "kdst_vg")
-        run("lvcreate", "-q", "-y", "-n", "lv_crash", "-l", "100%FREE", "kdst_vg")
-        mnt = stack.enter_context(ext4_on("/dev/kdst_vg/lv_crash", tmp_path / "mnt"))
-        yield mnt, md
+def test_guest_lvm_on_md_is_detected(guest_stacks: Dict[str, Any]) -> None:
+    found = guest_stacks["lvm_on_md"]
+    layers, needs = found["layers"], found["needs"]
+    assert layers is not None, found
+    assert [layer["kind"] for layer in layers][:2] == ["lvm", "mdraid"], layers
+    assert layers[0]["detail"] == "kdst_vg/lv_crash"
+    assert layers[1]["detail"] == "raid1" and layers[1]["uuid"]
+    assert layers[1]["kname"] == found["md_kname"]
+    assert sorted(found["leaves"]) == sorted(layers[1]["parts"]) == ["vda", "vdb"]
+    assert needs["dracut_modules"] == ["mdraid", "lvm"]
+    assert "rd.lvm.lv=kdst_vg/lv_crash" in needs["cmdline"]
+    assert f"rd.md.uuid={layers[1]['uuid']}" in needs["cmdline"]
+    assert {"dm_mod", "md_mod", "raid1"} <= set(needs["kernel_modules"])
+    assert needs["wait_devices"] == ["/dev/mapper/kdst_vg-lv_crash"]
+    assert needs["problems"] == [] and needs["crypttab"] == [] and needs["files"] == []
+    assert needs["messages"] == [f"savedir {found['savedir']} is on LVM kdst_vg/lv_crash on {found['md_kname']} "
+                                 "(RAID1): adding dracut modules lvm mdraid"]
+    check = found["check_config"]
+    assert check["rc"] == 0, check["stderr"]
+    assert "adding dracut modules lvm mdraid" in check["stderr"]
 
 
-@pytest.fixture
-def luks_volume(tmp_path: Path) -> Iterator[Tuple[Path, Path, str]]:
-    """ext4 on an opened LUKS2 loop device, mounted; (mount point, key file, LUKS UUID)."""
-    require_root()
-    require(has_device_mapper(), "the running kernel has no device-mapper (CONFIG_BLK_DEV_DM)")
-    require_program("mkfs.ext4")
-    key = tmp_path / "crash.key"
-    with contextlib.ExitStack() as stack:
-        dev = stack.enter_context(loop_device(tmp_path, "luks"))
-        uuid = luks_format(dev, key)
-        run("cryptsetup", "open", "--key-file", str(key), dev, "kdst_crypt")
-        stack.callback(quiet, "cryptsetup", "close", "kdst_crypt")
-        mnt = stack.enter_context(ext4_on("/dev/mapper/kdst_crypt", tmp_path / "mnt"))
-        yield mnt, key, uuid
-
-
-def test_real_lvm_on_md_is_detected(lvm_on_md: Tuple[Path, str]) -> None:
-    mnt, md = lvm_on_md
-    mount = initrd.savedir_mount(str(mnt / "crash"))
-    stack = initrd.mount_stack(mount, str(mnt / "crash"))
-    assert stack is not None
-    kinds = [layer.kind for layer in stack.layers]
-    assert kinds[:2] == ["lvm", "mdraid"], stack
-    assert stack.layers[0].detail == "kdst_vg/lv_crash"
-    assert stack.layers[1].detail == "raid1" and stack.layers[1].uuid
-    assert sorted(layer.kname for layer in stack.leaves()) == sorted(stack.layers[1].parts)
-    assert all(layer.kname.startswith("loop") for layer in stack.leaves())
-    found = initrd.storage_needs(configuration.Config(savedir=str(mnt / "crash")),
-                                 parse_list(str(mnt / "crash")), {0: mount})
-    assert found.dracut_modules == ("mdraid", "lvm")
-    assert "rd.lvm.lv=kdst_vg/lv_crash" in found.cmdline
-    assert any(arg.startswith("rd.md.uuid=") for arg in found.cmdline)
-    assert {"dm_mod", "md_mod", "raid1"} <= set(found.kernel_modules)
-    assert found.wait_devices == ("/dev/mapper/kdst_vg-lv_crash",)
-    assert found.messages() == [f"savedir {mnt}/crash is on LVM kdst_vg/lv_crash on {kname(md)} (RAID1): "
-                                "adding dracut modules lvm mdraid"]
-    rc, err = check_config(mnt / "crash")
-    assert rc == 0, err
-    assert "adding dracut modules lvm mdraid" in err
-
-
-def test_real_luks_with_a_key_file_is_accepted_and_without_refused(luks_volume: Tuple[Path, Path, str]) -> None:
-    mnt, key, uuid = luks_volume
-    mount = initrd.savedir_mount(str(mnt))
-    stack = initrd.mount_stack(mount, str(mnt))
-    assert stack is not None and stack.layers[0].kind == "crypt"
-    assert stack.layers[0].uuid == uuid and stack.layers[0].name == "kdst_crypt"
-    with crypttab_with(f"kdst_crypt UUID={uuid} {key} luks\n"):
-        rc, err = check_config(mnt)
-        assert rc == 0, err
-        assert "adding dracut modules crypt" in err
-        assert f"the key file {key} of the LUKS device kdst_crypt is copied into the capture initrd" in err
-    with crypttab_with(f"kdst_crypt UUID={uuid} none luks\n"):
-        rc, err = check_config(mnt)
-        assert rc == 1 and "Traceback" not in err
-        assert "opens with a passphrase" in err and "nobody types a passphrase" in err
+def test_guest_luks_with_a_key_file_is_accepted_and_without_refused(guest_stacks: Dict[str, Any]) -> None:
+    luks = guest_stacks["luks"]
+    key, uuid = luks["key"], luks["uuid"]
+    accepted, refused = luks["with_key"], luks["passphrase"]
+    for found in (accepted, refused):
+        top = found["layers"][0]
+        assert top["kind"] == "crypt" and top["uuid"] == uuid and top["name"] == "kdst_crypt", found["layers"]
+        assert found["leaves"] == ["vdc"]
+    needs = accepted["needs"]
+    assert needs["problems"] == []
+    assert needs["dracut_modules"] == ["crypt"] and "dm_crypt" in needs["kernel_modules"]
+    assert needs["cmdline"] == [f"rd.luks.uuid=luks-{uuid}"]
+    assert needs["crypttab"] == [f"kdst_crypt UUID={uuid} {key} luks"] and needs["files"] == [key]
+    assert any("adding dracut modules crypt" in m for m in needs["messages"]), needs["messages"]
+    assert any(f"the key file {key} of the LUKS device kdst_crypt is copied into the capture initrd" in w
+               for w in needs["warnings"]), needs["warnings"]
+    check = accepted["check_config"]
+    assert check["rc"] == 0 and "adding dracut modules crypt" in check["stderr"], check["stderr"]
+    assert f"the key file {key} of the LUKS device kdst_crypt is copied into the capture initrd" in check["stderr"]
+    needs = refused["needs"]
+    assert len(needs["problems"]) == 1, needs["problems"]
+    assert "opens with a passphrase" in needs["problems"][0] and "nobody types a passphrase" in needs["problems"][0]
+    assert needs["crypttab"] == [] and needs["files"] == []
+    check = refused["check_config"]   # check-config warns (build-initrd refuses: the problems above)
+    assert check["rc"] == 0 and "Traceback" not in check["stderr"], check["stderr"]
+    assert "opens with a passphrase" in check["stderr"] and "nobody types a passphrase" in check["stderr"]
 
 
 # --- the LUKS key check on a real header (no device-mapper needed) ----------------------------------
