@@ -53,6 +53,8 @@ MATRIX: Tuple[Case, ...] = (
     Case("sftp", "sftp", "OpenSSH sftp, DHCP"),
     Case("ssh", "ssh", "OpenSSH, commands over ssh, DHCP, lzo", settings=LZO),
     Case("ftp", "ftp", "vsftpd, passive mode, DHCP, lzo", settings=LZO),
+    Case("ftps", "ftps", "vsftpd with explicit TLS (AUTH TLS, PROT P), certificate of a test CA given as "
+         "KDUMP_CA_FILE, DHCP, lzo", settings=LZO),
     Case("cifs", "cifs", "Samba, SMB2, DHCP, lzo", settings=LZO),
     Case("nfs", "nfs", "nfs-ganesha, NFSv4 over TCP, DHCP, lzo", settings=LZO),
     Case("static", "sftp", f"OpenSSH sftp, the production eth0 static at {STATIC_ADDRESS}: ip= static "
