@@ -3,6 +3,15 @@
 The export is mounted on a private, temporary mount point with ``nolock``,
 NFSv4 first and NFSv3 when v4 fails, unless ``options.mount_options``
 (KDUMP_NFS_OPTIONS) names a version itself; the user's options are appended.
+
+A lost server: the mount is ``soft`` with ``timeo``/``retrans`` chosen so that
+a request unanswered for about KDUMP_NET_TIMEOUT (:func:`timing_options`)
+fails with EIO, which ends the save with a clean error (and the next target
+is tried).  Within that time the kernel client reconnects by itself and
+sends its requests again, so a server restart does not interrupt the save.
+The default ``hard`` mount would instead block forever on a server that
+stays away.  KDUMP_NFS_OPTIONS with ``hard``, ``soft``, ``timeo`` or
+``retrans`` replaces this choice.
 Then :class:`transports.file.FileTransport` does all the work on the mount.
 The mount is removed again by :meth:`NfsTransport.close`, and when anything
 in :meth:`NfsTransport.connect` fails.
@@ -29,7 +38,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from capture.config.targeturl import TargetURL
-from transports.base import (InitrdProfile, TransportError, TransportOptions, no_initrd_material,
+from transports.base import (InitrdProfile, TransportError, TransportOptions, io_timeout, no_initrd_material,
                              retry_until_timeout)
 from transports.file import FileTransport
 
@@ -81,9 +90,25 @@ def server_spec(host: str, export: str) -> str:
     return f"[{host}]:{export}" if ":" in host else f"{host}:{export}"
 
 
+#: the options that decide how long the client waits for a lost server
+TIMING_KEYS = ("hard", "soft", "softerr", "timeo", "retrans")
+#: retransmissions before a soft mount gives up (a major timeout)
+RETRANS = 2
+
+
+def timing_options(net_timeout: float) -> List[str]:
+    """``soft,timeo=T,retrans=2`` failing a request after about ``net_timeout``
+    seconds without an answer.  Over TCP the client waits ``timeo``, then
+    ``2*timeo``, ``3*timeo`` (linear backoff, see nfs(5)) before the major
+    timeout: ``6*timeo`` in all; ``timeo`` is in tenths of a second."""
+    steps = (RETRANS + 1) * (RETRANS + 2) // 2
+    return ["soft", f"timeo={max(10, round(net_timeout * 10 / steps))}", f"retrans={RETRANS}"]
+
+
 def mount_commands(host: str, export: str, mountpoint: str, port: Optional[int] = None,
                    user_options: str = "", address: Optional[str] = None,
-                   client_address: Optional[str] = None) -> List[List[str]]:
+                   client_address: Optional[str] = None,
+                   net_timeout: Optional[float] = None) -> List[List[str]]:
     """The mount commands to try, in order.
 
     Without a version in ``user_options``: NFSv4 (``-t nfs4``, ``vers=4``, the
@@ -93,6 +118,8 @@ def mount_commands(host: str, export: str, mountpoint: str, port: Optional[int] 
     (which therefore win on conflicts).  ``address`` (the server's IP) and
     ``client_address`` (ours, towards it) are added to NFSv4 mounts as
     ``addr=`` and ``clientaddr=`` unless the user's options give them.
+    With ``net_timeout``, :func:`timing_options` follow ``nolock`` unless the
+    user's options name one of :data:`TIMING_KEYS`.
     """
     extra = split_options(user_options)
     pinned = pinned_version(extra)
@@ -102,6 +129,8 @@ def mount_commands(host: str, export: str, mountpoint: str, port: Optional[int] 
         v4 = version.startswith("4")
         opts = [] if pinned else [f"vers={version}"]
         opts.append("nolock")
+        if net_timeout is not None and not any(o.partition("=")[0] in TIMING_KEYS for o in extra):
+            opts += timing_options(net_timeout)
         if port is not None:
             opts.append(f"port={port}")
         if v4 and address and not any(o.startswith("addr=") for o in extra):
@@ -193,7 +222,8 @@ class NfsTransport(FileTransport):
         for export, below in export_candidates(self.url.path):
             messages = []
             for argv in mount_commands(self.url.host, export, self.mountpoint, self.url.port,
-                                       self.options.mount_options, address, client):
+                                       self.options.mount_options, address, client,
+                                       net_timeout=io_timeout(self.options)):
                 log.info("mounting: %s", " ".join(argv))
                 result = self._run(argv, attempt_timeout)
                 if result.returncode == 0:

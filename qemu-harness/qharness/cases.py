@@ -18,6 +18,9 @@ class Case:
     clock a day later each time).  ``free_disk_margin_mb`` sets
     KDUMP_FREE_DISK_SIZE to the disk's free space minus that margin, so the
     dump cannot fit and the save must stop with the limit intact.
+    ``restart_after_mb`` restarts the server (down for ``restart_pause``
+    seconds) once an unfinished file (``*.incomplete``) on the target holds
+    that many MB: the save must survive it.
 
     The guest has 1 GiB and reserves ``crashkernel`` for the capture kernel:
     256M leaves room to spare; the smallest size that still saves is what
@@ -35,6 +38,8 @@ class Case:
     foreign_entries: bool = False
     memory_mb: int = 1024
     crashkernel: str = "256M"
+    restart_after_mb: Optional[int] = None
+    restart_pause: float = 5.0
 
     @property
     def expect_saved(self) -> bool:
@@ -57,6 +62,9 @@ MATRIX: Tuple[Case, ...] = (
          "KDUMP_CA_FILE, DHCP, lzo", settings=LZO),
     Case("cifs", "cifs", "Samba, SMB2, DHCP, lzo", settings=LZO),
     Case("nfs", "nfs", "nfs-ganesha, NFSv4 over TCP, DHCP, lzo", settings=LZO),
+    Case("nfs-restart", "nfs", "nfs-ganesha restarted (down 5 s) when the vmcore holds 12 MB (about 40 % "
+         "of the 30 MB lzo dump); the soft mount waits up to KDUMP_NET_TIMEOUT (60 s)", settings=LZO,
+         restart_after_mb=12),
     Case("static", "sftp", f"OpenSSH sftp, the production eth0 static at {STATIC_ADDRESS}: ip= static "
          "on the capture command line, lzo", static_ip=True, settings=LZO),
     Case("keep-old", "file", "KDUMP_KEEP_OLD_DUMPS=1 over three crashes, foreign entries left alone, lzo",

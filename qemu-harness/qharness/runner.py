@@ -17,6 +17,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -181,14 +182,24 @@ class Session:
             rtc_base=clock.strftime("%Y-%m-%dT%H:%M:%S"))
         with target.attached():
             before = set(target.dumps())
-        run = guest.boot(spec, self.workdir / f"console-{index}.log")
+        console = self.workdir / f"console-{index}.log"
+        restarter = _Restarter(case, target) if case.restart_after_mb is not None else None
+        try:
+            run = guest.boot(spec, console)
+        finally:
+            if restarter is not None:
+                restarter.finish()
         crash = Crash(index, marker, run)
         self.result.crashes.append(crash)
         _timings(crash)
         problems = _check_console(case, run, target.secrets())
+        if restarter is not None:
+            problems += restarter.problems()
         with target.attached():
             new = [d for d in target.dumps() if d not in before]
             problems += _check_dumps(case, kernel, crash, new, target)
+            if restarter is not None and crash.verdict is not None and crash.verdict.vmcore is not None:
+                problems += restarter.check_middle(crash.verdict.vmcore.stat().st_size)
             self.result.dumps = [target.describe(d) for d in target.dumps()]
             if case.foreign_entries and index == case.crashes:
                 problems += target.check_foreign()
@@ -197,6 +208,64 @@ class Session:
         crash.problems = problems
         self.result.problems += [f"crash {index}: {p}" for p in problems]
         return crash
+
+
+class _Restarter:
+    """Watches the target's export while the guest runs and restarts the
+    case's server once an unfinished file holds ``case.restart_after_mb``."""
+
+    def __init__(self, case: Case, target: "_Target") -> None:
+        self.case = case
+        self.target = target
+        self.at: Optional[int] = None
+        self.error = ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _size(self) -> int:
+        sizes = [0]
+        for path in self.target.export.rglob("*.incomplete"):
+            try:
+                sizes.append(path.stat().st_size)
+            except FileNotFoundError:
+                pass
+        return max(sizes)
+
+    def _watch(self) -> None:
+        assert self.case.restart_after_mb is not None
+        while not self._done.wait(0.2):
+            size = self._size()
+            if size >= self.case.restart_after_mb << 20:
+                self.at = size
+                log.info("restarting the %s server: an unfinished file holds %d bytes", self.case.scheme, size)
+                try:
+                    self.target.restart(self.case.restart_pause)
+                except Exception as exc:  # noqa: BLE001 - reported as a problem of the case
+                    self.error = f"restarting the server failed: {exc}"
+                return
+
+    def finish(self) -> None:
+        self._done.set()
+        self._thread.join(60)
+
+    def check_middle(self, final_size: int) -> List[str]:
+        """The restart must have come in the middle of the transfer."""
+        if self.at is None:
+            return []
+        log.info("the server was restarted at %.0f %% of the final vmcore (%d bytes)",
+                 100 * self.at / final_size, final_size)
+        if not 0.1 <= self.at / final_size <= 0.9:
+            return [f"the server was restarted at {self.at} of {final_size} bytes, not in the middle"]
+        return []
+
+    def problems(self) -> List[str]:
+        if self.error:
+            return [self.error]
+        if self.at is None:
+            return [f"no unfinished file on the target reached {self.case.restart_after_mb} MB: the server "
+                    "was not restarted"]
+        return []
 
 
 def _timings(crash: Crash) -> None:
@@ -370,6 +439,12 @@ class _ServerTarget(_Target):
 
     def secrets(self) -> List[str]:
         return self.server.secrets()
+
+    def restart(self, pause: float) -> None:
+        restart = getattr(self.server, "restart", None)
+        if restart is None:
+            raise HarnessError(f"the {self.server.scheme} server cannot be restarted")
+        restart(pause)
 
 
 FOREIGN = ("unrelated", "app-dump", "2020-01-01-00-00", "notes.txt")

@@ -344,7 +344,7 @@ class NfsServer(Server):
         self.dumps.mkdir(mode=0o755, exist_ok=True)
         recovery = self.workdir / "recovery"
         recovery.mkdir(exist_ok=True)
-        self.port = free_port()
+        self.port = self.port or free_port()   # a restart keeps the port the guest is forwarded to
         conf = self.workdir / "ganesha.conf"
         conf.write_text(f"""
 NFS_CORE_PARAM {{
@@ -383,6 +383,12 @@ EXPORT {{
     def stop(self) -> None:
         _stop(self.proc)
         self.proc = None
+
+    def restart(self, pause: float) -> None:
+        """Stop ganesha, wait ``pause`` seconds, start it again on the same port."""
+        self.stop()
+        time.sleep(pause)
+        self.start()
 
     def log_text(self) -> str:
         return _tail(self.logfile)
