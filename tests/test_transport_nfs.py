@@ -271,3 +271,34 @@ def test_connecting_again_does_not_mount_again(exports, tmp_path):
     with t:
         assert len([c for c in server.calls if c[0] == "mount"]) == 1
     assert not mounted(server.calls[0][6]) and not os.path.exists(server.calls[0][6])
+
+
+def test_big_file_is_synced_on_the_way_and_arrives_whole(exports, tmp_path):
+    server = BindMountServer(exports)
+    t = NfsTransport(parse("nfs://127.0.0.1/srv/dumps"), TransportOptions(net_timeout=0), run=server,
+                     mount_parent=str(tmp_path))
+    t.connect()
+    block = os.urandom(1 << 20)
+    f = t.create("big")
+    for _ in range(nfs.SYNC_EVERY // len(block) * 2 + 3):
+        f.write(block)
+    f.close()
+    t.close()
+    assert (exports / "srv" / "dumps" / "big").stat().st_size == nfs.SYNC_EVERY * 2 + 3 * len(block)
+
+
+def test_after_the_server_is_lost_nothing_waits_and_the_unmount_is_forced(exports, tmp_path):
+    server = BindMountServer(exports)
+    t = NfsTransport(parse("nfs://127.0.0.1/srv/dumps"), TransportOptions(net_timeout=0), run=server,
+                     mount_parent=str(tmp_path))
+    t.connect()
+    f = t.create("vmcore.incomplete")
+    mp = t.mountpoint
+    t.lost = True   # what a soft mount's EIO on a write sets
+    with pytest.raises(TransportError, match="stopped answering"):
+        f.write(b"x")
+    with pytest.raises(TransportError, match="stopped answering"):
+        t.write_small("README.txt", b"INCOMPLETE")
+    f.abort()
+    t.close()
+    assert server.calls[-1] == ["umount", "-f", mp] and not mounted(mp)

@@ -11,7 +11,13 @@ is tried).  Within that time the kernel client reconnects by itself and
 sends its requests again, so a server restart does not interrupt the save.
 The default ``hard`` mount would instead block forever on a server that
 stays away.  KDUMP_NFS_OPTIONS with ``hard``, ``soft``, ``timeo`` or
-``retrans`` replaces this choice.
+``retrans`` replaces this choice.  Written data only reaches the server
+through the page cache, so a file is synced every :data:`SYNC_EVERY` bytes:
+a lost server shows within one soft timeout instead of at the final fsync,
+after every remaining page of the dump has waited for its own timeout.  Once
+the server counts as lost (EIO or ETIMEDOUT), every further operation fails
+at once and the mount is removed with ``umount -f``, so the capture kernel
+goes on (next target, reboot) instead of waiting for each operation in turn.
 Then :class:`transports.file.FileTransport` does all the work on the mount.
 The mount is removed again by :meth:`NfsTransport.close`, and when anything
 in :meth:`NfsTransport.connect` fails.
@@ -29,6 +35,7 @@ own address as ``clientaddr=`` (NFSv4.0 callbacks; mount.nfs would add both).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -40,12 +47,16 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from capture.config.targeturl import TargetURL
 from transports.base import (InitrdProfile, TransportError, TransportOptions, io_timeout, no_initrd_material,
                              retry_until_timeout)
-from transports.file import FileTransport
+from transports.file import FileTransport, LocalFile
 
 log = logging.getLogger(__name__)
 
 #: seconds one mount attempt may take when the retry budget is smaller
 MIN_ATTEMPT = 10
+#: bytes written to a file between two ``fdatasync`` calls
+SYNC_EVERY = 16 << 20
+#: what a soft mount answers when the server stopped answering
+LOST_ERRNOS = (errno.EIO, errno.ETIMEDOUT)
 
 
 @dataclass(frozen=True)
@@ -163,9 +174,45 @@ def local_address_towards(address: str) -> Optional[str]:
         return None
 
 
-def unmount_commands(mountpoint: str) -> List[List[str]]:
-    """Unmount, then a lazy unmount if the first is refused (busy)."""
-    return [["umount", mountpoint], ["umount", "-l", mountpoint]]
+def unmount_commands(mountpoint: str, server_lost: bool = False) -> List[List[str]]:
+    """Unmount (forced, aborting what waits for the server, when it is lost),
+    then a lazy unmount if the first is refused (busy)."""
+    return [["umount", "-f", mountpoint] if server_lost else ["umount", mountpoint], ["umount", "-l", mountpoint]]
+
+
+class NfsFile(LocalFile):
+    """A file on the mount, synced every :data:`SYNC_EVERY` bytes; a lost
+    server marks its transport lost."""
+
+    def __init__(self, fd: int, path: str, transport: "NfsTransport") -> None:
+        super().__init__(fd, path)
+        self._transport = transport
+        self._unsynced = 0
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        self._transport.check_alive()
+        try:
+            super().pwrite(data, offset)
+            self._unsynced += len(data)
+            if self._unsynced >= SYNC_EVERY:
+                self._unsynced = 0
+                self._sync()
+        except TransportError as exc:
+            self._transport.note_error(exc)
+            raise
+
+    def _sync(self) -> None:
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise TransportError(f"cannot write {self._path}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except TransportError as exc:
+            self._transport.note_error(exc)
+            raise
 
 
 _NOT_FOUND = ("no such file or directory", "does not exist")
@@ -187,6 +234,27 @@ class NfsTransport(FileTransport):
         self._mount_parent = mount_parent
         self.mountpoint: Optional[str] = None
         self.mounted = False
+        self.lost = False
+        """The server stopped answering (the soft mount said EIO or ETIMEDOUT)."""
+
+    def check_alive(self) -> None:
+        if self.lost:
+            raise TransportError(f"{self.url.masked()}: the NFS server stopped answering (not waiting for it again)")
+
+    def note_error(self, exc: TransportError) -> None:
+        """An operation failed with ``exc``: the server is lost when the
+        system call under it (its context) said so."""
+        cause = exc.__context__
+        if isinstance(cause, OSError) and cause.errno in LOST_ERRNOS:
+            self.lost = True
+
+    def _abs(self, path: str) -> str:
+        self.check_alive()
+        return super()._abs(path)
+
+    def create(self, path: str) -> NfsFile:
+        local = super().create(path)
+        return NfsFile(local._fd, local._path, self)
 
     def connect(self) -> None:
         """Mount and check the base directory; a no-op when already mounted
@@ -252,7 +320,7 @@ class NfsTransport(FileTransport):
         if mp is None:
             return
         if self.mounted:
-            for argv in unmount_commands(mp):
+            for argv in unmount_commands(mp, self.lost):
                 result = self._run(argv, 60)
                 if result.returncode == 0:
                     self.mounted = False

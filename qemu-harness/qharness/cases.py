@@ -20,7 +20,9 @@ class Case:
     dump cannot fit and the save must stop with the limit intact.
     ``restart_after_mb`` restarts the server (down for ``restart_pause``
     seconds) once an unfinished file (``*.incomplete``) on the target holds
-    that many MB: the save must survive it.
+    that many MB: the save must survive it.  With ``expect_failure`` the
+    server stays away longer than KDUMP_NET_TIMEOUT: the save must end with
+    an error and the capture kernel reboot.
 
     The guest has 1 GiB and reserves ``crashkernel`` for the capture kernel:
     256M leaves room to spare; the smallest size that still saves is what
@@ -40,10 +42,11 @@ class Case:
     crashkernel: str = "256M"
     restart_after_mb: Optional[int] = None
     restart_pause: float = 5.0
+    expect_failure: bool = False
 
     @property
     def expect_saved(self) -> bool:
-        return self.free_disk_margin_mb is None
+        return self.free_disk_margin_mb is None and not self.expect_failure
 
     @property
     def extra_settings(self) -> Dict[str, str]:
@@ -65,6 +68,10 @@ MATRIX: Tuple[Case, ...] = (
     Case("nfs-restart", "nfs", "nfs-ganesha restarted (down 5 s) when the vmcore holds 12 MB (about 40 % "
          "of the 30 MB lzo dump); the soft mount waits up to KDUMP_NET_TIMEOUT (60 s)", settings=LZO,
          restart_after_mb=12),
+    Case("nfs-gone", "nfs", "nfs-ganesha stopped when the vmcore holds 12 MB and kept away for longer than "
+         "KDUMP_NET_TIMEOUT (20 s): a clean error and a reboot, not a hang, lzo",
+         settings=LZO + (("KDUMP_NET_TIMEOUT", "20"),), restart_after_mb=12, restart_pause=400,
+         expect_failure=True),
     Case("static", "sftp", f"OpenSSH sftp, the production eth0 static at {STATIC_ADDRESS}: ip= static "
          "on the capture command line, lzo", static_ip=True, settings=LZO),
     Case("keep-old", "file", "KDUMP_KEEP_OLD_DUMPS=1 over three crashes, foreign entries left alone, lzo",

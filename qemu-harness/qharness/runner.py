@@ -195,6 +195,7 @@ class Session:
         problems = _check_console(case, run, target.secrets())
         if restarter is not None:
             problems += restarter.problems()
+            restarter.log_outage(run)
         with target.attached():
             new = [d for d in target.dumps() if d not in before]
             problems += _check_dumps(case, kernel, crash, new, target)
@@ -218,6 +219,8 @@ class _Restarter:
         self.case = case
         self.target = target
         self.at: Optional[int] = None
+        self.stopped_at: Optional[float] = None
+        """time.monotonic() when the server was stopped"""
         self.error = ""
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -238,9 +241,13 @@ class _Restarter:
             size = self._size()
             if size >= self.case.restart_after_mb << 20:
                 self.at = size
-                log.info("restarting the %s server: an unfinished file holds %d bytes", self.case.scheme, size)
+                log.info("stopping the %s server for %.0f s: an unfinished file holds %d bytes", self.case.scheme,
+                         self.case.restart_pause, size)
                 try:
-                    self.target.restart(self.case.restart_pause)
+                    self.target.stop_server()
+                    self.stopped_at = time.monotonic()
+                    self._done.wait(self.case.restart_pause)   # cut short when the guest has ended
+                    self.target.start_server()
                 except Exception as exc:  # noqa: BLE001 - reported as a problem of the case
                     self.error = f"restarting the server failed: {exc}"
                 return
@@ -248,6 +255,17 @@ class _Restarter:
     def finish(self) -> None:
         self._done.set()
         self._thread.join(60)
+
+    def log_outage(self, run: guest.GuestRun) -> None:
+        if self.stopped_at is None:
+            return
+        stopped = self.stopped_at - run.started
+        error = run.first(r"kdump-saver: .*(error|cannot|failed)")
+        saved = run.first(SAVED_LINE)
+        end = run.lines[-1][0] - run.started if run.lines else None
+        log.info("server stopped at %.1f s of the guest run; first error %s, dump saved %s, last console "
+                 "line %s", stopped, *(f"+{t - stopped:.1f} s" if t is not None else "never"
+                                       for t in (error, saved, end)))
 
     def check_middle(self, final_size: int) -> List[str]:
         """The restart must have come in the middle of the transfer."""
@@ -305,6 +323,8 @@ def _check_console(case: Case, run: guest.GuestRun, hidden: List[str]) -> List[s
 
 def _check_dumps(case: Case, kernel: GuestKernel, crash: Crash, new: List[Path],
                  target: "_Target") -> List[str]:
+    if case.expect_failure:
+        return _check_lost(crash, new)
     if not case.expect_saved:
         return _check_refused(case, crash, new, target)
     if len(new) != 1:
@@ -339,6 +359,22 @@ def _check_refused(case: Case, crash: Crash, new: List[Path], target: "_Target")
         status = readme.get("vmcore status", "")
         if not status.startswith("INCOMPLETE") or "KDUMP_FREE_DISK_SIZE" not in status:
             problems.append(f"{d / verify.README}: status {status!r} does not report KDUMP_FREE_DISK_SIZE")
+    return problems
+
+
+def _check_lost(crash: Crash, new: List[Path]) -> List[str]:
+    """The server went away for good: an error on the console, no finished vmcore."""
+    problems = []
+    if crash.run.has(SAVED_LINE):
+        problems.append("the console claims the dump was saved although the server was gone")
+    if crash.run.first(r"kdump-saver: .*(error|cannot|failed)") is None:
+        problems.append("the console shows no error from kdump-saver")
+    for d in new:
+        if (d / "vmcore").exists() or (d / "vmcore.flat").exists():
+            problems.append(f"{d} holds a finished vmcore although the server was gone")
+        readme = d / verify.README
+        if readme.exists() and "INCOMPLETE" not in readme.read_text(errors="replace"):
+            problems.append(f"{readme} does not say INCOMPLETE")
     return problems
 
 
@@ -440,11 +476,11 @@ class _ServerTarget(_Target):
     def secrets(self) -> List[str]:
         return self.server.secrets()
 
-    def restart(self, pause: float) -> None:
-        restart = getattr(self.server, "restart", None)
-        if restart is None:
-            raise HarnessError(f"the {self.server.scheme} server cannot be restarted")
-        restart(pause)
+    def stop_server(self) -> None:
+        self.server.stop()
+
+    def start_server(self) -> None:
+        self.server.start()
 
 
 FOREIGN = ("unrelated", "app-dump", "2020-01-01-00-00", "notes.txt")

@@ -384,12 +384,6 @@ EXPORT {{
         _stop(self.proc)
         self.proc = None
 
-    def restart(self, pause: float) -> None:
-        """Stop ganesha, wait ``pause`` seconds, start it again on the same port."""
-        self.stop()
-        time.sleep(pause)
-        self.start()
-
     def log_text(self) -> str:
         return _tail(self.logfile)
 
