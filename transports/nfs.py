@@ -12,12 +12,14 @@ sends its requests again, so a server restart does not interrupt the save.
 The default ``hard`` mount would instead block forever on a server that
 stays away.  KDUMP_NFS_OPTIONS with ``hard``, ``soft``, ``timeo`` or
 ``retrans`` replaces this choice.  Written data only reaches the server
-through the page cache, so a file is synced every :data:`SYNC_EVERY` bytes:
-a lost server shows within one soft timeout instead of at the final fsync,
-after every remaining page of the dump has waited for its own timeout.  Once
-the server counts as lost (EIO or ETIMEDOUT), every further operation fails
-at once and the mount is removed with ``umount -f``, so the capture kernel
-goes on (next target, reboot) instead of waiting for each operation in turn.
+through the page cache, so a file is synced every :data:`SYNC_EVERY` bytes,
+and a sync that does not end within KDUMP_NET_TIMEOUT (at least 10 s, so
+at least 400 kB/s are needed) counts as a lost server: otherwise the error
+would only show after every page waiting in the cache had timed out on its
+own, minutes later.  Once the server counts as lost (that, or EIO or
+ETIMEDOUT), every further operation fails at once, a file is closed without
+waiting, and the mount is removed with ``umount -f``, so the capture kernel
+goes on (next target, reboot).
 Then :class:`transports.file.FileTransport` does all the work on the mount.
 The mount is removed again by :meth:`NfsTransport.close`, and when anything
 in :meth:`NfsTransport.connect` fails.
@@ -41,6 +43,7 @@ import os
 import socket
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -54,7 +57,7 @@ log = logging.getLogger(__name__)
 #: seconds one mount attempt may take when the retry budget is smaller
 MIN_ATTEMPT = 10
 #: bytes written to a file between two ``fdatasync`` calls
-SYNC_EVERY = 16 << 20
+SYNC_EVERY = 4 << 20
 #: what a soft mount answers when the server stopped answering
 LOST_ERRNOS = (errno.EIO, errno.ETIMEDOUT)
 
@@ -202,10 +205,42 @@ class NfsFile(LocalFile):
             raise
 
     def _sync(self) -> None:
-        try:
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            raise TransportError(f"cannot write {self._path}: {exc.strerror or exc}") from None
+        """fdatasync, waiting at most the I/O timeout (the call itself may
+        stay blocked in its thread until ``umount -f`` ends it)."""
+        failure: List[OSError] = []
+        done = threading.Event()
+
+        def run(fd: int) -> None:
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, args=(self._fd,), name="nfs-sync", daemon=True).start()
+        limit = io_timeout(self._transport.options)
+        if not done.wait(limit):
+            self._transport.lost = True
+            raise TransportError(f"cannot write {self._path}: the NFS server took more than {limit:.0f} s "
+                                 f"(KDUMP_NET_TIMEOUT) to store {SYNC_EVERY >> 20} MiB")
+        if failure:
+            exc = failure[0]
+            raise TransportError(f"cannot write {self._path}: {exc.strerror or exc}") from exc
+
+    def abort(self) -> None:
+        if not self._transport.lost or self._fd < 0:
+            return super().abort()
+        # closing flushes, which would wait for the lost server once more
+        fd, self._fd = self._fd, -1
+        threading.Thread(target=_close_quietly, args=(fd,), name="nfs-close", daemon=True).start()
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
     def close(self) -> None:
         try:
@@ -244,7 +279,7 @@ class NfsTransport(FileTransport):
     def note_error(self, exc: TransportError) -> None:
         """An operation failed with ``exc``: the server is lost when the
         system call under it (its context) said so."""
-        cause = exc.__context__
+        cause = exc.__cause__ or exc.__context__
         if isinstance(cause, OSError) and cause.errno in LOST_ERRNOS:
             self.lost = True
 
