@@ -119,6 +119,7 @@ install() {
     inst_simple "$_stage/kdump.conf" /etc/kdump-saver/kdump.conf
     inst_simple "$_stage/build-stamp" /etc/kdump-saver/build-stamp
     [[ -f $_stage/known_hosts ]] && inst_simple "$_stage/known_hosts" /etc/kdump-saver/known_hosts
+    [[ -f $_stage/ca-bundle.pem ]] && inst_simple "$_stage/ca-bundle.pem" /etc/kdump-saver/ca-bundle.pem
     [[ -f $_stage/fstab ]] && inst_simple "$_stage/fstab" /etc/kdump-saver/fstab
     chmod 0600 "${initdir}/etc/kdump-saver/kdump.conf"
 

@@ -1,6 +1,6 @@
 """End to end: a real kernel under QEMU crashes and kdump-saver saves its dump.
 
-Each case of qemu-harness's matrix (file, sftp, ssh, ftp, cifs, nfs, a static
+Each case of qemu-harness's matrix (file, sftp, ssh, ftp, ftps, cifs, nfs, a static
 ip=, KDUMP_KEEP_OLD_DUMPS over three crashes, KDUMP_FREE_DISK_SIZE on a disk
 too small) builds the capture initrd with ``kdump-saver build-initrd``,
 boots Debian's cloud kernel under QEMU (TCG, user networking with

@@ -63,6 +63,20 @@ def test_client_address_for_nfs4_only_and_user_options_win():
     assert cmds[0][4] == "vers=4,nolock,addr=10.0.2.100,clientaddr=10.0.2.99"
 
 
+@pytest.mark.parametrize("net_timeout, timeo", [(60, 100), (10, 17), (300, 500), (1, 10)])
+def test_soft_mount_gives_up_after_about_net_timeout(net_timeout, timeo):
+    assert nfs.timing_options(net_timeout) == ["soft", f"timeo={timeo}", "retrans=2"]
+    cmds = mount_commands("srv", "/d", "/m", net_timeout=net_timeout)
+    assert cmds[0][4] == f"vers=4,nolock,soft,timeo={timeo},retrans=2"
+    assert cmds[1][4] == f"vers=3,nolock,soft,timeo={timeo},retrans=2"
+
+
+@pytest.mark.parametrize("opts", ["hard", "soft", "timeo=600", "retrans=5", "softerr,timeo=30"])
+def test_timing_in_the_user_options_replaces_ours(opts):
+    cmds = mount_commands("srv", "/d", "/m", user_options=opts, net_timeout=60)
+    assert cmds[0][4] == f"vers=4,nolock,{opts}"
+
+
 def test_local_address_towards_the_server():
     assert nfs.local_address_towards("127.0.0.1") == "127.0.0.1"
 
@@ -142,8 +156,9 @@ def test_mount_write_and_unmount(exports, tmp_path):
     mp = t.mountpoint
     assert mounted(mp)
     address = t._address()
-    assert server.calls == [["mount", "-t", "nfs4", "-o", f"vers=4,nolock,addr={address},clientaddr={address}",
-                             "localhost:/srv/dumps", mp]]
+    # net_timeout=0 still waits MIN_IO_TIMEOUT (10 s) for a lost server: timeo=17 (1.7 s) x 6
+    assert server.calls == [["mount", "-t", "nfs4", "-o", f"vers=4,nolock,soft,timeo=17,retrans=2,addr={address},"
+                             f"clientaddr={address}", "localhost:/srv/dumps", mp]]
     t.mkdir("host-2026")
     t.write_small("host-2026/README.txt", b"saved")
     assert t.free_space() > 0
@@ -256,3 +271,34 @@ def test_connecting_again_does_not_mount_again(exports, tmp_path):
     with t:
         assert len([c for c in server.calls if c[0] == "mount"]) == 1
     assert not mounted(server.calls[0][6]) and not os.path.exists(server.calls[0][6])
+
+
+def test_big_file_is_synced_on_the_way_and_arrives_whole(exports, tmp_path):
+    server = BindMountServer(exports)
+    t = NfsTransport(parse("nfs://127.0.0.1/srv/dumps"), TransportOptions(net_timeout=0), run=server,
+                     mount_parent=str(tmp_path))
+    t.connect()
+    block = os.urandom(1 << 20)
+    f = t.create("big")
+    for _ in range(nfs.SYNC_EVERY // len(block) * 2 + 3):
+        f.write(block)
+    f.close()
+    t.close()
+    assert (exports / "srv" / "dumps" / "big").stat().st_size == nfs.SYNC_EVERY * 2 + 3 * len(block)
+
+
+def test_after_the_server_is_lost_nothing_waits_and_the_unmount_is_forced(exports, tmp_path):
+    server = BindMountServer(exports)
+    t = NfsTransport(parse("nfs://127.0.0.1/srv/dumps"), TransportOptions(net_timeout=0), run=server,
+                     mount_parent=str(tmp_path))
+    t.connect()
+    f = t.create("vmcore.incomplete")
+    mp = t.mountpoint
+    t.lost = True   # what a soft mount's EIO on a write sets
+    with pytest.raises(TransportError, match="stopped answering"):
+        f.write(b"x")
+    with pytest.raises(TransportError, match="stopped answering"):
+        t.write_small("README.txt", b"INCOMPLETE")
+    f.abort()
+    t.close()
+    assert server.calls[-1] == ["umount", "-f", mp] and not mounted(mp)

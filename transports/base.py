@@ -84,6 +84,9 @@ class InitrdMaterial:
     """Files carried as they are (identities, CA bundles)."""
     known_hosts: str = ""
     """known_hosts lines for the target, carried in the initrd's own file."""
+    ca_bundle: str = ""
+    """The host's system CA bundle, carried in the initrd's own file, which
+    the initrd's configuration names as KDUMP_CA_FILE."""
     problems: List[str] = field(default_factory=list)
     """What would fail at crash time, worded for the administrator."""
 

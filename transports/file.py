@@ -104,7 +104,10 @@ class LocalFile(DumpFile):
     def abort(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError:  # a network file system reports its write errors here too
+                pass
 
 
 class FileTransport(Transport):

@@ -3,8 +3,10 @@
 URL form: ``ftp://[user[:password]@]host[:port]/path`` (anonymous without a
 user) and ``ftps://`` for explicit TLS (AUTH TLS, then PROT P so the data
 connections are encrypted as well).  For ftps the server certificate must
-verify against ``options.ca_file`` or the system store, and must name the
-host of the URL.
+verify against ``options.ca_file`` (exactly that file) or, when it is unset,
+the system store, and must name the host of the URL.  A capture initrd has
+no system store: ``build-initrd`` carries the host's bundle and sets the
+initrd's KDUMP_CA_FILE to it (:func:`initrd_material`).
 
 The path is taken relative to the directory the server puts us in after the
 login, as curl and SUSE's kdump do (for a chrooted or anonymous user that is
@@ -675,17 +677,51 @@ def _quit(conn: ftplib.FTP) -> None:
 INITRD = InitrdProfile(imports=("ssl",))
 
 
+def system_ca_bundle() -> Optional[str]:
+    """The host's CA bundle as OpenSSL finds it (``SSL_CERT_FILE``, else its
+    compiled-in ``cert.pem``; on Debian /etc/ssl/certs/ca-certificates.crt),
+    or None when there is no such file."""
+    return ssl.get_default_verify_paths().cafile
+
+
+def _ca_problem(path: str, what: str) -> Optional[str]:
+    """Why ``path`` cannot serve as the CA bundle of a TLS context, or None."""
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError as exc:
+        return f"{what}: {path} holds no CA certificate OpenSSL can load ({exc.reason or exc})"
+    except OSError as exc:
+        return f"{what}: cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
 def initrd_material(url: TargetURL, options: TransportOptions) -> InitrdMaterial:
-    """ftps with KDUMP_CA_FILE carries that bundle; it must be readable now."""
+    """ftps carries the CA bundle it verifies the server against: the
+    KDUMP_CA_FILE, else the host's system bundle (:func:`system_ca_bundle`),
+    which the capture initrd's configuration then names as its CA file, since
+    the initrd has no system store.  The bundle must load now."""
     material = InitrdMaterial()
-    if url.scheme == "ftps" and options.ca_file:
-        try:
-            with open(options.ca_file, "rb"):
-                pass
-        except OSError as exc:
-            material.problems.append(f"KDUMP_CA_FILE: cannot read {options.ca_file}: {exc.strerror or exc}")
-        else:
+    if url.scheme != "ftps":
+        return material
+    if options.ca_file:
+        problem = _ca_problem(options.ca_file, "KDUMP_CA_FILE")
+        if problem is None:
             material.files.append(options.ca_file)
+        else:
+            material.problems.append(problem)
+        return material
+    bundle = system_ca_bundle()
+    if bundle is None:
+        material.problems.append(
+            f"{url.masked()}: KDUMP_CA_FILE is not set and this system has no CA bundle to carry into the "
+            "capture initrd (OpenSSL finds none: install ca-certificates or set SSL_CERT_FILE); set "
+            "KDUMP_CA_FILE to the certificate of the CA that signed the ftps server's certificate")
+        return material
+    problem = _ca_problem(bundle, "the system CA bundle (KDUMP_CA_FILE is not set)")
+    if problem is None:
+        material.ca_bundle = bundle
+    else:
+        material.problems.append(problem)
     return material
 
 

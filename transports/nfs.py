@@ -3,6 +3,23 @@
 The export is mounted on a private, temporary mount point with ``nolock``,
 NFSv4 first and NFSv3 when v4 fails, unless ``options.mount_options``
 (KDUMP_NFS_OPTIONS) names a version itself; the user's options are appended.
+
+A lost server: the mount is ``soft`` with ``timeo``/``retrans`` chosen so that
+a request unanswered for about KDUMP_NET_TIMEOUT (:func:`timing_options`)
+fails with EIO, which ends the save with a clean error (and the next target
+is tried).  Within that time the kernel client reconnects by itself and
+sends its requests again, so a server restart does not interrupt the save.
+The default ``hard`` mount would instead block forever on a server that
+stays away.  KDUMP_NFS_OPTIONS with ``hard``, ``soft``, ``timeo`` or
+``retrans`` replaces this choice.  Written data only reaches the server
+through the page cache, so a file is synced every :data:`SYNC_EVERY` bytes,
+and a sync that does not end within KDUMP_NET_TIMEOUT (at least 10 s, so
+at least 400 kB/s are needed) counts as a lost server: otherwise the error
+would only show after every page waiting in the cache had timed out on its
+own, minutes later.  Once the server counts as lost (that, or EIO or
+ETIMEDOUT), every further operation fails at once, a file is closed without
+waiting, and the mount is removed with ``umount -f``, so the capture kernel
+goes on (next target, reboot).
 Then :class:`transports.file.FileTransport` does all the work on the mount.
 The mount is removed again by :meth:`NfsTransport.close`, and when anything
 in :meth:`NfsTransport.connect` fails.
@@ -20,23 +37,29 @@ own address as ``clientaddr=`` (NFSv4.0 callbacks; mount.nfs would add both).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from capture.config.targeturl import TargetURL
-from transports.base import (InitrdProfile, TransportError, TransportOptions, no_initrd_material,
+from transports.base import (InitrdProfile, TransportError, TransportOptions, io_timeout, no_initrd_material,
                              retry_until_timeout)
-from transports.file import FileTransport
+from transports.file import FileTransport, LocalFile
 
 log = logging.getLogger(__name__)
 
 #: seconds one mount attempt may take when the retry budget is smaller
 MIN_ATTEMPT = 10
+#: bytes written to a file between two ``fdatasync`` calls
+SYNC_EVERY = 4 << 20
+#: what a soft mount answers when the server stopped answering
+LOST_ERRNOS = (errno.EIO, errno.ETIMEDOUT)
 
 
 @dataclass(frozen=True)
@@ -81,9 +104,25 @@ def server_spec(host: str, export: str) -> str:
     return f"[{host}]:{export}" if ":" in host else f"{host}:{export}"
 
 
+#: the options that decide how long the client waits for a lost server
+TIMING_KEYS = ("hard", "soft", "softerr", "timeo", "retrans")
+#: retransmissions before a soft mount gives up (a major timeout)
+RETRANS = 2
+
+
+def timing_options(net_timeout: float) -> List[str]:
+    """``soft,timeo=T,retrans=2`` failing a request after about ``net_timeout``
+    seconds without an answer.  Over TCP the client waits ``timeo``, then
+    ``2*timeo``, ``3*timeo`` (linear backoff, see nfs(5)) before the major
+    timeout: ``6*timeo`` in all; ``timeo`` is in tenths of a second."""
+    steps = (RETRANS + 1) * (RETRANS + 2) // 2
+    return ["soft", f"timeo={max(10, round(net_timeout * 10 / steps))}", f"retrans={RETRANS}"]
+
+
 def mount_commands(host: str, export: str, mountpoint: str, port: Optional[int] = None,
                    user_options: str = "", address: Optional[str] = None,
-                   client_address: Optional[str] = None) -> List[List[str]]:
+                   client_address: Optional[str] = None,
+                   net_timeout: Optional[float] = None) -> List[List[str]]:
     """The mount commands to try, in order.
 
     Without a version in ``user_options``: NFSv4 (``-t nfs4``, ``vers=4``, the
@@ -93,6 +132,8 @@ def mount_commands(host: str, export: str, mountpoint: str, port: Optional[int] 
     (which therefore win on conflicts).  ``address`` (the server's IP) and
     ``client_address`` (ours, towards it) are added to NFSv4 mounts as
     ``addr=`` and ``clientaddr=`` unless the user's options give them.
+    With ``net_timeout``, :func:`timing_options` follow ``nolock`` unless the
+    user's options name one of :data:`TIMING_KEYS`.
     """
     extra = split_options(user_options)
     pinned = pinned_version(extra)
@@ -102,6 +143,8 @@ def mount_commands(host: str, export: str, mountpoint: str, port: Optional[int] 
         v4 = version.startswith("4")
         opts = [] if pinned else [f"vers={version}"]
         opts.append("nolock")
+        if net_timeout is not None and not any(o.partition("=")[0] in TIMING_KEYS for o in extra):
+            opts += timing_options(net_timeout)
         if port is not None:
             opts.append(f"port={port}")
         if v4 and address and not any(o.startswith("addr=") for o in extra):
@@ -134,9 +177,77 @@ def local_address_towards(address: str) -> Optional[str]:
         return None
 
 
-def unmount_commands(mountpoint: str) -> List[List[str]]:
-    """Unmount, then a lazy unmount if the first is refused (busy)."""
-    return [["umount", mountpoint], ["umount", "-l", mountpoint]]
+def unmount_commands(mountpoint: str, server_lost: bool = False) -> List[List[str]]:
+    """Unmount (forced, aborting what waits for the server, when it is lost),
+    then a lazy unmount if the first is refused (busy)."""
+    return [["umount", "-f", mountpoint] if server_lost else ["umount", mountpoint], ["umount", "-l", mountpoint]]
+
+
+class NfsFile(LocalFile):
+    """A file on the mount, synced every :data:`SYNC_EVERY` bytes; a lost
+    server marks its transport lost."""
+
+    def __init__(self, fd: int, path: str, transport: "NfsTransport") -> None:
+        super().__init__(fd, path)
+        self._transport = transport
+        self._unsynced = 0
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        self._transport.check_alive()
+        try:
+            super().pwrite(data, offset)
+            self._unsynced += len(data)
+            if self._unsynced >= SYNC_EVERY:
+                self._unsynced = 0
+                self._sync()
+        except TransportError as exc:
+            self._transport.note_error(exc)
+            raise
+
+    def _sync(self) -> None:
+        """fdatasync, waiting at most the I/O timeout (the call itself may
+        stay blocked in its thread until ``umount -f`` ends it)."""
+        failure: List[OSError] = []
+        done = threading.Event()
+
+        def run(fd: int) -> None:
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, args=(self._fd,), name="nfs-sync", daemon=True).start()
+        limit = io_timeout(self._transport.options)
+        if not done.wait(limit):
+            self._transport.lost = True
+            raise TransportError(f"cannot write {self._path}: the NFS server took more than {limit:.0f} s "
+                                 f"(KDUMP_NET_TIMEOUT) to store {SYNC_EVERY >> 20} MiB")
+        if failure:
+            exc = failure[0]
+            raise TransportError(f"cannot write {self._path}: {exc.strerror or exc}") from exc
+
+    def abort(self) -> None:
+        if not self._transport.lost or self._fd < 0:
+            return super().abort()
+        # closing flushes, which would wait for the lost server once more
+        fd, self._fd = self._fd, -1
+        threading.Thread(target=_close_quietly, args=(fd,), name="nfs-close", daemon=True).start()
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except TransportError as exc:
+            self._transport.note_error(exc)
+            raise
 
 
 _NOT_FOUND = ("no such file or directory", "does not exist")
@@ -158,6 +269,27 @@ class NfsTransport(FileTransport):
         self._mount_parent = mount_parent
         self.mountpoint: Optional[str] = None
         self.mounted = False
+        self.lost = False
+        """The server stopped answering (the soft mount said EIO or ETIMEDOUT)."""
+
+    def check_alive(self) -> None:
+        if self.lost:
+            raise TransportError(f"{self.url.masked()}: the NFS server stopped answering (not waiting for it again)")
+
+    def note_error(self, exc: TransportError) -> None:
+        """An operation failed with ``exc``: the server is lost when the
+        system call under it (its context) said so."""
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError) and cause.errno in LOST_ERRNOS:
+            self.lost = True
+
+    def _abs(self, path: str) -> str:
+        self.check_alive()
+        return super()._abs(path)
+
+    def create(self, path: str) -> NfsFile:
+        local = super().create(path)
+        return NfsFile(local._fd, local._path, self)
 
     def connect(self) -> None:
         """Mount and check the base directory; a no-op when already mounted
@@ -193,7 +325,8 @@ class NfsTransport(FileTransport):
         for export, below in export_candidates(self.url.path):
             messages = []
             for argv in mount_commands(self.url.host, export, self.mountpoint, self.url.port,
-                                       self.options.mount_options, address, client):
+                                       self.options.mount_options, address, client,
+                                       net_timeout=io_timeout(self.options)):
                 log.info("mounting: %s", " ".join(argv))
                 result = self._run(argv, attempt_timeout)
                 if result.returncode == 0:
@@ -222,7 +355,7 @@ class NfsTransport(FileTransport):
         if mp is None:
             return
         if self.mounted:
-            for argv in unmount_commands(mp):
+            for argv in unmount_commands(mp, self.lost):
                 result = self._run(argv, 60)
                 if result.returncode == 0:
                     self.mounted = False

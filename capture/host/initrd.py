@@ -4,7 +4,8 @@
 closure (see :mod:`capture.host.closure`), the programs, kernel modules and files
 the configured target needs, the normalized configuration with the
 production facts recorded (KDUMP_HOSTNAME, KDUMP_KNOWN_HOSTS, where a local
-KDUMP_SAVEDIR lives), and a build stamp.  Anything that would only fail at
+KDUMP_SAVEDIR lives, KDUMP_CA_FILE naming the carried system CA bundle of an
+ftps target without one), and a build stamp.  Anything that would only fail at
 crash time (no host key, an unusable identity, an unresolvable host, a
 missing program, a local target on a file system the capture kernel cannot
 mount) is refused here with a :class:`~capture.errors.ConfigError` listing
@@ -66,6 +67,8 @@ MODULE_DIR = (Path(__file__).resolve().parent / "dracut").resolve()
 DRACUT_BASEDIR = "/usr/lib/dracut"
 STAMP_PATH = "/etc/kdump-saver/build-stamp"
 KNOWN_HOSTS_PATH = "/etc/kdump-saver/known_hosts"
+CA_BUNDLE_PATH = "/etc/kdump-saver/ca-bundle.pem"
+"""The host's system CA bundle in the initrd (ftps without KDUMP_CA_FILE)."""
 FSTAB_PATH = "/etc/kdump-saver/fstab"
 MOUNT_ROOT = "/kdump/mnt"
 """Where the file system of a local KDUMP_SAVEDIR is mounted in the capture kernel."""
@@ -129,6 +132,8 @@ class Plan:
     """The file systems of every local target, each mounted once."""
     storage: storage.Needs = storage.Needs()
     """What assembles the devices under those file systems (dracut modules, rd.* arguments, crypttab)."""
+    ca_bundle: str = ""
+    """The host's CA bundle, carried to :data:`CA_BUNDLE_PATH` (``""``: none)."""
 
     @property
     def target(self) -> TargetURL:
@@ -231,7 +236,8 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
             rel = os.path.relpath(url.path, mount.host_target)
             words[index] = os.path.normpath(os.path.join(mount.initrd_target, rel))
     initrd_config = dataclasses.replace(config, savedir=" ".join(words),
-                                        known_hosts=KNOWN_HOSTS_PATH if known_hosts else "")
+                                        known_hosts=KNOWN_HOSTS_PATH if known_hosts else "",
+                                        ca_file=CA_BUNDLE_PATH if found.ca_bundle else config.ca_file)
 
     trace = trace_closure(config, urls, executable)
     initrd_config = dataclasses.replace(initrd_config, hostname=recorded_hostname(config), source=None)
@@ -248,7 +254,7 @@ def plan(config: Config, kernel: str, executable: Optional[str] = None) -> Plan:
                 programs=found.programs, optional_programs=found.optional_programs,
                 kernel_modules=found.kernel_modules, files=found.files,
                 known_hosts=known_hosts, mount=found.mounts[0] if found.mounts else None, stamp=stamp,
-                mounts=found.mounts, storage=found.storage)
+                mounts=found.mounts, storage=found.storage, ca_bundle=found.ca_bundle)
 
 
 def _targets(config: Config) -> Tuple[TargetURL, ...]:
@@ -275,6 +281,8 @@ class Gathered:
     kernel_modules: Tuple[str, ...]
     problems: Tuple[str, ...]
     storage: storage.Needs = storage.Needs()
+    ca_bundle: str = ""
+    """The host's CA bundle an ftps target without KDUMP_CA_FILE needs."""
 
 
 def gather(config: Config, kernel: str, urls: "Targets", check_host: bool = False) -> Gathered:
@@ -287,6 +295,7 @@ def gather(config: Config, kernel: str, urls: "Targets", check_host: bool = Fals
         problems.append(f"kernel {kernel}: /lib/modules/{kernel} does not exist "
                         "(set KDUMP_KERNELVER or --kernel to an installed kernel)")
     files: List[str] = []
+    ca_bundle = ""
     known_hosts: List[str] = []
     mounts: List[MountRecord] = []
     mount_of: Dict[int, MountRecord] = {}
@@ -296,6 +305,7 @@ def gather(config: Config, kernel: str, urls: "Targets", check_host: bool = Fals
         material = transports.initrd_material(url, TransportOptions.from_config(config))
         files.extend(material.files)
         problems.extend(material.problems)
+        ca_bundle = ca_bundle or material.ca_bundle
         if material.known_hosts and material.known_hosts not in known_hosts:
             known_hosts.append(material.known_hosts)
         if url.scheme == "file":
@@ -318,7 +328,7 @@ def gather(config: Config, kernel: str, urls: "Targets", check_host: bool = Fals
                     programs=tuple(programs), optional_programs=tuple(optional_programs),
                     files=tuple(dict.fromkeys(files)),
                     kernel_modules=tuple(dict.fromkeys(mods)),
-                    problems=tuple(problems), storage=stacks)
+                    problems=tuple(problems), storage=stacks, ca_bundle=ca_bundle)
 
 
 def storage_needs(config: Config, urls: "Targets", mount_of: Dict[int, MountRecord],
@@ -405,7 +415,7 @@ def build_inputs(config: Config, kernel: str, found: Gathered) -> Dict[str, Any]
         "kernel_image_sha256": file_sha256(kernel_image_path(kernel)),
         "hostname": recorded_hostname(config),
         "known_hosts_sha256": hashlib.sha256(known_hosts.encode()).hexdigest() if known_hosts else "",
-        "files_sha256": {path: file_sha256(path) for path in found.files},
+        "files_sha256": {path: file_sha256(path) for path in found.files + (found.ca_bundle,) if path},
         "drivers": sorted(found.kernel_modules),
         "storage": found.storage.identities,
     }
@@ -941,6 +951,8 @@ def write_stage(p: Plan, stage: Path) -> None:
     (stage / "build-stamp").write_text(json.dumps(p.stamp, indent=1, sort_keys=True) + "\n")
     if p.known_hosts:
         (stage / "known_hosts").write_text(p.known_hosts)
+    if p.ca_bundle:
+        shutil.copyfile(p.ca_bundle, stage / "ca-bundle.pem")
     mounts = p.mounts or ((p.mount,) if p.mount is not None else ())
     if mounts:
         (stage / "fstab").write_text("".join(m.fstab_line() for m in mounts))

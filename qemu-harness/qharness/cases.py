@@ -18,6 +18,11 @@ class Case:
     clock a day later each time).  ``free_disk_margin_mb`` sets
     KDUMP_FREE_DISK_SIZE to the disk's free space minus that margin, so the
     dump cannot fit and the save must stop with the limit intact.
+    ``restart_after_mb`` restarts the server (down for ``restart_pause``
+    seconds) once an unfinished file (``*.incomplete``) on the target holds
+    that many MB: the save must survive it.  With ``expect_failure`` the
+    server stays away longer than KDUMP_NET_TIMEOUT: the save must end with
+    an error and the capture kernel reboot.
 
     The guest has 1 GiB and reserves ``crashkernel`` for the capture kernel:
     256M leaves room to spare; the smallest size that still saves is what
@@ -35,10 +40,13 @@ class Case:
     foreign_entries: bool = False
     memory_mb: int = 1024
     crashkernel: str = "256M"
+    restart_after_mb: Optional[int] = None
+    restart_pause: float = 5.0
+    expect_failure: bool = False
 
     @property
     def expect_saved(self) -> bool:
-        return self.free_disk_margin_mb is None
+        return self.free_disk_margin_mb is None and not self.expect_failure
 
     @property
     def extra_settings(self) -> Dict[str, str]:
@@ -53,8 +61,17 @@ MATRIX: Tuple[Case, ...] = (
     Case("sftp", "sftp", "OpenSSH sftp, DHCP"),
     Case("ssh", "ssh", "OpenSSH, commands over ssh, DHCP, lzo", settings=LZO),
     Case("ftp", "ftp", "vsftpd, passive mode, DHCP, lzo", settings=LZO),
+    Case("ftps", "ftps", "vsftpd with explicit TLS (AUTH TLS, PROT P), certificate of a test CA given as "
+         "KDUMP_CA_FILE, DHCP, lzo", settings=LZO),
     Case("cifs", "cifs", "Samba, SMB2, DHCP, lzo", settings=LZO),
     Case("nfs", "nfs", "nfs-ganesha, NFSv4 over TCP, DHCP, lzo", settings=LZO),
+    Case("nfs-restart", "nfs", "nfs-ganesha restarted (down 5 s) when the vmcore holds 12 MB (about 40 % "
+         "of the 30 MB lzo dump); the soft mount waits up to KDUMP_NET_TIMEOUT (60 s)", settings=LZO,
+         restart_after_mb=12),
+    Case("nfs-gone", "nfs", "nfs-ganesha stopped when the vmcore holds 12 MB and kept away for longer than "
+         "KDUMP_NET_TIMEOUT (20 s): a clean error and a reboot, not a hang, lzo",
+         settings=LZO + (("KDUMP_NET_TIMEOUT", "20"),), restart_after_mb=12, restart_pause=400,
+         expect_failure=True),
     Case("static", "sftp", f"OpenSSH sftp, the production eth0 static at {STATIC_ADDRESS}: ip= static "
          "on the capture command line, lzo", static_ip=True, settings=LZO),
     Case("keep-old", "file", "KDUMP_KEEP_OLD_DUMPS=1 over three crashes, foreign entries left alone, lzo",

@@ -17,6 +17,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -181,14 +182,25 @@ class Session:
             rtc_base=clock.strftime("%Y-%m-%dT%H:%M:%S"))
         with target.attached():
             before = set(target.dumps())
-        run = guest.boot(spec, self.workdir / f"console-{index}.log")
+        console = self.workdir / f"console-{index}.log"
+        restarter = _Restarter(case, target) if case.restart_after_mb is not None else None
+        try:
+            run = guest.boot(spec, console)
+        finally:
+            if restarter is not None:
+                restarter.finish()
         crash = Crash(index, marker, run)
         self.result.crashes.append(crash)
         _timings(crash)
         problems = _check_console(case, run, target.secrets())
+        if restarter is not None:
+            problems += restarter.problems()
+            restarter.log_outage(run)
         with target.attached():
             new = [d for d in target.dumps() if d not in before]
             problems += _check_dumps(case, kernel, crash, new, target)
+            if restarter is not None and crash.verdict is not None and crash.verdict.vmcore is not None:
+                problems += restarter.check_middle(crash.verdict.vmcore.stat().st_size)
             self.result.dumps = [target.describe(d) for d in target.dumps()]
             if case.foreign_entries and index == case.crashes:
                 problems += target.check_foreign()
@@ -197,6 +209,81 @@ class Session:
         crash.problems = problems
         self.result.problems += [f"crash {index}: {p}" for p in problems]
         return crash
+
+
+class _Restarter:
+    """Watches the target's export while the guest runs and restarts the
+    case's server once an unfinished file holds ``case.restart_after_mb``."""
+
+    def __init__(self, case: Case, target: "_Target") -> None:
+        self.case = case
+        self.target = target
+        self.at: Optional[int] = None
+        self.stopped_at: Optional[float] = None
+        """time.monotonic() when the server was stopped"""
+        self.error = ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _size(self) -> int:
+        sizes = [0]
+        for path in self.target.export.rglob("*.incomplete"):
+            try:
+                sizes.append(path.stat().st_size)
+            except FileNotFoundError:
+                pass
+        return max(sizes)
+
+    def _watch(self) -> None:
+        assert self.case.restart_after_mb is not None
+        while not self._done.wait(0.2):
+            size = self._size()
+            if size >= self.case.restart_after_mb << 20:
+                self.at = size
+                log.info("stopping the %s server for %.0f s: an unfinished file holds %d bytes", self.case.scheme,
+                         self.case.restart_pause, size)
+                try:
+                    self.target.stop_server()
+                    self.stopped_at = time.monotonic()
+                    self._done.wait(self.case.restart_pause)   # cut short when the guest has ended
+                    self.target.start_server()
+                except Exception as exc:  # noqa: BLE001 - reported as a problem of the case
+                    self.error = f"restarting the server failed: {exc}"
+                return
+
+    def finish(self) -> None:
+        self._done.set()
+        self._thread.join(60)
+
+    def log_outage(self, run: guest.GuestRun) -> None:
+        if self.stopped_at is None:
+            return
+        stopped = self.stopped_at - run.started
+        error = run.first(r"kdump-saver: .*(error|cannot|failed)")
+        saved = run.first(SAVED_LINE)
+        end = run.lines[-1][0] - run.started if run.lines else None
+        log.info("server stopped at %.1f s of the guest run; first error %s, dump saved %s, last console "
+                 "line %s", stopped, *(f"+{t - stopped:.1f} s" if t is not None else "never"
+                                       for t in (error, saved, end)))
+
+    def check_middle(self, final_size: int) -> List[str]:
+        """The restart must have come in the middle of the transfer."""
+        if self.at is None:
+            return []
+        log.info("the server was restarted at %.0f %% of the final vmcore (%d bytes)",
+                 100 * self.at / final_size, final_size)
+        if not 0.1 <= self.at / final_size <= 0.9:
+            return [f"the server was restarted at {self.at} of {final_size} bytes, not in the middle"]
+        return []
+
+    def problems(self) -> List[str]:
+        if self.error:
+            return [self.error]
+        if self.at is None:
+            return [f"no unfinished file on the target reached {self.case.restart_after_mb} MB: the server "
+                    "was not restarted"]
+        return []
 
 
 def _timings(crash: Crash) -> None:
@@ -236,6 +323,8 @@ def _check_console(case: Case, run: guest.GuestRun, hidden: List[str]) -> List[s
 
 def _check_dumps(case: Case, kernel: GuestKernel, crash: Crash, new: List[Path],
                  target: "_Target") -> List[str]:
+    if case.expect_failure:
+        return _check_lost(crash, new)
     if not case.expect_saved:
         return _check_refused(case, crash, new, target)
     if len(new) != 1:
@@ -270,6 +359,22 @@ def _check_refused(case: Case, crash: Crash, new: List[Path], target: "_Target")
         status = readme.get("vmcore status", "")
         if not status.startswith("INCOMPLETE") or "KDUMP_FREE_DISK_SIZE" not in status:
             problems.append(f"{d / verify.README}: status {status!r} does not report KDUMP_FREE_DISK_SIZE")
+    return problems
+
+
+def _check_lost(crash: Crash, new: List[Path]) -> List[str]:
+    """The server went away for good: an error on the console, no finished vmcore."""
+    problems = []
+    if crash.run.has(SAVED_LINE):
+        problems.append("the console claims the dump was saved although the server was gone")
+    if crash.run.first(r"kdump-saver: .*(error|cannot|failed)") is None:
+        problems.append("the console shows no error from kdump-saver")
+    for d in new:
+        if (d / "vmcore").exists() or (d / "vmcore.flat").exists():
+            problems.append(f"{d} holds a finished vmcore although the server was gone")
+        readme = d / verify.README
+        if readme.exists() and "INCOMPLETE" not in readme.read_text(errors="replace"):
+            problems.append(f"{readme} does not say INCOMPLETE")
     return problems
 
 
@@ -370,6 +475,12 @@ class _ServerTarget(_Target):
 
     def secrets(self) -> List[str]:
         return self.server.secrets()
+
+    def stop_server(self) -> None:
+        self.server.stop()
+
+    def start_server(self) -> None:
+        self.server.start()
 
 
 FOREIGN = ("unrelated", "app-dump", "2020-01-01-00-00", "notes.txt")

@@ -209,15 +209,27 @@ class SshServer(Server):
 
 
 class FtpServer(Server):
-    """vsftpd (tests/servers/ftpd.py) with a small passive port range forwarded 1:1."""
+    """vsftpd (tests/servers/ftpd.py) with a small passive port range forwarded 1:1.
+
+    With ``tls`` it is an ftps server (AUTH TLS, PROT P) whose certificate,
+    for the address the guest uses, comes from a test CA made here; the
+    guest trusts that CA through KDUMP_CA_FILE (the host's system store is
+    never touched)."""
 
     scheme = "ftp"
     guest_port = 21
     passive_ports = 6
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: bool = False) -> None:
         super().__init__(workdir)
-        from servers.ftpd import FtpServer as Vsftpd
+        from servers.ftpd import FtpServer as Vsftpd, TestCA
+
+        self.ca: Optional[TestCA] = None
+        pem: Optional[Path] = None
+        if tls:
+            self.scheme = "ftps"
+            self.ca = TestCA(self.workdir / "ca", name="qharness test CA")
+            pem = self.ca.server_cert("server", f"IP:{GUEST_SERVER}")
 
         first = free_port_range(self.passive_ports)
         self.pasv = range(first, first + self.passive_ports)
@@ -230,7 +242,7 @@ class FtpServer(Server):
                                f"pasv_address={GUEST_SERVER}\npasv_addr_resolve=NO\n")
 
         # the FTP user must reach its home: the harness keeps every parent 0755
-        self.server = Forwarded(self.workdir / "vsftpd", home=self.workdir / "home")
+        self.server = Forwarded(self.workdir / "vsftpd", home=self.workdir / "home", tls_pem=pem)
 
     @property
     def forwards(self) -> Dict[int, int]:
@@ -244,7 +256,10 @@ class FtpServer(Server):
 
     def url(self, subdir: str) -> str:
         # an ftp URL's path is relative to the login directory (vsftpd's local_root)
-        return f"ftp://{self.server.user}:{self.server.password}@{GUEST_SERVER}/{subdir}"
+        return f"{self.scheme}://{self.server.user}:{self.server.password}@{GUEST_SERVER}/{subdir}"
+
+    def settings(self) -> Dict[str, str]:
+        return {"KDUMP_CA_FILE": str(self.ca.cert)} if self.ca else {}
 
     def secrets(self) -> List[str]:
         return [self.server.password]
@@ -329,7 +344,7 @@ class NfsServer(Server):
         self.dumps.mkdir(mode=0o755, exist_ok=True)
         recovery = self.workdir / "recovery"
         recovery.mkdir(exist_ok=True)
-        self.port = free_port()
+        self.port = self.port or free_port()   # a restart keeps the port the guest is forwarded to
         conf = self.workdir / "ganesha.conf"
         conf.write_text(f"""
 NFS_CORE_PARAM {{
@@ -374,11 +389,11 @@ EXPORT {{
 
 
 def make(scheme: str, workdir: Path) -> Server:
-    """The server for a target scheme (``sftp``, ``ssh``, ``ftp``, ``cifs``, ``nfs``)."""
+    """The server for a target scheme (``sftp``, ``ssh``, ``ftp``, ``ftps``, ``cifs``, ``nfs``)."""
     if scheme in ("sftp", "ssh"):
         return SshServer(workdir, scheme)
-    if scheme == "ftp":
-        return FtpServer(workdir)
+    if scheme in ("ftp", "ftps"):
+        return FtpServer(workdir, tls=scheme == "ftps")
     if scheme == "cifs":
         return CifsServer(workdir)
     if scheme == "nfs":
