@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -58,6 +59,11 @@ def with_append(case: cases.Case, append: str) -> cases.Case:
     return dataclasses.replace(case, settings=case.settings + (("KDUMP_COMMANDLINE_APPEND", append),))
 
 
+def load() -> str:
+    """The host's load average: other jobs on the shared cores slow TCG guests down."""
+    return f"; host load {os.getloadavg()[0]:.1f}"
+
+
 def transport_times(kernel: GuestKernel, names: Tuple[str, ...], work: Path, append: str = "",
                     yardstick: bool = True) -> None:
     print(f"{'target':8} {'panic->saved':>13} {'ratio':>7}   (1 GiB guest; ratio = ours / yardstick)")
@@ -68,7 +74,7 @@ def transport_times(kernel: GuestKernel, names: Tuple[str, ...], work: Path, app
             transport, fmt = yardstick_of(case)
             ref = reference.crash(kernel, work / f"yardstick-{name}", case.crashkernel,
                                   label=f"yardstick-{name}", transport=transport, dumpformat=fmt)
-            what = f"yardstick {transport} ({fmt}, crashkernel={case.crashkernel})"
+            what = f"yardstick {transport} ({fmt}, crashkernel={case.crashkernel}){load()}"
             if ref.saved and ref.panic_to_saved:
                 ref_s = ref.panic_to_saved
                 print(f"{'  C-tools':8} {ref_s:12.1f}s {1.0:7.2f}   {what}")
@@ -85,7 +91,7 @@ def transport_times(kernel: GuestKernel, names: Tuple[str, ...], work: Path, app
             print(f"{name:8} {'failed':>13}   {result.problems[:2]}")
         else:
             ratio = f"{t / ref_s:7.2f}" if ref_s else "      -"
-            print(f"{name:8} {t:12.1f}s {ratio}   {case.description}")
+            print(f"{name:8} {t:12.1f}s {ratio}   {case.description}{load()}")
         sys.stdout.flush()
 
 
