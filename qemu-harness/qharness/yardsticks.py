@@ -97,7 +97,7 @@ def _server_plan(transport: str, server: servers.Server, crash_dir: Path, dumpfo
     stream = _makedumpfile(dumpformat, True)
     if transport == "ssh":
         assert isinstance(server, servers.SshServer)
-        remote = shlex.quote(f"cat > {crash_dir / 'vmcore.flat'}")
+        remote = f"cat > {crash_dir / 'vmcore.flat'}"
         return InitrdPlan(
             binaries=[Path(shutil.which("ssh") or "/usr/bin/ssh")],
             files={KEY: server.identity.read_bytes(), KNOWN_HOSTS: f"{host} {server.host_key}\n".encode()},
