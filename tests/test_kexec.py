@@ -83,9 +83,44 @@ def test_load_command_argv() -> None:
     argv = cmd.argv()
     assert argv[:4] == ["kexec", "-p", "/boot/vmlinuz-6.1.0-56-cloud-amd64",
                         "--initrd=/boot/initrd-6.1.0-56-cloud-amd64-kdump"]
-    assert argv[4] == ("--append=console=ttyS0 irqpoll reset_devices rootfstype=ramfs rd.shell=0 "
-                       "rd.emergency=reboot nr_cpus=32 panic=1")
+    apicid = kexec.boot_apicid()
+    assert argv[4] == ("--append=console=ttyS0 irqpoll reset_devices rootfstype=ramfs "
+                       + "".join(a + " " for a in kexec.MEMORY_SAVING)
+                       + (f"disable_cpu_apicid={apicid} " if apicid is not None else "")
+                       + "rd.shell=0 rd.emergency=reboot nr_cpus=32 panic=1")
     assert "--noefi" in argv[5:]
+
+
+def test_suse_memory_saving_arguments_and_the_boot_cpu() -> None:
+    line = kexec.capture_cmdline(Config(cpus=2), "console=ttyS0 cgroup_disable=pressure numa=fake=4 "
+                                 "disable_cpu_apicid=7", boot_apicid=3)
+    assert line == " ".join(["console=ttyS0", *kexec.ADDED, *kexec.MEMORY_SAVING, "disable_cpu_apicid=3",
+                             *kexec.REBOOT_ON_INITRD_FAILURE, "nr_cpus=2", "panic=1"])
+    assert "disable_cpu_apicid" not in kexec.capture_cmdline(Config(cpus=2), "console=ttyS0", boot_apicid=None)
+
+
+def test_append_turns_a_generated_argument_off_by_its_key() -> None:
+    cfg = Config(cpus=1, commandline_append="numa=on cgroup_disable= udev.children_max=4 nr_cpus=2")
+    args = kexec.capture_cmdline(cfg, "console=ttyS0", boot_apicid=0).split()
+    for key in ("numa", "cgroup_disable", "udev.children_max", "nr_cpus"):
+        assert len([a for a in args if a.split("=", 1)[0] == key]) == 1, key
+    assert args[-4:] == ["numa=on", "cgroup_disable=", "udev.children_max=4", "nr_cpus=2"]
+    assert "irqpoll" in args and "panic=1" in args and "disable_cpu_apicid=0" in args
+
+
+def test_commandline_replaces_the_memory_saving_arguments_too() -> None:
+    cfg = Config(commandline="console=ttyS0 irqpoll")
+    assert kexec.capture_cmdline(cfg, DEBIAN_CMDLINE, boot_apicid=0) == "console=ttyS0 irqpoll"
+
+
+def test_boot_apicid_is_the_first_processors_initial_apicid(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\napicid\t\t: 6\ninitial apicid\t: 6\n\n"
+                       "processor\t: 1\ninitial apicid\t: 0\n")
+    assert kexec.boot_apicid(str(cpuinfo)) == 6
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n")   # arm64
+    assert kexec.boot_apicid(str(cpuinfo)) is None
+    assert kexec.boot_apicid(str(tmp_path / "missing")) is None
 
 
 def test_network_arguments_are_empty_for_a_local_target() -> None:
@@ -186,6 +221,47 @@ def test_small_machine_reserves_low_only_and_large_machine_high() -> None:
     # a bigger unpacked initrd needs more, twice as much in a tmpfs
     assert calibrate.required_mb(1024, 10, 120) >= 40 + 10 + 120 + 64
     assert calibrate.required_mb(1024, 10, 120, tmpfs_root=True) >= 40 + 10 + 8 + 2.1 * 120
+
+
+def test_every_target_type_has_a_measured_floor() -> None:
+    from transports import schemes
+    assert all(mb > 0 and mb % 16 == 0 for mb in calibrate.MEASURED_1GIB_MB.values())
+    for s in schemes.SCHEMES:
+        assert calibrate.measured_floor_mb(1024, [s.name]) >= calibrate.MEASURED_1GIB_MB["file"] + calibrate.MARGIN_MB
+    unmeasured = [s.name for s in schemes.SCHEMES if s.name not in calibrate.MEASURED_1GIB_MB]
+    for name in unmeasured:
+        assert calibrate.measured_floor_mb(1024, [name]) == calibrate.measured_floor_mb(1024, [calibrate.UNMEASURED_LIKE])
+
+
+def test_the_recommendation_is_never_below_the_measured_floor_of_the_targets() -> None:
+    m = calibrate.MEASURED_1GIB_MB
+    worst = max(m["file"], m["sftp"])
+    assert calibrate.measured_floor_mb(1024, ["file", "sftp"]) == worst + calibrate.MARGIN_MB
+    assert calibrate.measured_floor_mb(1024, ["file"]) == m["file"] + calibrate.MARGIN_MB
+    assert calibrate.measured_floor_mb(1024, []) == 0
+    # 1 MB per GB beyond the measured 1 GiB guest, rounded up to 8 MB
+    assert calibrate.measured_floor_mb(1024 + 64 * 1024, ["file"]) == -(-(m["file"] + calibrate.MARGIN_MB + 64) // 8) * 8
+    # no initrd yet: the floor of the target types alone; a tiny initrd cannot go below it
+    assert calibrate.calibrate(2048, 0, None, None, schemes=["sftp"]).low == calibrate.measured_floor_mb(2048, ["sftp"])
+    assert calibrate.calibrate(2048, 0, 1, 1, schemes=["sftp"]).low == calibrate.measured_floor_mb(2048, ["sftp"])
+    # a big initrd: its formula decides
+    big = calibrate.calibrate(2048, 0, 60, 200, schemes=["file"])
+    assert big.low == calibrate.required_mb(2048, 60, 200) > calibrate.measured_floor_mb(2048, ["file"])
+
+
+def test_calibrate_recommends_per_target_type(tmp_path: Path) -> None:
+    values = {}
+    for scheme, savedir in (("file", "/var/crash"), ("sftp", "sftp://root@192.0.2.1/crash")):
+        conf = tmp_path / f"{scheme}.conf"
+        conf.write_text(f"KDUMP_SAVEDIR={savedir}\n")
+        proc = cli("calibrate", "--config", str(conf), "--initrd", str(tmp_path / "no-initrd"))
+        assert proc.returncode == 0, proc.stderr
+        values[scheme] = {k: int(v) for k, v in (line.split(": ") for line in proc.stdout.splitlines())}
+    low, high = calibrate.ram_ranges()
+    total = low // 2**20 + high // 2**20
+    for scheme, v in values.items():
+        need = calibrate.measured_floor_mb(total, [scheme])
+        assert (v["High"] if high else v["Low"]) == need, (scheme, v)
 
 
 def test_calibrate_prints_kdumptool_lines() -> None:
