@@ -17,6 +17,7 @@ from capture.config.options import Config, NetConfig, parse_text
 from capture.errors import KdumpError
 from conftest import REPO
 
+M = " ".join(kexec.MEMORY_SAVING)
 DEBIAN_CMDLINE = ("BOOT_IMAGE=/boot/vmlinuz-6.1.0-56-cloud-amd64 root=UUID=0f2c5f3e-1d2b-4c1a-9e1e-2b7f1c9d8a11 ro "
                   "console=tty0 console=ttyS0,115200 crashkernel=256M resume=/dev/vda3 quiet "
                   "rd.lvm.lv=vg/root nr_cpus=8 mitigations=auto")
@@ -35,26 +36,26 @@ def test_drops_what_a_capture_kernel_must_not_get() -> None:
     for dropped in ("BOOT_IMAGE", "root", "ro", "crashkernel", "resume", "quiet", "rd.lvm.lv", "nr_cpus=8"):
         assert not any(a == dropped or a.startswith(dropped + "=") for a in args if a != "nr_cpus=32"), dropped
     assert args[:3] == ["console=tty0", "console=ttyS0,115200", "mitigations=auto"]
-    assert args[3:] == ["irqpoll", "reset_devices", "rootfstype=ramfs", "rd.shell=0", "rd.emergency=reboot",
-                        "nr_cpus=32", "panic=1"]
+    assert args[3:] == ["irqpoll", "reset_devices", "rootfstype=ramfs", *kexec.MEMORY_SAVING, "rd.shell=0",
+                        "rd.emergency=reboot", "nr_cpus=32", "panic=1"]
 
 
 def test_kdump_cpus_zero_means_no_nr_cpus_and_network_follows() -> None:
     net = ["ifname=kdump0:52:54:00:12:34:56", "ip=kdump0:dhcp"]
     line = kexec.capture_cmdline(Config(cpus=0), "console=ttyS0 root=/dev/vda1", net)
-    assert line == ("console=ttyS0 irqpoll reset_devices rootfstype=ramfs rd.shell=0 rd.emergency=reboot panic=1 "
+    assert line == (f"console=ttyS0 irqpoll reset_devices rootfstype=ramfs {M} rd.shell=0 rd.emergency=reboot panic=1 "
                     "ifname=kdump0:52:54:00:12:34:56 ip=kdump0:dhcp")
 
 
 def test_init_arguments_after_double_dash_and_rdinit_are_dropped() -> None:
     line = kexec.capture_cmdline(Config(cpus=1), "console=ttyS0 rdinit=/sbin/x panic=30 -- --single")
-    assert line == "console=ttyS0 irqpoll reset_devices rootfstype=ramfs rd.shell=0 rd.emergency=reboot nr_cpus=1 panic=1"
+    assert line == f"console=ttyS0 irqpoll reset_devices rootfstype=ramfs {M} rd.shell=0 rd.emergency=reboot nr_cpus=1 panic=1"
 
 
 @pytest.mark.parametrize("setting", [{"continue_on_error": False}, {"immediate_reboot": False}])
 def test_an_administrator_who_wants_a_shell_keeps_dracuts_emergency_shell(setting) -> None:
     line = kexec.capture_cmdline(Config(cpus=0, **setting), "console=ttyS0")
-    assert line == "console=ttyS0 irqpoll reset_devices rootfstype=ramfs panic=1"
+    assert line == f"console=ttyS0 irqpoll reset_devices rootfstype=ramfs {M} panic=1"
 
 
 def test_commandline_replaces_and_append_extends() -> None:
@@ -73,7 +74,7 @@ def test_an_ip_in_append_replaces_the_generated_network() -> None:
 
 def test_quoted_values_survive() -> None:
     line = kexec.capture_cmdline(Config(cpus=0), 'console=ttyS0 dyndbg="file x.c +p"')
-    assert line == 'console=ttyS0 dyndbg="file x.c +p" irqpoll reset_devices rootfstype=ramfs rd.shell=0 rd.emergency=reboot panic=1'
+    assert line == f'console=ttyS0 dyndbg="file x.c +p" irqpoll reset_devices rootfstype=ramfs {M} rd.shell=0 rd.emergency=reboot panic=1'
 
 
 def test_load_command_argv() -> None:
@@ -100,11 +101,13 @@ def test_suse_memory_saving_arguments_and_the_boot_cpu() -> None:
 
 
 def test_append_turns_a_generated_argument_off_by_its_key() -> None:
-    cfg = Config(cpus=1, commandline_append="numa=on cgroup_disable= udev.children_max=4 nr_cpus=2")
+    assert {"cgroup_disable=memory", "numa=off", "acpi_no_memhotplug"} <= set(kexec.MEMORY_SAVING)
+    cfg = Config(cpus=1, commandline_append="numa=on cgroup_disable= nr_cpus=2")
     args = kexec.capture_cmdline(cfg, "console=ttyS0", boot_apicid=0).split()
-    for key in ("numa", "cgroup_disable", "udev.children_max", "nr_cpus"):
+    for key in ("numa", "cgroup_disable", "nr_cpus"):
         assert len([a for a in args if a.split("=", 1)[0] == key]) == 1, key
-    assert args[-4:] == ["numa=on", "cgroup_disable=", "udev.children_max=4", "nr_cpus=2"]
+    assert args[-3:] == ["numa=on", "cgroup_disable=", "nr_cpus=2"]
+    assert "acpi_no_memhotplug" in args
     assert "irqpoll" in args and "panic=1" in args and "disable_cpu_apicid=0" in args
 
 
