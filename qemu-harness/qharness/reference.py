@@ -1,10 +1,14 @@
-"""The yardstick: a minimal busybox + makedumpfile capture initrd.
+"""Busybox + makedumpfile capture initrds: the yardsticks of bench/.
 
-It brings up virtio-net with busybox ``udhcpc`` and streams
-``makedumpfile -F -c -d 31 /proc/vmcore`` through busybox ``nc`` to a
-listener on the host's 127.0.0.1 (reached through guestfwd, like every
-target).  It does what kdump-saver does in the least memory and time a
-capture initrd can, so bench/ can set kdump-saver's figures beside it.
+:func:`build_initrd` writes such an initrd for an :class:`InitrdPlan` (the
+kernel modules, programs and files it carries and the shell command that
+saves); :func:`crash` boots, crashes and lets it save.  The plain reference
+brings up virtio-net with busybox ``udhcpc`` and streams ``makedumpfile -F
+-c -d 31 /proc/vmcore`` through busybox ``nc`` to a listener on the host's
+127.0.0.1 (reached through guestfwd, like every target); the per-transport
+yardsticks are in :mod:`qharness.yardsticks`.  They do what kdump-saver does
+in the least memory and time a capture initrd can, so bench/ can set
+kdump-saver's figures beside them.
 """
 from __future__ import annotations
 
