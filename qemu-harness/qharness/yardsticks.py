@@ -119,7 +119,7 @@ def _server_plan(transport: str, server: servers.Server, crash_dir: Path, dumpfo
         assert isinstance(server, servers.CifsServer)
         smb = server.server
         return InitrdPlan(
-            modules=["cifs", "cmac", "ccm", "gcm", "sha512_generic", "ecb"],
+            modules=["cifs", "cmac", "ccm", "gcm", "ghash_generic", "ctr", "sha512_generic", "ecb"],
             files={"/etc/cifs-credentials": f"{smb.user}\n{smb.password}\n".encode()},
             setup=f"mount -t cifs //{host}/{smb.share} /mnt -o ip={host},username=$(sed -n 1p "
                   f"/etc/cifs-credentials),password=$(sed -n 2p /etc/cifs-credentials)",
