@@ -113,21 +113,28 @@ def smallest(saves: Callable[[int], bool], low: int, high: int, trust_high: bool
     return hi * STEP_MB
 
 
+def ours_smallest(kernel: GuestKernel, work: Path, case: cases.Case, low: int, high: int,
+                  trust_high: bool) -> Optional[int]:
+    """kdump-saver's smallest crashkernel= for ``case`` (one capture initrd, one crash per size)."""
+    tried: Dict[int, bool] = {}
+    with runner.Session(case, work / f"ck-{case.name}", kernel) as session:
+        def ours(mb: int) -> bool:
+            if mb not in tried:
+                crash = session.crash(len(session.result.crashes) + 1, f"{mb}M")
+                tried[mb] = not crash.problems
+                print(f"  kdump-saver {case.name} crashkernel={mb}M: {'saved' if tried[mb] else 'FAILED'}"
+                      + ("" if tried[mb] else f" ({crash.problems[0]})"), flush=True)
+            return tried[mb]
+
+        return smallest(ours, low, high, trust_high)
+
+
 def crashkernel_sizes(kernel: GuestKernel, work: Path, name: str, low: int, high: int,
-                      append: str = "", yardstick: bool = True, trust_high: bool = False) -> None:
+                      append: str = "", yardstick: bool = True, trust_high: bool = False,
+                      ours_too: bool = True) -> None:
     tried: Dict[Tuple[str, int], bool] = {}
     case = with_append(cases.get(name), append)
-    with runner.Session(case, work / f"ck-{name}", kernel) as session:
-        def ours(mb: int) -> bool:
-            if ("ours", mb) not in tried:
-                crash = session.crash(len(session.result.crashes) + 1, f"{mb}M")
-                tried[("ours", mb)] = not crash.problems
-                print(f"  kdump-saver {name} crashkernel={mb}M: {'saved' if tried[('ours', mb)] else 'FAILED'}"
-                      + ("" if tried[("ours", mb)] else f" ({crash.problems[0]})"), flush=True)
-            return tried[("ours", mb)]
-
-        ours_mb = smallest(ours, low, high, trust_high)
-
+    ours_mb = ours_smallest(kernel, work, case, low, high, trust_high) if ours_too else None
     transport, fmt = yardstick_of(case)
 
     def reference_saves(mb: int) -> bool:
@@ -142,7 +149,8 @@ def crashkernel_sizes(kernel: GuestKernel, work: Path, name: str, low: int, high
     show = (lambda v: f"{v} MB" if v is not None else f"more than {high} MB")
     print(f"smallest crashkernel= for a 1 GiB guest (16 MB steps, {low}..{high} MB)"
           + (f", KDUMP_COMMANDLINE_APPEND={append!r}" if append else "") + ":")
-    print(f"  kdump-saver through {name}: {show(ours_mb)}")
+    if ours_too:
+        print(f"  kdump-saver through {name}: {show(ours_mb)}")
     if yardstick:
         print(f"  yardstick {transport} ({fmt}): {show(ref_mb)}")
     if ours_mb is not None and ref_mb is not None:
@@ -159,6 +167,7 @@ def main() -> int:
     p.add_argument("--ck-transports", default="sftp", help="cases whose smallest crashkernel= is sought")
     p.add_argument("--append", default="", help="KDUMP_COMMANDLINE_APPEND for our cases")
     p.add_argument("--trust-high", action="store_true", help="--high is known to save: do not try it")
+    p.add_argument("--only-yardstick", action="store_true", help="crashkernel=: measure only the yardstick")
     p.add_argument("--no-yardstick", action="store_true", help="measure only kdump-saver")
     p.add_argument("--workdir", type=Path)
     p.add_argument("--keep", action="store_true", help="keep images, dumps and console logs")
@@ -175,7 +184,7 @@ def main() -> int:
     if not args.skip_crashkernel:
         for name in (t for t in args.ck_transports.split(",") if t):
             crashkernel_sizes(kernel, work, name, args.low, args.high, args.append, not args.no_yardstick,
-                              args.trust_high)
+                              args.trust_high, not args.only_yardstick)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0
