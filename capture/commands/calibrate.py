@@ -14,8 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "calibrate", help="suggest crashkernel= Low and High values in MB",
         description="Print the crashkernel reservation this machine needs, in MB, like kdumptool "
                     "calibrate: Total, Low, High, MinLow, MaxLow, MinHigh, MaxHigh. The estimate uses the "
-                    "size of the capture initrd (built or estimated), the capture kernel's own overhead, "
-                    "the saver's memory and 1 MB per GB of RAM; see capture/host/crashkernel.py.")
+                    "size of the capture initrd, the capture kernel's own overhead, the saver's memory and "
+                    "1 MB per GB of RAM, and is never below what a 1 GiB guest measurably needed for the "
+                    "configured target types plus a margin (the only figure before the initrd is built); "
+                    "see capture/host/crashkernel.py.")
     p.add_argument("--config", metavar="FILE", help=f"configuration file (default {configuration.DEFAULT_PATH})")
     p.add_argument("--kernel", metavar="VERSION", help="kernel release (default KDUMP_KERNELVER, else the running one)")
     p.add_argument("--initrd", metavar="PATH", help="capture initrd to measure (default /boot/initrd-VERSION-kdump)")
@@ -23,21 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from capture.host import crashkernel
     from capture.host import initrd
 
     cfg = configuration.load(args.config)
     kernel = initrd.kernel_release(cfg, args.kernel)
     path = args.initrd or initrd.default_output(kernel)
-    sizes = crashkernel.initrd_sizes(path)
-    if sizes is None:
-        log.info("no capture initrd at %s: using the size of a typical sftp initrd (%.0f MB unpacked); "
-                 "build it first for an exact figure", path, crashkernel.ESTIMATE_UNPACKED_MB)
-        sizes = (crashkernel.ESTIMATE_COMPRESSED_MB, crashkernel.ESTIMATE_UNPACKED_MB)
-    else:
-        log.debug("initrd %s: %.1f MB compressed, %.1f MB unpacked", path, *sizes)
-    low, high = crashkernel.ram_ranges()
-    tmpfs_root = bool(cfg.commandline.strip()) and "rootfstype=ramfs" not in cfg.commandline.split()
-    result = crashkernel.calibrate(low // 2**20, high // 2**20, *sizes, tmpfs_root=tmpfs_root)
-    print("\n".join(result.lines()))
+    if not os.path.isfile(path):
+        log.info("no capture initrd at %s: using what a 1 GiB guest needed for %s targets, plus %d MB "
+                 "per the measurements; build it first for a figure from its size", path,
+                 "/".join(crashkernel.target_schemes(cfg)) or "sftp", crashkernel.MARGIN_MB)
+    print("\n".join(crashkernel.calibrate_for(cfg, path).lines()))
     return 0

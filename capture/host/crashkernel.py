@@ -34,6 +34,15 @@ at 160M.  An sftp initrd of 62 MB failed to unpack at 192M the same way (the
 rule says 200M).  The QEMU harness measures the real minimum for an initrd;
 this formula is the starting point, not a guarantee.
 
+The formula is checked against what the QEMU harness measured
+(bench/crash_cycle.py: the smallest ``crashkernel=`` at which a 1 GiB guest
+still saved, per target type, :data:`MEASURED_1GIB_MB`): the recommendation
+is never below that figure plus :data:`MARGIN_MB` (a real machine carries
+more drivers and firmware in its initrd and has more devices than the
+harness's guest) plus PER_GB for each GB beyond the first, for the most
+demanding of the configured targets.  Without a built initrd only that
+per-target floor is used.
+
 Like SUSE's ``kdumptool calibrate``, the values are split in Low (below 4
 GB, DMA32) and High: on a machine with RAM above 4 GB the main reservation
 goes high (``crashkernel=HIGH,high``) and Low is the 72 MB for DMA32 bounce
@@ -46,7 +55,7 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 if TYPE_CHECKING:
     from capture.config.options import Config
@@ -63,6 +72,13 @@ FOUR_GB = 1 << 32
 #: used when no capture initrd has been built yet: an sftp initrd as measured by bench/initrd_size.py
 ESTIMATE_COMPRESSED_MB = 19.0
 ESTIMATE_UNPACKED_MB = 64.0
+#: the smallest crashkernel= (MB, 16 MB steps) at which a 1 GiB QEMU guest saved its dump, per
+#: target type: bench/crash_cycle.py, kernel 6.1.0-57-cloud-amd64, TCG, 2026-11-30
+MEASURED_1GIB_MB: Dict[str, int] = {"file": 144, "sftp": 176}
+#: the measured type assumed for a type not measured yet (the biggest initrd: paramiko and cryptography)
+UNMEASURED_LIKE = "sftp"
+#: what a real machine needs beyond the harness's guest (drivers, firmware, devices)
+MARGIN_MB = 32
 
 
 @dataclass(frozen=True)
@@ -95,12 +111,30 @@ def required_mb(ram_mb: float, initrd_compressed_mb: float, initrd_unpacked_mb: 
     return int(math.ceil(need / ALIGN_MB) * ALIGN_MB)
 
 
-def calibrate(low_ram_mb: int, high_ram_mb: int, initrd_compressed_mb: float,
-              initrd_unpacked_mb: float, tmpfs_root: bool = False) -> Calibration:
+def measured_floor_mb(ram_mb: float, schemes: Iterable[str]) -> int:
+    """The least reservation the measurements allow for targets of ``schemes`` on a machine with
+    ``ram_mb`` of RAM (0 when no scheme was measured)."""
+    measured = [MEASURED_1GIB_MB.get(s, MEASURED_1GIB_MB[UNMEASURED_LIKE]) for s in schemes]
+    if not measured:
+        return 0
+    need = max(measured) + MARGIN_MB + PER_GB_MB * max(0.0, ram_mb - 1024) / 1024
+    return int(math.ceil(need / ALIGN_MB) * ALIGN_MB)
+
+
+def calibrate(low_ram_mb: int, high_ram_mb: int, initrd_compressed_mb: Optional[float],
+              initrd_unpacked_mb: Optional[float], tmpfs_root: bool = False,
+              schemes: Iterable[str] = ()) -> Calibration:
     """Split the requirement into Low and High for a machine with
-    ``low_ram_mb`` of RAM below 4 GB and ``high_ram_mb`` above."""
+    ``low_ram_mb`` of RAM below 4 GB and ``high_ram_mb`` above, saving to
+    targets of ``schemes``; an initrd size of None (not built yet) leaves
+    only the measured floor of those targets (the typical sftp initrd's
+    size when none of them was measured)."""
     total = low_ram_mb + high_ram_mb
-    need = required_mb(total, initrd_compressed_mb, initrd_unpacked_mb, tmpfs_root)
+    floor = measured_floor_mb(total, schemes)
+    if initrd_compressed_mb is None or initrd_unpacked_mb is None:
+        need = floor or required_mb(total, ESTIMATE_COMPRESSED_MB, ESTIMATE_UNPACKED_MB, tmpfs_root)
+    else:
+        need = max(floor, required_mb(total, initrd_compressed_mb, initrd_unpacked_mb, tmpfs_root))
     max_low = max(0, low_ram_mb - LOW_KEEP_MB)
     if high_ram_mb > 0:
         return Calibration(total=total, low=DEFAULT_LOW_MB, high=need, min_low=DEFAULT_LOW_MB,
@@ -162,9 +196,20 @@ def initrd_sizes(path: str) -> Optional[Tuple[float, float]]:
 
 
 def calibrate_for(config: "Config", initrd_path: str) -> Calibration:
-    """:func:`calibrate` for this machine's RAM and the capture initrd at
-    ``initrd_path`` (a typical sftp initrd's size when it is not built yet)."""
-    sizes = initrd_sizes(initrd_path) or (ESTIMATE_COMPRESSED_MB, ESTIMATE_UNPACKED_MB)
+    """:func:`calibrate` for this machine's RAM, the configured targets and the capture
+    initrd at ``initrd_path`` (the targets' measured floor when it is not built yet)."""
+    sizes: Tuple[Optional[float], Optional[float]] = initrd_sizes(initrd_path) or (None, None)
     low, high = ram_ranges()
     tmpfs_root = bool(config.commandline.strip()) and "rootfstype=ramfs" not in config.commandline.split()
-    return calibrate(low // 2**20, high // 2**20, *sizes, tmpfs_root=tmpfs_root)
+    return calibrate(low // 2**20, high // 2**20, *sizes, tmpfs_root=tmpfs_root,
+                     schemes=target_schemes(config))
+
+
+def target_schemes(config: "Config") -> List[str]:
+    """The schemes of KDUMP_SAVEDIR's targets (none when it does not parse: ``check-config`` says why)."""
+    from capture.errors import KdumpError
+
+    try:
+        return [url.scheme for url in config.targets]
+    except KdumpError:
+        return []

@@ -1,19 +1,23 @@
-"""The yardstick: a minimal busybox + makedumpfile capture initrd.
+"""Busybox + makedumpfile capture initrds: the yardsticks of bench/.
 
-It brings up virtio-net with busybox ``udhcpc`` and streams
-``makedumpfile -F -c -d 31 /proc/vmcore`` through busybox ``nc`` to a
-listener on the host's 127.0.0.1 (reached through guestfwd, like every
-target).  It does what kdump-saver does in the least memory and time a
-capture initrd can, so bench/ can set kdump-saver's figures beside it.
+:func:`build_initrd` writes such an initrd for an :class:`InitrdPlan` (the
+kernel modules, programs and files it carries and the shell command that
+saves); :func:`crash` boots, crashes and lets it save.  The plain reference
+brings up virtio-net with busybox ``udhcpc`` and streams ``makedumpfile -F
+-c -d 31 /proc/vmcore`` through busybox ``nc`` to a listener on the host's
+127.0.0.1 (reached through guestfwd, like every target); the per-transport
+yardsticks are in :mod:`qharness.yardsticks`.  They do what kdump-saver does
+in the least memory and time a capture initrd can, so bench/ can set
+kdump-saver's figures beside them.
 """
 from __future__ import annotations
 
 import shlex
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from qharness import guest, production, verify
 from qharness.cpio import Archive
@@ -33,33 +37,61 @@ esac
 """
 
 
+@dataclass
+class InitrdPlan:
+    """What a busybox capture initrd carries and runs: ``save`` is a shell command
+    (makedumpfile and the client) whose exit status says whether the dump was saved."""
+
+    save: str
+    network: bool = True
+    modules: List[str] = field(default_factory=list)
+    binaries: List[Path] = field(default_factory=list)
+    files: Dict[str, bytes] = field(default_factory=dict)     # guest path -> content, mode 0600
+    setup: str = ""                                          # shell lines after the network is up
+
+
 def build(kernel: GuestKernel, out: Path, server: str) -> Path:
-    """Write the reference capture initrd (uncompressed cpio)."""
+    """Write the nc reference capture initrd (uncompressed cpio)."""
+    return build_initrd(kernel, InitrdPlan(
+        save=f"makedumpfile -F -c -d 31 /proc/vmcore | nc {shlex.quote(server)} {GUEST_PORT}"), out)
+
+
+def build_initrd(kernel: GuestKernel, plan: InitrdPlan, out: Path) -> Path:
+    """Write a busybox + makedumpfile capture initrd for ``plan`` (uncompressed cpio); its
+    kernel modules come from the guest kernel's tree, with their dependencies, as the
+    harness loads them (:meth:`GuestKernel.module_files`)."""
     arc = Archive()
-    for d in ("proc", "sys", "dev", "tmp", "etc"):
+    for d in ("proc", "sys", "dev", "tmp", "etc", "mnt", "root"):
         arc.dir(d)
     arc.chardev("dev/console", 5, 1)
     arc.file("bin/busybox", BUSYBOX, 0o755)
-    add_binary(arc, Path("/usr/bin/makedumpfile"))
+    for binary in [Path("/usr/bin/makedumpfile"), *plan.binaries]:
+        add_binary(arc, binary)
     arc.file("etc/udhcpc.script", _UDHCPC_SCRIPT.encode(), 0o755)
-    mods = kernel.module_files(["virtio_pci", "virtio_net"])
+    arc.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+    for path, content in plan.files.items():
+        arc.file(path, content, 0o600)
+    names = (["virtio_pci", "virtio_net"] if plan.network else ["virtio_pci"]) + plan.modules
+    mods = kernel.module_files(names)
     for mod in mods:
         arc.file(f"lib/modules/{mod.name}", mod)
     insmods = "\n".join(f"insmod /lib/modules/{m.name}" for m in mods)
+    network = (f"ip link set eth0 up\nudhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 20 -T 1 || "
+               f"{{ echo \"{FAILED_LINE}: no DHCP lease\"; poweroff -f; }}") if plan.network else ""
     arc.file("init", f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
-export PATH=/bin:/usr/bin
+export PATH=/bin:/usr/bin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 {insmods}
 ip link set lo up
-ip link set eth0 up
-udhcpc -i eth0 -s /etc/udhcpc.script -q -n -t 20 -T 1 || {{ echo "{FAILED_LINE}: no DHCP lease"; poweroff -f; }}
-if makedumpfile -F -c -d 31 /proc/vmcore | nc {shlex.quote(server)} {GUEST_PORT}; then
+{network}
+{plan.setup}
+if {plan.save}; then
     echo "{SAVED_LINE}"
 else
-    echo "{FAILED_LINE}: makedumpfile or nc failed"
+    echo "{FAILED_LINE}: the save command failed"
 fi
 poweroff -f
 """.encode(), 0o755)
@@ -123,7 +155,7 @@ class Receiver:
 
 @dataclass
 class ReferenceCrash:
-    """One crash saved by the reference initrd."""
+    """One crash saved by a reference initrd."""
 
     run: guest.GuestRun
     saved: bool
@@ -132,23 +164,30 @@ class ReferenceCrash:
 
 
 def crash(kernel: GuestKernel, workdir: Path, crashkernel: str, memory_mb: int = 1024,
-          label: str = "reference") -> ReferenceCrash:
-    """Boot, crash, and let the reference initrd send the dump to the host."""
+          label: str = "reference", transport: str = "nc", dumpformat: str = "compressed") -> ReferenceCrash:
+    """Boot, crash, and let a reference initrd save the dump.
+
+    ``transport`` ``nc`` streams the flattened dump to a bare listener on the
+    host; any other name is a yardstick of :mod:`qharness.yardsticks` (``file``,
+    ``ssh``, ``ftp``, ``nfs``, ``cifs``) saving to the same kind of target as
+    the harness case of that name.  ``dumpformat`` is KDUMP_DUMPFORMAT's value
+    (makedumpfile's compression flag)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o755)
+    if transport != "nc":
+        from qharness import yardsticks
+
+        return yardsticks.crash(kernel, workdir, crashkernel, transport, dumpformat,
+                                memory_mb=memory_mb, label=label)
     initrd = build(kernel, workdir / "reference-initrd.cpio", guest.GUEST_SERVER)
-    guest_initrd = "/boot/reference-initrd"
-    append = "console=ttyS0 irqpoll nr_cpus=1 reset_devices panic=1"
     marker = f"qharness-marker-{label}"
-    prod = production.build(production.ProductionSpec(
-        kernel=kernel, capture_initrd=initrd, capture_initrd_guest_path=guest_initrd,
-        load_commands=[f"kexec -p {kernel.vmlinuz} --initrd={guest_initrd} --append={shlex.quote(append)}"],
-        marker=marker, hostname="qharness-reference"), workdir / "reference-production.cpio")
+    prod = production_image(kernel, initrd, marker, workdir / "reference-production.cpio")
     dump = workdir / f"{label}.flat"
     receiver = Receiver(dump).start()
     try:
         run = guest.boot(guest.GuestSpec(
             kernel=kernel, initrd=prod, memory_mb=memory_mb, timeout=600,
-            append=f"console=ttyS0 crashkernel={crashkernel} panic=1 loglevel=6",
+            append=production_append(crashkernel),
             forwards={GUEST_PORT: receiver.port}), workdir / f"{label}-console.log")
     finally:
         receiver.stop()
@@ -156,9 +195,39 @@ def crash(kernel: GuestKernel, workdir: Path, crashkernel: str, memory_mb: int =
     if not receiver.complete:
         problems.append(f"the host received {receiver.received} bytes, not a complete flattened dump")
     else:
-        dmesg = verify.extract_dmesg(dump)
-        if dmesg is None or marker not in dmesg or verify.PANIC not in dmesg:
-            problems.append("the received dump's kernel log lacks the panic or the marker")
+        problems += check_dump(dump, marker)
+    return finish(run, problems)
+
+
+CAPTURE_APPEND = "console=ttyS0 loglevel=6 irqpoll nr_cpus=1 reset_devices panic=1"
+"""The reference capture kernel's command line (loglevel as the production one's, which ours keeps)."""
+GUEST_INITRD = "/boot/reference-initrd"
+
+
+def production_append(crashkernel: str) -> str:
+    return f"console=ttyS0 crashkernel={crashkernel} panic=1 loglevel=6"
+
+
+def production_image(kernel: GuestKernel, initrd: Path, marker: str, out: Path) -> Path:
+    """The production initramfs that loads ``initrd`` with plain ``kexec -p`` and crashes."""
+    load = f"kexec -p {kernel.vmlinuz} --initrd={GUEST_INITRD} --append={shlex.quote(CAPTURE_APPEND)}"
+    return production.build(production.ProductionSpec(
+        kernel=kernel, capture_initrd=initrd, capture_initrd_guest_path=GUEST_INITRD,
+        load_commands=[load], marker=marker, hostname="qharness-reference"), out)
+
+
+def check_dump(dump: Path, marker: str) -> List[str]:
+    """Problems with a dump a reference initrd saved (flattened or not)."""
+    if not dump.is_file():
+        return [f"{dump} was not written"]
+    dmesg = verify.extract_dmesg(dump)
+    if dmesg is None or marker not in dmesg or verify.PANIC not in dmesg:
+        return [f"the kernel log of {dump} lacks the panic or the marker"]
+    return []
+
+
+def finish(run: guest.GuestRun, problems: List[str]) -> ReferenceCrash:
+    """The verdict of a reference run: the initrd said it saved, and ``problems`` is empty."""
     if not run.has(SAVED_LINE):
         problems.append("the reference initrd did not report the dump as sent")
     panic = run.first(r"Kernel panic - not syncing")
