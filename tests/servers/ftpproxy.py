@@ -29,7 +29,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, FrozenSet, List, Optional, Tuple
+from typing import Callable, Deque, Dict, FrozenSet, Iterator, List, Optional, Tuple
+
+from servers.proxy import stop_listening
 
 #: commands that move data over a data connection
 TRANSFERS = frozenset({"STOR", "APPE", "STOU", "RETR", "LIST", "NLST", "MLSD"})
@@ -84,13 +86,7 @@ class RecordingFtpProxy:
 
     def close(self) -> None:
         self._closed = True
-        # shutdown wakes the accepting thread: after a bare close it stays in accept(),
-        # and a later proxy in the same run was seen losing connections to such a thread
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
+        stop_listening(self.listener)
         with self._lock:
             pairs, self._open = self._open, []
         for pair in pairs:
@@ -134,25 +130,18 @@ class RecordingFtpProxy:
 
     def _from_client(self, conn: int, client: socket.socket, server: socket.socket, send_lock: threading.Lock,
                      ended: threading.Event) -> None:
-        pending = b""
         try:
-            while True:
-                data = client.recv(1 << 16)
-                if not data:
-                    break
-                pending += data
-                while b"\r\n" in pending:
-                    line, pending = pending.split(b"\r\n", 1)
-                    text = line.decode("latin-1")
-                    verb = text.split(" ", 1)[0].upper()
-                    self._record(conn, "cmd", "PASS ***" if verb == "PASS" else text)
-                    answer = self._own_answer(verb)
-                    if answer is None:
-                        server.sendall(line + b"\r\n")
-                        continue
-                    self._record(conn, "reply", answer, by_proxy=True)
-                    with send_lock:
-                        client.sendall(answer.encode() + b"\r\n")
+            for line in _lines(client):
+                text = line.decode("latin-1")
+                verb = text.split(" ", 1)[0].upper()
+                self._record(conn, "cmd", "PASS ***" if verb == "PASS" else text)
+                answer = self._own_answer(verb)
+                if answer is None:
+                    server.sendall(line + b"\r\n")
+                    continue
+                self._record(conn, "reply", answer, by_proxy=True)
+                with send_lock:
+                    client.sendall(answer.encode() + b"\r\n")
         except OSError:
             pass
         self._ended(conn, ended, "client")
@@ -170,21 +159,14 @@ class RecordingFtpProxy:
 
     def _from_server(self, conn: int, server: socket.socket, client: socket.socket, send_lock: threading.Lock,
                      ended: threading.Event) -> None:
-        pending = b""
         try:
-            while True:
-                data = server.recv(1 << 16)
-                if not data:
-                    break
-                pending += data
-                while b"\r\n" in pending:
-                    line, pending = pending.split(b"\r\n", 1)
-                    text = line.decode("latin-1")
-                    # the last line of a reply is "ddd text"; "ddd-" opens a multi-line one
-                    if len(text) >= 4 and text[:3].isdigit() and text[3] == " ":
-                        self._record(conn, "reply", text)
-                    with send_lock:
-                        client.sendall(line + b"\r\n")
+            for line in _lines(server):
+                text = line.decode("latin-1")
+                # the last line of a reply is "ddd text"; "ddd-" opens a multi-line one
+                if len(text) >= 4 and text[:3].isdigit() and text[3] == " ":
+                    self._record(conn, "reply", text)
+                with send_lock:
+                    client.sendall(line + b"\r\n")
         except OSError:
             pass
         self._ended(conn, ended, "server")
@@ -192,6 +174,19 @@ class RecordingFtpProxy:
             client.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+
+def _lines(sock: socket.socket) -> Iterator[bytes]:
+    """The CRLF-terminated lines ``sock`` receives, without the CRLF, until it closes."""
+    pending = b""
+    while True:
+        data = sock.recv(1 << 16)
+        if not data:
+            return
+        pending += data
+        while b"\r\n" in pending:
+            line, pending = pending.split(b"\r\n", 1)
+            yield line
 
 
 def overlapping_commands(events: List[Event]) -> List[str]:

@@ -15,6 +15,17 @@ import time
 from typing import List, Optional, Tuple
 
 
+def stop_listening(listener: socket.socket) -> None:
+    """Shut ``listener`` down, then close it.  shutdown wakes the accepting
+    thread: after a bare close it stays in accept(), and a later proxy in the
+    same run was seen losing connections to such a thread."""
+    try:
+        listener.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    _reset(listener)
+
+
 def _reset(sock: socket.socket) -> None:
     """Close with an RST rather than a FIN."""
     try:
@@ -58,13 +69,7 @@ class CuttingProxy:
 
     def close(self) -> None:
         self._closed = True
-        # shutdown wakes the accepting thread: after a bare close it stays in accept(),
-        # and a later proxy in the same run was seen losing connections to such a thread
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        _reset(self.listener)
+        stop_listening(self.listener)
         self.cut(record=False)
 
     def cut(self, record: bool = True) -> None:
