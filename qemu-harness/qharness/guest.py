@@ -40,7 +40,8 @@ class GuestSpec:
     append: str
     memory_mb: int = 1024
     cpus: int = 1
-    disks: List[Path] = field(default_factory=list)           # raw images, virtio, in order vda, vdb...
+    disks: List[Path] = field(default_factory=list)           # raw images, in order (vda, vdb... on virtio)
+    disk_bus: str = "virtio"                                  # or "nvme": the cloud kernel's built-in driver
     forwards: Dict[int, int] = field(default_factory=dict)    # port on GUEST_SERVER -> port on 127.0.0.1
     network: bool = True
     rtc_base: Optional[str] = None                            # e.g. "2026-01-02T03:04:05"
@@ -90,8 +91,12 @@ def qemu_command(spec: GuestSpec) -> List[str]:
            "-display", "none", "-monitor", "none", "-serial", "stdio",
            "-no-reboot", "-kernel", str(spec.kernel.vmlinuz), "-initrd", str(spec.initrd),
            "-append", spec.append]
-    for disk in spec.disks:
-        cmd += ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"]
+    for index, disk in enumerate(spec.disks):
+        if spec.disk_bus == "nvme":
+            cmd += ["-drive", f"file={disk},format=raw,if=none,id=disk{index},cache=unsafe",
+                    "-device", f"nvme,drive=disk{index},serial=qharness{index}"]
+        else:
+            cmd += ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"]
     if spec.network:
         nic = "user,model=virtio-net-pci,restrict=on"
         for guest_port, host_port in sorted(spec.forwards.items()):
