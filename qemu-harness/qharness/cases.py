@@ -68,6 +68,10 @@ MATRIX: Tuple[Case, ...] = (
     Case("nfs-restart", "nfs", "nfs-ganesha restarted (down 5 s) when the vmcore holds 12 MB (about 40 % "
          "of the 30 MB lzo dump); the soft mount waits up to KDUMP_NET_TIMEOUT (60 s)", settings=LZO,
          restart_after_mb=12),
+    Case("nfs-restart-early", "nfs", "as nfs-restart, the server down when the vmcore holds 4 MB (about 13 %)",
+         settings=LZO, restart_after_mb=4),
+    Case("nfs-restart-late", "nfs", "as nfs-restart, the server down once the vmcore holds 21 MB (the file "
+         "grows in steps of up to 4 MB: stopped at 70-85 %)", settings=LZO, restart_after_mb=21),
     Case("nfs-gone", "nfs", "nfs-ganesha stopped when the vmcore holds 12 MB and kept away for longer than "
          "KDUMP_NET_TIMEOUT (20 s): a clean error and a reboot, not a hang, lzo",
          settings=LZO + (("KDUMP_NET_TIMEOUT", "20"),), restart_after_mb=12, restart_pause=400,
