@@ -117,11 +117,7 @@ def add_binary(arc: Archive, binary: Path) -> None:
             arc.copy_host_file(Path(lib), lib)
 
 
-def _init_script(spec: ProductionSpec) -> str:
-    modules = "\n".join(f"modprobe {shlex.quote(m)}" for m in spec.modules)
-    network = "\n".join(spec.network)
-    load = "\n".join(spec.load_commands)
-    return f"""#!/qharness/busybox sh
+INIT_PROLOGUE = """#!/qharness/busybox sh
 /qharness/busybox --install -s /qharness/bin
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/qharness/bin
 export HOME=/root
@@ -129,7 +125,15 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /run
-hostname {shlex.quote(spec.hostname)}
+"""
+"""How a harness guest's /init starts: busybox's applets, PATH, /proc, /sys, /dev, /run."""
+
+
+def _init_script(spec: ProductionSpec) -> str:
+    modules = "\n".join(f"modprobe {shlex.quote(m)}" for m in spec.modules)
+    network = "\n".join(spec.network)
+    load = "\n".join(spec.load_commands)
+    return INIT_PROLOGUE + f"""hostname {shlex.quote(spec.hostname)}
 ip link set lo up
 fail() {{
     echo "{LOAD_FAILED_LINE}: $1"

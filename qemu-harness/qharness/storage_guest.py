@@ -24,7 +24,7 @@ from capture.host import closure
 from qharness import guest
 from qharness.cpio import Archive
 from qharness.kernel import GuestKernel
-from qharness.production import BUSYBOX, add_binary
+from qharness.production import BUSYBOX, INIT_PROLOGUE, add_binary
 
 RESULT_MARKER = "qharness-storage-result:"
 """The probe's JSON line follows this text on the console."""
@@ -95,15 +95,7 @@ def build(kernel: GuestKernel, programs: Dict[str, str], repo: Path, out: Path) 
 def _init_script(modules: List[Path], repo: Path, python: str) -> str:
     insmod = "\n".join(f"insmod {shlex.quote(str(ko))} || echo 'qharness: insmod {ko.name} failed'"
                        for ko in modules)
-    return f"""#!/qharness/busybox sh
-/qharness/busybox --install -s /qharness/bin
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin:/qharness/bin
-export HOME=/root
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /run
-mkdir -p /run/lock /run/lvm /run/cryptsetup /run/mdadm
+    return INIT_PROLOGUE + f"""mkdir -p /run/lock /run/lvm /run/cryptsetup /run/mdadm
 {insmod}
 echo "qharness: storage probe starting"
 PYTHONPATH={shlex.quote(str(repo))} \\
