@@ -58,7 +58,6 @@ def setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logging.getLogger("paramiko").setLevel(logging.WARNING)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,10 +1,10 @@
-"""The private parts of paramiko and pysmb that transports/sftp.py and transports/cifs.py use.
+"""The private parts of pysmb that transports/cifs.py uses.
 
-Both transports reach below the libraries' public surface (pipelined SFTP
-writes, an atomic 0600 open, SMB2 requests pysmb has no call for).  These
-tests fail loudly, naming the internal, when an upgrade of either library
-changes one of them, before a capture kernel finds out.  The version pins in
-pyproject.toml are checked here too.
+The cifs transport reaches below pysmb's public surface (SMB2 requests pysmb
+has no call for).  These tests fail loudly, naming the internal, when an
+upgrade of pysmb changes one of them, before a capture kernel finds out.
+The version pin in pyproject.toml is checked here too.  (The sftp and ssh
+transports use no library: the OpenSSH client and :mod:`transports.sftpwire`.)
 """
 from __future__ import annotations
 
@@ -18,10 +18,8 @@ import pytest
 
 from conftest import REPO
 
-paramiko = pytest.importorskip("paramiko")
 smb = pytest.importorskip("smb")
 
-from paramiko.sftp_client import SFTPClient  # noqa: E402
 from smb import base as smb_base  # noqa: E402
 from smb import smb2_structs  # noqa: E402
 from smb.SMBConnection import SMBConnection  # noqa: E402
@@ -33,55 +31,6 @@ def parameters(function: Callable) -> List[str]:
 
 def source(obj: object) -> str:
     return inspect.getsource(obj)  # type: ignore[arg-type]
-
-
-# --- paramiko (transports/sftp.py) ---------------------------------------------------------------
-
-#: SFTPClient methods transports/sftp.py calls or overrides, with their parameters
-SFTP_METHODS: Dict[str, List[str]] = {
-    "_request": ["self", "t", "args"],                       # CMD_OPEN with attributes, CMD_FSETSTAT, CMD_CLOSE
-    "_async_request": ["self", "fileobj", "t", "args"],      # pipelined CMD_WRITE
-    "_read_response": ["self", "waitfor"],                   # collects the write acknowledgements
-    "_send_packet": ["self", "t", "packet"],                 # _Client._send_version
-    "_read_packet": ["self"],
-    "_send_version": ["self"],                               # overridden: remembers the extensions
-    "_write_all": ["self", "out"],                           # overridden: linear, not quadratic
-    "_read_all": ["self", "n"],                              # overridden
-}
-
-
-@pytest.mark.parametrize("name", sorted(SFTP_METHODS))
-def test_paramiko_sftp_internal_method(name: str) -> None:
-    method = getattr(SFTPClient, name, None)
-    assert method is not None, f"paramiko {version('paramiko')} has no SFTPClient.{name}: transports/sftp.py needs it"
-    assert parameters(method) == SFTP_METHODS[name], \
-        f"paramiko {version('paramiko')} changed SFTPClient.{name}{inspect.signature(method)}"
-
-
-def test_paramiko_calls_back_async_response_of_the_file_object() -> None:
-    """SFTPDumpFile._async_response is called by paramiko for each acknowledged write."""
-    assert "_async_response(" in source(SFTPClient._read_response), \
-        "paramiko no longer hands write acknowledgements to fileobj._async_response"
-
-
-def test_paramiko_version_negotiation_is_what_the_override_replaces() -> None:
-    text = source(paramiko.sftp.BaseSFTP._send_version)
-    assert "CMD_INIT" in text and "CMD_VERSION" in text
-
-
-def test_paramiko_sftp_constants_and_sock() -> None:
-    from paramiko import sftp
-    for name in ("CMD_CLOSE", "CMD_EXTENDED", "CMD_EXTENDED_REPLY", "CMD_FSETSTAT", "CMD_HANDLE", "CMD_INIT",
-                 "CMD_OPEN", "CMD_STATUS", "CMD_VERSION", "CMD_WRITE", "SFTP_FLAG_CREATE", "SFTP_FLAG_TRUNC",
-                 "SFTP_FLAG_WRITE", "SFTP_OK", "SFTPError", "int64"):
-        assert hasattr(sftp, name), f"paramiko.sftp.{name} is gone"
-    assert "self.sock = sock" in source(paramiko.sftp.BaseSFTP.__init__) or \
-        "self.sock" in source(SFTPClient.__init__)
-
-
-def test_paramiko_has_the_public_posix_rename() -> None:
-    """transports/sftp.py prefers it to the raw extended request."""
-    assert parameters(SFTPClient.posix_rename) == ["self", "oldpath", "newpath"]
 
 
 # --- pysmb (transports/cifs.py) ------------------------------------------------------------------
@@ -163,13 +112,6 @@ def _pin(name: str) -> str:
     match = re.search(rf'"{name}([^"]*)"', text)
     assert match, f"{name} is not in pyproject.toml"
     return match.group(1)
-
-
-def test_paramiko_is_pinned_below_its_next_major() -> None:
-    pin = _pin("paramiko")
-    upper = re.search(r"<\s*(\d+)", pin)
-    assert upper, f"paramiko{pin}: no upper bound"
-    assert int(version("paramiko").split(".")[0]) < int(upper.group(1))
 
 
 def test_pysmb_is_pinned_to_the_series_cifs_was_written_for() -> None:

@@ -558,7 +558,7 @@ def test_ftp_target_running_full_leaves_a_readme_that_says_so(tmp_path, fixture_
         server.remove()
 
 
-# --- point 5: host keys paramiko cannot verify are refused when the initrd is built ----------------
+# --- point 5: host keys the capture kernel's ssh cannot verify are refused when the initrd is built ----------------
 
 def _blob(key_type: str) -> str:
     name = key_type.encode()
@@ -570,19 +570,19 @@ ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okW
 
 @pytest.mark.parametrize("key_type", ["ssh-dss", "ssh-ed448", "sk-ssh-ed25519@openssh.com",
                                       "sk-ecdsa-sha2-nistp256@openssh.com"])
-def test_host_key_types_paramiko_cannot_verify_are_refused_at_build_time(tmp_path, key_type):
+def test_host_key_types_ssh_cannot_verify_are_refused_at_build_time(tmp_path, key_type):
     from transports import sshauth
     from transports.base import TransportOptions
     host_key = f"{key_type} {_blob(key_type)}"
     assert options.parse_text(f'KDUMP_HOST_KEY="{host_key}"\n').host_key == host_key
     url = targeturl.parse("sftp://user:pw@dumps.example/x")
     material = sshauth.initrd_material(url, TransportOptions(host_key=host_key))
-    assert [p for p in material.problems if "cannot be verified by paramiko" in p and key_type in p], \
+    assert [p for p in material.problems if "cannot be verified by the capture kernel's ssh client" in p and key_type in p], \
         material.problems
     known = tmp_path / "known_hosts"
     known.write_text(f"dumps.example {host_key}\n")
     material = sshauth.initrd_material(url, TransportOptions(known_hosts=str(known)))
-    assert [p for p in material.problems if "cannot be verified by paramiko" in p and key_type in p], \
+    assert [p for p in material.problems if "cannot be verified by the capture kernel's ssh client" in p and key_type in p], \
         material.problems
 
 

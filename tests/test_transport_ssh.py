@@ -159,14 +159,20 @@ def test_password_refused_by_a_keys_only_server(ssh_lab: SSHLab, ssh_users: Test
         server.stop()
 
 
-def test_ecdsa_keys_that_paramiko_rejects_still_load(tmp_path: Path) -> None:
-    """paramiko refuses some valid OpenSSH-format ECDSA keys depending on their padding."""
+def test_identities_are_checked_with_ssh_keygen(tmp_path: Path) -> None:
+    """Valid keys load in their order; an encrypted key or a non-key named in
+    KDUMP_SSH_IDENTITY is an error naming the file (ssh could not use it in the capture kernel)."""
     paths = []
-    for i in range(8):
-        pub = ssh_keygen(tmp_path / f"id_{i}", "ecdsa")
-        paths.append((tmp_path / f"id_{i}", pub))
-    identities = load_identities(TransportOptions(ssh_identity=tuple(str(p) for p, _ in paths)))
-    assert [f"{i.key.get_name()} {i.key.get_base64()}" for i in identities] == [pub for _, pub in paths]
+    for i, key_type in enumerate(("ecdsa", "ed25519", "rsa", "ecdsa")):
+        ssh_keygen(tmp_path / f"id_{i}", key_type)
+        paths.append(str(tmp_path / f"id_{i}"))
+    assert load_identities(TransportOptions(ssh_identity=tuple(paths))) == paths
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "secret-passphrase", "-f", str(tmp_path / "locked")],
+                   check=True, capture_output=True)
+    (tmp_path / "garbage").write_text("not a key\n")
+    for bad in ("locked", "garbage"):
+        with pytest.raises(TransportError, match=f"KDUMP_SSH_IDENTITY: .*{bad} is not an unencrypted private key"):
+            load_identities(TransportOptions(ssh_identity=(paths[0], str(tmp_path / bad))))
 
 
 @pytest.mark.parametrize("key_type", ["ecdsa", "rsa"])
@@ -214,7 +220,7 @@ def test_start_up_files_that_print_do_not_confuse_it(ssh_lab: SSHLab, sshd_nosft
         base = ssh_lab.fresh_dir(user)
         with ssh_target(ssh_lab, sshd_nosftp, base) as t:
             noisy = t.exec("true")
-            assert b"Welcome" in noisy.makefile("rb").read(), "the start-up file does print"
+            assert b"Welcome" in b"".join(iter(lambda: noisy.recv(65536), b"")), "the start-up file does print"
             noisy.close()
             t.mkdir("d")
             t.write_small("d/f", b"content")

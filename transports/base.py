@@ -71,6 +71,8 @@ class InitrdProfile:
     imports: Tuple[str, ...] = ()
     """Modules to trace as entry points of its import closure."""
     kernel_modules: Tuple[str, ...] = ()
+    programs: Tuple[str, ...] = ()
+    """Programs it runs (a build error when missing)."""
     optional_programs: Tuple[str, ...] = ()
     """Programs and files copied when the build system has them."""
 

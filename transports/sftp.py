@@ -14,25 +14,21 @@ the last reply, reopens the file without truncating it and sends those
 requests again in their order: the result is the file an unbroken transfer
 gives.  A server that stays silent for :func:`~transports.base.io_timeout`
 counts as lost the same way.  Other operations connect again once.
-Connection, host key checking and authentication: :mod:`transports.sshauth`.
+Connection, host key checking and authentication: :mod:`transports.sshauth`
+(the OpenSSH client); the protocol: :mod:`transports.sftpwire`.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import shlex
-import socket
 import stat
 import time
 from typing import BinaryIO, Dict, List, Optional, Tuple
 
-import paramiko
-from paramiko.sftp import (CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_FSETSTAT, CMD_HANDLE, CMD_INIT,
-                           CMD_OPEN, CMD_STATUS, CMD_VERSION, CMD_WRITE, SFTP_FLAG_CREATE, SFTP_FLAG_TRUNC,
-                           SFTP_FLAG_WRITE, SFTP_OK, SFTPError, int64)
-
 from capture.config.targeturl import TargetURL
-from transports import sshauth
+from transports import openssh, sftpwire, sshauth
+from transports.sftpwire import FLAG_CREATE, FLAG_READ, FLAG_TRUNC, FLAG_WRITE, Reply, string, u64
 from transports.base import (DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions,
                              resume_within)
 
@@ -44,15 +40,12 @@ MAX_OUTSTANDING = 64
 DEFAULT_REQUEST_SIZE = 32 * 1024
 #: The largest request we send even if the server would take more.
 MAX_REQUEST_SIZE = 255 * 1024
-#: Bytes handed to the channel per call: the packet size OpenSSH accepts.
-_SEND_SIZE = 32 * 1024
 #: Below this many free bytes after a failed write, the failure is a full disk.
 NEARLY_FULL = 1024 * 1024
 
-_SFTP_FAILURE = 4
-_SFTP_NO_SUCH_FILE = 2
-_SFTP_PERMISSION_DENIED = 3
-_NETWORK_ERRORS = (OSError, EOFError, paramiko.SSHException)
+_SFTP_FAILURE = sftpwire.FAILURE
+_SFTP_PERMISSION_DENIED = sftpwire.PERMISSION_DENIED
+_NETWORK_ERRORS = (OSError, EOFError)
 #: Seconds the server may take for the final fsync of a dump file.
 SYNC_TIMEOUT = 120.0
 #: Seconds for each later connection once resuming a file has failed (the
@@ -69,62 +62,14 @@ def open_target(url: TargetURL, options: TransportOptions) -> "SFTPTransport":
     return transport
 
 
-class _Client(paramiko.SFTPClient):
-    """paramiko's client, remembering the extensions the server announces."""
-
-    extensions: Dict[str, bytes]
-
-    def _send_version(self) -> int:
-        msg = paramiko.Message()
-        msg.add_int(3)
-        self._send_packet(CMD_INIT, msg)
-        t, data = self._read_packet()
-        if t != CMD_VERSION:
-            raise SFTPError("Incompatible sftp protocol")
-        reply = paramiko.Message(data)
-        version = reply.get_int()
-        self.extensions = {}
-        while True:
-            name = reply.get_string()
-            if not name:
-                break
-            self.extensions[name.decode("utf-8", "replace")] = reply.get_string()
-        return version
-
-    def _write_all(self, out: bytes) -> None:
-        # paramiko's own copies the rest of ``out`` after every packet (quadratic)
-        view = memoryview(out)
-        pos = 0
-        while pos < len(view):
-            n = self.sock.send(bytes(view[pos:pos + _SEND_SIZE]))
-            if n <= 0:
-                raise EOFError()
-            pos += n
-
-    def _read_all(self, n: int) -> bytes:
-        out = bytearray()
-        while len(out) < n:
-            block = self.sock.recv(n - len(out))
-            if not block:
-                raise EOFError()
-            out += block
-        return bytes(out)
-
-    def extended(self, name: str, *args: object) -> paramiko.Message:
-        """Send an extended request; the reply message (status already checked)."""
-        t, msg = self._request(CMD_EXTENDED, name, *args)
-        if t not in (CMD_EXTENDED_REPLY, CMD_STATUS):
-            raise SFTPError(f"unexpected reply to {name}")
-        return msg
-
-
 class SFTPTransport(Transport):
     """A target directory on an SFTP server."""
 
     def __init__(self, url: TargetURL, options: TransportOptions) -> None:
         super().__init__(url, options)
         self._conn: Optional[sshauth.SSHConnection] = None
-        self._sftp: Optional[_Client] = None
+        self._channel: Optional[openssh.Channel] = None
+        self._sftp: Optional[sftpwire.Session] = None
         self._wanted = False
         self.gave_up = False
         """Set when resuming failed: later connections get one short try."""
@@ -142,14 +87,21 @@ class SFTPTransport(Transport):
         self._wanted = True
         self._conn = sshauth.connect(self.url, self.options, budget)
         try:
-            channel = self._conn.open_session()
+            self._channel = self._conn.open_session()
+            self._channel.invoke_subsystem("sftp")
+            session = sftpwire.Session(self._channel)
             try:
-                channel.invoke_subsystem("sftp")
-                self._sftp = _Client(channel)
+                session.init()
             except _NETWORK_ERRORS as exc:
-                raise TransportError(
-                    f"{self.url.masked()}: the server offers no sftp subsystem "
-                    f"({sshauth.describe(exc)}); use an ssh:// target for servers without sftp") from None
+                said = openssh.diagnose(self._channel.stderr_text())
+                log.debug("%s: the sftp session did not start: %s", self.url.masked(), said.detail)
+                if said.kind == "no-subsystem" or isinstance(exc, EOFError):
+                    raise TransportError(
+                        f"{self.url.masked()}: the server offers no sftp subsystem "
+                        f"({said.detail if said.kind == 'no-subsystem' else sshauth.describe(exc)}); "
+                        "use an ssh:// target for servers without sftp") from None
+                raise self._error("starting the sftp session", exc) from None
+            self._sftp = session
             self._read_limits()
             self._make_base()
         except BaseException:
@@ -157,14 +109,14 @@ class SFTPTransport(Transport):
             raise
 
     def _live(self) -> bool:
-        return (self._sftp is not None and self._conn is not None and self._conn.alive
-                and not self._sftp.get_channel().closed)
+        return (self._sftp is not None and self._conn is not None and self._channel is not None
+                and self._channel.exit_status is None and self._conn.alive)
 
     def _read_limits(self) -> None:
         if "limits@openssh.com" not in self.sftp.extensions:
             return
         msg = self._extended("limits@openssh.com")
-        max_packet, max_read, max_write = msg.get_int64(), msg.get_int64(), msg.get_int64()
+        max_packet, max_read, max_write = msg.u64(), msg.u64(), msg.u64()
         ceiling = min(MAX_REQUEST_SIZE, max_packet - 1024) if max_packet > 2048 else MAX_REQUEST_SIZE
         if max_write:
             self.request_size = max(min(max_write, ceiling), 1024)
@@ -177,7 +129,7 @@ class SFTPTransport(Transport):
         base = self.url.path
         attrs = self._stat(base)
         if attrs is not None:
-            if not stat.S_ISDIR(attrs.st_mode or 0):
+            if not stat.S_ISDIR(attrs.mode or 0):
                 raise TransportError(f"{self.url.masked()}: {base} exists and is not a directory")
             return
         current = ""
@@ -205,18 +157,16 @@ class SFTPTransport(Transport):
 
     def _drop(self) -> None:
         """Forget the connection (after a failure: the next operation makes a new one)."""
-        if self._sftp is not None:
-            try:
-                self._sftp.close()
-            except Exception:  # noqa: BLE001 - close never raises
-                pass
-            self._sftp = None
+        self._sftp = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     @property
-    def sftp(self) -> _Client:
+    def sftp(self) -> sftpwire.Session:
         """The SFTP session; after the connection dropped, a new one (so that
         the saver can still record a failure in README.txt)."""
         if not self._wanted:
@@ -250,26 +200,18 @@ class SFTPTransport(Transport):
 
     def open_handle(self, path: str, truncate: bool) -> bytes:
         """Open ``path`` for writing, mode 0600: emptied (a new dump file) or
-        as it is (resuming one).  Raises paramiko's and the socket's errors."""
-        attrs = paramiko.SFTPAttributes()
-        attrs.st_mode = 0o600
-        flags = SFTP_FLAG_WRITE | (SFTP_FLAG_CREATE | SFTP_FLAG_TRUNC if truncate else 0)
-        t, msg = self.sftp._request(CMD_OPEN, self._path(path), flags, attrs)
-        if t != CMD_HANDLE:
-            raise SFTPError("expected a handle")
-        handle = msg.get_binary()
+        as it is (resuming one).  Raises the protocol's and the channel's errors."""
+        flags = FLAG_WRITE | (FLAG_CREATE | FLAG_TRUNC if truncate else 0)
+        handle = self.sftp.open(self._path(path), flags, 0o600)
         # an existing file keeps its mode on open: make it 0600 like a new one
-        self.sftp._request(CMD_FSETSTAT, handle, attrs)
+        self.sftp.fsetstat_mode(handle, 0o600)
         return handle
 
     def rename(self, src: str, dst: str) -> None:
         old, new = self._path(src), self._path(dst)
         try:
             if "posix-rename@openssh.com" in self.sftp.extensions:
-                if hasattr(self.sftp, "posix_rename"):
-                    self.sftp.posix_rename(old, new)
-                else:
-                    self._extended("posix-rename@openssh.com", old, new)
+                self.sftp.extended("posix-rename@openssh.com", string(old) + string(new))
             else:
                 if self._stat(new) is not None:
                     self.sftp.remove(new)
@@ -279,24 +221,28 @@ class SFTPTransport(Transport):
 
     def listdir(self, path: str = "") -> List[DirEntry]:
         try:
-            entries = self.sftp.listdir_attr(self._path(path))
+            entries = self.sftp.listdir(self._path(path))
         except _NETWORK_ERRORS as exc:
             raise self._error(f"cannot list {path or 'the target directory'!r}", exc) from None
-        return [DirEntry(e.filename, stat.S_ISDIR(e.st_mode or 0)) for e in entries
-                if e.filename not in (".", "..")]
+        return [DirEntry(name, stat.S_ISDIR(attrs.mode or 0)) for name, attrs in entries
+                if name not in (".", "..")]
 
     def read_small(self, path: str, limit: int = 65536) -> Optional[bytes]:
         try:
-            with self.sftp.open(self._path(path), "rb") as f:
+            session = self.sftp
+            handle = session.open(self._path(path), FLAG_READ)
+            try:
                 chunks: List[bytes] = []
                 size = 0
                 while size < limit:
-                    block = f.read(limit - size)
+                    block = session.read(handle, size, min(limit - size, self.read_size))
                     if not block:
                         break
                     chunks.append(block)
                     size += len(block)
                 return b"".join(chunks)
+            finally:
+                session.close(handle)
         except _NETWORK_ERRORS as exc:
             if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
                 return None
@@ -333,7 +279,7 @@ class SFTPTransport(Transport):
                     if not block:
                         break
                     out += block
-                status = channel.recv_exit_status()
+                status = channel.wait()
         except (TransportError, *_NETWORK_ERRORS) as exc:
             log.info("%s: the server cannot compute the sha256 of %s: %s", self.url.masked(), path, exc)
             return None
@@ -348,40 +294,36 @@ class SFTPTransport(Transport):
         if "statvfs@openssh.com" not in self.sftp.extensions:
             return None
         try:
-            msg = self._extended("statvfs@openssh.com", self.url.path)
+            msg = self._extended("statvfs@openssh.com", string(self.url.path))
         except TransportError as exc:
             log.warning("%s", exc)
             return None
-        _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
+        _bsize, frsize, _blocks, _bfree, bavail = (msg.u64() for _ in range(5))
         return frsize * bavail
 
     def open_read(self, path: str) -> BinaryIO:
         try:
-            f = self.sftp.open(self._path(path), "rb")
-            f.MAX_REQUEST_SIZE = self.read_size
-            try:
-                f.prefetch(max_concurrent_requests=MAX_OUTSTANDING)
-            except TypeError:  # paramiko < 3.3 cannot bound the requests in flight
-                f.prefetch()
+            session = self.sftp
+            handle = session.open(self._path(path), FLAG_READ)
         except _NETWORK_ERRORS as exc:
             raise self._error(f"cannot read {path!r}", exc) from None
-        return _Reader(f, self, path)  # type: ignore[return-value]
+        return _Reader(session, handle, self, path)  # type: ignore[return-value]
 
     # -- helpers ----------------------------------------------------------
 
-    def _stat(self, full: str) -> Optional[paramiko.SFTPAttributes]:
+    def _stat(self, full: str) -> Optional[sftpwire.Attributes]:
         try:
             return self.sftp.stat(full)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return None
             raise self._error(f"cannot look at {full}", exc) from None
-        except (EOFError, paramiko.SSHException) as exc:
+        except EOFError as exc:
             raise self._error(f"cannot look at {full}", exc) from None
 
-    def _extended(self, name: str, *args: object) -> paramiko.Message:
+    def _extended(self, name: str, payload: bytes = b"") -> Reply:
         try:
-            return self.sftp.extended(name, *args)
+            return self.sftp.extended(name, payload)
         except _NETWORK_ERRORS as exc:
             raise self._error(name, exc) from None
 
@@ -391,7 +333,7 @@ class SFTPTransport(Transport):
             reason = "permission denied"
         elif isinstance(exc, OSError) and exc.errno == errno.ENOENT:
             reason = "no such file or directory"
-        elif isinstance(exc, (EOFError, paramiko.SSHException, socket.timeout)) or str(exc) == "Socket is closed":
+        elif isinstance(exc, (EOFError, TimeoutError)):
             reason = f"the connection was lost ({sshauth.describe(exc)})"
             self._drop()
         elif isinstance(exc, OSError) and exc.errno is None:
@@ -411,7 +353,7 @@ class SFTPTransport(Transport):
         return None
 
     def _create_error(self, what: str, exc: BaseException) -> TransportError:
-        if isinstance(exc, OSError) and exc.errno is None and str(exc) != "Socket is closed":
+        if isinstance(exc, sftpwire.StatusError) and exc.errno is None:
             full = self._full_disk(what)
             if full is not None:
                 return full
@@ -477,32 +419,34 @@ class SFTPDumpFile(DumpFile):
             try:
                 self._request(offset + start, chunk)
                 while len(self._unacked) >= MAX_OUTSTANDING:
-                    self._sftp._read_response()
+                    self._sftp.read_response()
             except _NETWORK_ERRORS as exc:
                 self._resume(exc)
         self._raise_failure()
 
     def _request(self, offset: int, chunk: bytes) -> None:
         # recorded before sending: a request that breaks half-way is sent again too
-        self._unacked[self._sftp.request_number] = (offset, chunk)
-        self._sftp._async_request(self, CMD_WRITE, self._handle, int64(offset), chunk)
+        num = self._sftp.request_number
+        self._unacked[num] = (offset, chunk)
+        self._sftp.send_request(sftpwire.WRITE, string(self._handle) + u64(offset) + string(chunk),
+                                lambda t, msg: self._acknowledged(num, t, msg))
 
-    def _async_response(self, t: int, msg: paramiko.Message, num: int) -> None:
-        """Called by paramiko for each acknowledgement of our writes."""
+    def _acknowledged(self, num: int, t: int, msg: Reply) -> None:
+        """Called for each acknowledgement of our writes."""
         self._unacked.pop(num, None)
         self._heard = time.monotonic()
         if self._failure is not None:
             return
-        if t != CMD_STATUS:
+        if t != sftpwire.STATUS:
             self._failure = (-1, "unexpected reply to a write")
             return
-        code = msg.get_int()
-        if code != SFTP_OK:
-            self._failure = (code, msg.get_text())
+        code = msg.u32()
+        if code != sftpwire.OK:
+            self._failure = (code, msg.text() if msg.left >= 4 else "")
 
     def _drain(self) -> None:
         while self._unacked:
-            self._sftp._read_response()
+            self._sftp.read_response()
 
     def _resume(self, exc: BaseException) -> None:
         """Connect again, reopen the file and send every unacknowledged write
@@ -521,7 +465,7 @@ class SFTPDumpFile(DumpFile):
                 for offset, chunk in pending:
                     self._request(offset, chunk)
                     while len(self._unacked) >= MAX_OUTSTANDING:
-                        self._sftp._read_response()
+                        self._sftp.read_response()
                 self._drain()
             except _NETWORK_ERRORS as exc:
                 raise TransportError(f"the connection broke again ({sshauth.describe(exc)})") from None
@@ -552,7 +496,7 @@ class SFTPDumpFile(DumpFile):
                 self._raise_failure()
                 self._fsync()
                 self._closed = True
-                self._sftp._request(CMD_CLOSE, self._handle)
+                self._sftp.close(self._handle)
                 return
             except _NETWORK_ERRORS as exc:
                 if self._closed:  # only the CLOSE itself failed: the data is acknowledged and synced
@@ -562,19 +506,16 @@ class SFTPDumpFile(DumpFile):
     def _fsync(self) -> None:
         if "fsync@openssh.com" not in self._sftp.extensions:
             return
-        channel = self._sftp.get_channel()
-        channel.settimeout(max(SYNC_TIMEOUT, channel.gettimeout() or 0))
+        channel = self._sftp.channel
+        before = channel.gettimeout()
+        channel.settimeout(max(SYNC_TIMEOUT, before or 0))
         try:
-            self._sftp.extended("fsync@openssh.com", self._handle)
-        except EOFError:
-            raise
-        except OSError as exc:
-            if isinstance(exc, socket.timeout) or str(exc) == "Socket is closed":
-                raise
+            self._sftp.extended("fsync@openssh.com", string(self._handle))
+        except sftpwire.StatusError as exc:
             self._abort_quietly()
-            raise self._owner._write_error(self._name, _SFTP_FAILURE, str(exc)) from None
+            raise self._owner._write_error(self._name, exc.code, str(exc)) from None
         finally:
-            channel.settimeout(self._owner._conn.timeout if self._owner._conn else None)
+            channel.settimeout(before)
 
     def abort(self) -> None:
         self._abort_quietly()
@@ -586,7 +527,7 @@ class SFTPDumpFile(DumpFile):
         self._buf = bytearray()
         self._unacked.clear()
         try:
-            self._sftp._request(CMD_CLOSE, self._handle)
+            self._sftp.close(self._handle)
         except Exception:  # noqa: BLE001 - the error path must not mask the cause
             pass
 
@@ -594,8 +535,10 @@ class SFTPDumpFile(DumpFile):
 class _Reader:
     """A prefetching remote file whose errors are :class:`TransportError`."""
 
-    def __init__(self, f: paramiko.SFTPFile, owner: SFTPTransport, name: str) -> None:
-        self._f = f
+    def __init__(self, session: sftpwire.Session, handle: bytes, owner: SFTPTransport, name: str) -> None:
+        self._session = session
+        self._handle = handle
+        self._f = sftpwire.Prefetch(session, handle, owner.read_size, MAX_OUTSTANDING)
         self._owner = owner
         self._name = name
 
@@ -607,7 +550,8 @@ class _Reader:
 
     def close(self) -> None:
         try:
-            self._f.close()
+            self._f.discard()
+            self._session.close(self._handle)
         except Exception:  # noqa: BLE001 - close never raises
             pass
 

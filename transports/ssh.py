@@ -28,16 +28,15 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, List, Optional, Tuple
 
-import paramiko
-
 from capture.config.targeturl import TargetURL
-from transports import sshauth
+from transports import openssh, sshauth
+from transports.openssh import Channel
 from transports.base import (DirEntry, DumpFile, NoSpaceError, SentWindow, Transport, TransportError,
                              TransportOptions, resume_within)
 
 log = logging.getLogger(__name__)
 
-_NETWORK_ERRORS = (OSError, EOFError, paramiko.SSHException)
+_NETWORK_ERRORS = (OSError, EOFError)
 #: exit codes our scripts use to answer a question (not failures)
 _EXISTS = 17
 _MISSING = 18
@@ -46,8 +45,6 @@ _IS_LINK = 19
 #: the account's shell start-up files print comes before the marker and is dropped
 _MARKER = b"\0kdump-saver-output\0"
 _PREFIX = "LC_ALL=C; export LC_ALL; printf '\\000kdump-saver-output\\000'; "
-#: bytes handed to paramiko per call: the packet size OpenSSH accepts on a session channel
-_SEND_SIZE = 32 * 1024
 #: the most start-up noise we skip while looking for the marker
 _MAX_NOISE = 1 << 20
 #: seconds the server may take for ``cat`` to finish and ``sync`` at the end of a file
@@ -162,7 +159,7 @@ class SSHTransport(Transport):
     def _q(self, rel: str) -> str:
         return shlex.quote(sshauth.remote_path(self.url.path, rel))
 
-    def exec(self, command: str) -> paramiko.Channel:
+    def exec(self, command: str) -> Channel:
         """A channel running ``command`` (after the common prefix)."""
         channel = self.connection.open_session()
         try:
@@ -185,19 +182,23 @@ class SSHTransport(Transport):
                     break
                 if limit is None or len(out) < limit:
                     out += block
-            err = b""
-            while True:
-                block = channel.recv_stderr(1 << 16)
-                if not block:
-                    break
-                err += block
-            status = _wait_status(channel)
+            status = self.exit_status(channel)
+            err = channel.stderr_text()
         except _NETWORK_ERRORS as exc:
             raise self._lost("running a command", exc) from None
         finally:
             channel.close()
-        return Result(status, bytes(out if limit is None else out[:limit]), err.decode("utf-8", "replace"),
-                      ran=noise_end is not None)
+        return Result(status, bytes(out if limit is None else out[:limit]), err, ran=noise_end is not None)
+
+    def exit_status(self, channel: Channel, timeout: Optional[float] = None) -> int:
+        """The exit status of the command on ``channel``; -1 when the
+        connection ended without one; ``socket.timeout`` after ``timeout``."""
+        status = channel.wait(timeout)
+        if status is None:
+            raise socket.timeout("no exit status")
+        if status == openssh.SSH_FAILED and (self._conn is None or not self._conn.alive):
+            return -1
+        return status
 
     def _lost(self, what: str, exc: BaseException) -> TransportError:
         self._drop()
@@ -234,7 +235,7 @@ class SSHTransport(Transport):
             raise self._fail(f"cannot tell the size of {path!r}", result)
         return int(text)
 
-    def continue_at(self, path: str, offset: int) -> paramiko.Channel:
+    def continue_at(self, path: str, offset: int) -> Channel:
         """A channel whose input continues the existing file ``path`` at ``offset``."""
         return self.exec(_CONTINUE.format(p=self._q(path), n=int(offset)))
 
@@ -297,7 +298,7 @@ class SSHTransport(Transport):
         return _Reader(self, path, channel)  # type: ignore[return-value]
 
 
-def _skip_noise(channel: paramiko.Channel) -> Optional[bytearray]:
+def _skip_noise(channel: Channel) -> Optional[bytearray]:
     """Read up to and including the marker; the output after it (possibly
     empty), or None when the output ended without the marker."""
     seen = bytearray()
@@ -313,19 +314,13 @@ def _skip_noise(channel: paramiko.Channel) -> Optional[bytearray]:
         seen += block
 
 
-def _wait_status(channel: paramiko.Channel, timeout: Optional[float] = None) -> int:
-    if not channel.status_event.wait(timeout or channel.gettimeout() or SYNC_TIMEOUT):
-        raise socket.timeout("no exit status")
-    return channel.exit_status
-
-
 class StreamFile(DumpFile):
     """The input of a remote ``cat > PATH``: append-only; the last bytes
     sent are kept to resume after a lost connection."""
 
     seekable = False
 
-    def __init__(self, owner: SSHTransport, name: str, channel: paramiko.Channel) -> None:
+    def __init__(self, owner: SSHTransport, name: str, channel: Channel) -> None:
         self._owner = owner
         self._name = name
         self._channel = channel
@@ -343,10 +338,7 @@ class StreamFile(DumpFile):
             self._lost(exc)
 
     def _send(self, view: memoryview) -> None:
-        # one SSH packet's worth at a time: paramiko's sendall copies the rest of
-        # its argument after every packet, which is quadratic for large blocks
-        for start in range(0, len(view), _SEND_SIZE):
-            self._channel.sendall(bytes(view[start:start + _SEND_SIZE]))
+        self._channel.sendall(view)
         self._heard = time.monotonic()
 
     def _lost(self, exc: Optional[BaseException]) -> None:
@@ -385,7 +377,7 @@ class StreamFile(DumpFile):
             return
         try:
             self._channel.shutdown_write()
-            status = _wait_status(self._channel, max(SYNC_TIMEOUT, self._channel.gettimeout() or 0))
+            status = self._owner.exit_status(self._channel, max(SYNC_TIMEOUT, self._channel.gettimeout() or 0))
         except _NETWORK_ERRORS as exc:
             self._lost(exc)
             return self.close()
@@ -405,16 +397,13 @@ class StreamFile(DumpFile):
         """Why the stream broke, from the remote command's stderr when it said
         something, and whether only the connection was lost."""
         self._done = True
-        err = b""
         try:
-            if self._channel.status_event.wait(2):
-                while self._channel.recv_stderr_ready():
-                    err += self._channel.recv_stderr(1 << 16)
-            status = self._channel.exit_status if self._channel.exit_status_ready() else -1
+            status = self._owner.exit_status(self._channel, 2)
         except Exception:  # noqa: BLE001 - a broken connection: report what we know
             status = -1
+        err = self._channel.stderr_text() if status != -1 else ""
         self._channel.close()
-        result = Result(status, b"", err.decode("utf-8", "replace"))
+        result = Result(status, b"", err)
         if status == -1 and not result.stderr.strip():
             return self._owner._lost(f"writing {self._name!r}", exc or EOFError()), True
         return self._owner._fail(f"writing {self._name!r}", result), False
@@ -431,7 +420,7 @@ class StreamFile(DumpFile):
 class _Reader:
     """The output of a remote ``cat -- PATH``; a failure is a :class:`TransportError`."""
 
-    def __init__(self, owner: SSHTransport, name: str, channel: paramiko.Channel) -> None:
+    def __init__(self, owner: SSHTransport, name: str, channel: Channel) -> None:
         self._owner = owner
         self._name = name
         self._channel = channel
@@ -457,13 +446,11 @@ class _Reader:
             raise self._owner._lost(f"reading {self._name!r}", exc) from None
 
     def _check_status(self) -> None:
-        status = _wait_status(self._channel)
+        status = self._owner.exit_status(self._channel)
+        if status == -1:
+            raise EOFError("the connection ended")
         if status != 0:
-            err = b""
-            while self._channel.recv_stderr_ready():
-                err += self._channel.recv_stderr(1 << 16)
-            raise self._owner._fail(f"cannot read {self._name!r}",
-                                    Result(status, b"", err.decode("utf-8", "replace")))
+            raise self._owner._fail(f"cannot read {self._name!r}", Result(status, b"", self._channel.stderr_text()))
 
     def close(self) -> None:
         try:

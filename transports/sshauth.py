@@ -16,46 +16,37 @@ The contract, shared by both schemes:
 * Connecting retries failures of the network (refused, unreachable, no
   banner yet) until ``options.net_timeout`` seconds have passed; 0 means a
   single try.  Refused authentication and a wrong host key are final.
-* Messages never contain a password or private key material; paramiko's
-  exceptions are reworded, never passed through.
+* Messages never contain a password or private key material; ssh's
+  messages are reworded (:func:`~transports.openssh.diagnose`).
+* The connection is the OpenSSH client (:mod:`transports.openssh`); key
+  files are checked with ``ssh-keygen`` where it is installed (the host),
+  and handed to ssh as they are in the capture kernel.
 """
 from __future__ import annotations
 
 import base64
 import binascii
-import errno
-import hashlib
 import logging
 import os
 import pwd
+import shutil
 import socket
+import subprocess
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-import paramiko
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from capture.config.targeturl import TargetURL
+from transports import openssh
 from transports.base import (InitrdMaterial, InitrdProfile, TransportError, TransportOptions, io_timeout,
                              retry_until_timeout)
 
 log = logging.getLogger(__name__)
-# paramiko logs its own tracebacks (a silent server's banner timeout) at ERROR;
-# every failure it has is reworded here instead
-logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-
-#: Our receive window per channel and the largest packet we accept: large,
-#: so that reading back streams without waiting for window adjustments.
-WINDOW_SIZE = 16 * 1024 * 1024
-MAX_PACKET_SIZE = 256 * 1024
 #: Seconds a single connection attempt may take (TCP connect, banner, key
 #: exchange, login), at most; less when KDUMP_NET_TIMEOUT ends sooner.
 ATTEMPT_TIMEOUT = 15.0
 #: The shortest attempt when KDUMP_NET_TIMEOUT has (nearly) run out.
 MIN_ATTEMPT_TIMEOUT = 3.0
-#: Ciphers, fastest first; all of them are also offered by OpenSSH.
-CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
 
 #: host key type as written in known_hosts -> signature algorithms that prove it
@@ -70,12 +61,12 @@ _KEY_ALGORITHMS = {
 
 def unverifiable_key_problem(key_type: str, where: str) -> Optional[str]:
     """Why a host key of ``key_type`` cannot be checked in the capture kernel, or None
-    (paramiko verifies only the types of ``_KEY_ALGORITHMS``: no DSA since paramiko 4,
-    no Ed448, no FIDO ``sk-*`` keys)."""
+    (we accept only the types of ``_KEY_ALGORITHMS``: DSA is disabled in OpenSSH,
+    Ed448 does not exist there, a FIDO ``sk-*`` key cannot be a host key)."""
     if key_type in _KEY_ALGORITHMS:
         return None
-    return (f"{where}: the host key type {key_type} cannot be verified by paramiko, which the capture kernel "
-            f"uses; record a key of type {', '.join(_KEY_ALGORITHMS)} for the server instead "
+    return (f"{where}: the host key type {key_type} cannot be verified by the capture kernel's "
+            f"ssh client; record a key of type {', '.join(_KEY_ALGORITHMS)} for the server instead "
             "(ssh-keyscan -t ed25519 HOST)")
 
 
@@ -92,12 +83,6 @@ def _known_hosts_types(path: str, url: TargetURL) -> List[str]:
     except OSError:
         return []
     return found
-
-
-def fingerprint(key: paramiko.PKey) -> str:
-    """The OpenSSH form ``SHA256:...`` of a public key."""
-    digest = hashlib.sha256(key.asbytes()).digest()
-    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
 def host_label(url: TargetURL) -> str:
@@ -145,27 +130,6 @@ class HostKeyPolicy:
                     algorithms.append(name)
         return tuple(algorithms)
 
-    def verify(self, url: TargetURL, key: paramiko.PKey) -> None:
-        """Accept ``key`` or raise :class:`TransportError` (nothing sent yet)."""
-        seen = f"{key.get_name()} {fingerprint(key)}"
-        if self.check_disabled:
-            log.warning("HOST KEY CHECKING IS OFF (KDUMP_HOST_KEY=*): sending the dump to whoever "
-                        "answers at %s, which presented %s", host_label(url), seen)
-            return
-        for expected in self.expected:
-            if expected.key_type == key.get_name() and expected.blob == key.asbytes():
-                log.info("host key of %s verified (%s, from %s)", host_label(url), seen, self.source)
-                return
-        if not self.expected:
-            raise TransportError(
-                f"refusing to send to {url.masked()}: the host key of {host_label(url)} is unknown "
-                f"(server presented {seen}); no key for this host in {self.source}; set "
-                "KDUMP_HOST_KEY to the server's key or record it in known_hosts before building the initrd")
-        raise TransportError(
-            f"refusing to send to {url.masked()}: the host key of {host_label(url)} does not match "
-            f"the one in {self.source} (server presented {seen}); the server was reinstalled or "
-            "someone is intercepting the connection")
-
 
 def _parse_host_key(value: str) -> ExpectedKey:
     fields = value.split()
@@ -181,30 +145,38 @@ def _parse_host_key(value: str) -> ExpectedKey:
 
 
 def _known_hosts_keys(path: str, url: TargetURL) -> List[ExpectedKey]:
+    """The keys ``path`` lists for the target (hashed entries too, where
+    ``ssh-keygen`` is installed to match them)."""
     if not os.path.exists(path):
         return []
-    try:
-        keys = paramiko.HostKeys(path)
-    except (OSError, paramiko.SSHException) as exc:
-        raise TransportError(f"cannot read the known_hosts file {path}: {_describe(exc)}") from None
     names = [url.host] if url.effective_port == 22 else []
     names.append(f"[{url.host}]:{url.effective_port}")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise TransportError(f"cannot read the known_hosts file {path}: {_describe(exc)}") from None
+    if any(line.startswith("|1|") for line in lines) and shutil.which("ssh-keygen"):
+        lines = []
+        for name in names:
+            res = subprocess.run(["ssh-keygen", "-F", name, "-f", path], capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL, timeout=30)
+            lines += [line for line in res.stdout.splitlines() if not line.startswith("#")]
     found: List[ExpectedKey] = []
     for name in names:
-        entry = keys.lookup(name)
-        if not entry:
-            continue
-        for key_type in entry.keys():
-            found.append(ExpectedKey(key_type, entry[key_type].asbytes()))
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 3 or line.startswith(("#", "@")):
+                continue
+            if not (name in fields[0].split(",") or fields[0].startswith("|1|")):
+                continue
+            try:
+                key = ExpectedKey(fields[1], base64.b64decode(fields[2], validate=True))
+            except (binascii.Error, ValueError):
+                continue
+            if key not in found:
+                found.append(key)
     return found
-
-
-@dataclass(frozen=True)
-class Identity:
-    """A private key loaded for authentication; ``path`` is for messages."""
-
-    path: str
-    key: paramiko.PKey
 
 
 def ssh_dir() -> str:
@@ -220,87 +192,85 @@ def identity_paths(options: TransportOptions) -> Tuple[Tuple[str, ...], bool]:
     return tuple(os.path.join(ssh_dir(), name) for name in DEFAULT_IDENTITIES), False
 
 
-def load_identities(options: TransportOptions) -> List[Identity]:
-    """Load the private keys; a key named in KDUMP_SSH_IDENTITY that cannot be
-    used is an error, a missing default key is not."""
+def load_identities(options: TransportOptions) -> List[str]:
+    """The key files to use; one named in KDUMP_SSH_IDENTITY that does not
+    exist or (where ``ssh-keygen`` can tell) is not an unencrypted private
+    key is an error, a missing or unusable default key is skipped."""
     paths, explicit = identity_paths(options)
-    loaded: List[Identity] = []
+    loaded: List[str] = []
     for path in paths:
         if not os.path.exists(path):
             if explicit:
                 raise TransportError(f"KDUMP_SSH_IDENTITY: the key file {path} does not exist")
             continue
-        key = _load_key(path)
-        if key is None:
+        if not usable_key(path):
             if explicit:
-                raise TransportError(f"KDUMP_SSH_IDENTITY: {path} is not an unencrypted ed25519, "
-                                     "ecdsa or rsa private key")
-            log.warning("ignoring %s: not an unencrypted ed25519, ecdsa or rsa private key", path)
+                raise TransportError(f"KDUMP_SSH_IDENTITY: {path} is not an unencrypted private key")
+            log.warning("ignoring %s: not an unencrypted private key", path)
             continue
-        loaded.append(Identity(path, key))
+        loaded.append(path)
     return loaded
 
 
-def _load_key(path: str) -> Optional[paramiko.PKey]:
-    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-        try:
-            return cls.from_private_key_file(path)
-        except (paramiko.SSHException, ValueError, OSError, TypeError, IndexError):
-            continue
-    return _load_key_with_cryptography(path)
-
-
-def _load_key_with_cryptography(path: str) -> Optional[paramiko.PKey]:
-    """Second chance for ECDSA and RSA keys in OpenSSH's format: paramiko
-    rejects some valid ones depending on their padding (paramiko issue 2445)."""
+def usable_key(path: str) -> bool:
+    """Whether ``path`` is a private key ssh can use without a passphrase
+    (``ssh-keygen -y``; True where ssh-keygen is not installed: ssh decides)."""
+    keygen = shutil.which("ssh-keygen")
+    if keygen is None:
+        return os.access(path, os.R_OK)
     try:
-        with open(path, "rb") as f:
-            key = serialization.load_ssh_private_key(f.read(), password=None)
-    except (ValueError, TypeError, OSError):
-        return None
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return paramiko.ECDSAKey(vals=(key, key.public_key()))
-    if isinstance(key, rsa.RSAPrivateKey):
-        return paramiko.RSAKey(key=key)
-    return None
+        res = subprocess.run([keygen, "-y", "-P", "", "-f", path], capture_output=True, stdin=subprocess.DEVNULL,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0
 
 
 class SSHConnection:
-    """A connected, verified and authenticated paramiko transport."""
+    """A logged-in OpenSSH connection (:class:`~transports.openssh.Master`)."""
 
-    def __init__(self, url: TargetURL, transport: paramiko.Transport, timeout: float) -> None:
+    def __init__(self, url: TargetURL, master: openssh.Master, timeout: float) -> None:
         self.url = url
-        self.transport = transport
+        self.master = master
         self.timeout = timeout
         """Seconds of silence from the server before an operation fails (:func:`io_timeout`)."""
 
     @property
     def alive(self) -> bool:
         """False once the connection has dropped."""
-        return self.transport.is_active()
+        return self.master.alive
 
-    def open_session(self) -> paramiko.Channel:
-        """A new session channel with our window sizes and the I/O timeout."""
-        try:
-            channel = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE,
-                                                  timeout=self.timeout)
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise TransportError(f"{self.url.masked()}: cannot open a session: {describe(exc)}") from None
-        channel.settimeout(self.timeout)
-        return channel
+    def open_session(self) -> openssh.Channel:
+        """A new session (not started yet) with the I/O timeout."""
+        if not self.master.alive:
+            raise TransportError(f"{self.url.masked()}: cannot open a session: the connection was lost")
+        return self.master.channel(self.timeout)
 
     def close(self) -> None:
-        try:
-            self.transport.close()
-        except Exception:  # noqa: BLE001 - close never raises
-            pass
+        self.master.close()
+
+
+def endpoint(url: TargetURL, options: TransportOptions, policy: HostKeyPolicy, identities: Sequence[str],
+             limit: float) -> openssh.Endpoint:
+    """The OpenSSH client's view of the target: host, login, the keys to check."""
+    timeout = io_timeout(options)
+    name = url.host if url.effective_port == 22 else f"[{url.host}]:{url.effective_port}"
+    known = "".join(f"{name} {k.key_type} {base64.b64encode(k.blob).decode()}\n" for k in policy.expected)
+    interval = max(1, int(timeout // 3))
+    return openssh.Endpoint(host=url.host, port=url.effective_port or 22, user=url.user or _local_user(),
+                            identities=tuple(identities), known_hosts=known,
+                            host_key_algorithms=policy.key_algorithms(), check_host_key=not policy.check_disabled,
+                            password=url.password or None, alive_interval=interval,
+                            alive_count=max(1, int(timeout // interval)), connect_timeout=limit)
 
 
 def connect(url: TargetURL, options: TransportOptions, budget: Optional[float] = None) -> SSHConnection:
-    """Connect, check the host key and authenticate, retrying network
+    """Connect, check the host key and log in, retrying network
     failures until ``budget`` seconds (default ``options.net_timeout``) have
     passed; a silent server ends each attempt within the time left (at least
     :data:`MIN_ATTEMPT_TIMEOUT`; :data:`ATTEMPT_TIMEOUT` for a single try)."""
+    if openssh.ssh_program() is None:
+        raise TransportError(f"{url.masked()}: the OpenSSH client (ssh) is not installed")
     policy = HostKeyPolicy.from_options(url, options)
     identities = load_identities(options)
     user = url.user or _local_user()
@@ -310,18 +280,23 @@ def connect(url: TargetURL, options: TransportOptions, budget: Optional[float] =
                              f"{', '.join(paths)} exists and the URL has no password")
     total = options.net_timeout if budget is None else budget
 
-    def attempt(left: float) -> paramiko.Transport:
+    def attempt(left: float) -> openssh.Master:
         limit = min(ATTEMPT_TIMEOUT, io_timeout(options) if total <= 0 else max(left, MIN_ATTEMPT_TIMEOUT))
-        return _handshake(url, policy, limit, io_timeout(options))
+        try:
+            return openssh.start_master(endpoint(url, options, policy, identities, limit), limit)
+        except socket.timeout:
+            raise _Retryable(f"{host_label(url)} does not answer (no SSH login within {limit:.0f} s)") from None
+        except openssh.SSHFailure as exc:
+            raise _failure(url, policy, user, identities, openssh.diagnose(exc.text), limit) from None
 
-    transport = retry_until_timeout(url, int(total + 0.999), attempt, (_Retryable,),
-                                    reason=lambda exc: exc.reason)
-    try:
-        _authenticate(url, transport, user, identities)
-    except BaseException:
-        transport.close()
-        raise
-    return SSHConnection(url, transport, io_timeout(options))
+    master = retry_until_timeout(url, int(total + 0.999), attempt, (_Retryable,), reason=lambda exc: exc.reason)
+    if policy.check_disabled:
+        log.warning("HOST KEY CHECKING IS OFF (KDUMP_HOST_KEY=*): sending the dump to whoever answers at %s",
+                    host_label(url))
+    else:
+        log.info("host key of %s verified (from %s)", host_label(url), policy.source)
+    log.info("logged in to %s as %s", host_label(url), user)
+    return SSHConnection(url, master, io_timeout(options))
 
 
 class _Retryable(Exception):
@@ -330,94 +305,47 @@ class _Retryable(Exception):
         self.reason = reason
 
 
-def _handshake(url: TargetURL, policy: HostKeyPolicy, limit: float, timeout: float) -> paramiko.Transport:
-    port = url.effective_port or 22
-    try:
-        sock = socket.create_connection((url.host, port), timeout=limit)
-    except socket.gaierror as exc:
-        raise _Retryable(f"cannot resolve host {url.host!r} ({exc.strerror or exc})") from None
-    except OSError as exc:
-        raise _Retryable(_socket_reason(exc, url, limit)) from None
-    sock.settimeout(timeout)
-    transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
-                                   default_max_packet_size=MAX_PACKET_SIZE)
-    try:
-        transport.banner_timeout = limit
-        transport.handshake_timeout = limit
-        transport.auth_timeout = limit
-        security = transport.get_security_options()
-        security.ciphers = tuple(c for c in CIPHERS if c in security.ciphers) + tuple(
-            c for c in security.ciphers if c not in CIPHERS)
-        wanted = [a for a in policy.key_algorithms() if a in security.key_types]
-        if wanted:
-            security.key_types = tuple(wanted)
-        try:
-            transport.start_client(timeout=limit)
-        except paramiko.IncompatiblePeer as exc:
-            if wanted:
-                raise TransportError(
-                    f"refusing to send to {url.masked()}: {host_label(url)} has no host key of the type(s) "
-                    f"recorded in {policy.source} ({', '.join(k.key_type for k in policy.expected)})") from None
-            raise TransportError(f"{url.masked()}: no common SSH algorithms with {host_label(url)}: "
-                                 f"{describe(exc)}") from None
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise _Retryable(f"SSH handshake with {host_label(url)} failed: {describe(exc)}") from None
-        if not transport.is_active() or not transport.initial_kex_done:
-            # paramiko's start_client returns when its time is up, without an error
-            raise _Retryable(f"no SSH handshake with {host_label(url)} within {limit:.0f} s "
-                             "(the server accepted the connection but does not answer)")
-        key = transport.get_remote_server_key()
-        policy.verify(url, key)
-        return transport
-    except BaseException:
-        transport.close()
-        raise
-
-
-def _authenticate(url: TargetURL, transport: paramiko.Transport, user: str,
-                  identities: Sequence[Identity]) -> None:
-    tried: List[str] = []
-    allowed: List[str] = []
-    for identity in identities:
-        tried.append(f"key {identity.path} ({fingerprint(identity.key)})")
-        try:
-            transport.auth_publickey(user, identity.key)
-        except paramiko.BadAuthenticationType as exc:
-            allowed = list(exc.allowed_types)
-            continue
-        except paramiko.AuthenticationException:
-            continue
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise TransportError(f"{url.masked()}: connection lost while logging in: {describe(exc)}") from None
-        if transport.is_authenticated():
-            log.info("logged in to %s as %s with %s", host_label(url), user, identity.path)
-            return
-    if url.password:
-        tried.append("the password from the URL")
-        try:
-            transport.auth_password(user, url.password)
-        except paramiko.BadAuthenticationType as exc:
-            allowed = list(exc.allowed_types)
-        except paramiko.AuthenticationException:
-            pass
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise TransportError(f"{url.masked()}: connection lost while logging in: {describe(exc)}") from None
-        if transport.is_authenticated():
-            log.info("logged in to %s as %s with the URL's password", host_label(url), user)
-            return
-    accepts = f"; it accepts only {', '.join(allowed)}" if allowed else ""
-    raise TransportError(f"{url.masked()}: the server refused the login as {user!r} "
-                         f"(tried {', '.join(tried)}{accepts})")
-
-
-def _socket_reason(exc: OSError, url: TargetURL, limit: float) -> str:
-    if isinstance(exc, socket.timeout):
-        return f"no answer from {host_label(url)} within {limit:.0f} s"
-    if exc.errno == errno.ECONNREFUSED:
-        return f"connection refused by {host_label(url)} (no SSH server listening on that port)"
-    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-        return f"{host_label(url)} is unreachable ({os.strerror(exc.errno)}; is the network up?)"
-    return f"{host_label(url)}: {exc.strerror or exc}"
+def _failure(url: TargetURL, policy: HostKeyPolicy, user: str, identities: Sequence[str],
+             why: openssh.Diagnosis, limit: float) -> Exception:
+    """What ssh's failure means, worded for the administrator: a final
+    :class:`TransportError` or a :class:`_Retryable`."""
+    label = host_label(url)
+    seen = f" (server presented {why.fingerprint})" if why.fingerprint else ""
+    if why.kind == "login":
+        tried = [f"key {path}" for path in identities] + (["the password from the URL"] if url.password else [])
+        accepts = f"; it accepts only {why.allowed}" if why.allowed else ""
+        return TransportError(f"{url.masked()}: the server refused the login as {user!r} "
+                              f"(tried {', '.join(tried) or 'nothing'}{accepts})")
+    if why.kind == "host-key-changed":
+        return TransportError(f"refusing to send to {url.masked()}: the host key of {label} does not match "
+                              f"the one in {policy.source}{seen}; the server was reinstalled or someone is "
+                              "intercepting the connection")
+    if why.kind == "host-key-unknown" and not policy.expected:
+        return TransportError(
+            f"refusing to send to {url.masked()}: the host key of {label} is unknown{seen}; no key for this "
+            f"host in {policy.source}; set KDUMP_HOST_KEY to the server's key or record it in known_hosts "
+            "before building the initrd")
+    if why.kind == "host-key-unknown":
+        return TransportError(f"refusing to send to {url.masked()}: the host key of {label} does not match "
+                              f"the one in {policy.source}{seen}; the server was reinstalled or someone is "
+                              "intercepting the connection")
+    if why.kind == "host-key-type":
+        return TransportError(f"refusing to send to {url.masked()}: {label} has no host key of the type(s) "
+                              f"recorded in {policy.source} "
+                              f"({', '.join(k.key_type for k in policy.expected)})")
+    if why.kind == "algorithms":
+        return TransportError(f"{url.masked()}: no common SSH algorithms with {label}: {why.detail}")
+    if why.kind == "refused":
+        return _Retryable(f"connection refused by {label} (no SSH server listening on that port)")
+    if why.kind == "unreachable":
+        return _Retryable(f"{label} is unreachable ({why.detail}; is the network up?)")
+    if why.kind == "resolve":
+        return _Retryable(f"cannot resolve host {url.host!r} ({why.detail})")
+    if why.kind == "timeout":
+        return _Retryable(f"{label} does not answer (no SSH handshake within {limit:.0f} s)")
+    if "closed" in why.detail or "reset" in why.detail:
+        return _Retryable(f"SSH handshake with {label} failed: the server closed the connection")
+    return _Retryable(f"SSH connection to {label} failed: {why.detail}")
 
 
 def _local_user() -> str:
@@ -428,7 +356,7 @@ def _local_user() -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """A short, secret-free description of a network or paramiko error."""
+    """A short, secret-free description of a network or SSH error."""
     return _describe(exc)
 
 
@@ -440,13 +368,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         return os.strerror(exc.errno)
     if isinstance(exc, OSError) and exc.args and isinstance(exc.args[0], str):
-        return exc.args[0].splitlines()[0][:200]  # paramiko's "Socket is closed"
-    if isinstance(exc, paramiko.ChannelException):
-        return f"the server refused a channel ({exc.text})"
-    if isinstance(exc, paramiko.SSHException):
-        # paramiko's texts name protocol steps, never credentials; keep only the first line
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return text[:200]
+        return exc.args[0].splitlines()[0][:200]
     return type(exc).__name__
 
 
@@ -461,8 +383,8 @@ def remote_path(base: str, rel: str) -> str:
     return base.rstrip("/") + "/" + "/".join(parts)
 
 
-INITRD = InitrdProfile(packages=("paramiko",), imports=("paramiko",))
-"""What ssh and sftp need in the capture initrd: paramiko and its cryptography stack."""
+INITRD = InitrdProfile(programs=("ssh",))
+"""What ssh and sftp need in the capture initrd: the OpenSSH client."""
 
 
 def initrd_material(url: TargetURL, options: TransportOptions) -> InitrdMaterial:
@@ -499,7 +421,7 @@ def initrd_material(url: TargetURL, options: TransportOptions) -> InitrdMaterial
     except TransportError as exc:
         material.problems.append(str(exc))
     else:
-        material.files.extend(i.path for i in loaded)
+        material.files.extend(loaded)
         if not loaded and not url.password:
             paths, _ = identity_paths(options)
             material.problems.append(

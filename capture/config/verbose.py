@@ -7,7 +7,7 @@
 * 4 (:data:`LOAD_STDOUT`): the kexec command line is written to standard
   output when loading;
 * 8 (:data:`SAVE_DEBUG`): debugging while saving: our own debug messages
-  (paramiko's too), makedumpfile's debug message level, and shell tracing
+  (ssh failures in full), makedumpfile's debug message level, and shell tracing
   (``set -x``) of the capture initrd's scripts;
 * 16 (:data:`LOAD_DEBUG`): debugging when loading and detecting the capture
   kernel: debug messages of ``load`` and ``build-initrd``, and ``kexec -d``.
@@ -40,6 +40,4 @@ def debug_logging(verbose: int, saving: bool) -> None:
     if not verbose & (SAVE_DEBUG if saving else LOAD_DEBUG):
         return
     logging.getLogger().setLevel(logging.DEBUG)
-    if saving:
-        logging.getLogger("paramiko").setLevel(logging.DEBUG)
     logging.getLogger(__name__).debug("KDUMP_VERBOSE=%d: debug messages on", verbose)

@@ -42,12 +42,10 @@ log = logging.getLogger(__name__)
 
 #: third-party top-level packages the saver may use, and what needs each one
 OPTIONAL_ROOTS: Dict[str, str] = {
-    "paramiko": "ssh and sftp targets",
     "smb": "cifs targets",
     "nmb": "cifs targets",
     "lz4": "KDUMP_DUMPFORMAT=raw",
     "lzo": "kdump-saver's own collector (lzo pages; zlib without it)",
-    "invoke": "nothing: paramiko uses it only for ssh_config 'Match exec'",
 }
 
 #: standard-library modules imported lazily at run time, not at import time:

@@ -67,6 +67,8 @@ MODULE_DIR = (Path(__file__).resolve().parent / "dracut").resolve()
 DRACUT_BASEDIR = "/usr/lib/dracut"
 STAMP_PATH = "/etc/kdump-saver/build-stamp"
 KNOWN_HOSTS_PATH = "/etc/kdump-saver/known_hosts"
+#: the Debian package of a program a transport runs
+PROGRAM_PACKAGES = {"ssh": "openssh-client"}
 CA_BUNDLE_PATH = "/etc/kdump-saver/ca-bundle.pem"
 """The host's system CA bundle in the initrd (ftps without KDUMP_CA_FILE)."""
 FSTAB_PATH = "/etc/kdump-saver/fstab"
@@ -806,7 +808,15 @@ def _programs(config: Config, urls: Targets) -> Tuple[List[str], List[str], List
                 if client6:
                     optional.append(client6)
     for url in _listed(urls):
-        optional.extend(transports.initrd_profile(url).optional_programs)
+        profile = transports.initrd_profile(url)
+        optional.extend(profile.optional_programs)
+        for name in profile.programs:
+            path = _which(name)
+            if path is None:
+                problems.append(f"{name} is not installed; the {url.scheme}:// target needs it in the capture "
+                                f"initrd (install {PROGRAM_PACKAGES.get(name, name)})")
+            else:
+                programs.append(path)
     for name in config.required_programs:
         path = _which(name)
         if path is None:
