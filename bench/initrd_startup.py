@@ -9,7 +9,7 @@ it with the initrd's own interpreter and PYTHONPATH, each of:
 - the interpreter alone (``-S -s -c pass``): the reference of the same run;
 - ``kdump-saver capture-boot --help`` through the launcher;
 - the imports of ``capture-boot`` (cli, commands.capture_boot, save.boot);
-- those plus the target's transport module (paramiko for sftp/ssh).
+- those plus the target's transport module (transports.sftp with its SFTP client for sftp).
 
 It prints the least user+system CPU time of N runs of each (CPU time, not
 wall time: the machine is shared) and its ratio to the interpreter alone.

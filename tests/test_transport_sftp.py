@@ -12,6 +12,7 @@ import random
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -141,6 +142,20 @@ def test_password_login_and_no_secret_anywhere(ssh_lab: SSHLab, sshd_sftp: SSHD,
     url = parse(sshd_sftp.url("sftp", user.name, str(base), user.password))
     with open_target(url, ssh_lab.password_options(sshd_sftp)) as t:
         t.write_small("x", b"ok")
+        # logged in: the password is in no process's command line or environment and in no file
+        # of the ssh client's private directories (its askpass file is gone)
+        secret = user.password.encode()
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            for name in ("cmdline", "environ"):
+                try:
+                    assert secret not in Path(f"/proc/{pid}/{name}").read_bytes(), f"/proc/{pid}/{name}"
+                except OSError:
+                    pass
+        for private in Path(tempfile.gettempdir()).glob("kdump-saver-ssh-*"):
+            assert stat.S_IMODE(private.stat().st_mode) == 0o700
+            for f in private.iterdir():
+                if f.is_file():
+                    assert secret not in f.read_bytes(), f
     assert (base / "x").read_bytes() == b"ok"
     wrong = parse(sshd_sftp.url("sftp", user.name, str(base), "not-" + user.password))
     with pytest.raises(TransportError) as err:

@@ -4,7 +4,7 @@ A row names the transport module that handles the scheme, its aliases, its
 default port and whether its files can be written at offsets (then the saver
 stores the standard vmcore; otherwise the flattened stream).  The table
 imports nothing, so URL parsing never pulls in a transport's library
-(paramiko, pysmb), which a capture initrd for another target does not carry.
+(pysmb for cifs, the OpenSSH client for sftp and ssh), which a capture initrd for another target does not carry.
 """
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ class ProbeRun:
 
 def python_closure(repo: Path) -> closure.Closure:
     """The interpreter and the Python files the probe imports (traced as for
-    the capture initrd; no optional dependency such as paramiko is needed)."""
+    the capture initrd; no optional dependency such as pysmb is needed)."""
     optional = sorted(closure.static_imports([str(PROBE)])) + list(closure.RUNTIME_STDLIB)
     return closure.trace(list(PROBE_IMPORTS), optional, (), [str(repo)])
 
