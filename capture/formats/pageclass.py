@@ -401,6 +401,13 @@ class MemMap:
         """``(raw, unreadable)``: the struct pages of ``count`` frames from ``start_pfn`` (zeros where
         there is none or it cannot be read) and how many frames had an unreadable struct page."""
         size = self.layout.struct_size
+        section = start_pfn // self.pfns_per_section
+        base = self.bases.get(section)
+        if base is not None and start_pfn + count <= (section + 1) * self.pfns_per_section:
+            try:  # the common case, one section: no copy
+                return aspace.read((base + start_pfn * size) & ((1 << 64) - 1), count * size), 0
+            except UnreadableMemory:
+                pass  # frame by frame below, which logs it
         out = bytearray(count * size)
         unreadable = 0
         pfn = start_pfn
