@@ -33,6 +33,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from capture.formats.dumplevel import CACHE, CACHE_PRIVATE, FREE, USER, ZERO
 from capture.formats.elfcore import PT_LOAD, ElfCore
 from capture.errors import DumpFormatError
 from capture.formats.kmem import PhysicalMemory, UnreadableMemory, X86_64AddressSpace
@@ -40,11 +41,6 @@ from capture.formats.kmem import PhysicalMemory, UnreadableMemory, X86_64Address
 log = logging.getLogger(__name__)
 
 KEEP = 0
-ZERO = 1
-CACHE = 2
-CACHE_PRIVATE = 4
-USER = 8
-FREE = 16
 HWPOISON = 32
 OFFLINE = 64
 

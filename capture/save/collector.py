@@ -27,6 +27,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from capture.config import verbose
 from capture.config.options import Config
+from capture.formats.dumplevel import makedumpfile_misfilters
 from capture.errors import KdumpError
 from capture.save.progress import Progress, pump_stderr
 
@@ -113,7 +114,6 @@ def plan(config: Config, mdf: Optional[Makedumpfile], vmcoreinfo: Optional[Mappi
     if config.dumpformat in FORMAT_FLAGS:
         reason = mdf_problem or "makedumpfile is not available"
         if mdf is not None:
-            from capture.save.pycollector import makedumpfile_misfilters
             reason = makedumpfile_misfilters(vmcoreinfo or {}, mdf.version, config.dumplevel) or ""
         if reason:
             return own_plan(config, reason, cpus_online)
