@@ -181,7 +181,9 @@ def _makedumpfile_plan(config: Config, mdf: Optional[Makedumpfile], cpus_online:
 def command(mdf: Optional[Makedumpfile], dump: DumpPlan, vmcore: str, extra_options: str = "") -> List[str]:
     """The command writing ``dump`` as a flattened stream to stdout."""
     if dump.collector == OWN:
-        return [sys.executable, "-m", "capture.save.pycollector", "-d", str(dump.dump_level),
+        # the interpreter's own start-up flags (the capture initrd's launcher runs it with -S -s)
+        flags = [flag for flag, on in (("-S", sys.flags.no_site), ("-s", sys.flags.no_user_site)) if on]
+        return [sys.executable, *flags, "-m", "capture.save.pycollector", "-d", str(dump.dump_level),
                 "--cpus", str(dump.threads), *(["--zlib"] if dump.format == "compressed" else []), vmcore]
     assert mdf is not None
     cmd = [mdf.path, "-F", FORMAT_FLAGS[dump.format], "-d", str(dump.dump_level),
