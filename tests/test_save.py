@@ -15,6 +15,7 @@ from capture.config.options import Config
 from capture.errors import KdumpError
 from capture.save.sequence import save
 from conftest import REPO, sha256_of
+from servers.common import children_of
 
 CLI = [sys.executable, "-m", "capture.cli"]
 PANIC = "Kernel panic - not syncing: sysrq triggered crash"
@@ -165,18 +166,14 @@ def test_bad_target_url_is_a_clear_error(tmp_path, fixture_vmcore):
 def _collectors_running() -> list:
     """Our child processes that are a collector (makedumpfile or kdump-saver's), zombies included."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in children_of(os.getpid()):
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmdline = f.read().replace(b"\0", b" ")
         except OSError:
             continue
-        if int(fields[1]) == os.getpid() and (b"makedumpfile" in cmdline or b"capture.save.pycollector" in cmdline):
-            found.append((int(entry), fields[0], cmdline.decode(errors="replace")))
+        if b"makedumpfile" in cmdline or b"capture.save.pycollector" in cmdline:
+            found.append((pid, cmdline.decode(errors="replace")))
     return found
 
 
