@@ -11,6 +11,7 @@ append-only target (vmcore.flat).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -175,6 +176,18 @@ def test_kdump_cpus_above_one_gives_our_parallel_collector(debian_makedumpfile, 
         assert cmd[cmd.index("--cpus") + 1] == str(threads)
     else:
         assert plan.collector == collector.MAKEDUMPFILE
+
+
+@pytest.mark.parametrize("flags", [[], ["-S", "-s"]])
+def test_our_collector_starts_like_the_saver(flags):
+    """The collector's interpreter gets the saver's start-up flags (the capture initrd's
+    launcher runs `python -S -s`: no site initialisation in the child either)."""
+    code = ("import json, sys; from capture.config.options import Config; from capture.save import collector; "
+            "print(json.dumps(collector.command(None, collector.own_plan(Config(cpus=2), 'test'), '/proc/vmcore')))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    res = subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True, env=env, check=True)
+    cmd = json.loads(res.stdout)
+    assert cmd[1:cmd.index("-m")] == flags and cmd[cmd.index("-m") + 1] == "capture.save.pycollector"
 
 
 @pytest.mark.parametrize("value", ["-1", "65537", "two", "1.5"])

@@ -29,7 +29,8 @@ from capture.formats.flattened import FlatReader, reassemble
 from capture.formats.kmem import PhysicalMemory
 from capture.formats.pageclass import PageClassError, PageClassifier, PageLayout
 from capture.formats.kdumpfile import completeness_problems, parse_header
-from capture.save.pycollector import collect, estimate_size, makedumpfile_misfilters
+from capture.formats.dumplevel import makedumpfile_misfilters
+from capture.save.pycollector import collect, estimate_size
 from conftest import cached_fixture, require, require_program
 
 NEW_FIXTURE = "vmcore-6.12-cloud-512M"

@@ -15,6 +15,7 @@ from capture.config.options import Config
 from capture.errors import KdumpError
 from capture.save.sequence import save
 from conftest import REPO, sha256_of
+from servers.common import children_of
 
 CLI = [sys.executable, "-m", "capture.cli"]
 PANIC = "Kernel panic - not syncing: sysrq triggered crash"
@@ -160,3 +161,44 @@ def test_bad_target_url_is_a_clear_error(tmp_path, fixture_vmcore):
     res = run_cli("save", "--vmcore", str(fixture_vmcore), "--savedir", "sftp://root:hunter2@[::1/x")
     assert res.returncode == 1
     assert "Traceback" not in res.stderr and "hunter2" not in res.stderr
+
+
+def _collectors_running() -> list:
+    """Our child processes that are a collector (makedumpfile or kdump-saver's), zombies included."""
+    found = []
+    for pid in children_of(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"makedumpfile" in cmdline or b"capture.save.pycollector" in cmdline:
+            found.append((pid, cmdline.decode(errors="replace")))
+    return found
+
+
+def test_the_collector_started_early_survives_a_failed_target(tmp_path, fixture_vmcore, reference_dumps):
+    """The collector starts before any target is opened (its start-up overlaps the size
+    estimate); a first target that fails before writing leaves it to the next one, whose
+    vmcore is the one makedumpfile writes, and nothing is left running."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("a file where the target directory should be\n")
+    good = tmp_path / "good"
+    result = save(Config(dumpformat="lzo", dumplevel=31), vmcore=str(fixture_vmcore),
+                  savedir=f"file://{blocked}/dumps file://{good}")
+    d = good / result.directory
+    assert "failed" in (d / "README.txt").read_text()
+    assert sha256_of(d / "vmcore") == sha256_of(reference_dumps.direct("-l", 31))
+    assert _collectors_running() == []
+
+
+def test_no_collector_is_left_running_when_no_target_takes_the_dump(tmp_path, fixture_vmcore, makedumpfile):
+    """Every target fails: the collector started early is stopped and reaped, not left
+    blocked on its full pipe."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("a file where the target directory should be\n")
+    for cpus in (1, 2):  # makedumpfile; kdump-saver's parallel collector (makedumpfile before 1.7.8)
+        with pytest.raises(KdumpError):
+            save(Config(dumpformat="lzo", dumplevel=0, cpus=cpus), vmcore=str(fixture_vmcore),
+                 savedir=str(blocked / "dumps"))
+    assert _collectors_running() == []

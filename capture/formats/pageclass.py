@@ -33,6 +33,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from capture.formats.dumplevel import CACHE, CACHE_PRIVATE, FREE, USER, ZERO
 from capture.formats.elfcore import PT_LOAD, ElfCore
 from capture.errors import DumpFormatError
 from capture.formats.kmem import PhysicalMemory, UnreadableMemory, X86_64AddressSpace
@@ -40,11 +41,6 @@ from capture.formats.kmem import PhysicalMemory, UnreadableMemory, X86_64Address
 log = logging.getLogger(__name__)
 
 KEEP = 0
-ZERO = 1
-CACHE = 2
-CACHE_PRIVATE = 4
-USER = 8
-FREE = 16
 HWPOISON = 32
 OFFLINE = 64
 
@@ -401,6 +397,13 @@ class MemMap:
         """``(raw, unreadable)``: the struct pages of ``count`` frames from ``start_pfn`` (zeros where
         there is none or it cannot be read) and how many frames had an unreadable struct page."""
         size = self.layout.struct_size
+        section = start_pfn // self.pfns_per_section
+        base = self.bases.get(section)
+        if base is not None and start_pfn + count <= (section + 1) * self.pfns_per_section:
+            try:  # the common case, one section: no copy
+                return aspace.read((base + start_pfn * size) & ((1 << 64) - 1), count * size), 0
+            except UnreadableMemory:
+                pass  # frame by frame below, which logs it
         out = bytearray(count * size)
         unreadable = 0
         pfn = start_pfn

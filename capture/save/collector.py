@@ -21,11 +21,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from capture.config import verbose
 from capture.config.options import Config
+from capture.formats.dumplevel import makedumpfile_misfilters
 from capture.errors import KdumpError
 from capture.save.progress import Progress, pump_stderr
 
@@ -112,7 +114,6 @@ def plan(config: Config, mdf: Optional[Makedumpfile], vmcoreinfo: Optional[Mappi
     if config.dumpformat in FORMAT_FLAGS:
         reason = mdf_problem or "makedumpfile is not available"
         if mdf is not None:
-            from capture.save.pycollector import makedumpfile_misfilters
             reason = makedumpfile_misfilters(vmcoreinfo or {}, mdf.version, config.dumplevel) or ""
         if reason:
             return own_plan(config, reason, cpus_online)
@@ -180,7 +181,9 @@ def _makedumpfile_plan(config: Config, mdf: Optional[Makedumpfile], cpus_online:
 def command(mdf: Optional[Makedumpfile], dump: DumpPlan, vmcore: str, extra_options: str = "") -> List[str]:
     """The command writing ``dump`` as a flattened stream to stdout."""
     if dump.collector == OWN:
-        return [sys.executable, "-m", "capture.save.pycollector", "-d", str(dump.dump_level),
+        # the interpreter's own start-up flags (the capture initrd's launcher runs it with -S -s)
+        flags = [flag for flag, on in (("-S", sys.flags.no_site), ("-s", sys.flags.no_user_site)) if on]
+        return [sys.executable, *flags, "-m", "capture.save.pycollector", "-d", str(dump.dump_level),
                 "--cpus", str(dump.threads), *(["--zlib"] if dump.format == "compressed" else []), vmcore]
     assert mdf is not None
     cmd = [mdf.path, "-F", FORMAT_FLAGS[dump.format], "-d", str(dump.dump_level),
@@ -198,12 +201,14 @@ def command(mdf: Optional[Makedumpfile], dump: DumpPlan, vmcore: str, extra_opti
 class Collection:
     """A running makedumpfile: read the flattened stream from ``stdout``,
     then call :meth:`finish`, which raises with makedumpfile's last messages
-    when it failed."""
+    when it failed.  Started without ``progress``, its messages wait in
+    their pipe until :meth:`attach`."""
 
-    def __init__(self, cmd: List[str], progress: Progress) -> None:
+    def __init__(self, cmd: List[str], progress: Optional[Progress] = None) -> None:
         log.info("running %s", " ".join(shlex.quote(c) for c in cmd))
         self.cmd = cmd
-        self.progress = progress
+        self.progress = progress or Progress()
+        self._stderr_thread: Optional[threading.Thread] = None
         try:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, bufsize=0)
@@ -211,7 +216,17 @@ class Collection:
             raise CollectorError(f"cannot start {cmd[0]}: {exc}") from None
         self.stdout = self.proc.stdout
         _widen_pipe(self.stdout)
+        if progress is not None:
+            self.attach(progress)
+
+    def attach(self, progress: Progress) -> None:
+        """Feed the collector's messages to ``progress`` from now on."""
+        self.progress = progress
         self._stderr_thread = pump_stderr(self.proc.stderr, progress)
+
+    def _join_stderr(self, timeout: float) -> None:
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(timeout=timeout)
 
     def finish(self, timeout: Optional[float] = None) -> None:
         """Wait for makedumpfile (killing it after ``timeout`` seconds); raise
@@ -221,7 +236,7 @@ class Collection:
         except subprocess.TimeoutExpired:
             self.abort()
             status = self.proc.returncode
-        self._stderr_thread.join(timeout=10)
+        self._join_stderr(10)
         self._close_pipes()
         if status != 0:
             last = "; ".join(list(self.progress.messages)[-6:]) or "no messages"
@@ -240,13 +255,55 @@ class Collection:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        self._stderr_thread.join(timeout=2)
+        self._join_stderr(2)
         self._close_pipes()
 
     def _close_pipes(self) -> None:
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None and not pipe.closed:
                 pipe.close()
+
+
+class EarlyStart:
+    """A collection started before the dump directory exists, so that the
+    collector's own start-up (reading headers, classifying pages, the first
+    MiB of its stream) overlaps the saver's size estimate and kernel log.
+    Nothing reaches a target before :meth:`take` hands it to the writer;
+    :meth:`discard` stops it when no target took it."""
+
+    def __init__(self, run: Collection) -> None:
+        self._run: Optional[Collection] = run
+
+    @classmethod
+    def start(cls, mdf: Optional[Makedumpfile], dump: DumpPlan, vmcore: str,
+              extra_options: str = "") -> Optional["EarlyStart"]:
+        """The collection of ``dump`` started now; None when the plan has no
+        collector or it cannot start (the write then fails with the reason)."""
+        if not dump.uses_collector:
+            return None
+        try:
+            return cls(Collection(command(mdf, dump, vmcore, extra_options)))
+        except CollectorError as exc:
+            log.debug("collector not started early: %s", exc)
+            return None
+
+    def take(self, cmd: List[str], progress: Progress) -> Optional[Collection]:
+        """The running collection when it runs ``cmd`` (once), reporting to
+        ``progress``; else None (and a collection of another command is stopped)."""
+        run, self._run = self._run, None
+        if run is None:
+            return None
+        if run.cmd != cmd:
+            run.abort()
+            return None
+        run.attach(progress)
+        return run
+
+    def discard(self) -> None:
+        """Stop the collection unless it was taken; never raises."""
+        run, self._run = self._run, None
+        if run is not None:
+            run.abort()
 
 
 def _widen_pipe(pipe) -> None:

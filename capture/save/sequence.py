@@ -67,15 +67,18 @@ def save(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targe
     into the README.  Several targets are tried in order until one takes
     the whole dump; its README lists the ones that failed."""
     urls = targets(config, savedir)
-    prepared = prepare(config, vmcore)
+    prepared = prepare(config, vmcore, start_collector=True)
     failed: List[str] = []
-    for url in urls:
-        try:
-            with begin(config, vmcore, url, [*notes, *failed], prepared) as dump:
-                dump.save_files()
-                return dump.finish()
-        except KdumpError as exc:
-            failed.append(next_target(url, exc, urls, failed))
+    try:
+        for url in urls:
+            try:
+                with begin(config, vmcore, url, [*notes, *failed], prepared) as dump:
+                    dump.save_files()
+                    return dump.finish()
+            except KdumpError as exc:
+                failed.append(next_target(url, exc, urls, failed))
+    finally:
+        prepared.discard()
     raise AssertionError("unreachable: the last target's failure is raised")
 
 
@@ -119,19 +122,35 @@ class Prepared:
     expected: Optional[int]
     """The dump's expected size in bytes, when it can be predicted."""
     kernel_log: KernelLog
+    early: Optional[collector.EarlyStart] = None
+    """The collector started by ``prepare(start_collector=True)``; the first vmcore written takes it."""
+
+    def discard(self) -> None:
+        """Stop the early collector when no target took it; never raises."""
+        if self.early is not None:
+            self.early.discard()
 
 
-def prepare(config: Config, vmcore: str = "/proc/vmcore") -> Prepared:
+def prepare(config: Config, vmcore: str = "/proc/vmcore", start_collector: bool = False) -> Prepared:
     """Read the vmcore's headers, choose the collector, estimate the dump's
     size and read the kernel log; raise :class:`KdumpError` for a vmcore
-    that cannot be saved."""
+    that cannot be saved.  ``start_collector`` starts the collector first,
+    so that its start-up overlaps the rest; its stream waits in the pipe
+    until a vmcore is written, and the caller must :meth:`Prepared.discard`
+    it when the save ends."""
     crashed = read_crashed_kernel(vmcore)
     mdf, mdf_problem = _probe_makedumpfile()
     plan = collector.plan(config, mdf, crashed.vmcoreinfo, mdf_problem=mdf_problem)
     for note in plan.notes:
         log.info("%s", note)
-    expected = expected_size(vmcore, plan)
-    return Prepared(crashed, mdf, plan, expected, read_dmesg(mdf, vmcore))
+    early = collector.EarlyStart.start(mdf, plan, vmcore, config.makedumpfile_options) if start_collector else None
+    try:
+        expected = expected_size(vmcore, plan)
+        return Prepared(crashed, mdf, plan, expected, read_dmesg(mdf, vmcore), early)
+    except BaseException:
+        if early is not None:
+            early.discard()
+        raise
 
 
 class Preparation:
@@ -205,7 +224,8 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
             raise KdumpError(f"{why}: {exc}") from None
         dump = DumpInProgress(config, vmcore, url, target, guard, mdf, plan, facts, started, created,
                               ready.kernel_log,
-                              Progress(interval=5.0, stdout=bool(config.verbose & verbose.PROGRESS)))
+                              Progress(interval=5.0, stdout=bool(config.verbose & verbose.PROGRESS)),
+                              early=ready.early)
         try:
             yield dump
         except BaseException as exc:
@@ -234,6 +254,8 @@ class DumpInProgress:
     has_dmesg: bool = False
     finished: bool = False
     """Whether the README says the dump is complete."""
+    early: Optional[collector.EarlyStart] = None
+    """A collector already running for this vmcore (see :func:`prepare`)."""
 
     @property
     def notes(self) -> List[str]:
@@ -252,7 +274,7 @@ class DumpInProgress:
             raise KdumpError("KDUMP_DUMPFORMAT=none saves only the kernel log, and it could not be read")
         if self.plan.format != "none":
             facts.vmcore_name, written = _save_vmcore(self.target, name, self.plan, self.mdf, self.config,
-                                                      self.vmcore, self.guard, self.progress, facts)
+                                                      self.vmcore, self.guard, self.progress, facts, self.early)
             facts.saved_bytes = written.size
             facts.sha256 = written.sha256 or self.target.server_sha256(f"{name}/{facts.vmcore_name}") \
                 or NO_SHA256
@@ -360,7 +382,7 @@ def read_kernel_log(vmcore: str) -> bytes:
 
 def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: Optional[collector.Makedumpfile],
                  config: Config, vmcore: str, guard: SpaceGuard, progress: Progress,
-                 facts: DumpFacts) -> Tuple[str, Written]:
+                 facts: DumpFacts, early: Optional[collector.EarlyStart] = None) -> Tuple[str, Written]:
     """Stream the vmcore into ``vmcore.incomplete``, then rename it to its final
     name: ``vmcore`` (rebuilt at offsets), ``vmcore.flat`` (append-only
     targets) or ``vmcore.lz4`` (raw).  When makedumpfile fails, the file is
@@ -368,7 +390,7 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: Op
     collector fails, with single-threaded makedumpfile."""
     partial = f"{name}/vmcore{INCOMPLETE}"
     try:
-        final, written = _write_vmcore(target, partial, plan, mdf, config, vmcore, guard, progress)
+        final, written = _write_vmcore(target, partial, plan, mdf, config, vmcore, guard, progress, early)
     except collector.CollectorError as exc:
         retry = collector.fallback(plan, config, f"makedumpfile failed: {exc}" if plan.collector != collector.OWN
                                    else str(exc), mdf)
@@ -389,16 +411,17 @@ def _save_vmcore(target: Transport, name: str, plan: collector.DumpPlan, mdf: Op
 
 def _write_vmcore(target: Transport, partial: str, plan: collector.DumpPlan,
                   mdf: Optional[collector.Makedumpfile], config: Config, vmcore: str, guard: SpaceGuard,
-                  progress: Progress) -> Tuple[str, Written]:
-    """Write ``partial`` completely (durable, hashed where it can be); return its final name."""
+                  progress: Progress, early: Optional[collector.EarlyStart] = None) -> Tuple[str, Written]:
+    """Write ``partial`` completely (durable, hashed where it can be); return its final name
+    (the collection comes from ``early`` when it runs the same command)."""
     out = target.create(partial)
     final = "vmcore.lz4" if plan.format == "raw" else "vmcore" if out.seekable else "vmcore.flat"
     try:
         if plan.format == "raw":
             written = compress_raw(vmcore, out, guard, progress)
         else:
-            run = collector.Collection(collector.command(mdf, plan, vmcore, config.makedumpfile_options),
-                                       progress)
+            cmd = collector.command(mdf, plan, vmcore, config.makedumpfile_options)
+            run = (early.take(cmd, progress) if early else None) or collector.Collection(cmd, progress)
             try:
                 writer = rebuild_flattened if out.seekable else store_flattened
                 written = writer(run.stdout, out, guard, progress)
