@@ -124,7 +124,7 @@ def measure(kind: str, conf_text: str, tmp: Path, kernel: str, compress: str) ->
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--compress", default=initrd.DEFAULT_COMPRESS)
+    ap.add_argument("--compress", default=initrd.default_compress())
     ap.add_argument("--list-modules", action="store_true", help="print every stdlib module per kind")
     args = ap.parse_args()
     kernel = kernel_version()

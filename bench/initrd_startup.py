@@ -49,9 +49,11 @@ def build_and_unpack(kind: str, tmp: Path) -> Path:
     root.mkdir()
     # the kernel keeps the archive's mtimes; lsinitrd --unpack would not
     with open(image, "rb") as f:
-        unpacked = subprocess.run(["sh", "-c", "xz -dc | cpio -idm --quiet"], stdin=f, cwd=root)
+        tool = "zstd" if f.read(4) == b"\x28\xb5\x2f\xfd" else "xz"
+        f.seek(0)
+        unpacked = subprocess.run(["sh", "-c", f"{tool} -dc | cpio -idm --quiet"], stdin=f, cwd=root)
     if unpacked.returncode != 0:
-        sys.exit("cannot unpack the initrd (xz and cpio are needed)")
+        sys.exit(f"cannot unpack the initrd ({tool} and cpio are needed)")
     return root
 
 

@@ -6,7 +6,7 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 
 packages=(
-  makedumpfile liblzo2-dev lz4 xz-utils python3-venv
+  makedumpfile liblzo2-dev lz4 xz-utils zstd python3-venv
   openssh-server openssh-client samba smbclient vsftpd curl
   iproute2 kexec-tools openssl nfs-common crash python3-libkdumpfile
   dracut-core dracut-network cpio e2fsprogs linux-image-cloud-amd64

@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="PATH", help="initrd to write (default /boot/initrd-VERSION-kdump)")
     p.add_argument("--systemd", action="store_true",
                    help="a systemd initrd (a unit wanted by initrd.target) instead of dracut's shell init")
-    p.add_argument("--compress", default="xz", metavar="PROGRAM",
-                   help="dracut --compress (default xz)")
+    p.add_argument("--compress", default=None, metavar="PROGRAM",
+                   help="dracut --compress (default zstd -19 where zstd is installed, else xz)")
     p.add_argument("--add-drivers", default="", metavar="'MOD ...'",
                    help="more kernel modules, e.g. the NIC or disk driver of another machine")
     p.add_argument("--check", action="store_true", help="only check the configuration, build nothing")
@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
         log.info("the configuration is fit for a capture initrd (%s target, %d files of Python)",
                  plan.target.scheme, len(plan.closure.files))
         return 0
-    build_options = initrd.BuildOptions(output=output, systemd=args.systemd, compress=args.compress,
-                                  add_drivers=tuple(args.add_drivers.split()))
+    build_options = initrd.BuildOptions(output=output, systemd=args.systemd,
+                                        compress=args.compress or initrd.default_compress(),
+                                        add_drivers=tuple(args.add_drivers.split()))
     path = initrd.build(plan, build_options)
     print(path)
     return 0

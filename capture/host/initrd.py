@@ -97,7 +97,15 @@ NOT_LOCAL_FSTYPES = {
 #: neither carried into the capture initrd nor imported by the tracer
 HOST_PACKAGE = __package__ or "capture.host"
 HOST_DIR = Path(__file__).resolve().parent
-DEFAULT_COMPRESS = "xz"
+#: the capture kernel unpacks a zstd initrd about 7 times faster than an xz one (0.08 against 0.55 s
+#: natively for the sftp initrd; seconds of downtime under emulation) for 4 % more reserved memory
+ZSTD_COMPRESS = "zstd -19 -q -T0"
+FALLBACK_COMPRESS = "xz"
+
+
+def default_compress() -> str:
+    """dracut's ``--compress``: zstd where it is installed, else xz."""
+    return ZSTD_COMPRESS if shutil.which("zstd") else FALLBACK_COMPRESS
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,7 @@ class BuildOptions:
 
     output: str
     systemd: bool = False
-    compress: str = DEFAULT_COMPRESS
+    compress: str = field(default_factory=default_compress)
     add_drivers: Tuple[str, ...] = ()
     dracut: str = "dracut"
     tmpdir: Optional[str] = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import lzma
+import subprocess
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,7 @@ def _pad(length: int) -> bytes:
 
 def read_image(image: Path) -> Iterator[Tuple[str, Entry]]:
     """The members of an initramfs: concatenated newc archives, each plain,
-    xz- or gzip-compressed, with zero padding between them."""
+    xz-, gzip- or zstd-compressed, with zero padding between them."""
     data = image.read_bytes()
     pos = 0
     while pos < len(data):
@@ -137,6 +138,11 @@ def read_image(image: Path) -> Iterator[Tuple[str, Entry]]:
         elif head[:2] == b"\x1f\x8b":
             rest_z = gzip.decompress(data[pos:])
             yield from _read_all_newc(rest_z)
+            return
+        elif head[:4] == b"\x28\xb5\x2f\xfd":
+            # the last segment, as for gzip; the standard library has no zstd (Python 3.11)
+            plain = subprocess.run(["zstd", "-dcq"], input=data[pos:], capture_output=True, check=True).stdout
+            yield from _read_all_newc(plain)
             return
         else:
             raise ValueError(f"{image}: unknown initramfs segment at byte {pos} ({head!r})")
