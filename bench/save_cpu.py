@@ -36,9 +36,15 @@ from servers.sshd import SSHD, TestUsers  # noqa: E402
 _PR_SET_CHILD_SUBREAPER = 36
 #: the save in-process, printing the saver's own CPU seconds (its children excluded)
 RUNNER = """
-import resource, sys
+import os, resource, sys
 from capture.cli import main
-main(sys.argv[1:])
+if os.environ.get("KDUMP_BENCH_PROFILE"):
+    import cProfile, time
+    profile = cProfile.Profile(time.process_time)
+    profile.runcall(main, sys.argv[1:])
+    profile.dump_stats(os.environ["KDUMP_BENCH_PROFILE"] + "." + str(os.getpid()))
+else:
+    main(sys.argv[1:])
 usage = resource.getrusage(resource.RUSAGE_SELF)
 print(usage.ru_utime + usage.ru_stime)
 """
@@ -102,7 +108,8 @@ def main() -> int:
         key = str(user.keys["ed25519"])
         dest = user.make_dir(work, "dest")
         known_hosts = server.write_known_hosts(work / "known_hosts")
-        conf = work / "kdump.conf"
+        conf = work / "conf" / "kdump.conf"
+        conf.parent.mkdir()
         env = dict(os.environ, PYTHONPATH=str(REPO))
 
         own: Dict[str, List[float]] = {"sftp": [], "ssh": []}
@@ -113,7 +120,7 @@ def main() -> int:
                                 f'KDUMP_DUMPFORMAT="{args.format}"\nKDUMP_DUMPLEVEL="31"\nKDUMP_CPUS="1"\n'
                                 f'KDUMP_SSH_IDENTITY="{key}"\nKDUMP_KNOWN_HOSTS="{known_hosts}"\n'
                                 'KDUMP_FREE_DISK_SIZE="1"\nKDUMP_KEEP_OLD_DUMPS="1"\n')
-                res = subprocess.run([sys.executable, "-S", "-s", "-c", RUNNER, "save", "--config", str(conf),
+                res = subprocess.run([*os.environ.get("KDUMP_BENCH_WRAP", "").split(), sys.executable, "-S", "-s", "-c", RUNNER, "save", "--config", str(conf),
                                       "--vmcore", str(vmcore)], cwd="/", env=env, check=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                 own[scheme].append(float(res.stdout.strip().splitlines()[-1]))

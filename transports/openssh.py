@@ -31,7 +31,7 @@ import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 #: exit status of ssh itself failing (connection, login, host key, mux)
 SSH_FAILED = 255
@@ -73,12 +73,14 @@ def ssh_program() -> Optional[str]:
 
 
 class Master:
-    """A running ``ssh -M`` and its private directory."""
+    """A running ``ssh -M`` and its private directory.  A master started by
+    :func:`start_session_master` is also the first session: :attr:`first`."""
 
     def __init__(self, endpoint: Endpoint, workdir: str, pid: Optional[int]) -> None:
         self.endpoint = endpoint
         self.workdir = workdir
         self.pid = pid
+        self.first: Optional[Channel] = None
 
     @property
     def control(self) -> str:
@@ -87,6 +89,8 @@ class Master:
     @property
     def alive(self) -> bool:
         """False once ssh's master has exited (the connection dropped)."""
+        if self.first is not None:
+            return self.first.exit_status is None
         if self.pid is None:
             return os.path.exists(self.control)
         try:
@@ -105,8 +109,22 @@ class Master:
         """A session not started yet: :meth:`Channel.exec_command` or :meth:`Channel.invoke_subsystem`."""
         return Channel(self, timeout)
 
+    def logged_in(self) -> None:
+        """The first session answered: the password file is no longer needed."""
+        try:
+            os.unlink(os.path.join(self.workdir, "password"))
+        except FileNotFoundError:
+            pass
+
+    def errors(self) -> str:
+        """What the master printed (after it failed)."""
+        return _read_text(os.path.join(self.workdir, "master.err"))
+
     def close(self) -> None:
         """Stop the master (ending every session) and remove the private directory."""
+        if self.first is not None:
+            self.first.close()
+            self.pid = None
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGTERM)
@@ -159,9 +177,8 @@ def _base_argv(endpoint: Endpoint, workdir: str, log_level: str = "ERROR") -> Li
     return argv
 
 
-def start_master(endpoint: Endpoint, limit: float) -> Master:
-    """Connect, check the host key and log in within ``limit`` seconds; raise
-    :class:`SSHFailure` (what ssh said) or ``socket.timeout``."""
+def _prepare(endpoint: Endpoint) -> Tuple[str, Dict[str, str]]:
+    """The private directory (known_hosts, askpass) and ssh's environment."""
     workdir = tempfile.mkdtemp(prefix="kdump-saver-ssh-")
     os.chmod(workdir, 0o700)
     env = dict(os.environ, **endpoint.extra_env)
@@ -175,12 +192,27 @@ def start_master(endpoint: Endpoint, limit: float) -> Master:
             _write_private(askpass, f"#!/bin/sh\nIFS= read -r p < '{workdir}/password' && printf '%s\\n' \"$p\"\n")
             os.chmod(askpass, 0o700)
             env.update(SSH_ASKPASS=askpass, SSH_ASKPASS_REQUIRE="force", DISPLAY=env.get("DISPLAY", ":0"))
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return workdir, env
+
+
+def _master_argv(endpoint: Endpoint, workdir: str, persist: bool) -> List[str]:
+    # LogLevel DEBUG1 for the key the server presented ("Server host key: ..."); stderr is a file
+    return _base_argv(endpoint, workdir, "DEBUG1") + ["-o", "ControlMaster=yes", "-o",
+                                                      f"ControlPersist={'yes' if persist else 'no'}", "-T"]
+
+
+def start_master(endpoint: Endpoint, limit: float) -> Master:
+    """Connect, check the host key and log in within ``limit`` seconds; raise
+    :class:`SSHFailure` (what ssh said) or ``socket.timeout``."""
+    workdir, env = _prepare(endpoint)
+    try:
         errfile = os.path.join(workdir, "master.err")
         # a master started with -N refuses sessions of its clients; with
         # ControlPersist it goes to the background once ``true`` has run
-        # LogLevel DEBUG1 for the key the server presented ("Server host key: ..."); stderr is a file
-        argv = _base_argv(endpoint, workdir, "DEBUG1") + ["-o", "ControlMaster=yes", "-o", "ControlPersist=yes",
-                                                          "-T", "--", _destination(endpoint), "true"]
+        argv = _master_argv(endpoint, workdir, True) + ["--", _destination(endpoint), "true"]
         with open(errfile, "wb") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                     env=env, start_new_session=True)
@@ -190,16 +222,31 @@ def start_master(endpoint: Endpoint, limit: float) -> Master:
             proc.kill()
             proc.wait()
             raise socket.timeout(f"no SSH login within {limit:.0f} s") from None
-        try:
-            os.unlink(os.path.join(workdir, "password"))
-        except FileNotFoundError:
-            pass
         master = Master(endpoint, workdir, None)
+        master.logged_in()
         # ``true`` may fail (an sftp-only account runs its forced command instead): what
         # counts is the master running after the login
         master.pid = _master_pid(master, env) if os.path.exists(master.control) else None
         if master.pid is None:
             raise SSHFailure(_read_text(errfile), status or SSH_FAILED)
+        return master
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def start_session_master(endpoint: Endpoint, subsystem: str, timeout: float) -> Master:
+    """A master whose own session is the server's ``subsystem``: no second
+    process between us and the connection.  It is started, not yet known to
+    work: the caller talks to :attr:`Master.first` (timing out after
+    ``timeout``) and, when that fails, reads :meth:`Master.errors`."""
+    workdir, env = _prepare(endpoint)
+    try:
+        master = Master(endpoint, workdir, None)
+        argv = _master_argv(endpoint, workdir, False) + ["-s", "--", _destination(endpoint), subsystem]
+        master.first = Channel(master, timeout)
+        master.first.start(argv, os.path.join(workdir, "master.err"), env)
+        master.pid = master.first.pid
         return master
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -253,14 +300,22 @@ class Channel:
         self._start(["-s", "--", _destination(self._master.endpoint), name])
 
     def _start(self, tail: List[str]) -> None:
-        fd, self._errpath = tempfile.mkstemp(prefix="session-", suffix=".err", dir=self._master.workdir)
-        try:
-            self._proc = subprocess.Popen(self._master.argv(*tail), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=fd, start_new_session=True)
-        finally:
-            os.close(fd)
+        fd, errpath = tempfile.mkstemp(prefix="session-", suffix=".err", dir=self._master.workdir)
+        os.close(fd)
+        self.start(self._master.argv(*tail), errpath, None)
+
+    def start(self, argv: List[str], errpath: str, env: Optional[Dict[str, str]]) -> None:
+        """Run ``argv`` as this session's process, its stderr into ``errpath``."""
+        self._errpath = errpath
+        with open(errpath, "ab") as err:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                          env=env, start_new_session=True)
         assert self._proc.stdin is not None
         os.set_blocking(self._proc.stdin.fileno(), False)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return None if self._proc is None else self._proc.pid
 
     # -- timeouts ---------------------------------------------------------
 

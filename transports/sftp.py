@@ -62,6 +62,13 @@ def open_target(url: TargetURL, options: TransportOptions) -> "SFTPTransport":
     return transport
 
 
+def _start_session(channel: openssh.Channel) -> sftpwire.Session:
+    """The SFTP greeting on the connection's own session."""
+    session = sftpwire.Session(channel)
+    session.init()
+    return session
+
+
 class SFTPTransport(Transport):
     """A target directory on an SFTP server."""
 
@@ -85,23 +92,10 @@ class SFTPTransport(Transport):
             return
         self._drop()
         self._wanted = True
-        self._conn = sshauth.connect(self.url, self.options, budget)
+        self._conn = sshauth.connect(self.url, self.options, budget, subsystem="sftp", ready=_start_session)
         try:
-            self._channel = self._conn.open_session()
-            self._channel.invoke_subsystem("sftp")
-            session = sftpwire.Session(self._channel)
-            try:
-                session.init()
-            except _NETWORK_ERRORS as exc:
-                said = openssh.diagnose(self._channel.stderr_text())
-                log.debug("%s: the sftp session did not start: %s", self.url.masked(), said.detail)
-                if said.kind == "no-subsystem" or isinstance(exc, EOFError):
-                    raise TransportError(
-                        f"{self.url.masked()}: the server offers no sftp subsystem "
-                        f"({said.detail if said.kind == 'no-subsystem' else sshauth.describe(exc)}); "
-                        "use an ssh:// target for servers without sftp") from None
-                raise self._error("starting the sftp session", exc) from None
-            self._sftp = session
+            self._channel = self._conn.master.first
+            self._sftp = self._conn.first  # type: ignore[assignment]
             self._read_limits()
             self._make_base()
         except BaseException:

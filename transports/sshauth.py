@@ -33,7 +33,7 @@ import shutil
 import socket
 import subprocess
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 
 from capture.config.targeturl import TargetURL
@@ -229,11 +229,13 @@ def usable_key(path: str) -> bool:
 class SSHConnection:
     """A logged-in OpenSSH connection (:class:`~transports.openssh.Master`)."""
 
-    def __init__(self, url: TargetURL, master: openssh.Master, timeout: float) -> None:
+    def __init__(self, url: TargetURL, master: openssh.Master, timeout: float, first: object = None) -> None:
         self.url = url
         self.master = master
         self.timeout = timeout
         """Seconds of silence from the server before an operation fails (:func:`io_timeout`)."""
+        self.first = first
+        """What ``ready`` of :func:`connect` returned for the master's own session."""
 
     @property
     def alive(self) -> bool:
@@ -264,11 +266,17 @@ def endpoint(url: TargetURL, options: TransportOptions, policy: HostKeyPolicy, i
                             alive_count=max(1, int(timeout // interval)), connect_timeout=limit)
 
 
-def connect(url: TargetURL, options: TransportOptions, budget: Optional[float] = None) -> SSHConnection:
+def connect(url: TargetURL, options: TransportOptions, budget: Optional[float] = None,
+            subsystem: Optional[str] = None,
+            ready: Optional[Callable[[openssh.Channel], object]] = None) -> SSHConnection:
     """Connect, check the host key and log in, retrying network
     failures until ``budget`` seconds (default ``options.net_timeout``) have
     passed; a silent server ends each attempt within the time left (at least
-    :data:`MIN_ATTEMPT_TIMEOUT`; :data:`ATTEMPT_TIMEOUT` for a single try)."""
+    :data:`MIN_ATTEMPT_TIMEOUT`; :data:`ATTEMPT_TIMEOUT` for a single try).
+
+    With ``subsystem``, the connection's own session is that subsystem and
+    ``ready(channel)`` must get its first answer (raising ``OSError`` or
+    ``EOFError`` when it cannot); its result is :attr:`SSHConnection.first`."""
     if openssh.ssh_program() is None:
         raise TransportError(f"{url.masked()}: the OpenSSH client (ssh) is not installed")
     policy = HostKeyPolicy.from_options(url, options)
@@ -280,23 +288,43 @@ def connect(url: TargetURL, options: TransportOptions, budget: Optional[float] =
                              f"{', '.join(paths)} exists and the URL has no password")
     total = options.net_timeout if budget is None else budget
 
-    def attempt(left: float) -> openssh.Master:
+    def attempt(left: float) -> Tuple[openssh.Master, object]:
         limit = min(ATTEMPT_TIMEOUT, io_timeout(options) if total <= 0 else max(left, MIN_ATTEMPT_TIMEOUT))
+        ep = endpoint(url, options, policy, identities, limit)
+        if subsystem is None or ready is None:
+            try:
+                return openssh.start_master(ep, limit), None
+            except socket.timeout:
+                raise _Retryable(f"{host_label(url)} does not answer (no SSH login within {limit:.0f} s)") from None
+            except openssh.SSHFailure as exc:
+                raise _failure(url, policy, user, identities, openssh.diagnose(exc.text), limit, subsystem) from None
+        master = openssh.start_session_master(ep, subsystem, limit)
+        assert master.first is not None
         try:
-            return openssh.start_master(endpoint(url, options, policy, identities, limit), limit)
-        except socket.timeout:
-            raise _Retryable(f"{host_label(url)} does not answer (no SSH login within {limit:.0f} s)") from None
-        except openssh.SSHFailure as exc:
-            raise _failure(url, policy, user, identities, openssh.diagnose(exc.text), limit) from None
+            first = ready(master.first)
+        except (OSError, EOFError) as exc:
+            silent = isinstance(exc, TimeoutError) and master.alive
+            text = master.errors()
+            master.close()
+            if silent:
+                raise _Retryable(f"{host_label(url)} does not answer (no SSH login within {limit:.0f} s)") from None
+            raise _failure(url, policy, user, identities, openssh.diagnose(text), limit, subsystem) from None
+        except BaseException:
+            master.close()
+            raise
+        master.first.settimeout(io_timeout(options))
+        master.logged_in()
+        return master, first
 
-    master = retry_until_timeout(url, int(total + 0.999), attempt, (_Retryable,), reason=lambda exc: exc.reason)
+    master, first = retry_until_timeout(url, int(total + 0.999), attempt, (_Retryable,),
+                                        reason=lambda exc: exc.reason)
     if policy.check_disabled:
         log.warning("HOST KEY CHECKING IS OFF (KDUMP_HOST_KEY=*): sending the dump to whoever answers at %s",
                     host_label(url))
     else:
         log.info("host key of %s verified (from %s)", host_label(url), policy.source)
     log.info("logged in to %s as %s", host_label(url), user)
-    return SSHConnection(url, master, io_timeout(options))
+    return SSHConnection(url, master, io_timeout(options), first)
 
 
 class _Retryable(Exception):
@@ -306,10 +334,13 @@ class _Retryable(Exception):
 
 
 def _failure(url: TargetURL, policy: HostKeyPolicy, user: str, identities: Sequence[str],
-             why: openssh.Diagnosis, limit: float) -> Exception:
+             why: openssh.Diagnosis, limit: float, subsystem: Optional[str] = None) -> Exception:
     """What ssh's failure means, worded for the administrator: a final
     :class:`TransportError` or a :class:`_Retryable`."""
     label = host_label(url)
+    if why.kind == "no-subsystem":
+        return TransportError(f"{url.masked()}: the server offers no {subsystem or 'such'} subsystem "
+                              f"({why.detail}); use an ssh:// target for servers without sftp")
     seen = f" (server presented {why.fingerprint})" if why.fingerprint else ""
     if why.kind == "login":
         tried = [f"key {path}" for path in identities] + (["the password from the URL"] if url.password else [])
