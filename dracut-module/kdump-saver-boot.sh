@@ -60,5 +60,9 @@ if [ "$rc" -gt 128 ]; then
         esac
     done < "$conf"
 fi
-reboot -f || echo b > /proc/sysrq-trigger
+# a shell initrd may have no reboot program (it is systemctl's on Debian): the kernel's own reset then
+if command -v reboot >/dev/null 2>&1; then
+    reboot -f
+fi
+echo b > /proc/sysrq-trigger
 exit $rc
