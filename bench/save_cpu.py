@@ -12,6 +12,10 @@ The server's processes do not count (they run on another machine).  The
 ratio is ours / pipeline, medians of interleaved rounds.
 
     .venv/bin/python bench/save_cpu.py [--rounds N] [--format compressed|lzo]
+
+To see where the time goes: ``KDUMP_BENCH_PROFILE=/tmp/prof`` writes a
+cProfile (CPU time) of each save to /tmp/prof.PID; ``KDUMP_BENCH_WRAP=CMD``
+runs each save under CMD (e.g. a script calling ``strace -f -e execve``).
 """
 from __future__ import annotations
 
@@ -22,16 +26,14 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
-from conftest import CACHE, FIXTURE_NAME  # noqa: E402
-from servers.sshd import SSHD, TestUsers  # noqa: E402
+from sshlab import fixture_vmcore, ssh_lab  # noqa: E402
 
 _PR_SET_CHILD_SUBREAPER = 36
 #: the save in-process, printing the saver's own CPU seconds (its children excluded)
@@ -88,26 +90,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--format", choices=sorted(FLAGS), default="compressed")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (creates a Unix user and runs sshd)", file=sys.stderr)
-        return 2
-    vmcore = CACHE / f"{FIXTURE_NAME}.elf"
-    if not vmcore.exists():
-        print(f"{vmcore} missing: run the tests once (fixture_vmcore decompresses it)", file=sys.stderr)
-        return 2
+    vmcore = fixture_vmcore()
     ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-    work = Path(tempfile.mkdtemp(prefix="kdump-bench-cpu-"))
-    work.chmod(0o755)
-    users = TestUsers(work)
-    users.create()
-    server = SSHD(work / "sshd", users.names, sftp=True).start()
-    try:
-        user = users.key_user
-        assert user is not None and user.keys is not None
-        key = str(user.keys["ed25519"])
-        dest = user.make_dir(work, "dest")
-        known_hosts = server.write_known_hosts(work / "known_hosts")
+    with ssh_lab("kdump-bench-cpu-") as lab:
+        work, server, user, key, dest, known_hosts = (lab.work, lab.server, lab.user, lab.key, lab.dest,
+                                                      lab.known_hosts)
         conf = work / "conf" / "kdump.conf"
         conf.parent.mkdir()
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -142,7 +129,7 @@ def main() -> int:
                 c, w = measured(methods[name], server.proc.pid if server.proc else -1)
                 cpu[name].append(c)
                 wall[name].append(w)
-        print(f"fixture {FIXTURE_NAME}, makedumpfile {FLAGS[args.format]} -d 31, {args.rounds} rounds, "
+        print(f"fixture {vmcore.name}, makedumpfile {FLAGS[args.format]} -d 31, {args.rounds} rounds, "
               f"medians; load {os.getloadavg()[0]:.1f}")
         reference = statistics.median(cpu["pipeline"])
         for name in methods:
@@ -150,9 +137,6 @@ def main() -> int:
             scheme = name.split()[-1]
             mine = f"  (the saver's own process {statistics.median(own[scheme]):.3f} s)" if scheme in own else ""
             print(f"  {name:10s} CPU {c:6.3f} s  wall {w:6.3f} s  CPU ratio {c / reference:5.2f}{mine}")
-    finally:
-        server.stop()
-        users.remove()
     return 0
 
 

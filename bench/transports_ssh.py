@@ -22,22 +22,19 @@ bench/transports_ssh.py [--rounds N] [--big]``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "bench")]
 
 from capture.config.targeturl import parse  # noqa: E402
-from conftest import CACHE, FIXTURE_NAME  # noqa: E402
 from payloads import BLOCK, blocks, flattened_stream, rebuilt, records, sha256  # noqa: E402
-from servers.sshd import SSHD, TestUsers  # noqa: E402
+from sshlab import fixture_vmcore, ssh_lab  # noqa: E402
 from transports import open_target  # noqa: E402
 from transports.base import TransportOptions  # noqa: E402
 
@@ -47,25 +44,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--big", action="store_true", help="also send the whole 411 MB vmcore as a stream")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("run as root (creates a Unix user and runs sshd)", file=sys.stderr)
-        return 2
-    vmcore = CACHE / f"{FIXTURE_NAME}.elf"
-    if not vmcore.exists():
-        print(f"{vmcore} missing: run the tests once (fixture_vmcore decompresses it)", file=sys.stderr)
-        return 2
-
-    work = Path(tempfile.mkdtemp(prefix="kdump-bench-ssh-"))
-    work.chmod(0o755)
-    users = TestUsers(work)
-    users.create()
-    server = SSHD(work / "sshd", users.names, sftp=True).start()
-    try:
-        user = users.key_user
-        assert user is not None and user.keys is not None
-        key = str(user.keys["ed25519"])
-        dest = user.make_dir(work, "dest")
-        known_hosts = server.write_known_hosts(work / "known_hosts")
+    vmcore = fixture_vmcore()
+    with ssh_lab("kdump-bench-ssh-") as lab:
+        work, server, user, key, dest, known_hosts = (lab.work, lab.server, lab.user, lab.key, lab.dest,
+                                                      lab.known_hosts)
         options = TransportOptions(known_hosts=str(known_hosts), ssh_identity=(key,), net_timeout=0)
         ssh_opts = ["-i", key, "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=yes",
                     "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-F", "/dev/null"]
@@ -148,10 +130,6 @@ def main() -> int:
                 p.unlink()
         print(f"\nworst ratio {worst:.2f} (target <= 1.25)")
         return 0
-    finally:
-        server.stop()
-        users.remove()
-        subprocess.run(["rm", "-rf", "--", str(work)], check=False)
 
 
 def check(got: Path, want: Path) -> None:
