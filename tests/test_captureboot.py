@@ -32,6 +32,20 @@ def test_pre_and_post_scripts_run_and_their_status_is_in_the_readme(tmp_path, fi
     assert "not in a capture kernel: no reboot" in res.stderr
 
 
+def test_the_collector_starts_only_after_the_prescript(tmp_path, fixture_vmcore):
+    """Without KDUMP_PRESCRIPT the collector's page scan starts while the network comes up;
+    with one, the script runs first (it may prepare what the save needs)."""
+    target = tmp_path / "dumps"
+    conf = tmp_path / "kdump"
+    conf.write_text(f'KDUMP_SAVEDIR="{target}"\nKDUMP_DUMPFORMAT="lzo"\n'
+                    f'KDUMP_PRESCRIPT="sleep 2; ps -ww -eo args > {tmp_path}/running"\n')
+    res = capture_boot(conf, fixture_vmcore)
+    assert res.returncode == 0, res.stderr
+    collectors = [line for line in (tmp_path / "running").read_text().splitlines()
+                  if str(fixture_vmcore) in line and "--dump-dmesg" not in line and "capture-boot" not in line]
+    assert collectors == [], collectors
+
+
 def test_transfer_replaces_the_save(tmp_path, fixture_vmcore):
     target = tmp_path / "dumps"
     conf = tmp_path / "kdump"

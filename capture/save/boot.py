@@ -14,10 +14,9 @@ import logging
 import os
 import subprocess
 import threading
-from typing import Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from capture import __version__
-from typing import List, Sequence
 
 from capture.config.options import Config
 from capture.config.targeturl import TargetURL
@@ -34,10 +33,13 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
     """Run the whole capture; return 0 when the dump (or KDUMP_TRANSFER) succeeded."""
     log.info("kdump-saver %s: saving the crashed kernel's memory", __version__)
     status = 1
+    preparing: Optional[sequence.Preparation] = None
     try:
         urls = sequence.targets(config)
-        # what needs only /proc/vmcore runs while the network comes up
-        preparing = None if config.transfer else sequence.Preparation(config, vmcore)
+        # what needs only /proc/vmcore runs while the network comes up; so does the
+        # collector's page scan, unless KDUMP_PRESCRIPT must run before it
+        preparing = None if config.transfer else sequence.Preparation(config, vmcore,
+                                                                      start_collector=not config.prescript)
         bring_up_network(config, urls)
         if config.transfer:
             skipped = [o for o, v in (("KDUMP_PRESCRIPT", config.prescript),
@@ -67,6 +69,8 @@ def capture_boot(config: Config, vmcore: str = "/proc/vmcore", allow_reboot: boo
         log.error("error: %s", exc)
     except Exception:  # noqa: BLE001 - a bug must not keep the machine from rebooting
         log.exception("internal error in kdump-saver; please report it")
+    if preparing is not None:
+        preparing.discard()
     if status != 0 and not config.continue_on_error:
         emergency_shell("the save failed and KDUMP_CONTINUE_ON_ERROR is false")
     finish(config, vmcore, allow_reboot)

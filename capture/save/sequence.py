@@ -158,17 +158,25 @@ class Preparation:
     network coming up); :meth:`result` waits for it and returns it or
     raises what it raised."""
 
-    def __init__(self, config: Config, vmcore: str = "/proc/vmcore") -> None:
+    def __init__(self, config: Config, vmcore: str = "/proc/vmcore", start_collector: bool = False) -> None:
         self._outcome: List[Union[Prepared, BaseException]] = []
-        self._thread = threading.Thread(target=self._run, args=(config, vmcore),
+        self._thread = threading.Thread(target=self._run, args=(config, vmcore, start_collector),
                                         name="kdump-saver-prepare", daemon=True)
         self._thread.start()
 
-    def _run(self, config: Config, vmcore: str) -> None:
+    def _run(self, config: Config, vmcore: str, start_collector: bool) -> None:
         try:
-            self._outcome.append(prepare(config, vmcore))
+            self._outcome.append(prepare(config, vmcore, start_collector))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller of result()
             self._outcome.append(exc)
+
+    def discard(self) -> None:
+        """After the save (or instead of it): wait for the preparation and stop
+        a collector no target took; never raises."""
+        self._thread.join()
+        outcome = self._outcome[0] if self._outcome else None
+        if isinstance(outcome, Prepared):
+            outcome.discard()
 
     def result(self) -> Prepared:
         self._thread.join()
