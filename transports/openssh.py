@@ -28,6 +28,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -35,7 +36,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 #: exit status of ssh itself failing (connection, login, host key, mux)
 SSH_FAILED = 255
-_PID = re.compile(r"pid=(\d+)")
 
 
 class SSHFailure(Exception):
@@ -226,7 +226,7 @@ def start_master(endpoint: Endpoint, limit: float) -> Master:
         master.logged_in()
         # ``true`` may fail (an sftp-only account runs its forced command instead): what
         # counts is the master running after the login
-        master.pid = _master_pid(master, env) if os.path.exists(master.control) else None
+        master.pid = _master_pid(master.control) if os.path.exists(master.control) else None
         if master.pid is None:
             raise SSHFailure(_read_text(errfile), status or SSH_FAILED)
         return master
@@ -253,14 +253,49 @@ def start_session_master(endpoint: Endpoint, subsystem: str, timeout: float) -> 
         raise
 
 
-def _master_pid(master: Master, env: Dict[str, str]) -> Optional[int]:
+#: OpenSSH's multiplexing protocol (PROTOCOL.mux): hello, alive check and its answer
+_MUX_MSG_HELLO, _MUX_VERSION, _MUX_C_ALIVE_CHECK, _MUX_S_ALIVE = 0x00000001, 4, 0x10000004, 0x80000005
+
+
+def _master_pid(control: str, timeout: float = 10.0) -> Optional[int]:
+    """The pid of the master listening on ``control`` (its answer to an alive
+    check, asked over the socket: no ssh process started), or None."""
     try:
-        res = subprocess.run(master.argv("-O", "check", "--", _destination(master.endpoint)),
-                             stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(control)
+
+            def send(*words: int) -> None:
+                body = struct.pack(f">{len(words)}I", *words)
+                sock.sendall(struct.pack(">I", len(body)) + body)
+
+            def receive() -> bytes:
+                head = _recv_exact(sock, 4)
+                (length,) = struct.unpack(">I", head)
+                if length > 65536:
+                    raise OSError("oversized mux message")
+                return _recv_exact(sock, length)
+
+            send(_MUX_MSG_HELLO, _MUX_VERSION)
+            hello = receive()
+            if struct.unpack(">I", hello[:4])[0] != _MUX_MSG_HELLO:
+                return None
+            send(_MUX_C_ALIVE_CHECK, 1)
+            answer = receive()
+            kind, _request, pid = struct.unpack(">III", answer[:12])
+            return pid if kind == _MUX_S_ALIVE else None
+    except (OSError, struct.error):
         return None
-    found = _PID.search(res.stderr + res.stdout)
-    return int(found.group(1)) if found else None
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        block = sock.recv(n - len(out))
+        if not block:
+            raise OSError("the master closed the control socket")
+        out += block
+    return out
 
 
 def _write_private(path: str, text: str) -> None:

@@ -106,6 +106,8 @@ class SSHTransport(Transport):
     def __init__(self, url: TargetURL, options: TransportOptions) -> None:
         super().__init__(url, options)
         self._conn: Optional[sshauth.SSHConnection] = None
+        self._free: Optional[int] = None
+        """Free bytes from the last ``df``, until the next command."""
         self._wanted = False
         self.gave_up = False
         """Set when resuming failed: later connections get one short try."""
@@ -121,9 +123,11 @@ class SSHTransport(Transport):
         try:
             base = shlex.quote(self.url.path)
             result = self.run(f"umask 077; mkdir -p -- {base} || exit 1; cd -- {base} || exit 1; "
-                              f"test -w . || {{ echo 'the directory is not writable' >&2; exit 1; }}")
+                              f"test -w . || {{ echo 'the directory is not writable' >&2; exit 1; }}; "
+                              f"df -Pk -- . 2>/dev/null")
             if result.status != 0:
                 raise TransportError(f"{self.url.masked()}: cannot use the target directory: {result.message}")
+            self._free = self._parse_df(result.stdout)
         except BaseException:
             self.close()
             raise
@@ -161,6 +165,7 @@ class SSHTransport(Transport):
 
     def exec(self, command: str) -> Channel:
         """A channel running ``command`` (after the common prefix)."""
+        self._free = None  # any command may change what is free
         channel = self.connection.open_session()
         try:
             channel.exec_command(_PREFIX + command)
@@ -313,6 +318,9 @@ class SSHTransport(Transport):
             raise self._fail(f"cannot delete {path!r}", result)
 
     def free_space(self) -> Optional[int]:
+        """``df`` on the server; the last answer while no command changed anything since."""
+        if self._free is not None:
+            return self._free
         try:
             result = self.run(f"df -Pk -- {shlex.quote(self.url.path)}")
         except TransportError as exc:
@@ -321,11 +329,17 @@ class SSHTransport(Transport):
         if result.status != 0:
             log.info("%s: df failed (%s); free space unknown", self.url.masked(), result.message)
             return None
-        lines = result.stdout.decode("utf-8", "replace").strip().splitlines()
+        self._free = self._parse_df(result.stdout)
+        if self._free is None:
+            log.info("%s: cannot parse the output of df; free space unknown", self.url.masked())
+        return self._free
+
+    @staticmethod
+    def _parse_df(out: bytes) -> Optional[int]:
+        lines = out.decode("utf-8", "replace").strip().splitlines()
         try:
             return int(lines[-1].split()[3]) * 1024
         except (IndexError, ValueError):
-            log.info("%s: cannot parse the output of df; free space unknown", self.url.masked())
             return None
 
     def open_read(self, path: str) -> BinaryIO:
