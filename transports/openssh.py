@@ -31,7 +31,7 @@ import socket
 import struct
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 #: exit status of ssh itself failing (connection, login, host key, mux)
@@ -64,12 +64,11 @@ class Endpoint:
     alive_interval: int = 5
     alive_count: int = 3
     connect_timeout: float = 15.0
-    extra_env: Dict[str, str] = field(default_factory=dict)
 
 
 def ssh_program() -> Optional[str]:
     """The ``ssh`` client's path, or None when it is not installed."""
-    return shutil.which("ssh") or (("/usr/bin/ssh") if os.access("/usr/bin/ssh", os.X_OK) else None)
+    return shutil.which("ssh") or ("/usr/bin/ssh" if os.access("/usr/bin/ssh", os.X_OK) else None)
 
 
 class Master:
@@ -134,10 +133,6 @@ class Master:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _destination(endpoint: Endpoint) -> str:
-    return endpoint.host
-
-
 def _base_argv(endpoint: Endpoint, workdir: str, log_level: str = "ERROR") -> List[str]:
     program = ssh_program() or "ssh"
     options = {
@@ -181,7 +176,7 @@ def _prepare(endpoint: Endpoint) -> Tuple[str, Dict[str, str]]:
     """The private directory (known_hosts, askpass) and ssh's environment."""
     workdir = tempfile.mkdtemp(prefix="kdump-saver-ssh-")
     os.chmod(workdir, 0o700)
-    env = dict(os.environ, **endpoint.extra_env)
+    env = dict(os.environ)
     env.pop("SSH_AUTH_SOCK", None)
     try:
         if endpoint.check_host_key:
@@ -212,7 +207,7 @@ def start_master(endpoint: Endpoint, limit: float) -> Master:
         errfile = os.path.join(workdir, "master.err")
         # a master started with -N refuses sessions of its clients; with
         # ControlPersist it goes to the background once ``true`` has run
-        argv = _master_argv(endpoint, workdir, True) + ["--", _destination(endpoint), "true"]
+        argv = _master_argv(endpoint, workdir, True) + ["--", endpoint.host, "true"]
         with open(errfile, "wb") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                     env=env, start_new_session=True)
@@ -243,7 +238,7 @@ def start_session_master(endpoint: Endpoint, subsystem: str, timeout: float) -> 
     workdir, env = _prepare(endpoint)
     try:
         master = Master(endpoint, workdir, None)
-        argv = _master_argv(endpoint, workdir, False) + ["-s", "--", _destination(endpoint), subsystem]
+        argv = _master_argv(endpoint, workdir, False) + ["-s", "--", endpoint.host, subsystem]
         master.first = Channel(master, timeout)
         master.first.start(argv, os.path.join(workdir, "master.err"), env)
         master.pid = master.first.pid
@@ -328,11 +323,11 @@ class Channel:
 
     def exec_command(self, command: str) -> None:
         """Run ``command`` with the account's shell on the server."""
-        self._start(["--", _destination(self._master.endpoint), command])
+        self._start(["--", self._master.endpoint.host, command])
 
     def invoke_subsystem(self, name: str) -> None:
         """Start the server's subsystem ``name`` (``sftp``)."""
-        self._start(["-s", "--", _destination(self._master.endpoint), name])
+        self._start(["-s", "--", self._master.endpoint.host, name])
 
     def _start(self, tail: List[str]) -> None:
         fd, errpath = tempfile.mkstemp(prefix="session-", suffix=".err", dir=self._master.workdir)
