@@ -59,7 +59,10 @@ try:
 except KdumpError as exc:
     print(json.dumps({"error": str(exc)}))
     sys.exit(3)
-print(json.dumps({"ok": True}))
+print(json.dumps({"ok": True}), flush=True)
+if spec.get("linger"):                      # stay, as the saver does while it saves
+    import time
+    time.sleep(spec["linger"])
 """
 
 
@@ -212,14 +215,25 @@ class Lab:
         """Run ``capture.net.bringup.bring_up(parse_cmdline(cmdline), ...)`` inside ``ns``; with
         ``netconfig`` (a KDUMP_NETCONFIG value) the plan is ``choose_plan(cmdline, netconfig)``;
         with ``config`` (sysconfig text) ``network.prepare`` runs instead, for its KDUMP_SAVEDIR."""
-        state = self.tmp / f"state-{ns}-{next(_COUNTER)}"
-        spec = {"cmdline": cmdline, "target": target, "timeout": timeout, "state_dir": str(state),
-                "client": client, "netconfig": netconfig, "config": config,
-                "resolv_conf": str(Path("/etc/netns") / ns / "resolv.conf")}
+        spec = self.bring_up_spec(ns, cmdline, target, timeout, client, netconfig, config)
         proc = self.exec(ns, [PYTHON, "-c", _RUNNER, json.dumps(spec)], timeout=timeout + 60, check=False)
         lines = proc.stdout.strip().splitlines()
         result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
-        return Outcome(proc.returncode, result.get("error", ""), proc.stderr, state, result.get("prepared"))
+        return Outcome(proc.returncode, result.get("error", ""), proc.stderr, Path(spec["state_dir"]),
+                       result.get("prepared"))
+
+    def bring_up_spec(self, ns: str, cmdline: str, target: Optional[str], timeout: int,
+                      client: Optional[str] = None, netconfig: Optional[str] = None,
+                      config: Optional[str] = None, linger: float = 0) -> dict:
+        """The JSON the bring-up runner takes (``linger``: seconds it stays after bringing up)."""
+        state = self.tmp / f"state-{ns}-{next(_COUNTER)}"
+        return {"cmdline": cmdline, "target": target, "timeout": timeout, "state_dir": str(state),
+                "client": client, "netconfig": netconfig, "config": config, "linger": linger,
+                "resolv_conf": str(Path("/etc/netns") / ns / "resolv.conf")}
+
+    def spawn_bring_up(self, ns: str, spec: dict, log_name: str) -> subprocess.Popen:
+        """The bring-up runner of ``spec`` in the background, its output in ``log_name``."""
+        return self.spawn(ns, [PYTHON, "-c", _RUNNER, json.dumps(spec)], log_name)
 
     def run_python(self, ns: str, code: str, *args: str) -> subprocess.CompletedProcess:
         return self.exec(ns, [PYTHON, "-c", code, *args])

@@ -11,6 +11,8 @@ exists only inside these namespaces.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 from pathlib import Path
 
@@ -210,6 +212,32 @@ def test_dhcp_with_each_client(lab, client, cmdline, hostname):
     assert f"started {client} for DHCPv4" in out.log
     assert f"DHCPv4 lease {addr[0]['local']}/24, router {GATEWAY}, DNS {GATEWAY}" in out.log
     assert lab.namespace_pids(cli), "the DHCP client should keep running to renew the lease"
+
+
+def test_a_renewed_lease_is_applied_while_the_saver_runs(lab):
+    """The DHCP hook only records a lease; the saver applies the renewals too (here the
+    renewed lifetime), or the address would expire in the middle of a long save."""
+    require_program("udhcpc")
+    require_program("dnsmasq")
+    srv = server(lab)
+    cli = lab.netns("cli")
+    wire(lab, srv, cli)
+    dhcp_server(lab, srv)
+    spec = lab.bring_up_spec(cli, "ip=nic0:dhcp", TARGET, 30, client="udhcpc", linger=60)
+    runner = lab.spawn_bring_up(cli, spec, "renewal.log")
+    assert lab.wait_until(lambda: '"ok": true' in lab.log("renewal.log") or runner.poll() is not None, 60), \
+        lab.log("renewal.log")
+    assert runner.poll() is None, lab.log("renewal.log")
+    address = addresses(lab, cli, "nic0")[0]
+    assert 3000 < address["valid_life_time"] <= 3600                # dnsmasq's 1h lease
+    lab.ip(cli, "addr", "change", f"{address['local']}/24", "dev", "nic0", "valid_lft", "40", "preferred_lft", "40")
+    assert addresses(lab, cli, "nic0")[0]["valid_life_time"] <= 40
+    udhcpc = [pid for pid in lab.namespace_pids(cli) if Path(f"/proc/{pid}/comm").read_text().strip() == "udhcpc"]
+    assert len(udhcpc) == 1
+    os.kill(udhcpc[0], signal.SIGUSR1)                               # udhcpc: renew now
+    assert lab.wait_until(lambda: addresses(lab, cli, "nic0")[0]["valid_life_time"] > 3000, 20), \
+        lab.log("renewal.log")
+    assert f"nic0: DHCPv4 lease renewed: {address['local']}/24" in lab.log("renewal.log")
 
 
 def test_netconfig_auto_takes_the_first_interface_with_a_link(lab):

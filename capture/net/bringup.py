@@ -9,23 +9,23 @@ is an argument list (never a shell).  A timeout raises
 :class:`~capture.errors.KdumpError` saying which interface was in which
 state and what was waited for.  The kernel host name is not changed.
 
-The DHCP client reports its lease through a small hook this module writes
-into its state directory (``-sf``/``-s``/``-c``); the hook
-(:mod:`capture.net.lease`) applies the lease with ``ip`` (dhcpcd applies its
-own) and records it as JSON for the waiting process.  The client keeps running after :func:`bring_up` returns, to renew
-the lease while the dump is saved.
+The DHCP client reports its lease through a small shell hook this module
+writes into its state directory (``-sf``/``-s``/``-c``, see
+:mod:`capture.net.lease`); this process applies the lease with ``ip``
+(dhcpcd applies its own).  The client keeps running after :func:`bring_up`
+returns, to renew the lease while the dump is saved, and a thread applies
+each renewal it records (:class:`_LeaseKeeper`).
 """
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from capture.config.options import Config
 from capture.errors import KdumpError
-from capture.net.lease import IpTool, lease_path
+from capture.net.lease import IpTool, apply_lease, hook_script, lease_path, read_lease
 from capture.net.plan import (ANY_INTERFACE, AUTO6, DHCP, DHCP6, DHCP_CLIENTS, Bond, Bridge, Interface,
                               NetPlan, Vlan, choose_plan, describe, needs_network)
 from capture.config.targeturl import TargetURL
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 _VIRTUAL_KINDS = {"bond", "bridge", "vlan", "macvlan", "macvtap", "ipvlan", "vxlan", "dummy", "team",
                   "tun", "wireguard", "gre", "gretap", "ipip", "sit", "ip6tnl", "vrf", "ifb", "geneve"}
 _POLL = 0.2
+#: seconds between looks for a renewed DHCP lease during the save
+_RENEW_POLL = 2.0
 
 
 def prepare(config: Config, target: TargetURL, *, cmdline: Optional[str] = None, **options) -> bool:
@@ -364,7 +366,7 @@ class _BringUp:
     def start_dhcp(self, iface: Interface, version: int) -> None:
         client = find_dhcp_client(version, self.dhcp_client)
         state = self.ensure_state_dir()
-        hook = write_hook(state, Path(client).name)
+        hook = write_hook(state, iface.name, version)
         argv, logname = _client_argv(client, version, iface, hook, state)
         log_path = state / logname
         with open(log_path, "ab") as logf:
@@ -381,12 +383,17 @@ class _BringUp:
         return self.state_dir
 
     def wait_for_leases(self) -> List[dict]:
+        """Wait for each DHCP client's first lease and apply it; then keep applying renewals."""
         leases: List[dict] = []
+        keeper = _LeaseKeeper(self.ip)
         for started in self.clients:
             path = lease_path(self.state_dir, started.name, started.version)  # type: ignore[arg-type]
+            found: List[dict] = []
 
-            def state(s: _Started = started, p: Path = path) -> Optional[str]:
-                if p.exists():
+            def state(s: _Started = started, p: Path = path, found: List[dict] = found) -> Optional[str]:
+                lease = _recorded_lease(s, p, self.ip)
+                if lease is not None:
+                    found.append(lease)
                     return None
                 code = s.process.poll()
                 if code is not None:
@@ -394,13 +401,15 @@ class _BringUp:
                                      f"without a lease: {_tail_of(s.log_path)}")
                 return f"no DHCPv{s.version} lease on {s.name} yet ({Path(s.client).name} running)"
             if self.deadline.wait(f"a DHCPv{started.version} lease on {started.name}", state):
-                lease = json.loads(path.read_text())
+                lease = found[-1]
+                keeper.watch(started, path, lease)
                 leases.append(lease)
                 self.leased.setdefault(started.name, []).append(f"{lease['address']}/{lease['prefix']}")
                 log.info("network: %s: DHCPv%d lease %s/%s%s%s", started.name, started.version,
                          lease.get("address"), lease.get("prefix"),
                          f", router {lease['routers'][0]}" if lease.get("routers") else "",
                          f", DNS {', '.join(lease['dns'])}" if lease.get("dns") else "")
+        keeper.start()
         return leases
 
     def stop_clients(self) -> None:
@@ -616,20 +625,70 @@ def _client_argv(client: str, version: int, iface: Interface, hook: Path, state:
     return argv, f"{base}-{tag}.log"
 
 
-def write_hook(state: Path, client: str) -> Path:
-    """The executable the DHCP client runs on lease events: it calls :func:`dhcp_hook`."""
-    hook = state / f"hook-{client}"
-    package_parent = str(Path(__file__).resolve().parents[2])
-    # -sSE: no site (its .pth files), only the standard library and capture.net.lease: the hook
-    # runs for every event of the client, each time a new interpreter, on the critical path
-    hook.write_text(f"#!{sys.executable} -sSE\n"
-                    "import os\n"
-                    "import sys\n"
-                    f"sys.path.insert(0, {package_parent!r})\n"
-                    "from capture.net.lease import dhcp_hook\n"
-                    f"sys.exit(dhcp_hook({client!r}, {str(state)!r}, sys.argv[1:], dict(os.environ)))\n")
+def write_hook(state: Path, name: str, version: int) -> Path:
+    """The executable the DHCP client of ``name`` (DHCPv``version``) runs on its events."""
+    hook = state / f"hook-{name}-{version}"
+    hook.write_text(hook_script(lease_path(state, name, version)))
     hook.chmod(0o700)
     return hook
+
+
+def _recorded_lease(started: _Started, path: Path, ip: IpTool) -> Optional[dict]:
+    """The usable lease ``started``'s hook recorded, applied with ``ip`` unless the client
+    (dhcpcd) applies its own; None while there is none (a lease for another interface or
+    of another version is not one)."""
+    lease = read_lease(Path(started.client).name, path)
+    if lease is None or lease["interface"] != started.name or lease["version"] != started.version:
+        return None
+    if Path(started.client).name != "dhcpcd":
+        apply_lease(ip, lease)
+    return lease
+
+
+class _LeaseKeeper:
+    """Applies the renewals the DHCP clients record while the dump is saved (a renewed
+    lease with a new lifetime, or even a new address), every :data:`_RENEW_POLL` seconds
+    until the clients exit."""
+
+    def __init__(self, ip: IpTool) -> None:
+        self._ip = ip
+        self._watched: List[Tuple[_Started, Path, dict]] = []
+
+    def watch(self, started: _Started, path: Path, lease: dict) -> None:
+        self._watched.append((started, path, lease))
+
+    def start(self) -> None:
+        if self._watched:
+            threading.Thread(target=self._run, name="dhcp-renewals", daemon=True).start()
+
+    def _run(self) -> None:
+        seen = {path: _signature(path) for _, path, _ in self._watched}
+        while any(started.process.poll() is None for started, _, _ in self._watched):
+            time.sleep(_RENEW_POLL)
+            for i, (started, path, old) in enumerate(self._watched):
+                signature = _signature(path)
+                if signature == seen[path]:
+                    continue
+                seen[path] = signature
+                try:
+                    lease = _recorded_lease(started, path, self._ip)
+                except KdumpError as exc:
+                    log.warning("network: %s: applying a renewed DHCPv%d lease failed: %s",
+                                started.name, started.version, exc)
+                    continue
+                if lease is not None:
+                    self._watched[i] = (started, path, lease)
+                    change = "" if lease["address"] == old["address"] else f" (was {old['address']})"
+                    log.info("network: %s: DHCPv%d lease renewed: %s/%s%s", started.name, started.version,
+                             lease["address"], lease["prefix"], change)
+
+
+def _signature(path: Path) -> Optional[Tuple[int, int]]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _tail_of(path: Path, lines: int = 3) -> str:
