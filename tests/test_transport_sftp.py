@@ -6,6 +6,7 @@ Everything is checked on the server's side through the local file system
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import random
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from capture.errors import KdumpError
 from capture.save.sequence import save
@@ -96,6 +98,64 @@ def test_operations_arrive_on_the_server(ssh_lab: SSHLab, sshd_sftp: SSHD, fixtu
         assert t.listdir() == [] and not (base / "d1").exists()
         with pytest.raises(TransportError, match="no such file"):
             t.create("nodir/file")
+
+
+def test_interleaved_streams_become_full_requests_and_overlaps_land_last(ssh_lab: SSHLab, sshd_sftp: SSHD,
+                                                                         fixture_vmcore: Path) -> None:
+    """makedumpfile's shape: page data and page descriptors in alternating records,
+    each stream contiguous, then rewrites over what was written (the header, a
+    descriptor): the streams are merged into full requests, and every rewrite wins."""
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    source = head_of(fixture_vmcore, 8 * MiB)
+    rng = random.Random(3)
+    writes = []
+    data_at, desc_at, used = 1 * MiB, 4096, 0
+    while used + 70000 < len(source):
+        size = rng.randrange(20000, 65536)
+        writes.append((data_at, source[used:used + size]))
+        data_at, used = data_at + size, used + size
+        small = rng.randrange(1000, 4000)
+        writes.append((desc_at, source[used:used + small]))
+        desc_at, used = desc_at + small, used + small
+    writes += [(0, b"H" * 4096), (5000, b"rewritten descriptor"), (1 * MiB + 100, b"rewritten data" * 50),
+               (desc_at - 10, b"across the end of a run")]
+    with sftp_target(ssh_lab, sshd_sftp, base) as t:
+        f = t.create("vmcore")
+        first = t.sftp.request_number
+        for offset, data in writes:
+            f.pwrite(data, offset)
+        f.close()
+        requests = t.sftp.request_number - first
+    expected = bytearray(max(o + len(d) for o, d in writes))
+    for offset, data in writes:
+        expected[offset:offset + len(data)] = data
+    assert (base / "vmcore").read_bytes() == bytes(expected)
+    full = len(expected) // (255 * 1024)
+    assert requests <= full + 12, f"{len(writes)} writes became {requests} requests"
+
+
+def test_any_sequence_of_writes_reads_back_as_written(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:
+    """Merged or not, sent early or late: the file holds, at every byte, the last write there."""
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    names = itertools.count()
+    with sftp_target(ssh_lab, sshd_sftp, base) as t:
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.lists(st.tuples(st.integers(0, 700_000), st.integers(1, 300_000)), min_size=1, max_size=25))
+        def check(writes):
+            name = f"f{next(names)}"
+            f = t.create(name)
+            expected = bytearray()
+            for k, (offset, size) in enumerate(writes):
+                data = bytes([k % 251 + 1]) * size
+                f.pwrite(data, offset)
+                if len(expected) < offset + size:
+                    expected.extend(bytes(offset + size - len(expected)))
+                expected[offset:offset + size] = data
+            f.close()
+            assert (base / name).read_bytes() == bytes(expected)
+            (base / name).unlink()
+
+        check()
 
 
 def test_existing_file_is_replaced_with_mode_0600(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: Write requests in flight per file before waiting for an acknowledgement.
 MAX_OUTSTANDING = 64
+#: contiguous runs of small writes kept to be sent as full requests
+MAX_RUNS = 4
 #: Request size when the server does not announce its limits (every server takes it).
 DEFAULT_REQUEST_SIZE = 32 * 1024
 #: The largest request we send even if the server would take more.
@@ -376,8 +378,8 @@ class SFTPDumpFile(DumpFile):
         self._handle = handle
         self._size = owner.request_size
         self._append_at = 0
-        self._buf = bytearray()
-        self._buf_at = 0
+        self._runs: Dict[int, bytearray] = {}
+        """start offset -> contiguous data not sent yet, oldest first."""
         self._unacked: Dict[int, Tuple[int, bytes]] = {}
         """request number -> (offset, data), in the order sent."""
         self._heard = time.monotonic()
@@ -389,22 +391,44 @@ class SFTPDumpFile(DumpFile):
         self._append_at += len(data)
 
     def pwrite(self, data: bytes, offset: int) -> None:
+        """Queue ``data`` for ``offset``: writes that continue one another are sent as
+        full-size requests (makedumpfile interleaves two such streams, the page data and
+        its descriptors, in records of a few KiB); data that overlaps what is queued is
+        sent after it, so a later write always lands last."""
         if self._closed:
             raise TransportError(f"{self._owner.url.masked()}: {self._name!r} is already closed")
-        if self._buf and offset == self._buf_at + len(self._buf) and len(self._buf) + len(data) <= self._size:
-            self._buf += data
+        if not data:
             return
-        self._flush()
+        end = offset + len(data)
+        extends = None
+        for start, run in list(self._runs.items()):
+            if start + len(run) == offset:
+                extends = start
+            elif start < end and offset < start + len(run):
+                self._send_run(start)
+        if extends is not None:
+            run = self._runs[extends]
+            run += data
+            full = len(run) - len(run) % self._size
+            if full:
+                del self._runs[extends]
+                if full < len(run):
+                    self._runs[extends + full] = run[full:]
+                self._send(memoryview(run)[:full], extends)
+            return
         if len(data) >= self._size:
             self._send(memoryview(data), offset)
-        else:
-            self._buf += data
-            self._buf_at = offset
+            return
+        if len(self._runs) >= MAX_RUNS:
+            self._send_run(next(iter(self._runs)))
+        self._runs[offset] = bytearray(data)
+
+    def _send_run(self, start: int) -> None:
+        self._send(memoryview(self._runs.pop(start)), start)
 
     def _flush(self) -> None:
-        if self._buf:
-            data, self._buf = self._buf, bytearray()
-            self._send(memoryview(data), self._buf_at)
+        while self._runs:
+            self._send_run(next(iter(self._runs)))
 
     def _send(self, data: memoryview, offset: int) -> None:
         for start in range(0, len(data), self._size):
@@ -518,7 +542,7 @@ class SFTPDumpFile(DumpFile):
         if self._closed:
             return
         self._closed = True
-        self._buf = bytearray()
+        self._runs.clear()
         self._unacked.clear()
         try:
             self._sftp.close(self._handle)
