@@ -160,5 +160,10 @@ install() {
         inst_hook cmdline 99 "$moddir/kdump-saver-cmdline.sh"
         # after udev settled and the initqueue ran, before any root mount
         inst_hook pre-mount 90 "$moddir/kdump-saver-hook.sh"
+        # only network targets and no scripts: save from the first hook, before udev
+        if [[ -f $_stage/early-modules ]]; then
+            inst_simple "$_stage/early-modules" /etc/kdump-saver/early-modules
+            inst_hook cmdline 01 "$moddir/kdump-saver-early.sh"
+        fi
     fi
 }

@@ -10,6 +10,7 @@ whole path, makedumpfile included.  Bad configurations are refused by
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -184,6 +185,9 @@ def test_file_initrd_carries_python_makedumpfile_and_config(file_initrd: Built, 
     assert file_initrd.has("usr/lib/kdump-saver/boot.sh")
     assert file_initrd.has("lib/dracut/hooks/pre-mount/90-kdump-saver-hook.sh")
     assert file_initrd.has("lib/dracut/hooks/cmdline/99-kdump-saver-cmdline.sh")
+    # a local target waits for udev (its disk, its file system): no early save
+    assert not file_initrd.has("lib/dracut/hooks/cmdline/01-kdump-saver-early.sh")
+    assert not file_initrd.has("etc/kdump-saver/early-modules")
     assert any(f.endswith("capture/save/sequence.pyc") for f in file_initrd.bytecode())
     # the production side stays on the production system
     assert not [f for f in file_initrd.files | set(file_initrd.bytecode()) if "/capture/host/" in f]
@@ -247,6 +251,14 @@ def test_sftp_initrd_carries_openssh_and_host_key(sftp_initrd: Built, sftp_setup
     assert sftp_initrd.has(str(sftp_setup["key"]))
     assert any(os.path.basename(f) in ("dhclient", "dhcpcd", "udhcpc") for f in sftp_initrd.files)
     assert not sftp_initrd.has(initrd_mod.FSTAB_PATH)
+    # network only, no scripts: saved from the first hook, the recorded drivers loaded by name
+    assert sftp_initrd.has("lib/dracut/hooks/cmdline/01-kdump-saver-early.sh")
+    early = {m.replace("-", "_") for m in sftp_initrd.text("etc/kdump-saver/early-modules").split()}
+    assert "af_packet" in early
+    builtin = "".join(p.read_text() for p in sftp_initrd.root.glob("usr/lib/modules/*/modules.builtin"))
+    known = {os.path.basename(f).split(".ko")[0].replace("-", "_")
+             for f in [*sftp_initrd.files, *builtin.split()] if ".ko" in f}
+    assert early <= known, "every driver loaded by name is in the initrd or built into the kernel"
 
 
 def test_sftp_initrd_is_under_25_mb(sftp_initrd: Built) -> None:
@@ -366,6 +378,22 @@ def test_refuses_a_local_target_in_memory(tmp_path: Path) -> None:
 def _is_shared(interpreter: str) -> bool:
     out = subprocess.run(["ldd", interpreter], capture_output=True, text=True).stdout
     return "libpython" in out
+
+
+@pytest.mark.parametrize("settings, early", [
+    ({"savedir": "sftp://u@127.0.0.1/d"}, True),
+    ({"savedir": "nfs://127.0.0.1/d cifs://u@127.0.0.1/s/d"}, True),
+    ({"savedir": "sftp://u@127.0.0.1/d", "prescript": "/usr/local/bin/x"}, False),
+    ({"savedir": "sftp://u@127.0.0.1/d", "postscript": "/usr/local/bin/x"}, False),
+    ({"savedir": "sftp://u@127.0.0.1/d", "transfer": "/usr/local/bin/x"}, False),
+])
+def test_only_network_targets_without_scripts_save_before_udev(settings: dict, early: bool) -> None:
+    cfg = configuration.Config(**settings)
+    p = initrd_mod.Plan(config=cfg, initrd_config=cfg, kernel="k", closure=None,  # type: ignore[arg-type]
+                        programs=(), optional_programs=(), kernel_modules=("virtio_net",), files=())
+    assert initrd_mod.saves_before_udev(p) is early
+    with_disk = dataclasses.replace(p, mounts=(object(),))  # type: ignore[arg-type]
+    assert initrd_mod.saves_before_udev(with_disk) is False
 
 
 # --- the traced closure per target (no dracut) ------------------------------------------------------

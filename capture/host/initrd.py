@@ -947,6 +947,18 @@ def _device_modules(sys_path: str, index: "Optional[drivers.ModuleIndex]" = None
 
 # --- building ----------------------------------------------------------------------------------
 
+def saves_before_udev(p: Plan) -> bool:
+    """Whether the capture initrd saves from dracut's first hook, before udev starts,
+    loading the recorded drivers by name (udev would load the same ones, found by the
+    devices' aliases, after handling every device): when every target is on the
+    network (no local file system to find, no storage stack to assemble) and no
+    KDUMP_PRESCRIPT, KDUMP_POSTSCRIPT or KDUMP_TRANSFER runs (an administrator's
+    script may expect udev's /dev/disk links)."""
+    c = p.config
+    return not (p.mounts or p.mount or p.storage.cmdline or p.storage.wait_devices or p.storage.crypttab
+                or c.prescript or c.postscript or c.transfer)
+
+
 def write_stage(p: Plan, stage: Path) -> None:
     """Write the staging directory module-setup.sh reads."""
     stage.mkdir(parents=True, exist_ok=True)
@@ -962,6 +974,8 @@ def write_stage(p: Plan, stage: Path) -> None:
     lines("programs", p.programs)
     lines("programs-optional", p.optional_programs)
     lines("kernel-modules", p.kernel_modules)
+    if saves_before_udev(p):
+        lines("early-modules", [*p.kernel_modules, *p.stamp.get("add_drivers", ())])
     lines("files", p.files)
     conf = stage / "kdump.conf"
     conf.touch(mode=0o600)
@@ -1051,6 +1065,9 @@ def build(p: Plan, options: BuildOptions) -> str:
         partial = options.output + ".new"
         cmd = dracut_command(p, dataclasses.replace(options, output=partial), basedir)
         log.info("building %s for kernel %s (%s target)", options.output, p.kernel, p.target.scheme)
+        if saves_before_udev(p) and not options.systemd:
+            log.info("the capture initrd saves before udev starts (network targets only, no scripts); "
+                     "it loads these drivers by name: %s", " ".join(p.kernel_modules) or "none")
         log.debug("running %s", " ".join(shlex.quote(c) for c in cmd))
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
         if proc.returncode != 0:
