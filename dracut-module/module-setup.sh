@@ -160,10 +160,14 @@ install() {
         inst_hook cmdline 99 "$moddir/kdump-saver-cmdline.sh"
         # after udev settled and the initqueue ran, before any root mount
         inst_hook pre-mount 90 "$moddir/kdump-saver-hook.sh"
-        # only network targets and no scripts: save from the first hook, before udev
+        # only network targets and no scripts: our /init saves at once, without
+        # dracut's hooks and udev; dracut's init stays for anything else
         if [[ -f $_stage/early-modules ]]; then
             inst_simple "$_stage/early-modules" /etc/kdump-saver/early-modules
-            inst_hook cmdline 01 "$moddir/kdump-saver-early.sh"
+            mv "$initdir/init" "$initdir/usr/lib/kdump-saver/dracut-init" \
+                || dfatal "kdump-saver: cannot move dracut's init aside"
+            inst_script "$moddir/kdump-saver-init.sh" /init
+            chmod 0755 "$initdir/init"
         fi
     fi
 }

@@ -186,8 +186,8 @@ def test_file_initrd_carries_python_makedumpfile_and_config(file_initrd: Built, 
     assert file_initrd.has("lib/dracut/hooks/pre-mount/90-kdump-saver-hook.sh")
     assert file_initrd.has("lib/dracut/hooks/cmdline/99-kdump-saver-cmdline.sh")
     # a local target waits for udev (its disk, its file system): no early save
-    assert not file_initrd.has("lib/dracut/hooks/cmdline/01-kdump-saver-early.sh")
     assert not file_initrd.has("etc/kdump-saver/early-modules")
+    assert not file_initrd.has("usr/lib/kdump-saver/dracut-init") and "dracut" in file_initrd.text("init")
     assert any(f.endswith("capture/save/sequence.pyc") for f in file_initrd.bytecode())
     # the production side stays on the production system
     assert not [f for f in file_initrd.files | set(file_initrd.bytecode()) if "/capture/host/" in f]
@@ -252,7 +252,8 @@ def test_sftp_initrd_carries_openssh_and_host_key(sftp_initrd: Built, sftp_setup
     assert any(os.path.basename(f) in ("dhclient", "dhcpcd", "udhcpc") for f in sftp_initrd.files)
     assert not sftp_initrd.has(initrd_mod.FSTAB_PATH)
     # network only, no scripts: saved from the first hook, the recorded drivers loaded by name
-    assert sftp_initrd.has("lib/dracut/hooks/cmdline/01-kdump-saver-early.sh")
+    assert "kdump-saver" in sftp_initrd.text("init") and "dracut" in sftp_initrd.text("usr/lib/kdump-saver/dracut-init")
+    assert os.access(sftp_initrd.root / "init", os.X_OK)
     early = {m.replace("-", "_") for m in sftp_initrd.text("etc/kdump-saver/early-modules").split()}
     assert "af_packet" in early
     builtin = "".join(p.read_text() for p in sftp_initrd.root.glob("usr/lib/modules/*/modules.builtin"))
