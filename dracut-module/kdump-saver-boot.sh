@@ -22,11 +22,26 @@ while read -r _dev _dir _type _opts _rest; do
         case ",$_opts," in *,noexec,*) mount -o remount,exec /run ;; esac
     fi
 done < /proc/mounts
+device_present() {
+    case "$1" in
+        UUID=*|LABEL=*) ! command -v blkid > /dev/null || blkid -l -t "$1" -o device > /dev/null 2>&1 ;;
+        /dev/*) [ -b "$1" ] ;;
+        *) true ;;
+    esac
+}
 mounted=yes
 if [ -s /etc/kdump-saver/fstab ]; then
     while read -r src dir fstype opts rest; do
         case "$src" in ''|'#'*) continue ;; esac
         mkdir -p "$dir"
+        # without udev settling first (kdump-saver's own /init) the disk may still be
+        # being probed after its driver loaded: wait up to 30 s for it to appear
+        waited=0
+        while ! device_present "$src" && [ "$waited" -lt 60 ]; do
+            [ "$waited" -eq 0 ] && echo "kdump-saver: waiting up to 30 s for $src to appear" >&2
+            sleep 0.5
+            waited=$((waited + 1))
+        done
         if ! mount -t "$fstype" -o "$opts" "$src" "$dir"; then
             echo "kdump-saver: mounting $src on $dir with -o $opts failed; trying -o rw" >&2
             if ! mount -t "$fstype" -o rw "$src" "$dir"; then

@@ -1,6 +1,6 @@
 #!/bin/sh
-# /init of a capture initrd whose targets are all on the network and that runs
-# no scripts (dracut's own init is then /usr/lib/kdump-saver/dracut-init): in a
+# /init of a capture initrd with no storage stack to assemble (network targets,
+# plain local file systems) and no scripts to run (dracut's own init is then /usr/lib/kdump-saver/dracut-init): in a
 # capture kernel, mount what the saver needs, load the drivers recorded at build
 # time by name (udev would load the same ones, by the devices' aliases) and
 # save at once, without dracut's hooks and udev; boot.sh reboots.  Anywhere

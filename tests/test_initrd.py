@@ -185,9 +185,9 @@ def test_file_initrd_carries_python_makedumpfile_and_config(file_initrd: Built, 
     assert file_initrd.has("usr/lib/kdump-saver/boot.sh")
     assert file_initrd.has("lib/dracut/hooks/pre-mount/90-kdump-saver-hook.sh")
     assert file_initrd.has("lib/dracut/hooks/cmdline/99-kdump-saver-cmdline.sh")
-    # a local target waits for udev (its disk, its file system): no early save
-    assert not file_initrd.has("etc/kdump-saver/early-modules")
-    assert not file_initrd.has("usr/lib/kdump-saver/dracut-init") and "dracut" in file_initrd.text("init")
+    # a plain file system by UUID: saved from kdump-saver's /init too, its driver loaded by name
+    assert "kdump-saver" in file_initrd.text("init") and file_initrd.has("usr/lib/kdump-saver/dracut-init")
+    assert "ext4" in file_initrd.text("etc/kdump-saver/early-modules").split()
     assert any(f.endswith("capture/save/sequence.pyc") for f in file_initrd.bytecode())
     # the production side stays on the production system
     assert not [f for f in file_initrd.files | set(file_initrd.bytecode()) if "/capture/host/" in f]
@@ -388,13 +388,20 @@ def _is_shared(interpreter: str) -> bool:
     ({"savedir": "sftp://u@127.0.0.1/d", "postscript": "/usr/local/bin/x"}, False),
     ({"savedir": "sftp://u@127.0.0.1/d", "transfer": "/usr/local/bin/x"}, False),
 ])
-def test_only_network_targets_without_scripts_save_before_udev(settings: dict, early: bool) -> None:
+def test_only_plain_targets_without_scripts_save_before_udev(settings: dict, early: bool) -> None:
     cfg = configuration.Config(**settings)
     p = initrd_mod.Plan(config=cfg, initrd_config=cfg, kernel="k", closure=None,  # type: ignore[arg-type]
                         programs=(), optional_programs=(), kernel_modules=("virtio_net",), files=())
     assert initrd_mod.saves_before_udev(p) is early
-    with_disk = dataclasses.replace(p, mounts=(object(),))  # type: ignore[arg-type]
-    assert initrd_mod.saves_before_udev(with_disk) is False
+
+    def disk(source: str) -> initrd_mod.MountRecord:
+        return initrd_mod.MountRecord(source, "ext4", "rw", "/var/crash", "/kdump/mnt/var/crash")
+    for source, plain in (("UUID=0b3e-11", True), ("LABEL=crash", True), ("/dev/vdb1", True),
+                          ("/dev/mapper/vg-crash", False), ("/dev/md0", False), ("/dev/disk/by-id/x", False)):
+        assert initrd_mod.saves_before_udev(dataclasses.replace(p, mounts=(disk(source),))) is (plain and early), source
+    stacked = dataclasses.replace(p, mounts=(disk("UUID=0b3e-11"),),
+                                  storage=initrd_mod.storage.Needs(dracut_modules=("lvm",), cmdline=("rd.lvm.lv=vg/crash",)))
+    assert initrd_mod.saves_before_udev(stacked) is False
 
 
 # --- the traced closure per target (no dracut) ------------------------------------------------------

@@ -948,15 +948,24 @@ def _device_modules(sys_path: str, index: "Optional[drivers.ModuleIndex]" = None
 # --- building ----------------------------------------------------------------------------------
 
 def saves_before_udev(p: Plan) -> bool:
-    """Whether the capture initrd saves from dracut's first hook, before udev starts,
-    loading the recorded drivers by name (udev would load the same ones, found by the
-    devices' aliases, after handling every device): when every target is on the
-    network (no local file system to find, no storage stack to assemble) and no
-    KDUMP_PRESCRIPT, KDUMP_POSTSCRIPT or KDUMP_TRANSFER runs (an administrator's
-    script may expect udev's /dev/disk links)."""
+    """Whether the capture initrd saves from its own /init, before udev starts, loading
+    the recorded drivers by name (udev would load the same ones, found by the devices'
+    aliases, after handling every device): when every local target is a plain file
+    system found by UUID, LABEL or its /dev node (no LVM, MD RAID, LUKS or multipath to
+    assemble) and no KDUMP_PRESCRIPT, KDUMP_POSTSCRIPT or KDUMP_TRANSFER runs (an
+    administrator's script may expect udev's /dev/disk links)."""
     c = p.config
-    return not (p.mounts or p.mount or p.storage.cmdline or p.storage.wait_devices or p.storage.crypttab
-                or c.prescript or c.postscript or c.transfer)
+    s = p.storage
+    mounts = p.mounts or ((p.mount,) if p.mount is not None else ())
+    plain = all(m.source.startswith(("UUID=", "LABEL=")) or
+                (m.source.startswith("/dev/") and not m.source.startswith(_ASSEMBLED_DEVICES))
+                for m in mounts)
+    return plain and not (any(stack.stacked for stack in s.stacks) or s.dracut_modules or s.cmdline or s.wait_devices or s.crypttab
+                          or c.prescript or c.postscript or c.transfer)
+
+
+#: device nodes that only exist once something (udev rules, dracut modules) assembled them
+_ASSEMBLED_DEVICES = ("/dev/disk/", "/dev/mapper/", "/dev/md", "/dev/dm-", "/dev/mpath")
 
 
 def write_stage(p: Plan, stage: Path) -> None:
@@ -1066,7 +1075,7 @@ def build(p: Plan, options: BuildOptions) -> str:
         cmd = dracut_command(p, dataclasses.replace(options, output=partial), basedir)
         log.info("building %s for kernel %s (%s target)", options.output, p.kernel, p.target.scheme)
         if saves_before_udev(p) and not options.systemd:
-            log.info("the capture initrd saves before udev starts (network targets only, no scripts); "
+            log.info("the capture initrd saves before udev starts (no storage stack to assemble, no scripts); "
                      "it loads these drivers by name: %s", " ".join(p.kernel_modules) or "none")
         log.debug("running %s", " ".join(shlex.quote(c) for c in cmd))
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
