@@ -342,6 +342,8 @@ def test_plain_disk_initrd_is_built_as_before(plain_mount: Path, kernel: str, tm
         assert not os.path.lexists(root / absent), absent
     for tool in ("/lvm", "/mdadm", "/cryptsetup", "64-lvm.rules", "dm-mod.ko", "raid1.ko", "dm-crypt.ko"):
         assert not [f for f in files if f.endswith(tool) or f"{tool}." in f], tool
+    # nothing to assemble: kdump-saver's own /init saves before udev
+    assert "kdump-saver" in (root / "init").read_text() and (root / "usr/lib/kdump-saver/dracut-init").exists()
 
 
 def test_lvm_md_luks_initrd_carries_the_tools(plain_mount: Path, kernel: str, tmp_path: Path,
@@ -392,6 +394,9 @@ def test_lvm_md_luks_initrd_carries_the_tools(plain_mount: Path, kernel: str, tm
     assert (root / "etc/kdump-saver/wait-devices").read_text() == "/dev/mapper/kd--vg-lv_crash\n"
     hooks = [f for f in files if f.endswith("95-kdump-saver-storage.sh")]
     assert hooks and "/hooks/cmdline/" in hooks[0]
+    # a stack to assemble: dracut's init, udev and the pre-mount hook, not kdump-saver's /init
+    assert not (root / "etc/kdump-saver/early-modules").exists()
+    assert not (root / "usr/lib/kdump-saver/dracut-init").exists() and "kdump-saver" not in (root / "init").read_text()
     stamp = json.loads((root / initrd.STAMP_PATH.lstrip("/")).read_text())
     assert stamp["storage"] == needs.identities
     # the hook with dracut's own library in the unpacked initrd: the initqueue waits for the device
