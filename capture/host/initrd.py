@@ -949,21 +949,28 @@ def _device_modules(sys_path: str, index: "Optional[drivers.ModuleIndex]" = None
 
 # --- building ----------------------------------------------------------------------------------
 
-def saves_before_udev(p: Plan) -> bool:
-    """Whether the capture initrd saves from its own /init, before udev starts, loading
-    the recorded drivers by name (udev would load the same ones, found by the devices'
-    aliases, after handling every device): when every local target is a plain file
-    system found by UUID, LABEL or its /dev node (no LVM, MD RAID, LUKS or multipath to
-    assemble) and no KDUMP_PRESCRIPT, KDUMP_POSTSCRIPT or KDUMP_TRANSFER runs (an
-    administrator's script may expect udev's /dev/disk links)."""
-    c = p.config
-    s = p.storage
+def early_modules(p: Plan) -> Optional[List[str]]:
+    """The drivers the capture initrd's own /init loads by name before it saves (those
+    carried plus ``--add-drivers``; udev would load the same ones, found by the devices'
+    aliases, after handling every device), or None when dracut's init and udev must run:
+    a local target's file system not found by UUID, LABEL or a plain /dev node, an LVM,
+    MD RAID, LUKS or multipath stack to assemble, or a KDUMP_PRESCRIPT, KDUMP_POSTSCRIPT
+    or KDUMP_TRANSFER (an administrator's script may expect udev's /dev/disk links)."""
+    c, s = p.config, p.storage
     mounts = p.mounts or ((p.mount,) if p.mount is not None else ())
     plain = all(m.source.startswith(("UUID=", "LABEL=")) or
                 (m.source.startswith("/dev/") and not m.source.startswith(_ASSEMBLED_DEVICES))
                 for m in mounts)
-    return plain and not (any(stack.stacked for stack in s.stacks) or s.dracut_modules or s.cmdline or s.wait_devices or s.crypttab
-                          or c.prescript or c.postscript or c.transfer)
+    stacked = any(stack.stacked for stack in s.stacks) or s.dracut_modules or s.cmdline or s.wait_devices \
+        or s.crypttab
+    if not plain or stacked or c.prescript or c.postscript or c.transfer:
+        return None
+    return [*p.kernel_modules, *p.stamp.get("add_drivers", ())]
+
+
+def saves_before_udev(p: Plan) -> bool:
+    """Whether the capture initrd saves from its own /init, before udev (:func:`early_modules`)."""
+    return early_modules(p) is not None
 
 
 #: device nodes that only exist once something (udev rules, dracut modules) assembled them
@@ -985,8 +992,9 @@ def write_stage(p: Plan, stage: Path) -> None:
     lines("programs", p.programs)
     lines("programs-optional", p.optional_programs)
     lines("kernel-modules", p.kernel_modules)
-    if saves_before_udev(p):
-        lines("early-modules", [*p.kernel_modules, *p.stamp.get("add_drivers", ())])
+    early = early_modules(p)
+    if early is not None:
+        lines("early-modules", early)
     lines("files", p.files)
     conf = stage / "kdump.conf"
     conf.touch(mode=0o600)
@@ -1076,9 +1084,10 @@ def build(p: Plan, options: BuildOptions) -> str:
         partial = options.output + ".new"
         cmd = dracut_command(p, dataclasses.replace(options, output=partial), basedir)
         log.info("building %s for kernel %s (%s target)", options.output, p.kernel, p.target.scheme)
-        if saves_before_udev(p) and not options.systemd:
+        early = early_modules(p)
+        if early is not None and not options.systemd:
             log.info("the capture initrd saves before udev starts (no storage stack to assemble, no scripts); "
-                     "it loads these drivers by name: %s", " ".join(p.kernel_modules) or "none")
+                     "it loads these drivers by name: %s", " ".join(early) or "none")
         log.debug("running %s", " ".join(shlex.quote(c) for c in cmd))
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace")
         if proc.returncode != 0:
