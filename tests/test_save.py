@@ -202,3 +202,37 @@ def test_no_collector_is_left_running_when_no_target_takes_the_dump(tmp_path, fi
             save(Config(dumpformat="lzo", dumplevel=0, cpus=cpus), vmcore=str(fixture_vmcore),
                  savedir=str(blocked / "dumps"))
     assert _collectors_running() == []
+
+
+def test_the_size_is_estimated_only_when_the_room_may_be_too_small(tmp_path, small_fs, fixture_vmcore, caplog):
+    """On a target with room for even an uncompressed dump of the whole memory the
+    estimate (CPU time the collector needs) is skipped; on a tight one it is made and
+    recorded, and it is close to what the dump took."""
+    caplog.set_level("INFO")
+    roomy = tmp_path / "roomy"
+    roomy.mkdir()
+    save(Config(dumpformat="lzo", dumplevel=31), vmcore=str(fixture_vmcore), savedir=str(roomy))
+    assert "more than the dump of" in caplog.text and "expected to take" not in caplog.text
+    assert "expected size before saving" not in (only_dir(roomy) / "README.txt").read_text()
+
+    caplog.clear()
+    tight = small_fs(200)  # less than the fixture's 512 MB of memory
+    save(Config(dumpformat="lzo", dumplevel=31, free_disk_size=2), vmcore=str(fixture_vmcore), savedir=str(tight))
+    assert "expected to take" in caplog.text
+    made = only_dir(tight)
+    noted = [line for line in (made / "README.txt").read_text().splitlines() if "expected size before saving" in line]
+    assert len(noted) == 1, noted
+    expected = int(noted[0].split("saving: ")[1].split()[0])
+    actual = (made / "vmcore").stat().st_size
+    assert 0.5 * actual < expected < 2 * actual, (expected, actual)
+
+
+@pytest.mark.parametrize("level", [0, 31])
+def test_no_dump_is_larger_than_the_worst_case_the_estimate_is_skipped_for(tmp_path, fixture_vmcore, level):
+    from capture.formats.elfcore import ElfCore
+    from capture.save.sequence import worst_case_size
+
+    save(Config(dumpformat="lzo", dumplevel=level), vmcore=str(fixture_vmcore), savedir=str(tmp_path))
+    with ElfCore.open(str(fixture_vmcore)) as core:
+        memory = core.memory_size
+    assert (only_dir(tmp_path) / "vmcore").stat().st_size <= worst_case_size(memory)

@@ -28,7 +28,7 @@ from typing import BinaryIO, Dict, List, Optional, Tuple
 
 from capture.config.targeturl import TargetURL
 from transports import openssh, sftpwire, sshauth
-from transports.sftpwire import FLAG_CREATE, FLAG_READ, FLAG_TRUNC, FLAG_WRITE, Reply, string, u64
+from transports.sftpwire import FLAG_CREATE, FLAG_READ, FLAG_TRUNC, FLAG_WRITE, Reply, string, u32, u64
 from transports.base import (DirEntry, DumpFile, NoSpaceError, Transport, TransportError, TransportOptions,
                              resume_within)
 
@@ -446,8 +446,8 @@ class SFTPDumpFile(DumpFile):
         # recorded before sending: a request that breaks half-way is sent again too
         num = self._sftp.request_number
         self._unacked[num] = (offset, chunk)
-        self._sftp.send_request(sftpwire.WRITE, string(self._handle) + u64(offset) + string(chunk),
-                                lambda t, msg: self._acknowledged(num, t, msg))
+        self._sftp.send_request(sftpwire.WRITE, string(self._handle) + u64(offset) + u32(len(chunk)),
+                                lambda t, msg: self._acknowledged(num, t, msg), data=chunk)
 
     def _acknowledged(self, num: int, t: int, msg: Reply) -> None:
         """Called for each acknowledgement of our writes."""

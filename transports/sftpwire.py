@@ -160,8 +160,11 @@ class Session:
         """The id the next request gets."""
         return self._next_id
 
-    def _send(self, kind: int, payload: bytes) -> None:
-        self.channel.sendall(u32(len(payload) + 1) + bytes((kind,)) + payload)
+    def _send(self, kind: int, payload: bytes, data: bytes = b"") -> None:
+        # ``data`` (a WRITE's bytes) goes out as it is: no copy of it into the packet
+        self.channel.sendall(u32(len(payload) + len(data) + 1) + bytes((kind,)) + payload)
+        if data:
+            self.channel.sendall(data)
 
     def _recv_exact(self, n: int) -> bytes:
         out = bytearray()
@@ -179,13 +182,15 @@ class Session:
         body = self._recv_exact(length)
         return body[0], Reply(body[1:])
 
-    def send_request(self, kind: int, payload: bytes, callback: Optional[Callback] = None) -> int:
-        """Send a request; its id.  Its answer goes to ``callback`` when one is
+    def send_request(self, kind: int, payload: bytes, callback: Optional[Callback] = None,
+                     data: bytes = b"") -> int:
+        """Send a request (``payload``, then ``data`` unchanged: a WRITE's bytes after
+        their length); its id.  Its answer goes to ``callback`` when one is
         given (:meth:`read_response`), else it is kept for :meth:`wait_for`."""
         rid = self._next_id
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         self._waiting[rid] = callback
-        self._send(kind, u32(rid) + payload)
+        self._send(kind, u32(rid) + payload, data)
         return rid
 
     def read_response(self) -> int:

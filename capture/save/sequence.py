@@ -2,7 +2,7 @@
 
 :func:`save` is the whole sequence, step by step; each step's details live
 in the module named after what it handles.  What needs only the vmcore
-(its headers, the collector's plan, the size estimate, the kernel log) is
+(its headers, the collector's plan, the kernel log) is
 :func:`prepare`, done once for every target; capture-boot runs it while the
 network comes up.  A caller that must act between the complete vmcore and
 the final README (capture-boot runs KDUMP_POSTSCRIPT there) uses the same
@@ -119,8 +119,6 @@ class Prepared:
     crashed: "CrashedKernel"
     mdf: Optional[collector.Makedumpfile]
     plan: collector.DumpPlan
-    expected: Optional[int]
-    """The dump's expected size in bytes, when it can be predicted."""
     kernel_log: KernelLog
     early: Optional[collector.EarlyStart] = None
     """The collector started by ``prepare(start_collector=True)``; the first vmcore written takes it."""
@@ -132,8 +130,8 @@ class Prepared:
 
 
 def prepare(config: Config, vmcore: str = "/proc/vmcore", start_collector: bool = False) -> Prepared:
-    """Read the vmcore's headers, choose the collector, estimate the dump's
-    size and read the kernel log; raise :class:`KdumpError` for a vmcore
+    """Read the vmcore's headers, choose the collector and read the kernel
+    log; raise :class:`KdumpError` for a vmcore
     that cannot be saved.  ``start_collector`` starts the collector first,
     so that its start-up overlaps the rest; its stream waits in the pipe
     until a vmcore is written, and the caller must :meth:`Prepared.discard`
@@ -145,8 +143,7 @@ def prepare(config: Config, vmcore: str = "/proc/vmcore", start_collector: bool 
         log.info("%s", note)
     early = collector.EarlyStart.start(mdf, plan, vmcore, config.makedumpfile_options) if start_collector else None
     try:
-        expected = expected_size(vmcore, plan)
-        return Prepared(crashed, mdf, plan, expected, read_dmesg(mdf, vmcore), early)
+        return Prepared(crashed, mdf, plan, read_dmesg(mdf, vmcore), early)
     except BaseException:
         if early is not None:
             early.discard()
@@ -196,18 +193,14 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
     started = time.monotonic()
     url = targets(config, savedir)[0]
     ready = prepared or prepare(config, vmcore)
-    crashed, mdf, plan, expected = ready.crashed, ready.mdf, ready.plan, ready.expected
+    crashed, mdf, plan = ready.crashed, ready.mdf, ready.plan
     hostname = dumpdir.facts_text(config.hostname or crashed.nodename or "unknown")
     log.info("saving the dump of %s (kernel %s, crashed %s) to %s", hostname, crashed.release,
              crashed.crash_time.strftime("%Y-%m-%d %H:%M:%S UTC"), url.masked())
 
     with open_target(url, TransportOptions.from_config(config)) as target:
         guard = SpaceGuard(target, config.free_disk_size << 20)
-        if expected is not None:
-            room = guard.room()
-            log.info("the dump is expected to take about %.1f MB; the target has %s", expected / 1e6,
-                     "room for an unknown amount (it cannot tell its free space)" if room is None
-                     else f"room for {max(room, 0) / 1e6:.1f} MB more before KDUMP_FREE_DISK_SIZE")
+        expected = size_if_needed(vmcore, plan, crashed.memory_size, guard.room())
         base = dumpdir.base_name(crashed.crash_time, hostname, url.is_remote)
         deleted = make_room(target, guard, hostname, config.keep_old_dumps, base, expected)
         guard.start()
@@ -457,6 +450,33 @@ def _probe_makedumpfile() -> Tuple[Optional[collector.Makedumpfile], str]:
     except collector.CollectorError as exc:
         log.warning("%s", exc)
         return None, str(exc)
+
+
+def worst_case_size(memory_size: int) -> int:
+    """More than a kdump-compressed dump of ``memory_size`` bytes of memory can
+    take: every page stored uncompressed, plus its 24-byte descriptor, the two
+    bitmaps and the headers."""
+    return memory_size + memory_size // 128 + (1 << 20)
+
+
+def size_if_needed(vmcore: str, plan: collector.DumpPlan, memory_size: int, room: Optional[int]) -> Optional[int]:
+    """The dump's expected size (:func:`expected_size`) when the target's room
+    beyond KDUMP_FREE_DISK_SIZE may be too small for it; None, without
+    reading the vmcore, when the room is unknown (nothing could be done about
+    it) or holds even :func:`worst_case_size` (the estimate costs CPU time the
+    collector needs, and a capture kernel often has one CPU)."""
+    if room is None:
+        log.info("the target cannot tell its free space: the dump's size is not estimated")
+        return None
+    if room >= worst_case_size(memory_size):
+        log.info("the target has room for %.1f MB more before KDUMP_FREE_DISK_SIZE, more than the dump "
+                 "of %.1f MB of memory can take", room / 1e6, memory_size / 1e6)
+        return None
+    expected = expected_size(vmcore, plan)
+    if expected is not None:
+        log.info("the dump is expected to take about %.1f MB; the target has room for %.1f MB more "
+                 "before KDUMP_FREE_DISK_SIZE", expected / 1e6, max(room, 0) / 1e6)
+    return expected
 
 
 def expected_size(vmcore: str, plan: collector.DumpPlan) -> Optional[int]:
