@@ -49,8 +49,7 @@ def build_and_unpack(kind: str, tmp: Path) -> Path:
     root.mkdir()
     # the kernel keeps the archive's mtimes; lsinitrd --unpack would not
     with open(image, "rb") as f:
-        magic = f.read(4)
-        tool = {b"\x28\xb5\x2f\xfd": "zstd", b"\x02\x21\x4c\x18": "lz4"}.get(magic, "xz")
+        tool = "zstd" if f.read(4) == b"\x28\xb5\x2f\xfd" else "xz"
         f.seek(0)
         unpacked = subprocess.run(["sh", "-c", f"{tool} -dc | cpio -idm --quiet"], stdin=f, cwd=root)
     if unpacked.returncode != 0:

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--systemd", action="store_true",
                    help="a systemd initrd (a unit wanted by initrd.target) instead of dracut's shell init")
     p.add_argument("--compress", default=None, metavar="PROGRAM",
-                   help="dracut --compress (default lz4 -l -9 where lz4 is installed, else zstd -19 with a 1 MiB window, else xz)")
+                   help="dracut --compress (default zstd -19 with a 1 MiB window where zstd is installed, else xz)")
     p.add_argument("--add-drivers", default="", metavar="'MOD ...'",
                    help="more kernel modules, e.g. the NIC or disk driver of another machine")
     p.add_argument("--check", action="store_true", help="only check the configuration, build nothing")

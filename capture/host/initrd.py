@@ -97,26 +97,16 @@ NOT_LOCAL_FSTYPES = {
 #: neither carried into the capture initrd nor imported by the tracer
 HOST_PACKAGE = __package__ or "capture.host"
 HOST_DIR = Path(__file__).resolve().parent
-#: The capture kernel unpacks the initrd before it runs anything, on the CPU
-#: the dump waits for.  Under emulation (one CPU, bench/crash_cycle.py) the
-#: sftp initrd took 1.03 s from the x509 parser to the kernel's certificates as
-#: zstd and 0.74 s as lz4 (0.26 s for the yardstick's 14.5 MB plain cpio);
-#: natively zstd -dc takes 49 ms and lz4 -dc 18 ms.  lz4 costs 17 MB compressed
-#: against 12.6 MB: the compressed image sits in the reserved memory only until
-#: it is unpacked, when nothing else runs yet.  The kernel reads lz4's legacy
-#: frames (-l) only.
-LZ4_COMPRESS = "lz4 -l -9"
-#: zstd with a 1 MiB window (as dracut's xz dictionary): the kernel's decompressor
-#: allocates the window while it unpacks, in the reserved memory (level 19's own
-#: window is 8 MiB); about 7 times faster to unpack than xz (0.08 against 0.55 s natively)
+#: the capture kernel unpacks a zstd initrd about 7 times faster than an xz one (0.08 against 0.55 s
+#: natively for the sftp initrd; seconds of downtime under emulation) for 4 % more reserved memory.
+#: A 1 MiB window (as dracut's xz dictionary): the kernel's decompressor allocates the window while it
+#: unpacks, in the reserved memory; level 19's own 8 MiB window saves 4 % of the compressed size
 ZSTD_COMPRESS = "zstd -19 -q -T0 --zstd=wlog=20"
 FALLBACK_COMPRESS = "xz"
 
 
 def default_compress() -> str:
-    """dracut's ``--compress``: lz4 where it is installed, else zstd, else xz."""
-    if shutil.which("lz4"):
-        return LZ4_COMPRESS
+    """dracut's ``--compress``: zstd where it is installed, else xz."""
     return ZSTD_COMPRESS if shutil.which("zstd") else FALLBACK_COMPRESS
 
 

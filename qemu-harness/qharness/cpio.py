@@ -120,7 +120,7 @@ def _pad(length: int) -> bytes:
 
 def read_image(image: Path) -> Iterator[Tuple[str, Entry]]:
     """The members of an initramfs: concatenated newc archives, each plain,
-    xz-, gzip-, zstd- or lz4-compressed, with zero padding between them."""
+    xz-, gzip- or zstd-compressed, with zero padding between them."""
     data = image.read_bytes()
     pos = 0
     while pos < len(data):
@@ -142,11 +142,6 @@ def read_image(image: Path) -> Iterator[Tuple[str, Entry]]:
         elif head[:4] == b"\x28\xb5\x2f\xfd":
             # the last segment, as for gzip; the standard library has no zstd (Python 3.11)
             plain = subprocess.run(["zstd", "-dcq"], input=data[pos:], capture_output=True, check=True).stdout
-            yield from _read_all_newc(plain)
-            return
-        elif head[:4] == b"\x02\x21\x4c\x18":
-            # lz4's legacy frame (the kernel's lz4 initramfs format): the last segment
-            plain = subprocess.run(["lz4", "-dcq"], input=data[pos:], capture_output=True, check=True).stdout
             yield from _read_all_newc(plain)
             return
         else:
