@@ -134,6 +134,26 @@ def test_interleaved_streams_become_full_requests_and_overlaps_land_last(ssh_lab
     assert requests <= full + 12, f"{len(writes)} writes became {requests} requests"
 
 
+def test_unacknowledged_writes_stay_within_the_memory_bound(ssh_lab: SSHLab, sshd_sftp: SSHD,
+                                                            fixture_vmcore: Path) -> None:
+    """Every write in flight is kept for a resend until acknowledged: at most
+    MAX_IN_FLIGHT bytes (a capture kernel's memory is small), however fast the
+    writer is, and the file still arrives whole."""
+    from transports.sftp import MAX_IN_FLIGHT
+
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    source = head_of(fixture_vmcore, 24 * MiB)
+    held = []
+    with sftp_target(ssh_lab, sshd_sftp, base) as t:
+        f = t.create("vmcore")
+        for at in range(0, len(source), 1 * MiB):
+            f.pwrite(source[at:at + 1 * MiB], at)
+            held.append(sum(len(chunk) for _, chunk in f._unacked.values()))
+        f.close()
+    assert (base / "vmcore").read_bytes() == source
+    assert max(held) <= MAX_IN_FLIGHT, f"{max(held)} bytes held unacknowledged"
+
+
 def test_any_sequence_of_writes_reads_back_as_written(ssh_lab: SSHLab, sshd_sftp: SSHD) -> None:
     """Merged or not, sent early or late: the file holds, at every byte, the last write there."""
     base = ssh_lab.fresh_dir(ssh_lab.key_user)

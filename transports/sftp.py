@@ -2,14 +2,14 @@
 
 Files are written at their offsets (``DumpFile.seekable``), so the server
 receives a standard vmcore.  Writes are pipelined: up to
-:data:`MAX_OUTSTANDING` write requests are in flight, each as large as the
-server allows (``limits@openssh.com``, else 32 KiB), contiguous small writes
-are merged, and ``close`` waits for every acknowledgement, then asks the
+:data:`MAX_OUTSTANDING` write requests (and :data:`MAX_IN_FLIGHT` bytes) are
+in flight, each as large as the server allows (``limits@openssh.com``, else
+32 KiB), contiguous small writes are merged, and ``close`` waits for every acknowledgement, then asks the
 server to fsync (``fsync@openssh.com``) where it can.  Free space comes from
 ``statvfs@openssh.com``; ``None`` when the server does not offer it.
 When the connection drops while a dump file is written, the file keeps
 every write request the server has not acknowledged (at most
-:data:`MAX_OUTSTANDING` requests), connects again within KDUMP_NET_TIMEOUT of
+:data:`MAX_IN_FLIGHT` bytes), connects again within KDUMP_NET_TIMEOUT of
 the last reply, reopens the file without truncating it and sends those
 requests again in their order: the result is the file an unbroken transfer
 gives.  A server that stays silent for :func:`~transports.base.io_timeout`
@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 
 #: Write requests in flight per file before waiting for an acknowledgement.
 MAX_OUTSTANDING = 64
+#: Bytes those requests may hold: each is kept until acknowledged (to be sent again
+#: after a reconnect), and a capture kernel's memory is small (at crashkernel=128M,
+#: 64 requests of 255 KiB were the 16 MB that ran the saver out of memory).  OpenSSH's
+#: channel window (2 MiB) bounds what is on its way anyway.
+MAX_IN_FLIGHT = 4 << 20
 #: contiguous runs of small writes kept to be sent as full requests
 MAX_RUNS = 4
 #: Request size when the server does not announce its limits (every server takes it).
@@ -377,6 +382,8 @@ class SFTPDumpFile(DumpFile):
         self._name = name
         self._handle = handle
         self._size = owner.request_size
+        #: requests in flight before waiting: at most MAX_OUTSTANDING and MAX_IN_FLIGHT bytes
+        self._window = max(1, min(MAX_OUTSTANDING, MAX_IN_FLIGHT // self._size))
         self._append_at = 0
         self._runs: Dict[int, bytearray] = {}
         """start offset -> contiguous data not sent yet, oldest first."""
@@ -436,7 +443,7 @@ class SFTPDumpFile(DumpFile):
             chunk = bytes(data[start:start + self._size])
             try:
                 self._request(offset + start, chunk)
-                while len(self._unacked) >= MAX_OUTSTANDING:
+                while len(self._unacked) >= self._window:
                     self._sftp.read_response()
             except _NETWORK_ERRORS as exc:
                 self._resume(exc)
@@ -482,7 +489,7 @@ class SFTPDumpFile(DumpFile):
                 self._handle = self._owner.open_handle(self._name, truncate=False)
                 for offset, chunk in pending:
                     self._request(offset, chunk)
-                    while len(self._unacked) >= MAX_OUTSTANDING:
+                    while len(self._unacked) >= self._window:
                         self._sftp.read_response()
                 self._drain()
             except _NETWORK_ERRORS as exc:
