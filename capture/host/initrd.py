@@ -75,6 +75,8 @@ FSTAB_PATH = "/etc/kdump-saver/fstab"
 MOUNT_ROOT = "/kdump/mnt"
 """Where the file system of a local KDUMP_SAVEDIR is mounted in the capture kernel."""
 
+#: /bin/sh of a capture initrd that saves from its own /init (dracut's "dash" module)
+DASH = "/bin/dash"
 #: dracut modules of a capture initrd (plus ours); "systemd" is added on request
 BASE_DRACUT_MODULES = ("base",)
 #: a systemd initrd: systemd itself, initrd.target and friends, dracut's hooks as units
@@ -1057,6 +1059,10 @@ def private_basedir(parent: Path, module_dir: Path = MODULE_DIR,
 def dracut_command(p: Plan, options: BuildOptions, basedir: Path) -> List[str]:
     modules = (list(BASE_DRACUT_MODULES) + (list(SYSTEMD_DRACUT_MODULES) if options.systemd else [])
                + list(p.storage.dracut_modules) + [MODULE_NAME])
+    if not options.systemd and saves_before_udev(p) and os.path.exists(DASH):
+        # /bin/sh runs only our own /init, boot.sh and the DHCP hook (no administrator's
+        # script): dash instead of bash (1.5 MB less of the reservation with its libtinfo)
+        modules.insert(0, "dash")
     cmd = [options.dracut, "--force", "--quiet", "--no-hostonly", "--no-hostonly-cmdline",
            "--no-early-microcode", "--conf", "/dev/null", "--confdir", str(basedir / "no-conf.d"),
            "--modules", " ".join(modules), "--compress", options.compress,
