@@ -164,6 +164,7 @@ install() {
         # dracut's hooks and udev; dracut's init stays for anything else
         if [[ -f $_stage/early-modules ]]; then
             inst_simple "$_stage/early-modules" /etc/kdump-saver/early-modules
+            inst_simple "$moddir/kdump-saver-early.fstab" /etc/kdump-saver/early-fstab
             mv "$initdir/init" "$initdir/usr/lib/kdump-saver/dracut-init" \
                 || dfatal "kdump-saver: cannot move dracut's init aside"
             inst_script "$moddir/kdump-saver-init.sh" /init
