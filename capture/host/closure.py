@@ -49,13 +49,11 @@ OPTIONAL_ROOTS: Dict[str, str] = {
 }
 
 #: standard-library modules imported lazily at run time, not at import time:
-#: messages may be encoded to ASCII/latin-1 by the console and by ftplib, and
-#: the launcher's ``python -m`` runs the frozen runpy, which imports importlib.util
-RUNTIME_STDLIB = ("encodings.ascii", "encodings.latin_1", "importlib.util", "importlib.machinery")
-#: what a non-ASCII host name needs at run time (socket.getaddrinfo and the URL
-#: check IDNA-encode it): the codec imports stringprep, which needs unicodedata
-#: (1.1 MB of the capture kernel's memory); ASCII names never load the codec
-IDNA_STDLIB = ("encodings.idna", "encodings.punycode")
+#: host names are IDNA-encoded by socket.getaddrinfo, messages may be
+#: encoded to ASCII/latin-1 by the console and by ftplib, and the launcher's
+#: ``python -m`` runs the frozen runpy, which imports importlib.util
+RUNTIME_STDLIB = ("encodings.idna", "encodings.punycode", "encodings.ascii", "encodings.latin_1",
+                  "importlib.util", "importlib.machinery")
 #: carried without being imported by the tracer (importing site would run the
 #: build system's .pth files): helpers such as a DHCP hook may start Python
 #: without -S

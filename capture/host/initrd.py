@@ -671,10 +671,7 @@ def trace_closure(config: Config, urls: Targets, executable: Optional[str] = Non
     elif config.dumpformat != "none":
         required += ["capture.save.pycollector", "lzo"]
     own_modules = sorted({_module_of(f, root) for f in ours})
-    runtime = list(closure.RUNTIME_STDLIB)
-    if any(not url.host.isascii() for url in _listed(urls)):
-        runtime += closure.IDNA_STDLIB
-    optional = [m for m in own_modules + sorted(closure.static_imports(ours)) + runtime
+    optional = [m for m in own_modules + sorted(closure.static_imports(ours)) + list(closure.RUNTIME_STDLIB)
                 if not is_host_module(m)]
     path = [root] + _dependency_path(roots, root)
     own_files = ours + [p for p in (importlib.util.cache_from_source(f) for f in ours)
