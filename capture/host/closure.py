@@ -49,7 +49,8 @@ OPTIONAL_ROOTS: Dict[str, str] = {
 }
 
 #: standard-library modules imported lazily at run time, not at import time:
-#: host names are IDNA-encoded by socket.getaddrinfo, messages may be
+#: host names are IDNA-encoded by socket.getaddrinfo (every str host, ASCII
+#: too: the codec, with stringprep and unicodedata, cannot be left out), messages may be
 #: encoded to ASCII/latin-1 by the console and by ftplib, and the launcher's
 #: ``python -m`` runs the frozen runpy, which imports importlib.util
 RUNTIME_STDLIB = ("encodings.idna", "encodings.punycode", "encodings.ascii", "encodings.latin_1",
