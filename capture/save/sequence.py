@@ -200,10 +200,14 @@ def begin(config: Config, vmcore: str = "/proc/vmcore", savedir: Union[str, Targ
 
     with open_target(url, TransportOptions.from_config(config)) as target:
         guard = SpaceGuard(target, config.free_disk_size << 20)
-        expected = size_if_needed(vmcore, plan, crashed.memory_size, guard.room())
+        room = guard.room()
+        expected = size_if_needed(vmcore, plan, crashed.memory_size, room)
         base = dumpdir.base_name(crashed.crash_time, hostname, url.is_remote)
-        deleted = make_room(target, guard, hostname, config.keep_old_dumps, base, expected)
-        guard.start()
+        # (nothing to make room for on a target that cannot tell its space or has room for the
+        # worst case: one listing and two free-space queries less, each a process for ssh://)
+        deleted = (make_room(target, guard, hostname, config.keep_old_dumps, base, expected, room=room)
+                   if room is not None and room < worst_case_size(crashed.memory_size) else [])
+        guard.start(reuse_room=not deleted)
         name = dumpdir.create_unique(target, base, avoid=deleted)
         facts = DumpFacts(
             status="being written", target=url.masked(), directory=name, hostname=hostname,
@@ -496,8 +500,9 @@ def expected_size(vmcore: str, plan: collector.DumpPlan) -> Optional[int]:
 
 
 def make_room(target: Transport, guard: SpaceGuard, hostname: str, keep: int, new_name: str,
-              expected: Optional[int] = None) -> List[str]:
+              expected: Optional[int] = None, room: Optional[int] = None) -> List[str]:
     """Before anything is written: when the room beyond KDUMP_FREE_DISK_SIZE
+    (``room`` as :meth:`SpaceGuard.room` just measured it, else measured here)
     is less than the new dump is expected to take (``expected``, else what
     this host's newest complete dump took), delete old dumps retention would
     delete after a success anyway, oldest first, until it is enough.  Never
@@ -510,7 +515,8 @@ def make_room(target: Transport, guard: SpaceGuard, hostname: str, keep: int, ne
     candidates = retention.expendable_before_success(old, keep)
     if expected is None:
         expected = next((d.saved_bytes for d in reversed(old) if d.complete and d.saved_bytes), None)
-    room = guard.room()
+    if room is None:
+        room = guard.room()
     if not candidates or room is None or expected is None or room >= expected:
         return []
     reclaimable = sum(d.saved_bytes or 0 for d in candidates)

@@ -40,9 +40,12 @@ class SpaceGuard:
         self._budget = 0
         self._since_check = 0
         self.free_at_start: Optional[int] = None
+        self._last_free: Optional[int] = None
+        """What :meth:`room` measured last."""
 
-    def _measure(self) -> Optional[int]:
-        free = self.target.free_space()
+    def _measure(self, free: Optional[int] = None) -> Optional[int]:
+        if free is None:
+            free = self.target.free_space()
         if free is None:
             self.known = False
             return None
@@ -52,7 +55,7 @@ class SpaceGuard:
 
     def room(self) -> Optional[int]:
         """Bytes that may still be written now before the limit (negative: already below), None: unknown."""
-        free = self.target.free_space()
+        free = self._last_free = self.target.free_space()
         return None if free is None else free - self.limit - RESERVE
 
     def remeasure(self) -> None:
@@ -60,9 +63,11 @@ class SpaceGuard:
         if self.known:
             self._measure()
 
-    def start(self) -> None:
-        """Check before writing anything; free room or refuse when already below the limit."""
-        self.free_at_start = self._measure()
+    def start(self, reuse_room: bool = False) -> None:
+        """Check before writing anything; free room or refuse when already below the limit.
+        ``reuse_room``: nothing was written or deleted since :meth:`room` measured (each
+        measurement is a command over ssh://): take its figure."""
+        self.free_at_start = self._measure(self._last_free if reuse_room else None)
         if self.free_at_start is None:
             log.warning("free space on the target is unknown: KDUMP_FREE_DISK_SIZE cannot be enforced")
             return
