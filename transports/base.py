@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import collections
-import hashlib
 import logging
 import socket
 import time
@@ -233,6 +232,8 @@ class Transport(abc.ABC):
     def sha256(self, path: str) -> str:
         """The sha256 of a file as stored on the target, read back through the
         transport (for checks; the save never reads a dump back)."""
+        import hashlib  # loads libcrypto: not on a save's path
+
         digest = hashlib.sha256()
         with self.open_read(path) as f:
             while True:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import difflib
 import logging
 import os
 import re
@@ -519,6 +518,8 @@ def _other_key(assignment: sysconfig.Assignment, filename: str) -> None:
         return
     if key.upper().startswith("KDUMP_"):
         suffixes = {k[len("KDUMP_"):]: k for k in OPTIONS_BY_KEY if k.startswith("KDUMP_")}
+        import difflib  # only for a misspelled option
+
         close = difflib.get_close_matches(key.upper()[len("KDUMP_"):], suffixes, n=1, cutoff=0.75)
         hint = f"; did you mean {suffixes[close[0]]}?" if close else ""
         log.warning("%s: unknown option %s, ignored%s", where, key, hint)

@@ -137,6 +137,7 @@ class _BringUp:
     clients: List[_Started] = field(default_factory=list)
     leased: Dict[str, List[str]] = field(default_factory=dict)    # interface -> "address/prefix" from DHCP
     configured: List[str] = field(default_factory=list)
+    _seen_links: Dict[str, dict] = field(default_factory=dict)   # what missing_macs saw last
 
     def run(self, target_host: Optional[str], resolv_conf: str) -> None:
         plan = self.plan
@@ -176,22 +177,28 @@ class _BringUp:
             return
         self.deadline.wait("the links named by ifname= (" + ", ".join(f"{r.name}={r.mac}" for r in renames) + ")",
                            lambda: self.missing_macs())
+        links = self._seen_links  # as the wait saw them last (each ``ip`` run costs the dump's CPU)
         for rename in renames:
-            links = self.ip.links()
             current = _by_mac(links, rename.mac)
             if current is None or current == rename.name:
                 continue
             holder = links.get(rename.name)
             if holder is not None:
                 spare = f"kdtmp{holder['ifindex']}"
-                self.ip.run("link", "set", "dev", rename.name, "down")
+                self._set_down(rename.name, holder)
                 self.ip.run("link", "set", "dev", rename.name, "name", spare)
-            self.ip.run("link", "set", "dev", current, "down")
+            self._set_down(current, links[current])
             self.ip.run("link", "set", "dev", current, "name", rename.name)
             log.info("network: renamed %s (%s) to %s", current, rename.mac, rename.name)
+            links = self.ip.links()
+
+    def _set_down(self, name: str, link: dict) -> None:
+        """A link must be down to be renamed (a NIC the capture kernel just probed is)."""
+        if "UP" in link.get("flags", []):
+            self.ip.run("link", "set", "dev", name, "down")
 
     def missing_macs(self) -> Optional[str]:
-        links = self.ip.links()
+        links = self._seen_links = self.ip.links()
         missing = [r.mac for r in self.plan.renames if _by_mac(links, r.mac) is None]
         if not missing:
             return None
@@ -501,8 +508,8 @@ class _BringUp:
 
     def report(self, route: Optional[dict]) -> None:
         for name in self.configured:
-            link = self.ip.links().get(name, {})
-            addrs = [f"{a['local']}/{a['prefixlen']}" for a in self.ip.addresses(name)
+            link = self.ip.link_and_addresses(name)
+            addrs = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
                      if a.get("scope") != "link"]
             log.info("network: %s (%s) is %s with %s", name, link.get("address", "?"),
                      link.get("operstate", "?"), ", ".join(addrs) or "no address")

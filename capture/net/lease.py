@@ -50,8 +50,12 @@ class IpTool:
         return {link["ifname"]: link for link in self.json("-d", "link", "show")}
 
     def addresses(self, name: str) -> List[dict]:
+        return self.link_and_addresses(name).get("addr_info", [])
+
+    def link_and_addresses(self, name: str) -> dict:
+        """The link (flags, operstate, MAC) with its ``addr_info``, from one ``ip addr show``; {} when absent."""
         data = self.json("addr", "show", "dev", name)
-        return data[0].get("addr_info", []) if data else []
+        return data[0] if data else {}
 
     def route_get(self, address: str) -> Optional[dict]:
         argv = [self.program, "-j", "route", "get", address]

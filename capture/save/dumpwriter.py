@@ -8,7 +8,6 @@ first claimed from the :class:`~capture.save.space.SpaceGuard`.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import BinaryIO, Optional
@@ -44,6 +43,8 @@ def rebuild_flattened(stream: BinaryIO, out: DumpFile, guard: SpaceGuard, progre
 
 def store_flattened(stream: BinaryIO, out: DumpFile, guard: SpaceGuard, progress: Progress) -> Written:
     """Append the flattened stream as it is, checking that it is whole."""
+    import hashlib  # imported by the writers that hash (it loads libcrypto): rebuild_flattened does not
+
     digest = hashlib.sha256()
     size = 0
 
@@ -62,6 +63,7 @@ def store_flattened(stream: BinaryIO, out: DumpFile, guard: SpaceGuard, progress
 
 def compress_raw(vmcore: str, out: DumpFile, guard: SpaceGuard, progress: Progress) -> Written:
     """Copy ``vmcore`` byte for byte into an LZ4 frame."""
+    import hashlib
     import lz4.frame  # only the raw format needs it
 
     digest = hashlib.sha256()

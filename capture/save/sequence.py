@@ -32,7 +32,6 @@ from capture.config.targeturl import TargetURL
 from capture.config.targeturl import parse_list as parse_targets
 from capture.errors import DumpFormatError, KdumpError
 from capture.formats import INCOMPLETE
-from capture.formats import printk
 from capture.formats.elfcore import ElfCore
 from capture.save import collector, dumpdir, retention
 from capture.save.dumpdir import MARKER, README, DumpFacts
@@ -375,6 +374,8 @@ def _save_dmesg(target: Transport, name: str, kernel_log: KernelLog, guard: Spac
 def read_kernel_log(vmcore: str) -> bytes:
     """The kernel log from the vmcore's printk buffer, as makedumpfile --dump-dmesg prints it;
     what was readable before damage when the buffer is corrupt."""
+    from capture.formats import printk  # only when makedumpfile cannot read the log
+
     with ElfCore.open(vmcore) as core:
         try:
             return printk.extract_dmesg(core)
