@@ -290,8 +290,12 @@ def retry_until_timeout(url: TargetURL, timeout: int, attempt: Callable[[float],
 #: KDUMP_NET_TIMEOUT is shorter (0 included).
 MIN_IO_TIMEOUT = 10
 #: Bytes of an append-only stream kept for resending after a reconnect: more
-#: than the socket buffers of both ends and the server's own can hold unwritten.
-RESUME_WINDOW = 64 << 20
+#: than the socket buffers of both ends (Linux autotunes them up to 4 MB for
+#: sending and 6 MB for receiving; far less in a capture kernel's memory), the
+#: SSH channel's window (2 MB) and the server's own buffers can hold unwritten.
+#: They are kept in the saver's memory: 64 MB, as before, did not fit a 128 MB
+#: reservation.  A resume that needs more fails and says so (the dump stays INCOMPLETE).
+RESUME_WINDOW = 16 << 20
 
 
 def io_timeout(options: TransportOptions) -> float:
