@@ -178,7 +178,9 @@ class _BringUp:
         self.deadline.wait("the links named by ifname= (" + ", ".join(f"{r.name}={r.mac}" for r in renames) + ")",
                            lambda: self.missing_macs())
         links = self._seen_links  # as the wait saw them last (each ``ip`` run costs the dump's CPU)
-        for rename in renames:
+        for number, rename in enumerate(renames):
+            if number:
+                links = self.ip.links()
             current = _by_mac(links, rename.mac)
             if current is None or current == rename.name:
                 continue
@@ -190,7 +192,6 @@ class _BringUp:
             self._set_down(current, links[current])
             self.ip.run("link", "set", "dev", current, "name", rename.name)
             log.info("network: renamed %s (%s) to %s", current, rename.mac, rename.name)
-            links = self.ip.links()
 
     def _set_down(self, name: str, link: dict) -> None:
         """A link must be down to be renamed (a NIC the capture kernel just probed is)."""
