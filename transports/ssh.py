@@ -55,7 +55,7 @@ AFTER_FAILURE_BUDGET = 3.0
 #: old session may still be writing cannot be doubled; other dd's get the plain append
 _CONTINUE = ('if dd if=/dev/null of=/dev/null oflag=seek_bytes status=none 2>/dev/null; then '
              'dd of={p} bs=65536 seek={n} oflag=seek_bytes conv=notrunc status=none; '
-             'else cat >> {p}; fi && {{ sync -- {p} 2>/dev/null || sync; }}')
+             'else cat >> {p}; fi && {{ sync -- {p} 2>/dev/null || sync; }} && wc -c < {p}')
 _LIST = ('if [ ! -d {p} ]; then echo "no such directory" >&2; exit 1; fi; cd -- {p} || exit 1; '
          'for f in .* *; do '
          'case $f in .|..) continue;; esac; '
@@ -229,7 +229,8 @@ class SSHTransport(Transport):
         result = self.run(f"umask 077 && rm -f -- {p} && : > {p}")
         if result.status != 0:
             raise self._fail(f"cannot create {path!r}", result)
-        channel = self.exec(f"umask 077 && cat > {p} && {{ sync -- {p} 2>/dev/null || sync; }}")
+        # the stream's command ends by printing the size it synced: no second command to ask
+        channel = self.exec(f"umask 077 && cat > {p} && {{ sync -- {p} 2>/dev/null || sync; }} && wc -c < {p}")
         return StreamFile(self, path, channel)
 
     def size(self, path: str) -> int:
@@ -436,11 +437,28 @@ class StreamFile(DumpFile):
         if status != 0:
             raise self._failure(None)[0]
         self._done = True
+        size = self._printed_size()
         self._channel.close()
-        size = self._owner.size(self._name)
+        if size is None:
+            size = self._owner.size(self._name)
         if size != self._window.end:
             raise TransportError(f"{self._owner.url.masked()}: writing {self._name!r}: the server holds "
                                  f"{size} bytes of the {self._window.end} sent")
+
+    def _printed_size(self) -> Optional[int]:
+        """The size the finished command printed (``wc -c`` after its sync); None when it
+        printed none (the size is then asked for separately)."""
+        try:
+            out = _skip_noise(self._channel) or bytearray()
+            while len(out) <= 32:
+                block = self._channel.recv(64)
+                if not block:
+                    break
+                out += block
+        except _NETWORK_ERRORS:
+            return None
+        text = out.decode("ascii", "replace").strip()
+        return int(text) if text.isdigit() else None
 
     def _failure(self, exc: Optional[BaseException]) -> Tuple[TransportError, bool]:
         """Why the stream broke, from the remote command's stderr when it said
