@@ -334,8 +334,11 @@ def test_plain_disk_initrd_is_built_as_before(plain_mount: Path, kernel: str, tm
     p = initrd.plan(cfg, kernel)
     assert p.storage.dracut_modules == () and p.stamp["storage"] == []
     cmd = initrd.dracut_command(p, initrd.BuildOptions(output="x"), tmp_path)
-    assert cmd[cmd.index("--modules") + 1] == "base kdump-saver"
+    # it saves from its own /init, where only our POSIX scripts run: dash is /bin/sh, not bash
+    assert cmd[cmd.index("--modules") + 1] == "dash base kdump-saver"
     root = build_and_unpack(p, tmp_path)
+    assert os.path.basename(os.readlink(root / "usr/bin/sh")) == "dash"
+    assert not os.path.lexists(root / "usr/bin/bash")
     files = _tree(root)
     for absent in ("etc/cmdline.d/90kdump-saver-storage.conf", "etc/crypttab", "etc/kdump-saver/wait-devices",
                    "usr/lib/dracut/hooks/cmdline/95-kdump-saver-storage.sh"):
