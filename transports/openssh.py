@@ -6,9 +6,10 @@ Runs in the capture kernel and on the host (check-config).  The contract:
   ``ControlPersist``: one TCP connection, host key check and login; it
   returns once ssh has logged in and run ``true`` (exit status 0), leaving
   the master in the background, or with the reason ssh printed.  Every session after that (the sftp
-  subsystem, a remote command) is a :class:`Channel`: an ``ssh`` process
-  multiplexed over that connection through its control socket, talking
-  through pipes.
+  subsystem, a remote command) is a :class:`Channel` multiplexed over that
+  connection through its control socket, talking through pipes: a remote
+  command's session is asked of the master directly (:mod:`transports.sshmux`),
+  a subsystem's is an ``ssh`` process.
 * Everything secret or per-connection (the known_hosts file written from
   KDUMP_HOST_KEY, the control socket, the password for ``SSH_ASKPASS``)
   lives in a private directory (mode 0700) removed by :meth:`Master.close`;
@@ -33,6 +34,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from transports import sshmux
 
 #: exit status of ssh itself failing (connection, login, host key, mux)
 SSH_FAILED = 255
@@ -221,7 +224,7 @@ def start_master(endpoint: Endpoint, limit: float) -> Master:
         master.logged_in()
         # ``true`` may fail (an sftp-only account runs its forced command instead): what
         # counts is the master running after the login
-        master.pid = _master_pid(master.control) if os.path.exists(master.control) else None
+        master.pid = sshmux.master_pid(master.control) if os.path.exists(master.control) else None
         if master.pid is None:
             raise SSHFailure(_read_text(errfile), status or SSH_FAILED)
         return master
@@ -248,51 +251,6 @@ def start_session_master(endpoint: Endpoint, subsystem: str, timeout: float) -> 
         raise
 
 
-#: OpenSSH's multiplexing protocol (PROTOCOL.mux): hello, alive check and its answer
-_MUX_MSG_HELLO, _MUX_VERSION, _MUX_C_ALIVE_CHECK, _MUX_S_ALIVE = 0x00000001, 4, 0x10000004, 0x80000005
-
-
-def _master_pid(control: str, timeout: float = 10.0) -> Optional[int]:
-    """The pid of the master listening on ``control`` (its answer to an alive
-    check, asked over the socket: no ssh process started), or None."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(control)
-
-            def send(*words: int) -> None:
-                body = struct.pack(f">{len(words)}I", *words)
-                sock.sendall(struct.pack(">I", len(body)) + body)
-
-            def receive() -> bytes:
-                head = _recv_exact(sock, 4)
-                (length,) = struct.unpack(">I", head)
-                if length > 65536:
-                    raise OSError("oversized mux message")
-                return _recv_exact(sock, length)
-
-            send(_MUX_MSG_HELLO, _MUX_VERSION)
-            hello = receive()
-            if struct.unpack(">I", hello[:4])[0] != _MUX_MSG_HELLO:
-                return None
-            send(_MUX_C_ALIVE_CHECK, 1)
-            answer = receive()
-            kind, _request, pid = struct.unpack(">III", answer[:12])
-            return pid if kind == _MUX_S_ALIVE else None
-    except (OSError, struct.error):
-        return None
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    out = b""
-    while len(out) < n:
-        block = sock.recv(n - len(out))
-        if not block:
-            raise OSError("the master closed the control socket")
-        out += block
-    return out
-
-
 def _write_private(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -308,43 +266,81 @@ def _read_text(path: str, limit: int = 65536) -> str:
 
 
 class Channel:
-    """One session over a :class:`Master`: an ``ssh`` process whose stdin and
-    stdout are the session's data; stderr (ssh's and the remote command's)
-    goes to a file read by :meth:`stderr_text`.  Reads and writes time out
-    after ``timeout`` seconds (``socket.timeout``); a read at the end of the
-    output returns ``b""``."""
+    """One session over a :class:`Master`, talking through pipes: its stdin
+    and stdout are the session's data; stderr (the remote command's, and
+    ssh's) goes to a file read by :meth:`stderr_text`.  A command's session
+    is asked of the master directly (:mod:`transports.sshmux`); when the
+    master does not answer that way, and for a subsystem, an ``ssh``
+    process multiplexed over the connection carries it.  Reads and writes
+    time out after ``timeout`` seconds (``socket.timeout``); a read at the
+    end of the output returns ``b""``."""
 
     def __init__(self, master: Master, timeout: float) -> None:
         self._master = master
         self._timeout = timeout
         self._proc: Optional[subprocess.Popen] = None
+        self._mux: Optional[sshmux.Session] = None
+        self._in: Optional[int] = None
+        self._out: Optional[int] = None
         self._errpath = ""
         self.closed = False
 
     def exec_command(self, command: str) -> None:
         """Run ``command`` with the account's shell on the server."""
-        self._start(["--", self._master.endpoint.host, command])
+        self._errpath = self._new_errpath()
+        if not self._open_mux(command):
+            self.start(self._master.argv("--", self._master.endpoint.host, command), self._errpath, None)
 
     def invoke_subsystem(self, name: str) -> None:
         """Start the server's subsystem ``name`` (``sftp``)."""
-        self._start(["-s", "--", self._master.endpoint.host, name])
+        self.start(self._master.argv("-s", "--", self._master.endpoint.host, name), self._new_errpath(), None)
 
-    def _start(self, tail: List[str]) -> None:
+    def _new_errpath(self) -> str:
         fd, errpath = tempfile.mkstemp(prefix="session-", suffix=".err", dir=self._master.workdir)
         os.close(fd)
-        self.start(self._master.argv(*tail), errpath, None)
+        return errpath
+
+    def _open_mux(self, command: str) -> bool:
+        """Ask the master for the session; False when it cannot be asked or
+        refused (the ``ssh`` process then tries, and says why it fails)."""
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        try:
+            with open(self._errpath, "ab") as err:
+                self._mux = sshmux.open_session(self._master.control, command, in_r, out_w, err.fileno(),
+                                                self._timeout)
+        except (OSError, sshmux.MuxError, struct.error):
+            for fd in (in_r, in_w, out_r, out_w):
+                os.close(fd)
+            return False
+        os.close(in_r)
+        os.close(out_w)
+        self._in, self._out = in_w, out_r
+        os.set_blocking(in_w, False)
+        return True
 
     def start(self, argv: List[str], errpath: str, env: Optional[Dict[str, str]]) -> None:
         """Run ``argv`` as this session's process, its stderr into ``errpath``."""
         self._errpath = errpath
-        with open(errpath, "ab") as err:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                          env=env, start_new_session=True)
-        assert self._proc.stdin is not None
-        os.set_blocking(self._proc.stdin.fileno(), False)
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        try:
+            with open(errpath, "ab") as err:
+                self._proc = subprocess.Popen(argv, stdin=in_r, stdout=out_w, stderr=err, env=env,
+                                              start_new_session=True)
+        except BaseException:
+            os.close(in_w)
+            os.close(out_r)
+            raise
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+        self._in, self._out = in_w, out_r
+        os.set_blocking(in_w, False)
 
     @property
     def pid(self) -> Optional[int]:
+        """The ``ssh`` process carrying the session; None when the master carries it alone."""
         return None if self._proc is None else self._proc.pid
 
     # -- timeouts ---------------------------------------------------------
@@ -360,10 +356,10 @@ class Channel:
     def sendall(self, data: bytes) -> None:
         """Write all of ``data``; ``socket.timeout`` when ssh takes nothing for
         the timeout, ``EOFError`` when the session has ended."""
-        proc = self._running()
-        if proc.stdin is None or proc.stdin.closed:
+        self._running()
+        fd = self._in
+        if fd is None:
             raise EOFError("the session's input is closed")
-        fd = proc.stdin.fileno()
         view = memoryview(data)
         while view:
             try:
@@ -380,9 +376,10 @@ class Channel:
 
     def recv(self, size: int) -> bytes:
         """Up to ``size`` bytes of the session's output; ``b""`` at its end."""
-        proc = self._running()
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
+        self._running()
+        fd = self._out
+        if fd is None:
+            return b""
         ready, _, _ = select.select([fd], [], [], self._timeout)
         if not ready:
             raise socket.timeout("no answer from the server")
@@ -390,12 +387,10 @@ class Channel:
 
     def shutdown_write(self) -> None:
         """End of input (the remote command sees end of file)."""
-        proc = self._running()
-        if proc.stdin is not None and not proc.stdin.closed:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
+        self._running()
+        if self._in is not None:
+            os.close(self._in)
+            self._in = None
 
     # -- status -------------------------------------------------------------
 
@@ -403,44 +398,51 @@ class Channel:
         """The exit status of the remote command (:data:`SSH_FAILED` when ssh
         failed or the connection ended), or None when it has not ended within
         ``timeout`` seconds (default: the channel's timeout)."""
-        proc = self._running()
+        self._running()
+        limit = self._timeout if timeout is None else timeout
+        if self._mux is not None:
+            return self._mux.poll(limit)
+        assert self._proc is not None
         try:
-            return proc.wait(timeout=self._timeout if timeout is None else timeout)
+            return self._proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             return None
 
     @property
     def exit_status(self) -> Optional[int]:
+        if self._mux is not None:
+            return self._mux.poll()
         return None if self._proc is None else self._proc.poll()
 
     def stderr_text(self, limit: int = 65536) -> str:
         """What ssh and the remote command wrote to stderr so far (at most ``limit`` bytes)."""
         return _read_text(self._errpath, limit) if self._errpath else ""
 
-    def _running(self) -> subprocess.Popen:
-        if self._proc is None or self.closed:
+    def _running(self) -> None:
+        if (self._proc is None and self._mux is None) or self.closed:
             raise EOFError("the session is closed")
-        return self._proc
 
     def close(self) -> None:
         """End the session (killing ssh if it still runs); never raises."""
         if self.closed:
             return
         self.closed = True
-        proc = self._proc
-        if proc is not None:
-            for stream in (proc.stdin, proc.stdout):
+        for fd in (self._in, self._out):
+            if fd is not None:
                 try:
-                    if stream is not None:
-                        stream.close()
+                    os.close(fd)
                 except OSError:
                     pass
-            if proc.poll() is None:
-                try:
-                    proc.wait(timeout=0.5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        self._in = self._out = None
+        if self._mux is not None:
+            self._mux.close()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         if self._errpath:
             try:
                 os.unlink(self._errpath)
