@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import List, Tuple
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from capture.errors import DumpFormatError, KdumpError
-from capture.formats.flattened import CHUNK_SIZE, HEADER_SIZE, FlatIndex, FlatReader, reassemble
+from capture.formats.flattened import CHUNK_SIZE, HEADER_SIZE, FlatIndex, FlatReader, copy_flattened, reassemble
 from conftest import REPO, sha256_of
 
 FORMATS = [("-l", 31), ("-c", 1), ("-E", 31)]
@@ -270,3 +271,97 @@ def test_cli_reassemble(reference_dumps, tmp_path: Path) -> None:
     notflat = kdump_saver("reassemble", str(reference_dumps.direct("-l", 31)), str(tmp_path / "x"))
     assert notflat.returncode == 1
     assert "not a flattened makedumpfile stream" in notflat.stderr and "Traceback" not in notflat.stderr
+
+
+# -- copy_flattened: the stream passed on whole, checked as FlatReader checks it ---------
+
+class Chunked(io.RawIOBase):
+    """A stream whose reads return at most the next of ``sizes`` bytes (as a pipe does)."""
+
+    def __init__(self, data: bytes, sizes: List[int]) -> None:
+        self._data = data
+        self._sizes = sizes or [1 << 20]
+        self._pos = 0
+        self._turn = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        step = max(1, self._sizes[self._turn % len(self._sizes)])
+        self._turn += 1
+        out = self._data[self._pos:self._pos + min(size, step)]
+        self._pos += len(out)
+        return out
+
+
+def by_reader(data: bytes, sizes: List[int]) -> Tuple[bytes, str]:
+    seen = bytearray()
+    try:
+        FlatReader(Chunked(data, sizes), raw_sink=seen.extend).drain()
+    except DumpFormatError as exc:
+        return b"", str(exc)
+    return bytes(seen), ""
+
+
+def by_copy(data: bytes, sizes: List[int], block_size: int = CHUNK_SIZE) -> Tuple[bytes, str]:
+    seen = bytearray()
+    try:
+        n = copy_flattened(Chunked(data, sizes), seen.extend, block_size=block_size)
+    except DumpFormatError as exc:
+        return b"", str(exc)
+    assert n == len(seen)
+    return bytes(seen), ""
+
+
+@pytest.mark.parametrize("flag,level", FORMATS)
+def test_copy_passes_makedumpfiles_stream_whole_in_large_blocks(reference_dumps, flag: str, level: int) -> None:
+    flat = reference_dumps.flattened(flag, level)
+    digest = hashlib.sha256()
+    blocks = []
+
+    def sink(block: bytes) -> None:
+        digest.update(block)
+        blocks.append(len(block))
+
+    with open(flat, "rb", buffering=0) as f:
+        assert copy_flattened(f, sink) == flat.stat().st_size
+    assert digest.hexdigest() == sha256_of(flat)
+    with open(flat, "rb") as f:
+        records = sum(1 for _ in FlatReader(f).records())
+    assert len(blocks) < records / 4, "blocks, not records, are passed on"
+
+
+@pytest.mark.parametrize("cut", ["header", "record-header", "data", "end-marker"])
+def test_copy_of_a_truncated_stream_is_the_readers_error(reference_dumps, cut: str) -> None:
+    full = reference_dumps.flattened("-l", 31).read_bytes()
+    first_size = struct.unpack_from(">qq", full, HEADER_SIZE)[1]
+    length = {"header": 100, "record-header": HEADER_SIZE + 8, "data": HEADER_SIZE + 16 + first_size // 2,
+              "end-marker": len(full) - 8}[cut]
+    got, error = by_copy(full[:length], [65536])
+    assert error == by_reader(full[:length], [65536])[1]
+    assert f"truncated at stream offset {length} " in error
+
+
+def test_copy_stops_at_the_end_marker() -> None:
+    stream = flat_header() + flat_record(0, b"a" * 100) + END
+    got, error = by_copy(stream + b"trailing bytes", [50, 7, 5000])
+    assert error == "" and got == stream
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(st.tuples(st.integers(-2, 1 << 20), st.integers(0, 300)), max_size=8),
+       end=st.booleans(), cut=st.integers(0, 1 << 13), edits=st.lists(st.tuples(st.integers(0, 1 << 13),
+                                                                                 st.integers(0, 255)), max_size=3),
+       sizes=st.lists(st.integers(1, 5000), max_size=5), block=st.integers(1, 1 << 14))
+def test_copy_agrees_with_the_reader_on_any_stream(records, end, cut, edits, sizes, block) -> None:
+    stream = bytearray(flat_header())
+    for offset, size in records:
+        stream += flat_record(offset, bytes([size % 251]) * size)
+    if end:
+        stream += END
+    for at, value in edits:
+        if at < len(stream):
+            stream[at] = value
+    data = bytes(stream[:len(stream) - cut % (len(stream) + 1)]) if cut % 3 == 0 else bytes(stream)
+    assert by_copy(data, sizes, block) == by_reader(data, sizes)

@@ -197,6 +197,74 @@ class FlatReader:
             pass
 
 
+def copy_flattened(stream: BinaryIO, sink: RawSink, name: str = "input", block_size: int = CHUNK_SIZE) -> int:
+    """Pass a flattened stream to ``sink`` as it is, up to and including its
+    end marker, in blocks of up to ``block_size`` bytes as ``stream.read``
+    returns them; return the number of bytes passed.
+
+    The stream is checked as :class:`FlatReader` checks it (header, each
+    record header, an end marker before the end of input), with the same
+    :class:`DumpFormatError` messages, but its data is never cut into
+    records: a block is handed on whole (cut only after the end marker).  A block is passed on only after every record header
+    in it was checked."""
+    signature = SIGNATURE.ljust(16, b"\0")
+    rec = RECORD_HEADER
+    header = bytearray()
+    pending = bytearray()  # a record header cut by the end of a block
+    skip = 0  # data bytes of the current record still to come
+    size = offset = 0  # the current record's, for the messages
+    done = 0  # bytes passed to the sink
+
+    def truncated(what: str, at: int) -> DumpFormatError:
+        return DumpFormatError(f"{name}: flattened stream truncated at stream offset {at} ({what}; no end marker)")
+
+    while True:
+        block = stream.read(block_size)
+        if not block:
+            if done == 0 and not header:
+                raise DumpFormatError(f"{name}: not a flattened makedumpfile stream (empty input)")
+            if len(header) < HEADER_SIZE:
+                raise truncated("inside the 4096-byte header", len(header))
+            if skip:
+                raise truncated(f"inside the {size}-byte record for offset {offset}", done)
+            raise truncated("expected a record header", done)
+        view = memoryview(block)
+        n = len(view)
+        i = 0
+        if len(header) < HEADER_SIZE:
+            i = min(HEADER_SIZE - len(header), n)
+            header += view[:i]
+            seen = min(len(header), 16)
+            if header[:seen] != signature[:seen]:
+                raise DumpFormatError(f"{name}: not a flattened makedumpfile stream (no 'makedumpfile' signature)")
+            if len(header) >= 32:
+                check_header(bytes(header[:32]), name)
+        while i < n:
+            if skip:
+                step = skip if skip < n - i else n - i
+                skip -= step
+                i += step
+                continue
+            if pending or n - i < 16:
+                step = min(16 - len(pending), n - i)
+                pending += view[i:i + step]
+                i += step
+                if len(pending) < 16:
+                    break
+                offset, size = rec.unpack(pending)
+                pending.clear()
+            else:
+                offset, size = rec.unpack_from(view, i)
+                i += 16
+            if offset == END_MARKER and size == END_MARKER:
+                sink(block[:i] if i < n else block)
+                return done + i
+            _check_record(offset, size, done + i - 16, name)
+            skip = size
+        sink(block)
+        done += n
+
+
 def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO, Optional
 
-from capture.formats.flattened import FlatReader
+from capture.formats.flattened import FlatReader, copy_flattened
 from capture.save.progress import Progress
 from capture.save.space import SpaceGuard
 from transports.base import DumpFile
@@ -56,8 +56,7 @@ def store_flattened(stream: BinaryIO, out: DumpFile, guard: SpaceGuard, progress
         size += len(block)
         progress.add_bytes(len(block))
 
-    for _ in FlatReader(stream, raw_sink=sink).records():
-        pass
+    copy_flattened(stream, sink)
     return Written(size, digest.hexdigest())
 
 
