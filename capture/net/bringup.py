@@ -78,7 +78,7 @@ def bring_up(plan: NetPlan, target_host: Optional[str], timeout: int, *,
     """
     deadline = _Deadline(timeout)
     log.info("network: %s", describe(plan))
-    ip = IpTool()
+    ip = IpTool(netlink=True)
     bringer = _BringUp(plan, ip, deadline, Path(state_dir) if state_dir else None, dhcp_client)
     try:
         bringer.run(target_host, resolv_conf)

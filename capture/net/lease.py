@@ -19,14 +19,19 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from capture.errors import KdumpError
+from capture.net import rtnetlink
 
 log = logging.getLogger(__name__)
 
 
 class IpTool:
-    """Runs ``ip`` with an argument list; failures become :class:`KdumpError`."""
+    """Runs ``ip`` with an argument list; failures become :class:`KdumpError`.
+    With ``netlink``, :meth:`links` and :meth:`link_and_addresses` ask the
+    kernel directly (:mod:`capture.net.rtnetlink`: the keys the capture
+    kernel's bring-up reads, not everything ``ip`` shows)."""
 
-    def __init__(self, program: Optional[str] = None) -> None:
+    def __init__(self, program: Optional[str] = None, netlink: bool = False) -> None:
+        self.netlink = netlink
         found = program or shutil.which("ip") or next(
             (p for p in ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip") if os.path.exists(p)), None)
         if found is None:
@@ -47,13 +52,24 @@ class IpTool:
         return json.loads(out) if out.strip() else []
 
     def links(self) -> Dict[str, dict]:
+        """Every link by name, as ``ip -j -d link show`` shows it."""
+        try:
+            if self.netlink:
+                return rtnetlink.links()
+        except (OSError, ValueError) as exc:
+            log.debug("network: rtnetlink: %s; asking ip", exc)
         return {link["ifname"]: link for link in self.json("-d", "link", "show")}
 
     def addresses(self, name: str) -> List[dict]:
         return self.link_and_addresses(name).get("addr_info", [])
 
     def link_and_addresses(self, name: str) -> dict:
-        """The link (flags, operstate, MAC) with its ``addr_info``, from one ``ip addr show``; {} when absent."""
+        """The link (flags, operstate, MAC) with its ``addr_info``, as one ``ip addr show`` shows it; {} when absent."""
+        try:
+            if self.netlink:
+                return rtnetlink.link_and_addresses(name)
+        except (OSError, ValueError) as exc:
+            log.debug("network: rtnetlink: %s; asking ip", exc)
         data = self.json("addr", "show", "dev", name)
         return data[0] if data else {}
 
