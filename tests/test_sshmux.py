@@ -9,12 +9,13 @@ transport would quietly fall back to an ``ssh`` process per command).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import subprocess
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Tuple
 
 import pytest
 
@@ -116,45 +117,47 @@ def test_a_session_whose_connection_dies_reports_no_status(t: SSHTransport, sshd
 
 # -- what a master sends back is read within bounds ----------------------------------
 
+@contextlib.contextmanager
+def socket_pair() -> Iterator[Tuple[socket.socket, socket.socket]]:
+    """(our end, the master's end); both closed afterwards."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(0.2)  # as the channel's timeout does: a message cut short counts as the end
+    with ours, theirs:
+        yield ours, theirs
+
+
+def exit_message(session: int, status: int) -> bytes:
+    body = struct.pack(">III", sshmux.S_EXIT_MESSAGE, session, status)
+    return struct.pack(">I", len(body)) + body
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=64), max_size=6), st.booleans())
 def test_any_answer_from_the_master_ends_in_a_status_or_none(chunks: list, close: bool) -> None:
-    ours, theirs = socket.socketpair()
-    ours.settimeout(0.2)  # as the channel's timeout does: a message cut short counts as the end
-    session = sshmux.Session(ours, 1)
-    for chunk in chunks:
-        theirs.sendall(chunk)
-    if close:
-        theirs.close()
-    status = session.poll(0.05)
-    assert status is None or 0 <= status <= 0xFFFFFFFF
-    if close:
-        assert status is not None, "a closed socket always ends the session"
-    finally:
-    ours.close()
-    theirs.close()
+    with socket_pair() as (ours, theirs):
+        session = sshmux.Session(ours, 1)
+        for chunk in chunks:
+            theirs.sendall(chunk)
+        if close:
+            theirs.shutdown(socket.SHUT_RDWR)
+        status = session.poll(0.05)
+        assert status is None or 0 <= status <= 0xFFFFFFFF
+        if close:
+            assert status is not None, "a closed socket always ends the session"
 
 
 def test_an_oversized_length_is_refused_without_reading_it() -> None:
-    ours, theirs = socket.socketpair()
-    theirs.sendall(struct.pack(">I", 0xFFFFFFF0))
-    assert sshmux.Session(ours, 1).poll(1) == sshmux.LOST
-    finally:
-    ours.close()
-    theirs.close()
+    with socket_pair() as (ours, theirs):
+        theirs.sendall(struct.pack(">I", 0xFFFFFFF0))
+        assert sshmux.Session(ours, 1).poll(1) == sshmux.LOST
 
 
 def test_the_exit_message_of_another_session_is_not_ours() -> None:
-    ours, theirs = socket.socketpair()
-    message = struct.pack(">III", sshmux.S_EXIT_MESSAGE, 2, 9)
-    theirs.sendall(struct.pack(">I", len(message)) + message)
-    session = sshmux.Session(ours, 1)
-    assert session.poll(0.2) is None
-    message = struct.pack(">III", sshmux.S_EXIT_MESSAGE, 1, 4)
-    theirs.sendall(struct.pack(">I", len(message)) + message)
-    assert session.poll(0.2) is None, "final only once the master has closed the session"
-    theirs.close()
-    assert session.poll(1) == 4
-    finally:
-    ours.close()
-    theirs.close()
+    with socket_pair() as (ours, theirs):
+        session = sshmux.Session(ours, 1)
+        theirs.sendall(exit_message(2, 9))
+        assert session.poll(0.2) is None
+        theirs.sendall(exit_message(1, 4))
+        assert session.poll(0.2) is None, "final only once the master has closed the session"
+        theirs.shutdown(socket.SHUT_RDWR)
+        assert session.poll(1) == 4
