@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -113,6 +114,26 @@ def test_a_session_whose_connection_dies_reports_no_status(t: SSHTransport, sshd
     assert within(10, lambda: not master.alive)
     assert t.exit_status(channel, 1) == -1, "the transport reads it as the connection lost"
     channel.close()
+
+
+def test_a_frozen_server_times_out_once(t: SSHTransport, sshd_nosftp: SSHD) -> None:
+    """No second wait in an ``ssh`` process after the master's own timed out."""
+    frozen = sshd_nosftp.session_pids()
+    assert frozen
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        channel = t.connection.open_session()
+        channel.settimeout(1.0)
+        started = time.monotonic()
+        with pytest.raises(socket.timeout):
+            channel.exec_command("true")
+        assert time.monotonic() - started < 1.9
+        assert ssh_processes_of(os.getpid()) == []
+        channel.close()
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
 
 
 # -- what a master sends back is read within bounds ----------------------------------

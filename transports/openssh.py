@@ -302,16 +302,20 @@ class Channel:
 
     def _open_mux(self, command: str) -> bool:
         """Ask the master for the session; False when it cannot be asked or
-        refused (the ``ssh`` process then tries, and says why it fails)."""
+        refused (the ``ssh`` process then tries, and says why it fails).
+        ``socket.timeout`` when the server did not open it in time: an
+        ``ssh`` process would wait for the same server."""
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         try:
             with open(self._errpath, "ab") as err:
                 self._mux = sshmux.open_session(self._master.control, command, in_r, out_w, err.fileno(),
                                                 self._timeout)
-        except (OSError, sshmux.MuxError, struct.error):
+        except (OSError, sshmux.MuxError, struct.error) as exc:
             for fd in (in_r, in_w, out_r, out_w):
                 os.close(fd)
+            if isinstance(exc, socket.timeout):
+                raise
             return False
         os.close(in_r)
         os.close(out_w)
