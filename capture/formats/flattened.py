@@ -96,19 +96,13 @@ class FlatReader:
     each ``data`` at most :data:`CHUNK_SIZE` bytes (large records are split,
     offsets adjusted).  ``data`` is an immutable ``bytes`` object.
 
-    If ``raw_sink`` is given, every byte read from ``stream`` (the header,
-    each record header, each piece of data) is passed to it, in stream order,
-    before the corresponding piece is yielded; concatenated, the sink sees
-    exactly the input consumed so far.
-
     Errors (:class:`DumpFormatError`): a stream that is not flattened, a
     corrupt record header, and a stream ending before the end marker (the
     message names the stream offset where it ended).
     """
 
-    def __init__(self, stream: BinaryIO, raw_sink: Optional[RawSink] = None, name: str = "input") -> None:
+    def __init__(self, stream: BinaryIO, name: str = "input") -> None:
         self._stream = stream
-        self._sink = raw_sink
         self._name = name
         #: True once the end marker (offset = size = -1) was read
         self.complete = False
@@ -121,7 +115,7 @@ class FlatReader:
         self._started = False
 
     def _read(self, size: int) -> bytes:
-        """Read up to ``size`` bytes, fewer only at end of stream; feed the sink."""
+        """Read up to ``size`` bytes, fewer only at end of stream."""
         data = self._stream.read(size)
         if data is None:
             data = b""
@@ -133,10 +127,7 @@ class FlatReader:
                     break
                 parts += more
             data = bytes(parts)
-        if data:
-            self.bytes_read += len(data)
-            if self._sink is not None:
-                self._sink(data)
+        self.bytes_read += len(data)
         return data
 
     def _truncated(self, what: str) -> DumpFormatError:
@@ -205,8 +196,8 @@ def copy_flattened(stream: BinaryIO, sink: RawSink, name: str = "input", block_s
     The stream is checked as :class:`FlatReader` checks it (header, each
     record header, an end marker before the end of input), with the same
     :class:`DumpFormatError` messages, but its data is never cut into
-    records: a block is handed on whole (cut only after the end marker).  A block is passed on only after every record header
-    in it was checked."""
+    records: a block is handed on whole (cut only after the end marker),
+    once every record header in it was checked."""
     signature = SIGNATURE.ljust(16, b"\0")
     rec = RECORD_HEADER
     header = bytearray()

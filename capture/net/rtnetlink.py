@@ -22,7 +22,7 @@ import struct
 from typing import Dict, Iterator, List, Tuple
 
 _NETLINK_ROUTE = 0
-_RTM_GETLINK, _RTM_GETADDR = 18, 22
+_RTM_NEWLINK, _RTM_GETLINK, _RTM_NEWADDR, _RTM_GETADDR = 16, 18, 20, 22
 _NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _HEADER = struct.Struct("=IHHII")
@@ -99,8 +99,10 @@ def _dump(kind: int, family_body: bytes) -> List[Tuple[int, bytes]]:
         out: List[Tuple[int, bytes]] = []
         total = 0
         while True:
-            answer = sock.recv(1 << 16)
+            answer, _, flags, _ = sock.recvmsg(1 << 16)
             total += len(answer)
+            if flags & socket.MSG_TRUNC:
+                raise ValueError("a netlink message larger than 64 KiB")
             if not answer or total > _MAX_ANSWER:
                 raise ValueError("netlink dump without an end")
             done = _done(answer, seq)
@@ -200,7 +202,7 @@ def parse_address(body: bytes) -> Tuple[int, dict]:
 def links() -> Dict[str, dict]:
     """Every link by name, as ``ip -j -d link show`` shows it (the keys above)."""
     found = [parse_link(body) for kind, body in _dump(_RTM_GETLINK, _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
-             if kind == 16]
+             if kind == _RTM_NEWLINK]
     names = {link["ifindex"]: link["ifname"] for link, _, _, _ in found}
     flags = {link["ifindex"]: raw for link, raw, _, _ in found}
     for link, _, master, iflink in found:
@@ -217,6 +219,6 @@ def link_and_addresses(name: str) -> dict:
     if link is None:
         return {}
     addresses = [parse_address(body) for kind, body in
-                 _dump(_RTM_GETADDR, _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)) if kind == 20]
+                 _dump(_RTM_GETADDR, _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)) if kind == _RTM_NEWADDR]
     link["addr_info"] = [entry for index, entry in addresses if index == link["ifindex"] and "local" in entry]
     return link
