@@ -253,6 +253,31 @@ def test_connection_cut_during_the_stream_is_resumed(ssh_lab: SSHLab, sshd_nosft
     assert (base / "vmcore.incomplete").read_bytes() == block * 16, "continued at the size the server had"
 
 
+def test_a_command_between_the_cut_and_the_next_write_does_not_end_the_stream(
+        ssh_lab: SSHLab, sshd_nosftp: SSHD, fixture_vmcore: Path) -> None:
+    """The saver asks for free space between blocks: that command connects
+    again, and the stream, broken with the old connection, is still resumed
+    (CI lost a save to this: the broken stream's status 255 was judged
+    against the new connection, which was alive, and taken as final)."""
+    base = ssh_lab.fresh_dir(ssh_lab.key_user)
+    block = head_of(fixture_vmcore, 4 * MiB)
+    t = ssh_target(ssh_lab, sshd_nosftp, base)
+    try:
+        f = t.create("vmcore.incomplete")
+        f.write(block)
+        assert sshd_nosftp.kill_sessions() >= 1
+        deadline = time.monotonic() + 10
+        while t._conn is not None and t._conn.alive and time.monotonic() < deadline:  # the master noticed
+            time.sleep(0.05)
+        assert [e.name for e in t.listdir()] == ["vmcore.incomplete"], "a new connection for the listing"
+        for _ in range(3):
+            f.write(block)
+        f.close()
+    finally:
+        t.close()
+    assert (base / "vmcore.incomplete").read_bytes() == block * 4, "continued at the size the server had"
+
+
 def test_read_only_directory(ssh_lab: SSHLab, sshd_nosftp: SSHD) -> None:
     ro = ssh_lab.root_dir()
     with pytest.raises(TransportError, match="not writable"):

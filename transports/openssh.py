@@ -32,6 +32,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -417,6 +418,20 @@ class Channel:
         if self._mux is not None:
             return self._mux.poll()
         return None if self._proc is None else self._proc.poll()
+
+    def connection_lost(self, grace: float = 1.0) -> bool:
+        """After :data:`SSH_FAILED`: whether the connection this session ran
+        over has ended (rather than the command exiting 255 or dying of a
+        signal).  The master exits just after it ends its sessions; it gets
+        ``grace`` seconds to do so."""
+        if self._mux is not None and self._mux.reported:
+            return False  # the server sent the command's own exit status
+        deadline = time.monotonic() + grace
+        while self._master.alive:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def stderr_text(self, limit: int = 65536) -> str:
         """What ssh and the remote command wrote to stderr so far (at most ``limit`` bytes)."""

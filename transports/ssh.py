@@ -201,8 +201,8 @@ class SSHTransport(Transport):
         status = channel.wait(timeout)
         if status is None:
             raise socket.timeout("no exit status")
-        if status == openssh.SSH_FAILED and (self._conn is None or not self._conn.alive):
-            return -1
+        if status == openssh.SSH_FAILED and channel.connection_lost():
+            return -1  # judged by the session's own connection: a later command may have made a new one
         return status
 
     def _lost(self, what: str, exc: BaseException) -> TransportError:

@@ -143,6 +143,12 @@ class Session:
                     self._exit = status
         return self._status
 
+    @property
+    def reported(self) -> bool:
+        """True once the master passed on the command's exit status (a
+        status of :data:`LOST` without it means the session ended otherwise)."""
+        return self._exit is not None
+
     def close(self) -> None:
         """Forget the session; if it still runs, the master closes it."""
         self._sock.close()
