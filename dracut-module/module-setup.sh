@@ -99,6 +99,8 @@ install() {
     while read -r _dir; do
         mkdir -p "${initdir}${_dir}"
     done < <(_kdump_saver_list python-dirs)
+    # the dataclass methods' code, compiled at build time (capture/codecache.py)
+    [[ -f $_stage/dataclass-code ]] && inst_simple "$_stage/dataclass-code" /usr/lib/kdump-saver/dataclass-code
 
     # programs the saver runs: makedumpfile, ip, a DHCP client, mount, ...
     mapfile -t _files < <(_kdump_saver_list programs)

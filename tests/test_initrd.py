@@ -21,6 +21,7 @@ from typing import Dict, Iterator, List
 
 import pytest
 
+from capture import codecache
 from capture.config import options as configuration
 from capture.host import initrd as initrd_mod
 from conftest import REPO, require, require_program
@@ -217,6 +218,23 @@ def test_initrd_carries_byte_code_only(name: str, request: pytest.FixtureRequest
     assert [f for f in everything if "/__pycache__/" in f] == []
     assert any(f.endswith("/capture/cli.pyc") for f in built.bytecode())
     assert any(f.endswith("/encodings/__init__.pyc") for f in built.bytecode())
+
+
+def test_initrd_python_takes_dataclass_code_compiled_at_build_time(file_initrd: Built) -> None:
+    """The launcher names the code cache build-initrd recorded; with it, the
+    save's modules compile no dataclass method in the capture kernel."""
+    require_program("chroot")
+    launcher = file_initrd.text("usr/bin/kdump-saver")
+    assert f"{codecache.ENVIRONMENT}={codecache.INITRD_PATH}" in launcher
+    assert file_initrd.has(codecache.INITRD_PATH)
+    proc = file_initrd.chroot("/bin/sh", "-c", "export PYTHONPATH=$(sed -n 's/^PYTHONPATH=//p' /usr/bin/kdump-saver) "
+                              "KDUMP_SAVER_CODE_CACHE=$(sed -n 's/^KDUMP_SAVER_CODE_CACHE=//p' /usr/bin/kdump-saver); "
+                              f"{os.path.realpath(sys.executable)} -S -s -c 'import capture.cli, "
+                              "capture.commands.capture_boot, capture.save.boot, capture.save.sequence, "
+                              "transports.file, dataclasses; print(type(dataclasses.exec).__name__, "
+                              "dataclasses.exec.compiled)'")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["CachedExec", "0"], proc.stdout
 
 
 def test_file_initrd_records_the_file_system_and_config(file_initrd: Built, ext4_mount: Path) -> None:

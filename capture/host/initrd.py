@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import transports
-from capture import __version__
+from capture import __version__, codecache
 from capture.config import options as configuration
 from capture.config.options import Config
 from capture.config.targeturl import TargetURL, parse_list as parse_targets
@@ -994,6 +994,9 @@ def write_stage(p: Plan, stage: Path) -> None:
     lines("python-bytecode", closure.compile_sources(p.closure.interpreter, p.closure.sources,
                                                       str(stage / "bytecode")))
     lines("python-dirs", p.closure.directories)
+    recorded = codecache.record(p.closure.interpreter, p.closure.python_path, sorted(p.closure.modules),
+                                str(stage / "dataclass-code"))
+    log.debug("%d dataclass methods compiled for the capture kernel", recorded)
     lines("programs", p.programs)
     lines("programs-optional", p.optional_programs)
     lines("kernel-modules", p.kernel_modules)
@@ -1026,7 +1029,8 @@ def write_stage(p: Plan, stage: Path) -> None:
         "# kdump-saver in the capture initrd: the traced interpreter and closure\n"
         f"PYTHONPATH={shlex.quote(python_path)}\n"
         "PYTHONDONTWRITEBYTECODE=1\n"
-        "export PYTHONPATH PYTHONDONTWRITEBYTECODE\n"
+        f"{codecache.ENVIRONMENT}={codecache.INITRD_PATH}\n"
+        f"export PYTHONPATH PYTHONDONTWRITEBYTECODE {codecache.ENVIRONMENT}\n"
         f"exec {shlex.quote(p.closure.interpreter)} -S -s -m capture.cli \"$@\"\n")
     (stage / "kdump-saver").write_text(launcher)
     (stage / "kdump-saver").chmod(0o755)
