@@ -15,8 +15,18 @@ Where the code runs decides where it lives:
   loading it with kexec, detecting the network, sizing ``crashkernel=``.
   Never imported in the capture kernel, never carried into its initrd.
 - :mod:`capture.commands`: the ``kdump-saver`` subcommands (:mod:`capture.cli`).
+- :mod:`capture.codecache`: dataclass code compiled at initrd build time.
+  Both sides.
 
 Target transports are in the top-level package :mod:`transports`.
 """
 
+import os as _os
+
+from capture import codecache as _codecache
+
 __version__ = "0.1.0"
+
+# before any dataclass of ours is made (every entry point imports this package first):
+# in the capture kernel, the launcher names the dataclass code compiled at build time
+_codecache.use(_os.environ.get(_codecache.ENVIRONMENT))

@@ -5,16 +5,12 @@ import argparse
 import gc
 import importlib
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
-from capture import __version__, codecache
+from capture import __version__
 from capture.errors import KdumpError
-
-# before the first dataclass: in the capture kernel, their methods' code was compiled at build time
-codecache.use(os.environ.get(codecache.ENVIRONMENT))
 
 log = logging.getLogger("kdump-saver")
 

@@ -2,7 +2,8 @@
 the capture initrd is built instead of at every start of the saver.
 
 Both sides: :func:`record` runs on the host (``build-initrd``), :func:`use`
-at the start of ``kdump-saver`` in the capture kernel.
+when the package :mod:`capture` is imported (in the capture kernel, the
+launcher's environment names the cache).
 
 Python 3.11 writes each dataclass's ``__init__``, ``__repr__``, ``__eq__``
 (and more for frozen ones) as source text and compiles it with one
@@ -28,7 +29,6 @@ from __future__ import annotations
 import builtins
 import importlib.util
 import marshal
-import subprocess
 import sys
 import zlib
 from types import CodeType
@@ -156,6 +156,8 @@ def record(interpreter: str, python_path: Sequence[str], modules: Sequence[str],
     ``python_path``) and write the code of every dataclass method they made
     to ``out``; return how many.  0, and no file, on a Python other than 3.11
     or when the interpreter fails (the capture kernel then compiles as usual)."""
+    import subprocess  # only on the host
+
     proc = subprocess.run([interpreter, "-S", "-E", "-c", _RECORDER, out, "\n".join(python_path), "\n".join(modules)],
                           capture_output=True, text=True, errors="surrogateescape", cwd="/",
                           env={"PATH": "/usr/bin:/bin"})

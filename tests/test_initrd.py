@@ -231,7 +231,7 @@ def test_initrd_python_takes_dataclass_code_compiled_at_build_time(file_initrd: 
                               "KDUMP_SAVER_CODE_CACHE=$(sed -n 's/^KDUMP_SAVER_CODE_CACHE=//p' /usr/bin/kdump-saver); "
                               f"{os.path.realpath(sys.executable)} -S -s -c 'import capture.cli, "
                               "capture.commands.capture_boot, capture.save.boot, capture.save.sequence, "
-                              "transports.file, dataclasses; print(type(dataclasses.exec).__name__, "
+                              "transports.file, capture.save.pycollector, dataclasses; print(type(dataclasses.exec).__name__, "
                               "dataclasses.exec.compiled)'")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["CachedExec", "0"], proc.stdout
