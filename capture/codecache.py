@@ -83,19 +83,25 @@ def _compile(source: str) -> CodeType:
 
 
 class CachedExec:
-    """``exec`` for :mod:`dataclasses`: a recorded text runs its recorded code."""
+    """``exec`` for :mod:`dataclasses`: a recorded text runs its recorded code;
+    any other text is compiled as usual (and counted in :attr:`compiled`)."""
 
     def __init__(self, code: Mapping[str, CodeType]) -> None:
         self.code = code
         self.compiled = 0
-        """Texts that were not recorded (compiled here as usual)."""
+        """Texts that were not recorded."""
 
     def __call__(self, source: object, globals: Optional[dict] = None, locals: Optional[Mapping] = None) -> None:
-        found = self.code.get(source) if isinstance(source, str) else None
-        if found is None and isinstance(source, str):
-            self.compiled += 1
-            found = _compile(source)
-        builtins.exec(found if found is not None else source, globals, locals)  # type: ignore[arg-type]
+        if isinstance(source, str):
+            found = self.code.get(source)
+            if found is None:
+                self.compiled += 1
+                found = self._compile(source)
+            source = found
+        builtins.exec(source, globals, locals)  # type: ignore[arg-type]
+
+    def _compile(self, source: str) -> CodeType:
+        return _compile(source)
 
 
 def use(path: Optional[str]) -> Optional[CachedExec]:
@@ -112,18 +118,16 @@ def use(path: Optional[str]) -> Optional[CachedExec]:
     return hook
 
 
-class Recorder:
+class Recorder(CachedExec):
     """``exec`` for :mod:`dataclasses` on the host: compiles as ``exec`` does and keeps the result."""
 
     def __init__(self) -> None:
         self.code: Dict[str, CodeType] = {}
+        super().__init__(self.code)
 
-    def __call__(self, source: object, globals: Optional[dict] = None, locals: Optional[Mapping] = None) -> None:
-        if isinstance(source, str):
-            code = self.code.get(source) or _compile(source)
-            self.code[source] = code
-            source = code
-        builtins.exec(source, globals, locals)  # type: ignore[arg-type]
+    def _compile(self, source: str) -> CodeType:
+        code = self.code[source] = _compile(source)
+        return code
 
 
 # Run by the initrd's interpreter (the magic number must be its own).
